@@ -1,0 +1,94 @@
+"""Decode raw TOML data into the schema's Structs, reporting every error at once.
+
+msgspec stops at the first error of a document. Operators fixing a config in a deploy pipeline want
+the whole list, so this walks the schema field by field: nested Structs, dicts of Structs and lists
+of Structs are descended into, every other field is converted on its own, and each failure becomes
+one `key.path: problem` line.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from typing import Any, TypeVar
+
+import msgspec
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+_AT_PATH = re.compile(r" - at `\$(?P<rest>[^`]*)`$")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(error: Exception, path: str) -> str:
+    text = str(error)
+    match = _AT_PATH.search(text)
+    if match:
+        text = text[: match.start()]
+        path = path + match.group("rest").replace("[", "[").replace("$", "")
+    if text[:1].isupper():
+        text = text[0].lower() + text[1:]
+    return f"{path}: {text}"
+
+
+def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
+    return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
+
+
+def _check_value(tp: Any, value: Any, path: str, errors: list[str]) -> None:
+    struct = _struct_type(tp)
+    if struct is not None:
+        check_struct(struct, value, path, errors)
+        return
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is dict and len(args) == 2 and _struct_type(args[1]) and isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                errors.append(f"{path}: keys must be strings")
+                continue
+            check_struct(args[1], item, _join(path, key), errors)
+        return
+    if origin is list and args and _struct_type(args[0]) and isinstance(value, list):
+        for index, item in enumerate(value):
+            check_struct(args[0], item, f"{path}[{index}]", errors)
+        return
+    try:
+        msgspec.convert(value, tp)
+    except msgspec.ValidationError as exc:
+        errors.append(_describe(exc, path))
+
+
+def check_struct(cls: type[msgspec.Struct], data: Any, path: str, errors: list[str]) -> None:
+    """Append to `errors` every problem of `data` as an instance of `cls`."""
+    where = path or "the file"
+    if not isinstance(data, dict):
+        errors.append(f"{where}: expected a table, got {type(data).__name__}")
+        return
+    fields = {field.name: field for field in msgspec.structs.fields(cls)}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            errors.append(f"{_join(path, str(key))}: unknown key (known keys: {known})")
+    for name, field in fields.items():
+        if name not in data:
+            if field.required:
+                errors.append(f"{_join(path, name)}: required key is missing")
+            continue
+        _check_value(field.type, data[name], _join(path, name), errors)
+
+
+def decode(cls: type[T], data: Any, errors: list[str]) -> T | None:
+    """Check `data` against `cls` collecting every error; build the Struct when there are none."""
+    before = len(errors)
+    check_struct(cls, data, "", errors)
+    if len(errors) > before:
+        return None
+    try:
+        return msgspec.convert(data, cls)
+    except msgspec.ValidationError as exc:  # cross-field checks in __post_init__
+        errors.append(_describe(exc, ""))
+        return None

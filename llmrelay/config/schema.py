@@ -1,0 +1,85 @@
+"""The config file's schema, as frozen msgspec Structs.
+
+These types mirror the TOML file one to one (the operator's words, before secrets are resolved and
+defaults are inherited). `validate.py` decodes raw TOML into them collecting every error, and
+`resolved.py` turns them into what a worker runs on.
+
+The flat endpoint keys (`target_base`, `proxy_url`, `api_key`, timeouts...) describe one upstream;
+they are the shorthand that a list of weighted upstreams will extend.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+ProviderName = Literal["openai", "anthropic", "gemini", "forward"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ApiKeyEntry(_Section):
+    """One provider key with its share of the traffic."""
+
+    key: str
+    weight: NonNegativeFloat = 1.0
+
+
+class EndpointSection(_Section):
+    """`[endpoints.NAME]`: one named route to one provider."""
+
+    target_base: str | None = None
+    proxy_url: str | None = None
+    provider: ProviderName | None = None
+    hosts: list[str] = []
+    auth_keys: list[str] = []
+    api_key: str | None = None
+    api_keys: list[ApiKeyEntry] = []
+    public: bool = False
+    connect_timeout: PositiveFloat = 10.0
+    first_byte_timeout: PositiveFloat = 120.0
+    idle_timeout: PositiveFloat = 120.0
+    ca_file: str | None = None
+    max_connections: PositiveInt = 100
+    keepalive_expiry: NonNegativeFloat = 30.0
+    pool_timeout: PositiveFloat = 10.0
+    max_body_size: PositiveInt = 32 * 1024 * 1024
+
+
+class ServerSection(_Section):
+    """`[server]`: the listener, the worker processes and the protocol limits."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8811
+    target_base: str | None = None
+    workers: PositiveInt = 1
+    drain_timeout: NonNegativeFloat = 600.0
+    header_timeout: PositiveFloat = 15.0
+    body_idle_timeout: PositiveFloat = 60.0
+    keepalive_timeout: PositiveFloat = 75.0
+    write_timeout: PositiveFloat = 60.0
+    max_requests_per_connection: PositiveInt = 1000
+    max_connections: PositiveInt = 4096
+    max_request_line: Annotated[int, Meta(ge=256)] = 8 * 1024
+    max_header_bytes: Annotated[int, Meta(ge=1024)] = 32 * 1024
+    max_header_count: PositiveInt = 100
+    heartbeat_interval: PositiveFloat = 5.0
+    access_log: bool = True
+    log_level: LogLevel = "info"
+
+
+class ConfigFile(_Section):
+    """The whole file."""
+
+    server: ServerSection = ServerSection()
+    endpoints: dict[str, EndpointSection] = {}
+    auth_keys: list[str] = []

@@ -1,0 +1,88 @@
+"""Key sources: a literal, `${ENV_NAME}`, or `$(command args)` whose standard output is the key.
+
+Commands run without a shell (the value is split like a shell word list, nothing is expanded), with a
+time bound and an output bound; their output is never logged, and a failure is reported by exit status
+only, so a key cannot leak through an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Mapping
+
+COMMAND_TIMEOUT = 10.0
+MAX_OUTPUT_BYTES = 64 * 1024
+
+_ENV = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}$")
+_COMMAND = re.compile(r"^\$\((?P<command>.*)\)$", re.DOTALL)
+
+
+class SecretError(Exception):
+    """A key source could not produce a key; the message never contains the key."""
+
+
+def is_command(value: str) -> bool:
+    return _COMMAND.match(value.strip()) is not None
+
+
+def resolve_secret(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """Return the key that `value` designates."""
+    env = os.environ if environ is None else environ
+    text = value.strip()
+    match = _ENV.match(text)
+    if match:
+        name = match.group("name")
+        if name not in env:
+            raise SecretError(f"environment variable {name} is not set")
+        resolved = env[name]
+        if not resolved:
+            raise SecretError(f"environment variable {name} is empty")
+        return resolved
+    match = _COMMAND.match(text)
+    if match:
+        return _run_command(match.group("command"))
+    if not value:
+        raise SecretError("empty key")
+    return value
+
+
+def _run_command(command: str) -> str:
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise SecretError(f"cannot parse command: {exc}") from None
+    if not argv:
+        raise SecretError("empty command")
+    try:
+        completed = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+            shell=False,
+        )
+    except FileNotFoundError:
+        raise SecretError(f"command not found: {argv[0]}") from None
+    except PermissionError:
+        raise SecretError(f"command not executable: {argv[0]}") from None
+    except subprocess.TimeoutExpired:
+        raise SecretError(f"command {argv[0]} timed out after {COMMAND_TIMEOUT:g} s") from None
+    if completed.returncode != 0:
+        raise SecretError(f"command {argv[0]} exited with status {completed.returncode}")
+    output = completed.stdout
+    if len(output) > MAX_OUTPUT_BYTES:
+        raise SecretError(f"command {argv[0]} printed more than {MAX_OUTPUT_BYTES} bytes")
+    try:
+        key = output.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise SecretError(f"command {argv[0]} printed bytes that are not UTF-8") from None
+    if not key:
+        raise SecretError(f"command {argv[0]} printed nothing")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+        raise SecretError(f"command {argv[0]} printed control characters")
+    return key

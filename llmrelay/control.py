@@ -1,0 +1,108 @@
+"""The control pipe between the supervisor and a worker: typed messages, length-prefixed msgpack.
+
+Both sides import this module and nothing else of each other. Each frame is a 4-byte big-endian
+length followed by one msgpack-encoded message; messages form a tagged union, so an unknown or
+malformed frame is a decode error, never a guess.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+
+from llmrelay.config.resolved import RelayConfig
+
+MAX_FRAME = 16 * 1024 * 1024
+_LENGTH = struct.Struct(">I")
+
+
+class Message(msgspec.Struct, tag=True, frozen=True):
+    pass
+
+
+# supervisor -> worker
+class Config(Message):
+    """The config to serve from now on; `generation` increases with every reload."""
+
+    config: RelayConfig
+    generation: int
+
+
+class Drain(Message):
+    """Stop accepting, finish in-flight requests within `timeout` seconds, then exit.
+
+    `close_idle`: close idle keep-alive connections at once (a full stop, when no successor will
+    serve them); otherwise they are kept and their next request is answered with `Connection: close`.
+    """
+
+    timeout: float
+    close_idle: bool = True
+
+
+# worker -> supervisor
+class Ready(Message):
+    pid: int
+    version: str
+
+
+class WorkerStats(msgspec.Struct, frozen=True):
+    connections: int
+    requests_in_flight: int
+    requests_total: int
+    generation: int
+
+
+class Heartbeat(Message):
+    pid: int
+    stats: WorkerStats
+
+
+class Stopped(Message):
+    """The worker finished draining; `cut` streams were still running at the deadline."""
+
+    pid: int
+    cut: int
+
+
+ControlMessage = Config | Drain | Ready | Heartbeat | Stopped
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(ControlMessage)
+
+
+class FrameError(Exception):
+    """A frame on the control pipe was oversized or did not decode."""
+
+
+def encode_frame(message: Any) -> bytes:
+    payload = _encoder.encode(message)
+    if len(payload) > MAX_FRAME:
+        raise FrameError(f"control frame of {len(payload)} bytes exceeds {MAX_FRAME}")
+    return _LENGTH.pack(len(payload)) + payload
+
+
+class FrameReader:
+    """Sans-IO frame splitter: feed bytes, get messages."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[ControlMessage]:
+        self._buffer += data
+        messages: list[ControlMessage] = []
+        while len(self._buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            if length > MAX_FRAME:
+                raise FrameError(f"control frame of {length} bytes exceeds {MAX_FRAME}")
+            end = _LENGTH.size + length
+            if len(self._buffer) < end:
+                break
+            payload = bytes(self._buffer[_LENGTH.size : end])
+            del self._buffer[:end]
+            try:
+                messages.append(_decoder.decode(payload))
+            except msgspec.DecodeError as exc:
+                raise FrameError(f"undecodable control frame: {exc}") from None
+        return messages

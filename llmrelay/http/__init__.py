@@ -1,0 +1,1 @@
+"""Inbound HTTP: the protocol-independent exchange interface, request-head checks, and adapters."""

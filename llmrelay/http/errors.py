@@ -1,0 +1,16 @@
+"""Errors of the inbound side that carry the status the client should get."""
+
+from __future__ import annotations
+
+
+class RequestRejected(Exception):
+    """The request must not be relayed: answer `status` with `message`, then close the connection."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status} {message}")
+        self.status = status
+        self.message = message
+
+
+class ClientDisconnected(Exception):
+    """The client went away (or stalled past the write timeout) before the exchange ended."""

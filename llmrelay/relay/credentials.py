@@ -1,0 +1,100 @@
+"""Relay keys: reading the one a client presents, checking it in constant time, picking provider keys.
+
+A client presents its relay key where its SDK puts a provider key: `Authorization: Bearer`,
+`x-api-key`, `x-goog-api-key` or `?key=`. The check hashes the presented key and every accepted key
+and compares digests with `hmac.compare_digest`, visiting every accepted key, so neither the position
+of a match nor the length of a key shows in the timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+from collections.abc import Sequence
+from urllib.parse import parse_qsl, urlencode
+
+from llmrelay.config.resolved import WeightedKey
+from llmrelay.http.exchange import Headers
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+class KeyRing:
+    """The relay keys one endpoint accepts, kept as digests."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self._digests = [_digest(key.encode("utf-8")) for key in keys]
+
+    @property
+    def required(self) -> bool:
+        return bool(self._digests)
+
+    def accepts(self, presented: bytes | None) -> bool:
+        if presented is None:
+            presented = b""
+        candidate = _digest(presented)
+        matched = False
+        for digest in self._digests:
+            matched |= hmac.compare_digest(candidate, digest)
+        return matched and bool(presented)
+
+
+def presented_keys(headers: Headers, query: str) -> list[bytes]:
+    """Every credential a client presented, in any of the providers' places."""
+    found: list[bytes] = []
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                found.append(token.strip())
+            else:
+                found.append(value)
+        elif name in (b"x-api-key", b"x-goog-api-key"):
+            found.append(value.strip())
+    if query:
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            if name == "key":
+                found.append(value.encode("utf-8"))
+    return found
+
+
+def check_relay_key(ring: KeyRing, headers: Headers, query: str) -> bool:
+    """True when the client presented exactly one distinct credential and the ring accepts it."""
+    keys = set(presented_keys(headers, query))
+    if len(keys) != 1:
+        return False
+    return ring.accepts(next(iter(keys)))
+
+
+def strip_query_key(query: str) -> str:
+    """Remove `key=` from a query string (the Gemini style of presenting a key)."""
+    if "key=" not in query:
+        return query
+    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "key"]
+    return urlencode(pairs)
+
+
+def redact_query(query: str) -> str:
+    if "key=" not in query:
+        return query
+    return urlencode([(k, "***" if k == "key" else v) for k, v in parse_qsl(query, keep_blank_values=True)])
+
+
+class KeyPicker:
+    """Weighted random choice among an endpoint's provider keys."""
+
+    def __init__(self, keys: Sequence[WeightedKey]) -> None:
+        usable = [k for k in keys if k.weight > 0]
+        self._keys = [k.key for k in usable]
+        self._weights = [k.weight for k in usable]
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def pick(self) -> str:
+        if len(self._keys) == 1:
+            return self._keys[0]
+        return random.choices(self._keys, weights=self._weights, k=1)[0]

@@ -1,0 +1,202 @@
+"""The relay itself: one exchange in, one upstream request out, the answer streamed back.
+
+route -> authenticate -> size check -> rewrite headers and inject the provider key -> upstream pool
+-> stream the response back chunk by chunk (an SSE event leaves as soon as it arrives) -> access log.
+The upstream response is always closed when this function leaves, however it leaves; a client that
+goes away cancels the exchange, which closes the upstream request at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+import trio
+
+from llmrelay.http.errors import ClientDisconnected, RequestRejected
+from llmrelay.http.exchange import Exchange, Headers, ResponsePhase
+from llmrelay.relay import accesslog
+from llmrelay.relay.credentials import check_relay_key, strip_query_key
+from llmrelay.relay.headers import client_response_headers, request_id_for, upstream_request_headers
+from llmrelay.relay.providers import error_response, inject_key
+from llmrelay.relay.routing import join_path
+from llmrelay.relay.runtime import EndpointRuntime, RelayRuntime
+from llmrelay.upstream.errors import UpstreamError
+from llmrelay.upstream.pool import UpstreamRequest
+
+log = logging.getLogger("llmrelay.relay")
+
+
+def guess_provider(path: str) -> str:
+    """The provider whose error shape fits a request that matched no endpoint."""
+    if path.endswith("/messages") or "/messages?" in path:
+        return "anthropic"
+    if ":generateContent" in path or ":streamGenerateContent" in path:
+        return "gemini"
+    return "openai"
+
+
+class Relay:
+    """The request handler of a worker; `runtime` is swapped when a new config arrives."""
+
+    def __init__(self, runtime: RelayRuntime, health: Callable[[], dict[str, object]]) -> None:
+        self.runtime = runtime
+        self._health = health
+
+    async def __call__(self, exchange: Exchange) -> None:
+        head = exchange.head
+        request_id = request_id_for(head.headers)
+        record = accesslog.AccessRecord(
+            head.method.decode("ascii", "replace"),
+            head.target.decode("latin-1"),
+            request_id,
+            head.client[0],
+            time.perf_counter(),
+        )
+        runtime = self.runtime
+        runtime.acquire()
+        try:
+            await self._relay(exchange, runtime, record)
+        except ClientDisconnected:
+            record.outcome = "client_gone"
+            raise
+        except trio.Cancelled:
+            record.outcome = "client_gone"
+            raise
+        except RequestRejected as exc:
+            record.status = exc.status
+            record.outcome = "rejected"
+            raise
+        finally:
+            record.finished = time.perf_counter()
+            if runtime.config.server.access_log:
+                accesslog.write(record)
+            with trio.CancelScope(shield=True):
+                await runtime.release()
+
+    async def _relay(self, exchange: Exchange, runtime: RelayRuntime, record: accesslog.AccessRecord) -> None:
+        head = exchange.head
+        target = head.target.decode("latin-1")
+        if target == "/health" or target.startswith("/health?"):
+            await self._send_json(exchange, 200, self._health(), record)
+            return
+        route = runtime.router.route(head.header(b"host"), head.target)
+        if route is None:
+            record.outcome = "no_route"
+            await self._send_error(exchange, guess_provider(target), 404, "no endpoint matches this path", record)
+            return
+        endpoint = route.endpoint
+        record.endpoint = endpoint.name
+        path, _, query = route.rest.partition("?")
+        if endpoint.relay_keys.required and not check_relay_key(endpoint.relay_keys, head.headers, query):
+            record.outcome = "bad_relay_key"
+            await self._send_error(exchange, endpoint.provider, 401, "invalid or missing relay key", record)
+            return
+        limit = endpoint.config.max_body_size
+        if head.body_length is not None and head.body_length > limit:
+            record.outcome = "body_too_large"
+            await self._send_error(exchange, endpoint.provider, 413, f"request body exceeds {limit} bytes", record)
+            return
+        await self._forward(exchange, endpoint, path, query, record)
+
+    async def _forward(
+        self, exchange: Exchange, endpoint: EndpointRuntime, path: str, query: str, record: accesslog.AccessRecord
+    ) -> None:
+        head = exchange.head
+        replace_credentials = endpoint.relay_keys.required or bool(endpoint.provider_keys)
+        target = endpoint.config.target
+        headers = upstream_request_headers(
+            head.headers,
+            upstream_host=target.host_header,
+            client_ip=head.client[0],
+            scheme=head.scheme,
+            request_id=record.request_id,
+            chunked_body=head.has_body and head.body_length is None,
+            strip_credentials=replace_credentials,
+        )
+        if replace_credentials:
+            query = strip_query_key(query)
+        if endpoint.provider_keys:
+            inject_key(endpoint.provider, headers, endpoint.provider_keys.pick())
+        upstream_target = join_path(target.base_path, path) + (f"?{query}" if query else "")
+        request = UpstreamRequest(
+            method=head.method,
+            scheme=target.scheme.encode(),
+            host=target.host.encode("ascii"),
+            port=target.port,
+            target=upstream_target.encode("latin-1"),
+            headers=headers,
+            body=self._request_body(exchange, endpoint.config.max_body_size, record) if head.has_body else b"",
+        )
+        try:
+            async with endpoint.pool.stream(request) as response:
+                record.first_byte = time.perf_counter()
+                record.status = response.status
+                out_headers = client_response_headers(response.headers, record.request_id)
+                record.streamed = _is_streamed(out_headers)
+                await exchange.send_head(response.status, out_headers)
+                async for chunk in response.iter_body():
+                    record.bytes_out += len(chunk)
+                    await exchange.send_body(chunk)
+                await exchange.end()
+        except UpstreamError as exc:
+            record.outcome = exc.reason
+            log.warning(
+                "upstream failure endpoint=%s rid=%s status=%d reason=%s: %s",
+                endpoint.name,
+                record.request_id,
+                exc.status,
+                exc.reason,
+                exc.message,
+            )
+            if exchange.phase is ResponsePhase.PENDING:
+                await self._send_error(exchange, endpoint.provider, exc.status, exc.message, record)
+            else:
+                await exchange.abort()
+
+    async def _request_body(
+        self, exchange: Exchange, limit: int, record: accesslog.AccessRecord
+    ) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await exchange.receive_body()
+            if not chunk:
+                return
+            record.bytes_in += len(chunk)
+            if record.bytes_in > limit:
+                raise RequestRejected(413, f"request body exceeds {limit} bytes")
+            yield chunk
+
+    async def _send_error(
+        self, exchange: Exchange, provider: str, status: int, message: str, record: accesslog.AccessRecord
+    ) -> None:
+        headers, body = error_response(provider, status, message)
+        await self._send_whole(exchange, status, headers, body, record)
+
+    async def _send_json(
+        self, exchange: Exchange, status: int, payload: object, record: accesslog.AccessRecord
+    ) -> None:
+        body = msgspec.json.encode(payload)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await self._send_whole(exchange, status, headers, body, record)
+
+    async def _send_whole(
+        self, exchange: Exchange, status: int, headers: Headers, body: bytes, record: accesslog.AccessRecord
+    ) -> None:
+        if exchange.head.has_body and not exchange.body_complete:
+            exchange.close_when_done()  # the unread body would otherwise have to be drained first
+        record.status = status
+        record.first_byte = time.perf_counter()
+        await exchange.send_head(status, headers)
+        if exchange.head.method != b"HEAD":
+            await exchange.send_body(body)
+            record.bytes_out += len(body)
+        await exchange.end()
+
+
+def _is_streamed(headers: Headers) -> bool:
+    for name, value in headers:
+        if name == b"content-type" and value.startswith(b"text/event-stream"):
+            return True
+    return not any(name == b"content-length" for name, _ in headers)

@@ -1,0 +1,99 @@
+"""Header rewriting in both directions: hop-by-hop removal, forwarding headers, framing.
+
+Hop-by-hop headers (Connection and every name it lists, Keep-Alive, TE, Trailer, Transfer-Encoding,
+Upgrade, Proxy-*) describe one connection and never cross the relay. Client-supplied forwarding
+headers are replaced by what the relay saw. Framing is re-derived: a request that arrived chunked
+goes upstream chunked, one with a Content-Length keeps it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from llmrelay.http.exchange import Headers
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"})
+CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key"})
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def connection_tokens(headers: Headers) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(part.strip().lower() for part in value.split(b",") if part.strip())
+    return tokens
+
+
+def request_id_for(headers: Headers) -> str:
+    """The client's x-request-id when it is sane, else a new one."""
+    for name, value in headers:
+        if name == b"x-request-id" and _REQUEST_ID.match(value):
+            return value.decode("ascii")
+    return uuid.uuid4().hex
+
+
+def upstream_request_headers(
+    headers: Headers,
+    *,
+    upstream_host: str,
+    client_ip: str,
+    scheme: str,
+    request_id: str,
+    chunked_body: bool,
+    strip_credentials: bool,
+) -> Headers:
+    """The headers to send upstream, before a provider key is injected."""
+    listed = connection_tokens(headers)
+    out: Headers = [(b"host", upstream_host.encode("ascii"))]
+    original_host = b""
+    for name, value in headers:
+        if name == b"host":
+            original_host = value
+            continue
+        if name in HOP_BY_HOP or name in listed or name in FORWARDING:
+            continue
+        if name in (b"expect", b"x-request-id"):
+            continue
+        if strip_credentials and name in CREDENTIALS:
+            continue
+        out.append((name, value))
+    out.append((b"x-forwarded-for", client_ip.encode("ascii", "replace")))
+    out.append((b"x-forwarded-proto", scheme.encode("ascii")))
+    if original_host:
+        out.append((b"x-forwarded-host", original_host))
+    out.append((b"x-request-id", request_id.encode("ascii")))
+    if chunked_body:
+        out.append((b"transfer-encoding", b"chunked"))
+    return out
+
+
+def client_response_headers(headers: Headers, request_id: str) -> Headers:
+    """The upstream response headers a client may see."""
+    listed = connection_tokens(headers)
+    out: Headers = []
+    has_request_id = False
+    for name, value in headers:
+        name = name.lower()
+        if name in HOP_BY_HOP or name in listed:
+            continue
+        if name == b"x-request-id":
+            has_request_id = True
+        out.append((name, value))
+    if not has_request_id:
+        out.append((b"x-request-id", request_id.encode("ascii")))
+    return out

@@ -1,0 +1,90 @@
+"""Which endpoint serves a request, and which upstream path it goes to.
+
+Host routing comes first: a request whose Host names one of an endpoint's `hosts` is forwarded with
+its path whole. Otherwise the first path segment names the endpoint (`/{endpoint}/{rest}`). The
+upstream path joins the target's base path with the rest, without repeating the base path when the
+rest already starts with it (`/v1` + `/v1/chat/completions` -> `/v1/chat/completions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+from urllib.parse import unquote_to_bytes
+
+from llmrelay.http.errors import RequestRejected
+
+E = TypeVar("E")
+
+
+def join_path(base_path: str, rest: str) -> str:
+    """Join a target base path ("" or "/v1") with a request's rest ("/v1/x?q")."""
+    path, sep, query = rest.partition("?")
+    if not path.startswith("/"):
+        path = "/" + path
+    if base_path and (path == base_path or path.startswith(base_path + "/")):
+        return path + sep + query
+    return base_path + path + sep + query
+
+
+def has_dot_segment(path: str) -> bool:
+    """True when a path holds a `.` or `..` segment, also when percent-encoded."""
+    for segment in path.split("?", 1)[0].split("/"):
+        decoded = unquote_to_bytes(segment)
+        if decoded in (b".", b".."):
+            return True
+    return False
+
+
+def _host_name(host_header: bytes | None) -> str:
+    if not host_header:
+        return ""
+    host = host_header.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0].rstrip(".") if ":" in host else host.rstrip(".")
+
+
+class Route(Generic[E]):
+    __slots__ = ("endpoint", "rest", "by_host")
+
+    def __init__(self, endpoint: E, rest: str, by_host: bool) -> None:
+        self.endpoint = endpoint
+        self.rest = rest  # path and query to join to the target base
+        self.by_host = by_host
+
+
+class Router(Generic[E]):
+    """Maps (Host, request target) to an endpoint value and the rest of the path."""
+
+    def __init__(self, entries: Iterable[tuple[str, list[str], E]]) -> None:
+        self._by_name: dict[str, E] = {}
+        self._by_host: dict[str, E] = {}
+        for name, hosts, endpoint in entries:
+            self._by_name[name] = endpoint
+            for host in hosts:
+                self._by_host[host] = endpoint
+
+    def route(self, host_header: bytes | None, target: bytes) -> Route[E] | None:
+        text = target.decode("latin-1")
+        if has_dot_segment(text):
+            raise RequestRejected(400, "dot segments are not allowed in the request path")
+        if self._by_host:
+            endpoint = self._by_host.get(_host_name(host_header))
+            if endpoint is not None:
+                return Route(endpoint, text, by_host=True)
+        if not text.startswith("/"):
+            return None
+        stripped = text[1:]
+        cut = len(stripped)
+        for separator in ("/", "?"):
+            index = stripped.find(separator)
+            if index != -1:
+                cut = min(cut, index)
+        name, rest = stripped[:cut], stripped[cut:]
+        endpoint = self._by_name.get(name)
+        if endpoint is None:
+            return None
+        if not rest.startswith("/"):
+            rest = "/" + rest
+        return Route(endpoint, rest, by_host=False)

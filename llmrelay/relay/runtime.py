@@ -1,0 +1,68 @@
+"""A config generation as the worker runs it: endpoints with their pools, key rings and router.
+
+When a new config arrives, requests already running keep the generation they started on; the old
+generation's pools are closed once its last request has finished.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint
+from llmrelay.relay.credentials import KeyPicker, KeyRing
+from llmrelay.relay.routing import Router
+from llmrelay.upstream.pool import UpstreamPool
+
+log = logging.getLogger("llmrelay.runtime")
+
+
+class EndpointRuntime:
+    __slots__ = ("config", "name", "provider", "pool", "relay_keys", "provider_keys")
+
+    def __init__(self, config: ResolvedEndpoint) -> None:
+        self.config = config
+        self.name = config.name
+        self.provider = config.provider
+        self.pool = UpstreamPool(config)
+        self.relay_keys = KeyRing(config.auth_keys)
+        self.provider_keys = KeyPicker(config.api_keys)
+
+
+class RelayRuntime:
+    """Everything a request needs from one config generation."""
+
+    def __init__(self, config: RelayConfig, generation: int) -> None:
+        self.config = config
+        self.generation = generation
+        self.endpoints = {e.name: EndpointRuntime(e) for e in config.endpoints}
+        self.router: Router[EndpointRuntime] = Router(
+            (name, rt.config.hosts, rt) for name, rt in self.endpoints.items()
+        )
+        self._users = 0
+        self._retired = False
+        self._closed = trio.Event()
+
+    def acquire(self) -> None:
+        self._users += 1
+
+    async def release(self) -> None:
+        self._users -= 1
+        if self._retired and self._users == 0:
+            await self.aclose()
+
+    async def retire(self) -> None:
+        """No new request will use this generation; close it once the running ones finish."""
+        self._retired = True
+        if self._users == 0:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with trio.CancelScope(shield=True):
+            for endpoint in self.endpoints.values():
+                await endpoint.pool.aclose()
+        log.debug("config generation %d closed", self.generation)

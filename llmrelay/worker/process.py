@@ -1,0 +1,269 @@
+"""A worker: accept loops over the inherited sockets, one task per connection, a control-pipe loop.
+
+The worker receives its listening sockets as inherited file descriptors (the supervisor binds them,
+one SO_REUSEPORT socket per slot, and keeps them open), and its config as the first message on the
+control pipe. It answers `Ready`, sends a `Heartbeat` every few seconds, switches config generations
+on `Config`, and on `Drain`, or when the pipe closes because the supervisor is gone, stops accepting,
+lets in-flight requests finish within the deadline, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+import trio
+
+from llmrelay import __version__
+from llmrelay.config.resolved import RelayConfig
+from llmrelay.control import Config, Drain, FrameError, FrameReader, Heartbeat, Ready, Stopped, WorkerStats, encode_frame
+from llmrelay.http.h11_server import ConnectionSettings, H11Connection, ServerState
+from llmrelay.logs import configure_logging
+from llmrelay.relay.handler import Relay
+from llmrelay.relay.runtime import RelayRuntime
+
+log = logging.getLogger("llmrelay.worker")
+
+EXIT_OK = 0
+EXIT_BOOT_FAILED = 3
+_ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def settings_from(config: RelayConfig) -> ConnectionSettings:
+    server = config.server
+    return ConnectionSettings(
+        header_timeout=server.header_timeout,
+        body_idle_timeout=server.body_idle_timeout,
+        keepalive_timeout=server.keepalive_timeout,
+        write_timeout=server.write_timeout,
+        max_requests=server.max_requests_per_connection,
+        max_request_line=server.max_request_line,
+        max_header_bytes=server.max_header_bytes,
+        max_header_count=server.max_header_count,
+    )
+
+
+class Worker:
+    def __init__(self, control: trio.SocketStream, listen_fds: list[int], slot: int) -> None:
+        self._control = control
+        self._listen_fds = listen_fds
+        self.slot = slot
+        self._reader = FrameReader()
+        self._send_lock = trio.Lock()
+        self.state = ServerState()
+        self._started = time.monotonic()
+        self._runtime: RelayRuntime | None = None
+        self._relay: Relay | None = None
+        self._settings = ConnectionSettings()
+        self._connection_slots: trio.Semaphore | None = None
+
+    # -- control pipe -----------------------------------------------------------------------------
+    async def _send(self, message: object) -> None:
+        async with self._send_lock:
+            try:
+                await self._control.send_all(encode_frame(message))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the supervisor is gone; the read loop notices and drains
+
+    async def _receive(self) -> list[object] | None:
+        try:
+            data = await self._control.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        if not data:
+            return None
+        return list(self._reader.feed(data))
+
+    async def _first_config(self) -> Config:
+        while True:
+            messages = await self._receive()
+            if messages is None:
+                raise SystemExit(EXIT_BOOT_FAILED)
+            for message in messages:
+                if isinstance(message, Config):
+                    return message
+
+    # -- config -------------------------------------------------------------------------------------
+    async def _apply_config(self, message: Config) -> None:
+        runtime = RelayRuntime(message.config, message.generation)
+        previous = self._runtime
+        self._runtime = runtime
+        self._settings = settings_from(message.config)
+        if self._relay is None:
+            self._relay = Relay(runtime, self.health)
+        else:
+            self._relay.runtime = runtime
+        if previous is not None:
+            await previous.retire()
+        log.info("serving config generation %d (%d endpoints)", message.generation, len(runtime.endpoints))
+
+    def health(self) -> dict[str, object]:
+        runtime = self._runtime
+        endpoints = {}
+        if runtime is not None:
+            for name, endpoint in runtime.endpoints.items():
+                endpoints[name] = {"provider": endpoint.provider, "target": str(endpoint.config.target)}
+        return {
+            "status": "draining" if self.state.draining else "ok",
+            "version": __version__,
+            "worker": {
+                "pid": os.getpid(),
+                "slot": self.slot,
+                "uptime": round(time.monotonic() - self._started, 3),
+                "connections": self.state.connections,
+                "in_flight": self.state.requests_in_flight,
+                "generation": runtime.generation if runtime else 0,
+            },
+            "endpoints": endpoints,
+        }
+
+    def stats(self) -> WorkerStats:
+        return WorkerStats(
+            connections=self.state.connections,
+            requests_in_flight=self.state.requests_in_flight,
+            requests_total=self.state.requests_total,
+            generation=self._runtime.generation if self._runtime else 0,
+        )
+
+    # -- serving ------------------------------------------------------------------------------------
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        assert self._connection_slots is not None
+        while True:
+            await self._connection_slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                self._connection_slots.release()
+                if exc.errno in _ACCEPT_BACKOFF_ERRNOS:
+                    log.warning("accept failed (%s); backing off 100 ms", os.strerror(exc.errno or 0))
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            nursery.start_soon(self._serve_connection, stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        assert self._relay is not None and self._connection_slots is not None
+        try:
+            await H11Connection(stream, self._relay, self._settings, self.state).run()
+        finally:
+            self._connection_slots.release()
+
+    async def _heartbeat_loop(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            await self._send(Heartbeat(pid=os.getpid(), stats=self.stats()))
+
+    async def run(self) -> int:
+        first = await self._first_config()
+        await self._apply_config(first)
+        server = first.config.server
+        self._connection_slots = trio.Semaphore(server.max_connections)
+        listeners = [
+            trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd))) for fd in self._listen_fds
+        ]
+        drain: Drain | None = None
+        cut = 0
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as background:
+                accept_scope = trio.CancelScope()
+
+                async def accept_all() -> None:
+                    with accept_scope:
+                        async with trio.open_nursery() as accepters:
+                            for listener in listeners:
+                                accepters.start_soon(self._accept_loop, listener, connections)
+
+                drain_requests, drain_wanted = trio.open_memory_channel[Drain](2)
+                background.start_soon(accept_all)
+                background.start_soon(self._heartbeat_loop, server.heartbeat_interval)
+                background.start_soon(self._control_loop, drain_requests)
+                background.start_soon(self._signal_loop, drain_requests)
+                await self._send(Ready(pid=os.getpid(), version=__version__))
+                log.info("worker slot %d ready (pid %d)", self.slot, os.getpid())
+                drain = await drain_wanted.receive()
+                accept_scope.cancel()
+                for listener in listeners:
+                    await listener.aclose()
+                self.state.start_draining(drain.close_idle)
+                log.info(
+                    "draining: %d connections, %d requests in flight, deadline %g s",
+                    self.state.connections,
+                    self.state.requests_in_flight,
+                    drain.timeout,
+                )
+                with trio.move_on_after(drain.timeout) as deadline:
+                    while self.state.connections > 0:
+                        await trio.sleep(0.05)
+                if deadline.cancelled_caught:
+                    cut = self.state.requests_in_flight
+                    log.warning("drain deadline passed: cutting %d requests in flight", cut)
+                    connections.cancel_scope.cancel()
+                background.cancel_scope.cancel()
+        if self._runtime is not None:
+            await self._runtime.aclose()
+        await self._send(Stopped(pid=os.getpid(), cut=cut))
+        log.info("worker slot %d stopped", self.slot)
+        return EXIT_OK
+
+    async def _signal_loop(self, drain_requests: trio.MemorySendChannel[Drain]) -> None:
+        """SIGTERM sent to the worker itself (a process-group kill, an operator) drains it too."""
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                log.info("received SIGTERM: draining")
+                timeout = self._runtime.config.server.drain_timeout if self._runtime else 0.0
+                await drain_requests.send(Drain(timeout=timeout, close_idle=True))
+                return
+
+    async def _control_loop(self, drain_requests: trio.MemorySendChannel[Drain]) -> None:
+        """Handle supervisor messages until a Drain arrives or the pipe closes."""
+        await drain_requests.send(await self._next_drain())
+
+    async def _next_drain(self) -> Drain:
+        while True:
+            try:
+                messages = await self._receive()
+            except FrameError as exc:
+                log.error("control pipe: %s; draining", exc)
+                messages = None
+            if messages is None:
+                log.warning("control pipe closed (supervisor gone): draining")
+                timeout = self._runtime.config.server.drain_timeout if self._runtime else 0.0
+                return Drain(timeout=timeout, close_idle=True)
+            for message in messages:
+                if isinstance(message, Drain):
+                    return message
+                if isinstance(message, Config):
+                    await self._apply_config(message)
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m llmrelay.worker")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--listen-fd", type=int, action="append", default=[])
+    parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(argv)
+
+
+async def _amain(args: argparse.Namespace) -> int:
+    control_socket = socket.socket(fileno=args.control_fd)
+    control = trio.SocketStream(trio.socket.from_stdlib_socket(control_socket))
+    return await Worker(control, args.listen_fd, args.slot).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    # Terminal signals are the supervisor's to act on; it tells the worker what to do.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    configure_logging(args.log_level)
+    try:
+        return trio.run(_amain, args)
+    except KeyboardInterrupt:
+        return EXIT_OK

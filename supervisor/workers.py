@@ -1,0 +1,87 @@
+"""One worker process as the supervisor sees it: its slot, its process, its end of the control pipe."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import trio
+
+from llmrelay.control import ControlMessage, FrameError, FrameReader, encode_frame
+
+log = logging.getLogger("supervisor")
+
+
+class WorkerProcess:
+    def __init__(self, slot: int, process: trio.Process, control: trio.SocketStream) -> None:
+        self.slot = slot
+        self.process = process
+        self.pid = process.pid
+        self.control = control
+        self.started = time.monotonic()
+        self.ready = trio.Event()
+        self.stopped = trio.Event()
+        self.last_heartbeat = time.monotonic()
+        self.draining = False
+        self._reader = FrameReader()
+        self._send_lock = trio.Lock()
+
+    @classmethod
+    async def spawn(cls, slot: int, listen_sockets: list[socket.socket], log_level: str) -> WorkerProcess:
+        """fork+exec `python -m llmrelay.worker` with slot `slot`'s sockets and a fresh control pipe."""
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        listen_fds = [s.fileno() for s in listen_sockets]
+        argv = [sys.executable, "-m", "llmrelay.worker", "--control-fd", str(child_end.fileno()), "--slot", str(slot)]
+        argv += [arg for fd in listen_fds for arg in ("--listen-fd", str(fd))]
+        argv += ["--log-level", log_level]
+        try:
+            process = await trio.lowlevel.open_process(
+                argv,
+                pass_fds=(child_end.fileno(), *listen_fds),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # terminal signals reach the supervisor only
+            )
+        finally:
+            child_end.close()
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
+        return cls(slot, process, stream)
+
+    async def send(self, message: object) -> bool:
+        async with self._send_lock:
+            try:
+                await self.control.send_all(encode_frame(message))
+                return True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+
+    async def messages(self) -> list[ControlMessage] | None:
+        """The next messages from the worker; None once its pipe closed or broke."""
+        try:
+            data = await self.control.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        if not data:
+            return None
+        try:
+            return self._reader.feed(data)
+        except FrameError as exc:
+            log.error("worker %d sent a bad control frame: %s", self.pid, exc)
+            return None
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            pass
+
+    def describe_exit(self) -> str:
+        code = self.process.returncode
+        if code is None:
+            return "is still running"
+        if code < 0:
+            return f"exited with signal {-code}"
+        return f"exited with status {code}"
