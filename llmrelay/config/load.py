@@ -20,7 +20,7 @@ import msgspec
 from llmrelay.config.decode import decode
 from llmrelay.config.errors import ConfigError
 from llmrelay.config.resolved import RelayConfig, resolve_config
-from llmrelay.config.schema import ConfigFile
+from llmrelay.config.schema import ConfigFile, EndpointSection, ServerSection
 from llmrelay.config.secrets import is_command
 
 DEFAULT_FILE_NAME = "llmrelay.toml"
@@ -78,6 +78,25 @@ def _apply_overrides(
         server["workers"] = overrides.workers
 
 
+def _salvage(data: dict[str, Any]) -> ConfigFile:
+    """The parts of a file with schema errors that are valid on their own.
+
+    Cross-field and secret checks then run on these too, so one pass reports every error.
+    """
+    server = decode(ServerSection, data.get("server", {}), []) or ServerSection()
+    endpoints: dict[str, EndpointSection] = {}
+    raw_endpoints = data.get("endpoints", {})
+    if isinstance(raw_endpoints, dict):
+        for name, section in raw_endpoints.items():
+            endpoint = decode(EndpointSection, section, [])
+            if endpoint is not None and isinstance(name, str):
+                endpoints[name] = endpoint
+    auth_keys = data.get("auth_keys", [])
+    if not (isinstance(auth_keys, list) and all(isinstance(k, str) for k in auth_keys)):
+        auth_keys = []
+    return ConfigFile(server=server, endpoints=endpoints, auth_keys=auth_keys)
+
+
 def load_config_text(
     text: str,
     source: str,
@@ -98,8 +117,8 @@ def load_config_text(
         )
         raise ConfigError(errors, source)
     _apply_overrides(data, overrides, env, errors)
-    file = decode(ConfigFile, data, errors)
-    config = resolve_config(file, source, errors, env) if file is not None else None
+    file = decode(ConfigFile, data, errors) or _salvage(data)
+    config = resolve_config(file, source, errors, env)
     if errors or config is None:
         raise ConfigError(errors, source)
     return config

@@ -263,7 +263,7 @@ def resolve_config(
                 max_body_size=section.max_body_size,
             )
         )
-    if not file.endpoints:
+    if not file.endpoints and not errors[before:]:
         errors.append("endpoints: at least one endpoint is required")
     if len(errors) > before:
         return None

@@ -1,0 +1,59 @@
+"""Routing and URL joining, sans-IO."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmrelay.http.errors import RequestRejected
+from llmrelay.relay.routing import Router, join_path
+
+
+@pytest.mark.parametrize(
+    ("base", "rest", "expected"),
+    [
+        ("/v1", "/v1/chat/completions", "/v1/chat/completions"),
+        ("/v1", "/chat/completions", "/v1/chat/completions"),
+        ("", "/v1/messages", "/v1/messages"),
+        ("/openai/v1", "/v1/chat/completions", "/openai/v1/v1/chat/completions"),
+        ("/openai/v1", "/openai/v1/models", "/openai/v1/models"),
+        ("/v1", "/v1", "/v1"),
+        ("/v1", "/v1beta/models", "/v1/v1beta/models"),
+        ("/v1beta", "/v1beta/models/x:generateContent?alt=sse", "/v1beta/models/x:generateContent?alt=sse"),
+        ("/v1", "/models?limit=2&after=a%2Fb", "/v1/models?limit=2&after=a%2Fb"),
+        ("", "/", "/"),
+    ],
+)
+def test_join_path(base: str, rest: str, expected: str) -> None:
+    assert join_path(base, rest) == expected
+
+
+def make_router() -> Router[str]:
+    return Router([("openai", [], "OPENAI"), ("anthropic_dev", [], "ANTHROPIC"), ("groq", ["groq.internal"], "GROQ")])
+
+
+def test_prefix_routing() -> None:
+    router = make_router()
+    route = router.route(b"relay:8811", b"/openai/v1/chat/completions?x=1")
+    assert route is not None and route.endpoint == "OPENAI" and route.rest == "/v1/chat/completions?x=1"
+    route = router.route(b"relay", b"/anthropic_dev/v1/messages")
+    assert route is not None and route.endpoint == "ANTHROPIC" and not route.by_host
+    route = router.route(b"relay", b"/openai?x=1")
+    assert route is not None and route.rest == "/?x=1"
+    assert router.route(b"relay", b"/unknown/v1/models") is None
+    assert router.route(b"relay", b"/openaix/v1/models") is None
+    assert router.route(b"relay", b"*") is None
+
+
+def test_host_routing_forwards_the_whole_path() -> None:
+    router = make_router()
+    for host in (b"groq.internal", b"GROQ.internal:8811", b"groq.internal."):
+        route = router.route(host, b"/openai/v1/chat/completions")
+        assert route is not None and route.endpoint == "GROQ" and route.by_host
+        assert route.rest == "/openai/v1/chat/completions"
+
+
+@pytest.mark.parametrize("target", [b"/openai/../anthropic_dev/v1", b"/openai/v1/%2e%2e/admin", b"/openai/./v1", b"/openai/%2E/x"])
+def test_dot_segments_are_refused(target: bytes) -> None:
+    with pytest.raises(RequestRejected) as info:
+        make_router().route(b"relay", target)
+    assert info.value.status == 400
