@@ -31,13 +31,23 @@ def free_port() -> int:
 class RelayProcess:
     """One `llmrelay serve` supervisor (and its workers) started for a test."""
 
-    def __init__(self, workdir: Path, config_text: str | None, args: list[str], env: dict[str, str] | None, port: int):
+    def __init__(
+        self,
+        workdir: Path,
+        config_text: str | None,
+        args: list[str],
+        env: dict[str, str] | None,
+        port: int,
+        port_flag: bool = True,
+    ):
         self.workdir = workdir
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = workdir / f"relay-{port}.log"
         self.config_path: Path | None = None
-        command = [sys.executable, "-m", "llmrelay", "serve", "--port", str(port), *args]
+        command = [sys.executable, "-m", "llmrelay", "serve", *args]
+        if port_flag:
+            command += ["--port", str(port)]
         if config_text is not None:
             self.config_path = workdir / f"relay-{port}.toml"
             self.config_path.write_text(config_text)
@@ -112,8 +122,11 @@ def start_relay(tmp_path: Path) -> Iterator:
         workers: int = 1,
         wait: bool = True,
         port: int | None = None,
+        port_flag: bool = True,
     ) -> RelayProcess:
-        relay = RelayProcess(tmp_path, config_text, ["--workers", str(workers), *args], env, port or free_port())
+        relay = RelayProcess(
+            tmp_path, config_text, ["--workers", str(workers), *args], env, port or free_port(), port_flag
+        )
         started.append(relay)
         if wait:
             relay.wait_ready(workers=workers)
