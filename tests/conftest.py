@@ -82,8 +82,18 @@ class RelayProcess:
         raise RuntimeError(f"relay not ready after {timeout} s:\n{self.logs()}")
 
     def worker_pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True).stdout
-        return [int(x) for x in out.split()]
+        """Live children of the supervisor, read from /proc."""
+        children = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[1]) == self.pid:
+                children.append(int(entry.name))
+        return sorted(children)
 
     def logs(self) -> str:
         self._log_file.flush()

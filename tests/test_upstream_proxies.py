@@ -23,6 +23,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -376,6 +377,66 @@ def test_target_down_behind_working_proxy_gives_502(tls_mock, start_relay, start
     assert_openai_502(response)
     assert proxy.wait_for_line_to("127.0.0.1", closed), proxy.log()
     assert post_chat(relay, "oai").status_code == 502
+
+
+SOCKS_HANDSHAKE_BUG = (
+    "SOCKS5 proxy that closes the connection or answers garbage during the SOCKS handshake: "
+    "socksio.exceptions.ProtocolError('Malformed reply') escapes httpcore untranslated (not in "
+    "llmrelay.upstream.pool.TRANSPORT_ERRORS nor handled by errors.translate), so the relay answers "
+    "500 'internal error in the relay' (type invalid_request_error), logs a traceback, and the access "
+    "log records status=0 outcome=ok, instead of a 502 proxy_failed in the provider's shape"
+)
+
+
+@pytest.fixture
+def broken_proxy() -> Iterator:
+    """broken_proxy(reply) -> port of a server that reads what comes, writes `reply` and closes."""
+    listeners: list[socket.socket] = []
+
+    def start(reply: bytes) -> int:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listeners.append(listener)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.settimeout(2)
+                    try:
+                        conn.recv(4096)
+                        if reply:
+                            conn.sendall(reply)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=serve, daemon=True).start()
+        return listener.getsockname()[1]
+
+    yield start
+    for listener in listeners:
+        listener.close()
+
+
+@pytest.mark.parametrize("reply", [b"", b"this is not a proxy\r\n\r\n"], ids=["drop", "garbage"])
+@pytest.mark.parametrize(
+    "scheme", ["http", pytest.param("socks5", marks=pytest.mark.xfail(strict=True, reason=SOCKS_HANDSHAKE_BUG))]
+)
+def test_broken_proxy_gives_502(mock: MockProvider, start_relay, broken_proxy, scheme: str, reply: bytes) -> None:
+    port = broken_proxy(reply)
+    relay = start_relay(relay_config(endpoint_config("oai", mock, proxy_url=f"{scheme}://127.0.0.1:{port}")))
+    workers = relay.worker_pids()
+    started = time.monotonic()
+    response = post_chat(relay, "oai")
+    assert time.monotonic() - started < 5
+    assert mock.requests == []
+    assert relay.worker_pids() == workers
+    assert_openai_502(response)
+    assert "Traceback" not in relay.logs()
 
 
 # -- 5. proxy authentication ----------------------------------------------------------------------------------

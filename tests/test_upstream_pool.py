@@ -1,0 +1,90 @@
+"""UpstreamPool under cancellation: slots are never leaked (the failure mode of httpcore #1093)."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+
+from llmrelay.config import load_config_text
+from llmrelay.upstream.errors import UpstreamError
+from llmrelay.upstream.pool import UpstreamPool, UpstreamRequest
+from mock_providers import MockProvider
+
+
+def make_pool(mock: MockProvider, max_connections: int = 2) -> UpstreamPool:
+    config = load_config_text(
+        f'[endpoints.m]\ntarget_base = "{mock.base_url}/v1"\nprovider = "openai"\n'
+        f"max_connections = {max_connections}\npool_timeout = 3\n",
+        "test",
+        environ={},
+    )
+    return UpstreamPool(config.endpoints[0])
+
+
+def request(mock: MockProvider, delay: str = "0", stream: bool = True) -> UpstreamRequest:
+    body = b'{"model":"m","messages":[],"stream":%s}' % (b"true" if stream else b"false")
+    return UpstreamRequest(
+        method=b"POST",
+        scheme=b"http",
+        host=b"127.0.0.1",
+        port=mock.port,
+        target=b"/v1/chat/completions",
+        headers=[
+            (b"host", f"127.0.0.1:{mock.port}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-mock-delay", delay.encode()),
+            (b"x-mock-events", b"5"),
+        ],
+        body=body,
+    )
+
+
+async def fetch(pool: UpstreamPool, req: UpstreamRequest) -> bytes:
+    data = b""
+    async with pool.stream(req) as response:
+        assert response.status == 200
+        async for chunk in response.iter_body():
+            data += chunk
+    return data
+
+
+async def test_cancellation_under_contention_leaves_the_pool_usable(mock: MockProvider) -> None:
+    pool = make_pool(mock, max_connections=2)
+    rng = random.Random(1093)
+    cancelled = 0
+
+    async def doomed() -> None:
+        nonlocal cancelled
+        with trio.move_on_after(rng.uniform(0.0, 0.4)) as scope:
+            try:
+                await fetch(pool, request(mock, delay="0.05"))
+            except UpstreamError:
+                pass
+        cancelled += scope.cancelled_caught
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(80):
+            nursery.start_soon(doomed)
+    assert cancelled > 20  # most were cut while waiting for a slot, connecting or reading
+
+    with trio.fail_after(10):
+        for _ in range(20):
+            data = await fetch(pool, request(mock))
+            assert data.endswith(b"data: [DONE]\n\n")
+    stats = pool.statistics()
+    assert stats["waiting"] == 0
+    assert stats["connections"] <= 2
+    await pool.aclose()
+
+
+async def test_a_response_left_early_frees_its_slot(mock: MockProvider) -> None:
+    pool = make_pool(mock, max_connections=1)
+    for _ in range(5):
+        async with pool.stream(request(mock, delay="0.2")) as response:
+            async for _chunk in response.iter_body():
+                break  # leave mid-stream: the connection must be closed and the slot freed
+    with trio.fail_after(5):
+        assert (await fetch(pool, request(mock))).endswith(b"data: [DONE]\n\n")
+    await pool.aclose()
