@@ -69,6 +69,10 @@ class Relay:
             record.status = exc.status
             record.outcome = "rejected"
             raise
+        except Exception:
+            record.status = 500 if exchange.phase is ResponsePhase.PENDING else record.status
+            record.outcome = "internal_error"
+            raise
         finally:
             record.finished = time.perf_counter()
             if runtime.config.server.access_log:

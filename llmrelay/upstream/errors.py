@@ -7,6 +7,7 @@ a proxy credential.
 from __future__ import annotations
 
 import httpcore
+import socksio.exceptions
 
 
 class UpstreamError(Exception):
@@ -43,12 +44,21 @@ class UpstreamPoolFull(UpstreamError):
 
 
 def _detail(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text[:200] if text else type(exc).__name__
+    """The most telling message in an exception chain (httpcore often wraps an empty one)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen).strip()
+        if text:
+            return text[:200]
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
 
 
-def translate(exc: Exception, phase: str) -> UpstreamError:
-    """Map an httpcore exception raised during `phase` ("request" or "body") to ours."""
+def translate(exc: Exception, phase: str, via_proxy: bool = False) -> UpstreamError:
+    """Map an httpcore exception raised during `phase` ("request" or "body") to ours.
+
+    With `via_proxy`, a connect failure is the proxy's: the target is reached through it.
+    """
     if isinstance(exc, UpstreamError):
         return exc
     if isinstance(exc, httpcore.PoolTimeout):
@@ -57,9 +67,13 @@ def translate(exc: Exception, phase: str) -> UpstreamError:
         return UpstreamTimeout("timed out connecting to the upstream")
     if isinstance(exc, (httpcore.ReadTimeout, httpcore.WriteTimeout)):
         return UpstreamTimeout(f"upstream timed out ({phase})")
+    if isinstance(exc, socksio.exceptions.SOCKSError):
+        return UpstreamProxyError(f"SOCKS5 proxy handshake failed: {_detail(exc)}")
     if isinstance(exc, httpcore.ProxyError):
         return UpstreamProxyError(f"upstream proxy refused the connection: {_detail(exc)}")
     if isinstance(exc, httpcore.ConnectError):
+        if via_proxy:
+            return UpstreamProxyError(f"cannot connect through the upstream proxy: {_detail(exc)}")
         return UpstreamConnectError(f"cannot connect to the upstream: {_detail(exc)}")
     if isinstance(exc, httpcore.UnsupportedProtocol):
         return UpstreamConnectError(f"unsupported upstream URL: {_detail(exc)}")

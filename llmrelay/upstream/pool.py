@@ -16,10 +16,11 @@ from urllib.parse import unquote, urlsplit
 
 import httpcore
 import msgspec
+import socksio.exceptions
 import trio
 
 from llmrelay.config.resolved import ResolvedEndpoint
-from llmrelay.upstream.errors import UpstreamTimeout, translate
+from llmrelay.upstream.errors import UpstreamProxyError, UpstreamTimeout, translate
 
 # What httpcore raises for network, protocol and proxy failures. Anything else (such as the error a
 # request body source raises when the client misbehaves) passes through untranslated.
@@ -29,6 +30,7 @@ TRANSPORT_ERRORS = (
     httpcore.ProtocolError,
     httpcore.ProxyError,
     httpcore.UnsupportedProtocol,
+    socksio.exceptions.SOCKSError,  # a SOCKS5 proxy that breaks its handshake
     OSError,
 )
 
@@ -115,6 +117,13 @@ class UpstreamPool:
             http2=False,
         )
         self._pool: httpcore.AsyncConnectionPool
+        self._via_proxy = endpoint.proxy_url is not None
+        # Through an HTTP proxy, a plain-http target is forwarded rather than tunnelled: a 407 then
+        # comes from the proxy itself, never from the provider.
+        self._proxy_answers_directly = bool(
+            endpoint.proxy_url and endpoint.proxy_url.startswith(("http://", "https://"))
+            and endpoint.target.scheme == "http"
+        )
         if endpoint.proxy_url is None:
             self._pool = httpcore.AsyncConnectionPool(**common)  # type: ignore[arg-type]
         else:
@@ -140,12 +149,16 @@ class UpstreamPool:
             try:
                 response = await self._pool.handle_async_request(core_request)
             except TRANSPORT_ERRORS as exc:
-                raise translate(exc, "request") from None
+                raise translate(exc, "request", via_proxy=self._via_proxy) from None
         if response is None or scope.cancelled_caught:
             if response is not None:
                 with trio.CancelScope(shield=True):
                     await response.aclose()
             raise UpstreamTimeout(f"no response headers within {self._first_byte_timeout:g} s")
+        if response.status == 407 and self._proxy_answers_directly:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+            raise UpstreamProxyError("upstream proxy refused the request: 407 Proxy Authentication Required")
         try:
             yield UpstreamResponse(response, self._idle_timeout)
         finally:

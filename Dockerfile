@@ -1,0 +1,21 @@
+# llmrelay: a plain image that runs `llmrelay serve` as a non-root user.
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY llmrelay ./llmrelay
+COPY supervisor ./supervisor
+RUN pip install . \
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin llmrelay
+
+USER llmrelay
+EXPOSE 8811
+# Mount a config at /etc/llmrelay/llmrelay.toml (or set CONFIG_PATH); without one the embedded
+# default serves /openai, /anthropic, /gemini and /groq with the clients' own keys.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["llmrelay"]
+CMD ["serve", "--host", "0.0.0.0"]
