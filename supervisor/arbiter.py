@@ -9,6 +9,7 @@ backoff, so a crash loop is visible in the log and does not spin the CPU.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 import os
 import signal
 import socket
@@ -97,7 +98,7 @@ class Supervisor:
         log.info("supervisor exiting")
         return EXIT_OK
 
-    async def _dispatch(self, signals: trio.abc.AsyncIterator[int]) -> None:  # type: ignore[name-defined]
+    async def _dispatch(self, signals: AsyncIterator[int]) -> None:
         handlers = {
             signal.SIGTERM: self.handle_term,
             signal.SIGINT: self.handle_term,

@@ -14,3 +14,7 @@ class RequestRejected(Exception):
 
 class ClientDisconnected(Exception):
     """The client went away (or stalled past the write timeout) before the exchange ended."""
+
+
+class InvalidResponseHead(Exception):
+    """A response head (from upstream) that this protocol cannot carry; nothing was sent yet."""

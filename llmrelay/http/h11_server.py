@@ -17,7 +17,7 @@ import h11
 import msgspec
 import trio
 
-from llmrelay.http.errors import ClientDisconnected, RequestRejected
+from llmrelay.http.errors import ClientDisconnected, InvalidResponseHead, RequestRejected
 from llmrelay.http.exchange import Headers, RequestHead, ResponsePhase, advance
 from llmrelay.http.head_guard import HeadLimits, check_request_head, find_head_end
 
@@ -63,7 +63,21 @@ class ServerState:
         self.connections = 0
         self.requests_in_flight = 0
         self.requests_total = 0
-        self.idle_changed = trio.Event()
+        self._all_closed = trio.Event()
+
+    def connection_opened(self) -> None:
+        self.connections += 1
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
+        if self.connections == 0:
+            self._all_closed.set()
+            self._all_closed = trio.Event()
+
+    async def wait_all_closed(self) -> None:
+        """Return once no connection is open (at once when none is)."""
+        if self.connections:
+            await self._all_closed.wait()
 
     def start_draining(self, close_idle: bool) -> None:
         self.draining = True
@@ -153,10 +167,13 @@ class H11Exchange:
 
     # -- response ---------------------------------------------------------------------------------
     async def send_head(self, status: int, headers: Headers) -> None:
-        self.phase = advance(self.phase, ResponsePhase.STREAMING)
         if self.close_after:
             headers = [*headers, (b"connection", b"close")]
-        event = h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, b""))
+        try:
+            event = h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, b""))
+        except h11.LocalProtocolError as exc:
+            raise InvalidResponseHead(f"response head cannot be sent: {exc}") from None
+        self.phase = advance(self.phase, ResponsePhase.STREAMING)
         await self._connection.send_bytes(self._parser.send(event))
 
     async def send_body(self, data: bytes) -> None:
@@ -207,7 +224,7 @@ class H11Connection:
             self._client = ("unknown", 0)
 
     async def run(self) -> None:
-        self._state.connections += 1
+        self._state.connection_opened()
         try:
             served = 0
             while not self._closed:
@@ -225,7 +242,7 @@ class H11Connection:
         except ClientDisconnected:
             pass
         finally:
-            self._state.connections -= 1
+            self._state.connection_closed()
             await self.close_hard()
 
     async def _read_head(self, first: bool) -> int:

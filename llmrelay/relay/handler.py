@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 import trio
 
-from llmrelay.http.errors import ClientDisconnected, RequestRejected
+from llmrelay.http.errors import ClientDisconnected, InvalidResponseHead, RequestRejected
 from llmrelay.http.exchange import Exchange, Headers, ResponsePhase
 from llmrelay.relay import accesslog
 from llmrelay.relay.credentials import check_relay_key, strip_query_key
@@ -23,7 +23,7 @@ from llmrelay.relay.headers import client_response_headers, request_id_for, upst
 from llmrelay.relay.providers import error_response, inject_key
 from llmrelay.relay.routing import join_path
 from llmrelay.relay.runtime import EndpointRuntime, RelayRuntime
-from llmrelay.upstream.errors import UpstreamError
+from llmrelay.upstream.errors import UpstreamError, UpstreamProtocolError
 from llmrelay.upstream.pool import UpstreamRequest
 
 log = logging.getLogger("llmrelay.relay")
@@ -140,7 +140,10 @@ class Relay:
                 record.status = response.status
                 out_headers = client_response_headers(response.headers, record.request_id)
                 record.streamed = _is_streamed(out_headers)
-                await exchange.send_head(response.status, out_headers)
+                try:
+                    await exchange.send_head(response.status, out_headers)
+                except InvalidResponseHead as exc:
+                    raise UpstreamProtocolError(str(exc)) from None
                 async for chunk in response.iter_body():
                     record.bytes_out += len(chunk)
                     await exchange.send_body(chunk)

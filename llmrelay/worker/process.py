@@ -198,8 +198,7 @@ class Worker:
                     drain.timeout,
                 )
                 with trio.move_on_after(drain.timeout) as deadline:
-                    while self.state.connections > 0:
-                        await trio.sleep(0.05)
+                    await self.state.wait_all_closed()
                 if deadline.cancelled_caught:
                     cut = self.state.requests_in_flight
                     log.warning("drain deadline passed: cutting %d requests in flight", cut)
