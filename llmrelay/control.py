@@ -23,14 +23,14 @@ class Message(msgspec.Struct, tag=True, frozen=True):
 
 
 # supervisor -> worker
-class Config(Message):
+class Config(Message, frozen=True):
     """The config to serve from now on; `generation` increases with every reload."""
 
     config: RelayConfig
     generation: int
 
 
-class Drain(Message):
+class Drain(Message, frozen=True):
     """Stop accepting, finish in-flight requests within `timeout` seconds, then exit.
 
     `close_idle`: close idle keep-alive connections at once (a full stop, when no successor will
@@ -42,7 +42,7 @@ class Drain(Message):
 
 
 # worker -> supervisor
-class Ready(Message):
+class Ready(Message, frozen=True):
     pid: int
     version: str
 
@@ -54,12 +54,12 @@ class WorkerStats(msgspec.Struct, frozen=True):
     generation: int
 
 
-class Heartbeat(Message):
+class Heartbeat(Message, frozen=True):
     pid: int
     stats: WorkerStats
 
 
-class Stopped(Message):
+class Stopped(Message, frozen=True):
     """The worker finished draining; `cut` streams were still running at the deadline."""
 
     pid: int

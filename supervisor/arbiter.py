@@ -110,7 +110,7 @@ class Supervisor:
         }
         async for signum in signals:
             log.info("received %s", signal.Signals(signum).name)
-            await handlers[signum]()
+            await handlers[signal.Signals(signum)]()
             if self._stopping:
                 return
 

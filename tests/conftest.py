@@ -1,117 +1,19 @@
-"""Fixtures: mock providers, free ports, and real `llmrelay serve` processes on loopback."""
+"""Fixtures: a mock provider, and a factory of real `llmrelay serve` processes that are always stopped."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from mock_providers import MockProvider  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RelayProcess:
-    """One `llmrelay serve` supervisor (and its workers) started for a test."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        config_text: str | None,
-        args: list[str],
-        env: dict[str, str] | None,
-        port: int,
-        port_flag: bool = True,
-    ):
-        self.workdir = workdir
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.log_path = workdir / f"relay-{port}.log"
-        self.config_path: Path | None = None
-        command = [sys.executable, "-m", "llmrelay", "serve", *args]
-        if port_flag:
-            command += ["--port", str(port)]
-        if config_text is not None:
-            self.config_path = workdir / f"relay-{port}.toml"
-            self.config_path.write_text(config_text)
-            os.chmod(self.config_path, 0o600)
-            command += ["--config", str(self.config_path)]
-        full_env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_PATH", "PORT")}
-        full_env.update(env or {})
-        self._log_file = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            command, cwd=workdir, env=full_env, stdout=self._log_file, stderr=subprocess.STDOUT
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def url(self, path: str) -> str:
-        return self.base_url + path
-
-    def wait_ready(self, timeout: float = 20.0, workers: int = 1) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"relay exited with {self.process.returncode}:\n{self.logs()}")
-            if self.logs().count("ready (pid") >= workers:
-                try:
-                    if httpx.get(self.url("/health"), timeout=2).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.05)
-        raise RuntimeError(f"relay not ready after {timeout} s:\n{self.logs()}")
-
-    def worker_pids(self) -> list[int]:
-        """Live children of the supervisor, read from /proc."""
-        children = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] != "Z" and int(fields[1]) == self.pid:
-                children.append(int(entry.name))
-        return sorted(children)
-
-    def logs(self) -> str:
-        self._log_file.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def send_signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._log_file.close()
-        return self.process.returncode
+from relaytest import RelayProcess, free_port  # noqa: E402
 
 
 @pytest.fixture
@@ -151,23 +53,3 @@ def start_relay(tmp_path: Path) -> Iterator:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
-def endpoint_config(name: str, mock: MockProvider, provider: str = "openai", base: str = "/v1", **keys: object) -> str:
-    """A `[endpoints.NAME]` TOML section pointing at `mock`."""
-    lines = [f"[endpoints.{name}]", f'target_base = "{mock.base_url}{base}"', f'provider = "{provider}"']
-    for key, value in keys.items():
-        lines.append(f"{key} = {toml_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-    return str(value)

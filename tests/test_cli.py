@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import EXAMPLES
+from relaytest import EXAMPLES
 
 import llmrelay
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES
+from relaytest import EXAMPLES
 from llmrelay.config import ConfigError, load_config, load_config_text
 from llmrelay.config.load import EMBEDDED_SOURCE, Overrides, find_config_path
 

@@ -7,7 +7,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from conftest import endpoint_config
+from relaytest import endpoint_config
 from mock_providers import MockProvider
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from conftest import endpoint_config
+from relaytest import endpoint_config
 from mock_providers import MockProvider
 
 

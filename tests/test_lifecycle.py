@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import endpoint_config, free_port
+from relaytest import endpoint_config, free_port
 from mock_providers import MockProvider
 
 STREAM_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}

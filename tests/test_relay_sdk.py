@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import endpoint_config
+from relaytest import endpoint_config
 from mock_providers import MockProvider
 
 

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import endpoint_config, free_port
+from relaytest import endpoint_config, free_port
 from mock_providers import MockProvider
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

@@ -37,7 +37,7 @@ import openai
 import pytest
 import trustme
 
-from conftest import endpoint_config, free_port, toml_value
+from relaytest import endpoint_config, free_port, toml_value
 from mock_providers import MockProvider
 
 pytestmark = pytest.mark.timeout(60)

@@ -27,14 +27,14 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class ApiKeyEntry(_Section):
+class ApiKeyEntry(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One provider key with its share of the traffic."""
 
     key: str
     weight: NonNegativeFloat = 1.0
 
 
-class EndpointSection(_Section):
+class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """`[endpoints.NAME]`: one named route to one provider."""
 
     target_base: str | None = None
@@ -55,7 +55,7 @@ class EndpointSection(_Section):
     max_body_size: PositiveInt = 32 * 1024 * 1024
 
 
-class ServerSection(_Section):
+class ServerSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """`[server]`: the listener, the worker processes and the protocol limits."""
 
     host: str = "127.0.0.1"
@@ -77,7 +77,7 @@ class ServerSection(_Section):
     log_level: LogLevel = "info"
 
 
-class ConfigFile(_Section):
+class ConfigFile(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole file."""
 
     server: ServerSection = ServerSection()

@@ -55,9 +55,9 @@ def presented_keys(headers: Headers, query: str) -> list[bytes]:
         elif name in (b"x-api-key", b"x-goog-api-key"):
             found.append(value.strip())
     if query:
-        for name, value in parse_qsl(query, keep_blank_values=True):
-            if name == "key":
-                found.append(value.encode("utf-8"))
+        for field, text in parse_qsl(query, keep_blank_values=True):
+            if field == "key":
+                found.append(text.encode("utf-8"))
     return found
 
 
