@@ -30,6 +30,35 @@ class Config(Message, frozen=True):
     generation: int
 
 
+class EndpointHealth(msgspec.Struct, frozen=True):
+    """The merged view of one endpoint's upstream, from every worker's passive reports."""
+
+    status: str  # "ok" or "failing"
+    consecutive_failures: int = 0
+    last_error: str = ""
+    last_change: float = 0.0  # unix time of the last status change
+
+
+class WorkerInfo(msgspec.Struct, frozen=True):
+    pid: int
+    slot: int
+    state: str  # "starting", "serving", "draining"
+    uptime: float
+    connections: int
+    in_flight: int
+    requests_total: int
+    version: str
+    generation: int
+
+
+class HealthTable(Message, frozen=True):
+    """What every worker answers on GET /health: one shared view, kept by the supervisor."""
+
+    generation: int
+    endpoints: dict[str, EndpointHealth]
+    workers: list[WorkerInfo]
+
+
 class Drain(Message, frozen=True):
     """Stop accepting, finish in-flight requests within `timeout` seconds, then exit.
 
@@ -52,11 +81,22 @@ class WorkerStats(msgspec.Struct, frozen=True):
     requests_in_flight: int
     requests_total: int
     generation: int
+    rss_bytes: int = 0
+    uptime: float = 0.0
+    draining: bool = False
 
 
 class Heartbeat(Message, frozen=True):
     pid: int
     stats: WorkerStats
+
+
+class UpstreamEvent(Message, frozen=True):
+    """A passive health observation: a request to `endpoint` failed (`ok=False`) or recovered."""
+
+    endpoint: str
+    ok: bool
+    reason: str = ""
 
 
 class Stopped(Message, frozen=True):
@@ -66,7 +106,7 @@ class Stopped(Message, frozen=True):
     cut: int
 
 
-ControlMessage = Config | Drain | Ready | Heartbeat | Stopped
+ControlMessage = Config | HealthTable | Drain | Ready | Heartbeat | UpstreamEvent | Stopped
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ControlMessage)

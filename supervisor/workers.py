@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 
 import trio
 
-from llmrelay.control import ControlMessage, FrameError, FrameReader, encode_frame
+from llmrelay.control import ControlMessage, FrameError, FrameReader, WorkerInfo, WorkerStats, encode_frame
 
 log = logging.getLogger("supervisor")
 
@@ -24,15 +25,18 @@ class WorkerProcess:
         self.control = control
         self.started = time.monotonic()
         self.ready = trio.Event()
-        self.stopped = trio.Event()
+        self.exited = trio.Event()
+        self.stopped = trio.Event()  # sent Stopped, or exited
         self.last_heartbeat = time.monotonic()
         self.draining = False
+        self.version = ""
+        self.stats: WorkerStats | None = None
         self._reader = FrameReader()
         self._send_lock = trio.Lock()
 
     @classmethod
     async def spawn(cls, slot: int, listen_sockets: list[socket.socket], log_level: str) -> WorkerProcess:
-        """fork+exec `python -m llmrelay.worker` with slot `slot`'s sockets and a fresh control pipe."""
+        """fork+exec `python -m llmrelay.worker` with the slot's sockets and a fresh control pipe."""
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         listen_fds = [s.fileno() for s in listen_sockets]
         argv = [sys.executable, "-m", "llmrelay.worker", "--control-fd", str(child_end.fileno()), "--slot", str(slot)]
@@ -45,10 +49,33 @@ class WorkerProcess:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # terminal signals reach the supervisor only
             )
+        except BaseException:
+            parent_end.close()
+            raise
         finally:
             child_end.close()
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
         return cls(slot, process, stream)
+
+    @property
+    def state(self) -> str:
+        if self.draining:
+            return "draining"
+        return "serving" if self.ready.is_set() else "starting"
+
+    def info(self) -> WorkerInfo:
+        stats = self.stats
+        return WorkerInfo(
+            pid=self.pid,
+            slot=self.slot,
+            state=self.state,
+            uptime=round(time.monotonic() - self.started, 3),
+            connections=stats.connections if stats else 0,
+            in_flight=stats.requests_in_flight if stats else 0,
+            requests_total=stats.requests_total if stats else 0,
+            version=self.version,
+            generation=stats.generation if stats else 0,
+        )
 
     async def send(self, message: object) -> bool:
         async with self._send_lock:
@@ -74,7 +101,7 @@ class WorkerProcess:
 
     def kill(self) -> None:
         try:
-            os.kill(self.pid, 9)
+            os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 

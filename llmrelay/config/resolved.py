@@ -212,6 +212,8 @@ def resolve_config(
     global_auth = _resolve_keys(file.auth_keys, "auth_keys", errors, environ)
     if server.target_base is not None:
         parse_target(server.target_base, "server.target_base", errors)
+    if server.heartbeat_timeout <= server.heartbeat_interval:
+        errors.append("server.heartbeat_timeout: must be longer than server.heartbeat_interval")
     loopback = is_loopback_host(server.host)
     endpoints: list[ResolvedEndpoint] = []
     host_owner: dict[str, str] = {}

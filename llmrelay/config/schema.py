@@ -63,6 +63,7 @@ class ServerSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     target_base: str | None = None
     workers: PositiveInt = 1
     drain_timeout: NonNegativeFloat = 600.0
+    drain_keepalive_interval: PositiveFloat = 15.0
     header_timeout: PositiveFloat = 15.0
     body_idle_timeout: PositiveFloat = 60.0
     keepalive_timeout: PositiveFloat = 75.0
@@ -73,6 +74,9 @@ class ServerSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     max_header_bytes: Annotated[int, Meta(ge=1024)] = 32 * 1024
     max_header_count: PositiveInt = 100
     heartbeat_interval: PositiveFloat = 5.0
+    heartbeat_timeout: PositiveFloat = 30.0
+    worker_ready_timeout: PositiveFloat = 30.0
+    max_worker_rss: Annotated[int, Meta(ge=0)] = 0
     access_log: bool = True
     log_level: LogLevel = "info"
 

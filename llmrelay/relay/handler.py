@@ -20,9 +20,11 @@ from llmrelay.http.exchange import Exchange, Headers, ResponsePhase
 from llmrelay.relay import accesslog
 from llmrelay.relay.credentials import check_relay_key, strip_query_key
 from llmrelay.relay.headers import client_response_headers, request_id_for, upstream_request_headers
-from llmrelay.relay.providers import error_response, inject_key
+from llmrelay.relay.observer import FAILURE_STATUSES, UpstreamObserver
+from llmrelay.relay.providers import error_response, inject_key, sse_error_event
 from llmrelay.relay.routing import join_path
 from llmrelay.relay.runtime import EndpointRuntime, RelayRuntime
+from llmrelay.relay.streams import ActiveResponse, ResponseRegistry
 from llmrelay.upstream.errors import UpstreamError, UpstreamProtocolError
 from llmrelay.upstream.pool import UpstreamRequest
 
@@ -41,9 +43,17 @@ def guess_provider(path: str) -> str:
 class Relay:
     """The request handler of a worker; `runtime` is swapped when a new config arrives."""
 
-    def __init__(self, runtime: RelayRuntime, health: Callable[[], dict[str, object]]) -> None:
+    def __init__(
+        self,
+        runtime: RelayRuntime,
+        health: Callable[[], tuple[dict[str, object], Headers]],
+        observer: UpstreamObserver,
+        responses: ResponseRegistry,
+    ) -> None:
         self.runtime = runtime
         self._health = health
+        self._observer = observer
+        self._responses = responses
 
     async def __call__(self, exchange: Exchange) -> None:
         head = exchange.head
@@ -84,7 +94,8 @@ class Relay:
         head = exchange.head
         target = head.target.decode("latin-1")
         if target == "/health" or target.startswith("/health?"):
-            await self._send_json(exchange, 200, self._health(), record)
+            payload, extra_headers = self._health()
+            await self._send_json(exchange, 200, payload, record, extra_headers)
             return
         route = runtime.router.route(head.header(b"host"), head.target)
         if route is None:
@@ -134,22 +145,15 @@ class Relay:
             headers=headers,
             body=self._request_body(exchange, endpoint.config.max_body_size, record) if head.has_body else b"",
         )
+        active = ActiveResponse(exchange)
+        self._responses.add(active)
         try:
-            async with endpoint.pool.stream(request) as response:
-                record.first_byte = time.perf_counter()
-                record.status = response.status
-                out_headers = client_response_headers(response.headers, record.request_id)
-                record.streamed = _is_streamed(out_headers)
-                try:
-                    await exchange.send_head(response.status, out_headers)
-                except InvalidResponseHead as exc:
-                    raise UpstreamProtocolError(str(exc)) from None
-                async for chunk in response.iter_body():
-                    record.bytes_out += len(chunk)
-                    await exchange.send_body(chunk)
-                await exchange.end()
+            with active.scope:
+                await self._exchange_with_upstream(exchange, endpoint, request, active, record)
         except UpstreamError as exc:
             record.outcome = exc.reason
+            if exc.counts_against_upstream:
+                self._observer.failure(endpoint.name, exc.message)
             log.warning(
                 "upstream failure endpoint=%s rid=%s status=%d reason=%s: %s",
                 endpoint.name,
@@ -161,7 +165,54 @@ class Relay:
             if exchange.phase is ResponsePhase.PENDING:
                 await self._send_error(exchange, endpoint.provider, exc.status, exc.message, record)
             else:
-                await exchange.abort()
+                await self._cut(exchange, endpoint.provider, active, exc.message)
+        finally:
+            self._responses.discard(active)
+        if active.cut_by_drain and active.scope.cancelled_caught:
+            record.outcome = "cut_at_drain_deadline"
+            message = "the relay is shutting down and its drain deadline passed"
+            if exchange.phase is ResponsePhase.PENDING:
+                exchange.close_when_done()
+                await self._send_error(exchange, endpoint.provider, 503, message, record)
+            else:
+                await self._cut(exchange, endpoint.provider, active, message)
+
+    async def _exchange_with_upstream(
+        self,
+        exchange: Exchange,
+        endpoint: EndpointRuntime,
+        request: UpstreamRequest,
+        active: ActiveResponse,
+        record: accesslog.AccessRecord,
+    ) -> None:
+        async with endpoint.pool.stream(request) as response:
+            record.first_byte = time.perf_counter()
+            record.status = response.status
+            if response.status in FAILURE_STATUSES:
+                self._observer.failure(endpoint.name, f"status {response.status}")
+            else:
+                self._observer.success(endpoint.name)
+            out_headers = client_response_headers(response.headers, record.request_id)
+            active.sse = _is_event_stream(out_headers)
+            record.streamed = active.sse or not any(name == b"content-length" for name, _ in out_headers)
+            try:
+                await exchange.send_head(response.status, out_headers)
+            except InvalidResponseHead as exc:
+                raise UpstreamProtocolError(str(exc)) from None
+            async for chunk in response.iter_body():
+                record.bytes_out += len(chunk)
+                await active.send(chunk)
+            await exchange.end()
+
+    async def _cut(self, exchange: Exchange, provider: str, active: ActiveResponse, message: str) -> None:
+        """End a response that already started, honestly: an SSE error event when the stream is at
+        an event boundary, then an unclean close so no client takes it for complete."""
+        if active.sse and active.at_event_boundary:
+            try:
+                await exchange.send_body(sse_error_event(provider, message))
+            except ClientDisconnected:
+                pass
+        await exchange.abort()
 
     async def _request_body(
         self, exchange: Exchange, limit: int, record: accesslog.AccessRecord
@@ -182,10 +233,16 @@ class Relay:
         await self._send_whole(exchange, status, headers, body, record)
 
     async def _send_json(
-        self, exchange: Exchange, status: int, payload: object, record: accesslog.AccessRecord
+        self,
+        exchange: Exchange,
+        status: int,
+        payload: object,
+        record: accesslog.AccessRecord,
+        extra_headers: Headers = [],
     ) -> None:
         body = msgspec.json.encode(payload)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += extra_headers
         await self._send_whole(exchange, status, headers, body, record)
 
     async def _send_whole(
@@ -202,8 +259,8 @@ class Relay:
         await exchange.end()
 
 
-def _is_streamed(headers: Headers) -> bool:
+def _is_event_stream(headers: Headers) -> bool:
     for name, value in headers:
-        if name == b"content-type" and value.startswith(b"text/event-stream"):
-            return True
-    return not any(name == b"content-length" for name, _ in headers)
+        if name == b"content-type":
+            return value.startswith(b"text/event-stream")
+    return False

@@ -78,3 +78,15 @@ def inject_key(provider: str, headers: Headers, key: str) -> None:
         headers.append((b"x-goog-api-key", raw))
     else:
         headers.append((b"authorization", b"Bearer " + raw))
+
+
+def sse_error_event(provider: str, message: str) -> bytes:
+    """An SSE event that tells `provider`'s SDK the stream failed (used when a stream is cut)."""
+    if provider == "anthropic":
+        payload = {"type": "error", "error": {"type": "overloaded_error", "message": message}}
+        return b"event: error\ndata: " + msgspec.json.encode(payload) + b"\n\n"
+    if provider == "gemini":
+        payload = {"error": {"code": 503, "message": message, "status": "UNAVAILABLE"}}
+        return b"data: " + msgspec.json.encode(payload) + b"\r\n\r\n"
+    payload = {"error": {"message": message, "type": "server_error", "param": None, "code": "stream_cut"}}
+    return b"data: " + msgspec.json.encode(payload) + b"\n\n"

@@ -15,6 +15,7 @@ class UpstreamError(Exception):
 
     status = 502
     reason = "upstream_error"
+    counts_against_upstream = True  # False when the fault is local (no free pool slot)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -41,6 +42,7 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamPoolFull(UpstreamError):
     status = 503
     reason = "pool_exhausted"
+    counts_against_upstream = False
 
 
 def _detail(exc: BaseException) -> str:

@@ -18,21 +18,40 @@ import socket
 import sys
 import time
 
+import msgspec
 import trio
 
 from llmrelay import __version__
 from llmrelay.config.resolved import RelayConfig
-from llmrelay.control import Config, Drain, FrameError, FrameReader, Heartbeat, Ready, Stopped, WorkerStats, encode_frame
+from llmrelay.control import (
+    Config,
+    ControlMessage,
+    Drain,
+    FrameError,
+    FrameReader,
+    HealthTable,
+    Heartbeat,
+    Ready,
+    Stopped,
+    WorkerInfo,
+    WorkerStats,
+    encode_frame,
+)
+from llmrelay.http.exchange import Headers
 from llmrelay.http.h11_server import ConnectionSettings, H11Connection, ServerState
 from llmrelay.logs import configure_logging
 from llmrelay.relay.handler import Relay
+from llmrelay.relay.observer import UpstreamObserver
 from llmrelay.relay.runtime import RelayRuntime
+from llmrelay.relay.streams import ResponseRegistry
 
 log = logging.getLogger("llmrelay.worker")
 
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3
+CUT_GRACE = 2.0  # after the drain deadline: time for cut responses to send their error events
 _ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def settings_from(config: RelayConfig) -> ConnectionSettings:
@@ -57,9 +76,12 @@ class Worker:
         self._reader = FrameReader()
         self._send_lock = trio.Lock()
         self.state = ServerState()
+        self.observer = UpstreamObserver()
+        self.responses = ResponseRegistry()
         self._started = time.monotonic()
         self._runtime: RelayRuntime | None = None
         self._relay: Relay | None = None
+        self._table: HealthTable | None = None
         self._settings = ConnectionSettings()
         self._connection_slots: trio.Semaphore | None = None
 
@@ -71,14 +93,14 @@ class Worker:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the supervisor is gone; the read loop notices and drains
 
-    async def _receive(self) -> list[object] | None:
+    async def _receive(self) -> list[ControlMessage] | None:
         try:
             data = await self._control.receive_some(65536)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
         if not data:
             return None
-        return list(self._reader.feed(data))
+        return self._reader.feed(data)
 
     async def _first_config(self) -> Config:
         while True:
@@ -89,39 +111,71 @@ class Worker:
                 if isinstance(message, Config):
                     return message
 
-    # -- config -------------------------------------------------------------------------------------
+    # -- config and health ----------------------------------------------------------------------
     async def _apply_config(self, message: Config) -> None:
         runtime = RelayRuntime(message.config, message.generation)
         previous = self._runtime
         self._runtime = runtime
         self._settings = settings_from(message.config)
+        self.responses.keepalive_interval = message.config.server.drain_keepalive_interval
         if self._relay is None:
-            self._relay = Relay(runtime, self.health)
+            self._relay = Relay(runtime, self.health, self.observer, self.responses)
         else:
             self._relay.runtime = runtime
         if previous is not None:
             await previous.retire()
         log.info("serving config generation %d (%d endpoints)", message.generation, len(runtime.endpoints))
 
-    def health(self) -> dict[str, object]:
+    def _apply_health(self, table: HealthTable) -> None:
+        self._table = table
+        self.observer.shared_view({name for name, h in table.endpoints.items() if h.consecutive_failures})
+
+    def _own_info(self) -> WorkerInfo:
+        stats = self.stats()
+        return WorkerInfo(
+            pid=os.getpid(),
+            slot=self.slot,
+            state="draining" if self.state.draining else "serving",
+            uptime=stats.uptime,
+            connections=stats.connections,
+            in_flight=stats.requests_in_flight,
+            requests_total=stats.requests_total,
+            version=__version__,
+            generation=stats.generation,
+        )
+
+    def health(self) -> tuple[dict[str, object], Headers]:
+        """The shared health view (the supervisor's table), plus who answered in headers."""
         runtime = self._runtime
-        endpoints = {}
+        table = self._table
+        endpoints: dict[str, object] = {}
+        degraded = False
         if runtime is not None:
             for name, endpoint in runtime.endpoints.items():
-                endpoints[name] = {"provider": endpoint.provider, "target": str(endpoint.config.target)}
-        return {
-            "status": "draining" if self.state.draining else "ok",
+                shared = table.endpoints.get(name) if table else None
+                status = shared.status if shared else "ok"
+                degraded |= status != "ok"
+                endpoints[name] = {
+                    "provider": endpoint.provider,
+                    "target": str(endpoint.config.target),
+                    "status": status,
+                    "consecutive_failures": shared.consecutive_failures if shared else 0,
+                    "last_error": shared.last_error if shared else "",
+                }
+        workers = table.workers if table else [self._own_info()]
+        payload: dict[str, object] = {
+            "status": "degraded" if degraded else "ok",
             "version": __version__,
-            "worker": {
-                "pid": os.getpid(),
-                "slot": self.slot,
-                "uptime": round(time.monotonic() - self._started, 3),
-                "connections": self.state.connections,
-                "in_flight": self.state.requests_in_flight,
-                "generation": runtime.generation if runtime else 0,
-            },
+            "generation": table.generation if table else (runtime.generation if runtime else 0),
             "endpoints": endpoints,
+            "workers": [msgspec.structs.asdict(w) for w in workers],
         }
+        headers = [
+            (b"cache-control", b"no-store"),
+            (b"x-llmrelay-worker", str(os.getpid()).encode()),
+            (b"x-llmrelay-worker-state", b"draining" if self.state.draining else b"serving"),
+        ]
+        return payload, headers
 
     def stats(self) -> WorkerStats:
         return WorkerStats(
@@ -129,6 +183,9 @@ class Worker:
             requests_in_flight=self.state.requests_in_flight,
             requests_total=self.state.requests_total,
             generation=self._runtime.generation if self._runtime else 0,
+            rss_bytes=_rss_bytes(),
+            uptime=round(time.monotonic() - self._started, 3),
+            draining=self.state.draining,
         )
 
     # -- serving ------------------------------------------------------------------------------------
@@ -147,27 +204,41 @@ class Worker:
                 raise
             nursery.start_soon(self._serve_connection, stream)
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+    def _sweep_backlog(self, sock: socket.socket, nursery: trio.Nursery) -> None:
+        """Take every connection already queued on a socket this worker is about to close."""
+        while True:
+            try:
+                accepted, _ = sock.accept()  # trio made the listening socket non-blocking
+            except OSError:  # BlockingIOError: nothing left
+                return
+            accepted.setblocking(False)
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
+            nursery.start_soon(self._serve_connection, stream, False)
+
+    async def _serve_connection(self, stream: trio.SocketStream, holds_slot: bool = True) -> None:
         assert self._relay is not None and self._connection_slots is not None
         try:
             await H11Connection(stream, self._relay, self._settings, self.state).run()
         finally:
-            self._connection_slots.release()
+            if holds_slot:
+                self._connection_slots.release()
 
     async def _heartbeat_loop(self, interval: float) -> None:
         while True:
             await trio.sleep(interval)
             await self._send(Heartbeat(pid=os.getpid(), stats=self.stats()))
 
+    async def _report_upstream_events(self) -> None:
+        async for event in self.observer.events:
+            await self._send(event)
+
     async def run(self) -> int:
         first = await self._first_config()
         await self._apply_config(first)
         server = first.config.server
         self._connection_slots = trio.Semaphore(server.max_connections)
-        listeners = [
-            trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd))) for fd in self._listen_fds
-        ]
-        drain: Drain | None = None
+        raw_sockets = [socket.socket(fileno=fd) for fd in self._listen_fds]
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in raw_sockets]
         cut = 0
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as background:
@@ -182,15 +253,19 @@ class Worker:
                 drain_requests, drain_wanted = trio.open_memory_channel[Drain](2)
                 background.start_soon(accept_all)
                 background.start_soon(self._heartbeat_loop, server.heartbeat_interval)
+                background.start_soon(self._report_upstream_events)
                 background.start_soon(self._control_loop, drain_requests)
                 background.start_soon(self._signal_loop, drain_requests)
                 await self._send(Ready(pid=os.getpid(), version=__version__))
                 log.info("worker slot %d ready (pid %d)", self.slot, os.getpid())
                 drain = await drain_wanted.receive()
                 accept_scope.cancel()
-                for listener in listeners:
+                for sock, listener in zip(raw_sockets, listeners):
+                    self._sweep_backlog(sock, connections)
                     await listener.aclose()
                 self.state.start_draining(drain.close_idle)
+                self.responses.start_draining()
+                background.start_soon(self.responses.keepalive_loop)
                 log.info(
                     "draining: %d connections, %d requests in flight, deadline %g s",
                     self.state.connections,
@@ -200,8 +275,11 @@ class Worker:
                 with trio.move_on_after(drain.timeout) as deadline:
                     await self.state.wait_all_closed()
                 if deadline.cancelled_caught:
-                    cut = self.state.requests_in_flight
-                    log.warning("drain deadline passed: cutting %d requests in flight", cut)
+                    cut = self.responses.cut_all()
+                    log.warning("drain deadline passed: cutting %d responses in flight", cut)
+                    self.state.start_draining(close_idle=True)
+                    with trio.move_on_after(CUT_GRACE):
+                        await self.state.wait_all_closed()
                     connections.cancel_scope.cancel()
                 background.cancel_scope.cancel()
         if self._runtime is not None:
@@ -220,10 +298,7 @@ class Worker:
                 return
 
     async def _control_loop(self, drain_requests: trio.MemorySendChannel[Drain]) -> None:
-        """Handle supervisor messages until a Drain arrives or the pipe closes."""
-        await drain_requests.send(await self._next_drain())
-
-    async def _next_drain(self) -> Drain:
+        """Handle supervisor messages; pass on a Drain, or make one when the pipe closes."""
         while True:
             try:
                 messages = await self._receive()
@@ -233,12 +308,23 @@ class Worker:
             if messages is None:
                 log.warning("control pipe closed (supervisor gone): draining")
                 timeout = self._runtime.config.server.drain_timeout if self._runtime else 0.0
-                return Drain(timeout=timeout, close_idle=True)
+                await drain_requests.send(Drain(timeout=timeout, close_idle=True))
+                return
             for message in messages:
                 if isinstance(message, Drain):
-                    return message
-                if isinstance(message, Config):
+                    await drain_requests.send(message)
+                elif isinstance(message, Config):
                     await self._apply_config(message)
+                elif isinstance(message, HealthTable):
+                    self._apply_health(message)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:

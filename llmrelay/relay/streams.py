@@ -1,0 +1,105 @@
+"""Responses in flight, so that a draining worker can keep them alive and, at its deadline, end them
+honestly.
+
+Every relayed response registers an `ActiveResponse` with the worker's `ResponseRegistry`. While the
+worker drains, an SSE response that has been quiet for `keepalive_interval` gets an SSE comment
+(`: keepalive`) at an event boundary, so load balancers do not cut an idle stream. When the drain
+deadline passes, `cut_all()` cancels every response's scope; the relay then ends each one with an
+error event in the provider's format (never a fake clean end) and closes the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from llmrelay.http.errors import ClientDisconnected
+from llmrelay.http.exchange import Exchange
+
+log = logging.getLogger("llmrelay.relay")
+
+KEEPALIVE_COMMENT = b": keepalive\n\n"
+_EVENT_ENDINGS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+
+class ActiveResponse:
+    """One response being relayed: its cancel scope, and where its byte stream stands."""
+
+    __slots__ = ("exchange", "scope", "cut_by_drain", "sse", "at_event_boundary", "last_send", "_send_lock")
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.scope = trio.CancelScope()
+        self.cut_by_drain = False
+        self.sse = False
+        self.at_event_boundary = True
+        self.last_send = trio.current_time()
+        self._send_lock = trio.Lock()
+
+    async def send(self, chunk: bytes) -> None:
+        """Send a body chunk; never interleaved with a keep-alive comment."""
+        try:
+            self._send_lock.acquire_nowait()  # the usual case: no checkpoint, no wait
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
+            await self.exchange.send_body(chunk)
+        finally:
+            self._send_lock.release()
+        self.last_send = trio.current_time()
+        if self.sse:
+            self.at_event_boundary = chunk.endswith(_EVENT_ENDINGS)
+
+    def wants_keepalive(self, now: float, interval: float) -> bool:
+        return (
+            self.sse
+            and self.at_event_boundary
+            and now - self.last_send >= interval
+            and not self._send_lock.locked()
+        )
+
+    async def send_keepalive(self) -> None:
+        try:
+            async with self._send_lock:
+                await self.exchange.send_body(KEEPALIVE_COMMENT)
+            self.last_send = trio.current_time()
+        except ClientDisconnected:
+            pass  # the relay's own send notices too, and ends the exchange
+
+
+class ResponseRegistry:
+    def __init__(self, keepalive_interval: float = 15.0) -> None:
+        self.keepalive_interval = keepalive_interval
+        self.draining = trio.Event()
+        self._active: set[ActiveResponse] = set()
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def add(self, response: ActiveResponse) -> None:
+        self._active.add(response)
+
+    def discard(self, response: ActiveResponse) -> None:
+        self._active.discard(response)
+
+    def start_draining(self) -> None:
+        self.draining.set()
+
+    async def keepalive_loop(self) -> None:
+        """While draining: an SSE comment on every stream quiet for `keepalive_interval`."""
+        step = min(1.0, self.keepalive_interval / 4)
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(step)
+                now = trio.current_time()
+                for response in list(self._active):
+                    if response.wants_keepalive(now, self.keepalive_interval):
+                        nursery.start_soon(response.send_keepalive)
+
+    def cut_all(self) -> int:
+        """Cancel every response in flight (the drain deadline passed); return how many."""
+        for response in self._active:
+            response.cut_by_drain = True
+            response.scope.cancel()
+        return len(self._active)
