@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -58,7 +60,12 @@ def main() -> None:
 @click.option("--host", help="Listen address (overrides server.host).")
 @click.option("--port", type=int, help="Listen port (overrides server.port and $PORT).")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes (overrides server.workers).")
-@click.option("--pid-file", type=click.Path(dir_okay=False), help="Write the supervisor's pid here.")
+@click.option(
+    "--pid-file",
+    type=click.Path(dir_okay=False),
+    envvar="LLMRELAY_PID_FILE",
+    help="Write the supervisor's pid here (removed on exit).",
+)
 def serve(
     config_path: str | None, host: str | None, port: int | None, workers: int | None, pid_file: str | None
 ) -> None:
@@ -80,6 +87,51 @@ def check_config(path: str | None) -> None:
     for line in summary(config):
         click.echo(line)
     click.echo("ok")
+
+
+def _signal_supervisor(pid_file: str, signum: signal.Signals, what: str) -> None:
+    path = Path(pid_file)
+    try:
+        pid = int(path.read_text().strip())
+    except FileNotFoundError:
+        click.echo(f"no pid file at {path}: is llmrelay serve running with --pid-file {path}?", err=True)
+        sys.exit(EXIT_CONFIG_ERROR)
+    except (OSError, ValueError) as exc:
+        click.echo(f"cannot read pid file {path}: {exc}", err=True)
+        sys.exit(EXIT_CONFIG_ERROR)
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        click.echo(f"no process {pid} (stale pid file {path})", err=True)
+        sys.exit(EXIT_CONFIG_ERROR)
+    except PermissionError:
+        click.echo(f"not allowed to signal process {pid}", err=True)
+        sys.exit(EXIT_CONFIG_ERROR)
+    click.echo(f"sent {signum.name} to llmrelay supervisor {pid}: {what}")
+
+
+_PID_FILE_OPTION = click.option(
+    "--pid-file",
+    type=click.Path(dir_okay=False),
+    envvar="LLMRELAY_PID_FILE",
+    default="llmrelay.pid",
+    show_default=True,
+    help="The pid file `serve --pid-file` wrote.",
+)
+
+
+@main.command()
+@_PID_FILE_OPTION
+def reload(pid_file: str) -> None:
+    """Re-read and apply the config file (SIGHUP); a bad file keeps the running config."""
+    _signal_supervisor(pid_file, signal.SIGHUP, "reloading the config (see its log for the outcome)")
+
+
+@main.command()
+@_PID_FILE_OPTION
+def restart(pid_file: str) -> None:
+    """Replace every worker, one at a time, with the code installed now (SIGUSR2)."""
+    _signal_supervisor(pid_file, signal.SIGUSR2, "rolling replacement of the workers")
 
 
 if __name__ == "__main__":

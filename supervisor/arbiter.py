@@ -256,6 +256,7 @@ class Supervisor:
         if old_worker is not None:
             await self.drain_worker(old_worker, close_idle=False)
             log.info("slot %d: pid %d replaced by pid %d", slot.index, old_worker.pid, successor.pid)
+        await self.broadcast_health()
         return True
 
     async def drain_worker(self, worker: WorkerProcess, close_idle: bool) -> None:
@@ -294,6 +295,7 @@ class Supervisor:
             sock.close()  # the worker takes what is queued, then closes the last copy
         if slot.worker is not None:
             await self.drain_worker(slot.worker, close_idle=False)
+        await self.broadcast_health()
         log.info("worker count %d -> %d (draining pid %s)", len(self.slots) + 1, len(self.slots), slot.worker and slot.worker.pid)
 
     async def broadcast_health(self) -> None:

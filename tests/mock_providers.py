@@ -95,6 +95,7 @@ class MockProvider:
         self.tls_context = tls_context
         self.requests: list[RecordedRequest] = []
         self.event_times: dict[int, list[float]] = {}
+        self.stream_bodies: dict[int, bytearray] = {}  # the SSE bytes sent, per request index
         self.stream_disconnects = 0  # SSE streams whose client left early
         self.disconnects = 0  # all detected client departures (streams, hangs, delays)
         self._lock = threading.Lock()
@@ -147,6 +148,14 @@ class MockProvider:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def index_of(self, request_id: str) -> int:
+        """The index of the request that carried `x-request-id: request_id`."""
+        with self._lock:
+            for index, request in enumerate(self.requests):
+                if request.headers.get("x-request-id") == request_id:
+                    return index
+        raise KeyError(request_id)
 
     def last(self) -> RecordedRequest:
         with self._lock:
@@ -694,6 +703,7 @@ class _Handler(BaseHTTPRequestHandler):
         mock = self.server.mock
         assert self._index is not None
         times = mock.event_times[self._index]
+        sent = mock.stream_bodies.setdefault(self._index, bytearray())
         self._chunked = self.request_version != "HTTP/1.0"
         if not self._chunked:  # HTTP/1.0: the body ends when the connection does
             self.close_connection = True
@@ -718,6 +728,7 @@ class _Handler(BaseHTTPRequestHandler):
                 except OSError:
                     times.pop()
                     raise
+                sent += event
         except OSError:
             log.debug("mock: stream %s: client disconnected", self._index, exc_info=True)
             self.close_connection = True
