@@ -16,7 +16,7 @@ from llmrelay.http.errors import RequestRejected
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _REQUEST_LINE = re.compile(rb"^(?P<method>[^ ]+) (?P<target>[^ ]+) HTTP/(?P<major>[0-9])\.(?P<minor>[0-9])$")
 _FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_TARGET_BAD = re.compile(rb"[\x00-\x20\x7f]")
+_TARGET_BAD = re.compile(rb"[\x00-\x20\x7f-\xff]")  # a target is ASCII; others are percent-encoded
 _DIGITS = re.compile(rb"^[0-9]{1,18}$")
 
 
@@ -42,10 +42,11 @@ def find_head_end(buffer: bytes | bytearray, limits: HeadLimits) -> int:
     if bare != -1 and (end == -1 or bare < end + 2):
         raise RequestRejected(400, "bare LF line ending in request head")
     if end == -1:
+        # Only a prefix so far: refuse it once even its complete form could not fit the limits.
         line_end = buffer.find(b"\n")
-        if line_end == -1 and len(buffer) > limits.max_request_line:
+        if line_end == -1 and len(buffer) > limits.max_request_line + 1:  # + its CR
             raise RequestRejected(414, "request line too long")
-        if len(buffer) > limits.max_request_line + limits.max_header_bytes:
+        if len(buffer) > limits.max_request_line + limits.max_header_bytes + 4:
             raise RequestRejected(431, "request header block too large")
         return -1
     return end + 4

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import random
 from collections.abc import Sequence
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_plus
 
 from llmrelay.config.resolved import WeightedKey
 from llmrelay.http.exchange import Headers
@@ -69,18 +69,17 @@ def check_relay_key(ring: KeyRing, headers: Headers, query: str) -> bool:
     return ring.accepts(next(iter(keys)))
 
 
+def _is_key_parameter(pair: str) -> bool:
+    name = pair.split("=", 1)[0]
+    return unquote_plus(name) == "key"
+
+
 def strip_query_key(query: str) -> str:
-    """Remove `key=` from a query string (the Gemini style of presenting a key)."""
-    if "key=" not in query:
+    """Remove every `key` parameter (the Gemini style of presenting a key, also when its name is
+    percent-encoded), leaving every other parameter byte for byte as it was."""
+    if not query:
         return query
-    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "key"]
-    return urlencode(pairs)
-
-
-def redact_query(query: str) -> str:
-    if "key=" not in query:
-        return query
-    return urlencode([(k, "***" if k == "key" else v) for k, v in parse_qsl(query, keep_blank_values=True)])
+    return "&".join(pair for pair in query.split("&") if not _is_key_parameter(pair))
 
 
 class KeyPicker:
