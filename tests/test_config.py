@@ -248,3 +248,16 @@ def test_provider_inference() -> None:
     )
     providers = [e.provider for e in load_config_text(text, "t", environ={}).endpoints]
     assert providers == ["openai", "anthropic", "gemini", "openai", "forward"]
+
+
+def test_keys_that_cannot_be_sent_in_a_header_are_refused() -> None:
+    errors = errors_of(
+        '[endpoints.a]\ntarget_base = "https://api.openai.com"\napi_key = "sk-abc\\ndef"\n'
+        'auth_keys = ["relay key", "ok-key", "ключ"]\n'
+    )
+    assert sorted(errors) == [
+        "endpoints.a.api_key: the key holds spaces, control or non-ASCII characters, which cannot be sent in a header",
+        "endpoints.a.auth_keys[0]: the key holds spaces, control or non-ASCII characters, which cannot be sent in a header",
+        "endpoints.a.auth_keys[2]: the key holds spaces, control or non-ASCII characters, which cannot be sent in a header",
+    ]
+    assert not any("sk-abc" in e or "ключ" in e for e in errors)

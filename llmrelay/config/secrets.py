@@ -29,7 +29,14 @@ def is_command(value: str) -> bool:
 
 
 def resolve_secret(value: str, environ: Mapping[str, str] | None = None) -> str:
-    """Return the key that `value` designates."""
+    """Return the key that `value` designates; it must be sendable as a header value."""
+    key = _resolve(value, environ)
+    if not all(0x21 <= ord(ch) <= 0x7E for ch in key):
+        raise SecretError("the key holds spaces, control or non-ASCII characters, which cannot be sent in a header")
+    return key
+
+
+def _resolve(value: str, environ: Mapping[str, str] | None) -> str:
     env = os.environ if environ is None else environ
     text = value.strip()
     match = _ENV.match(text)
@@ -83,6 +90,4 @@ def _run_command(command: str) -> str:
         raise SecretError(f"command {argv[0]} printed bytes that are not UTF-8") from None
     if not key:
         raise SecretError(f"command {argv[0]} printed nothing")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
-        raise SecretError(f"command {argv[0]} printed control characters")
     return key

@@ -79,6 +79,9 @@ def translate(exc: Exception, phase: str, via_proxy: bool = False) -> UpstreamEr
         return UpstreamConnectError(f"cannot connect to the upstream: {_detail(exc)}")
     if isinstance(exc, httpcore.UnsupportedProtocol):
         return UpstreamConnectError(f"unsupported upstream URL: {_detail(exc)}")
+    if isinstance(exc, httpcore.LocalProtocolError):
+        # h11 quotes the offending header value, which may be a key: never pass it on.
+        return UpstreamProtocolError("the upstream request could not be encoded")
     if isinstance(exc, httpcore.ProtocolError):
         return UpstreamProtocolError(f"malformed upstream response: {_detail(exc)}")
     if isinstance(exc, (httpcore.NetworkError, OSError)):
