@@ -58,30 +58,29 @@ class Load:
             thread.join(30)
 
 
+def _one_request(load: Load, label: str, client: httpx.Client, url: str) -> None:
+    try:
+        response = client.post(url, json=CHAT)
+    except httpx.HTTPError as exc:
+        load.fail(f"{label}: {type(exc).__name__}: {exc}")
+        return
+    if response.status_code != 200:
+        load.fail(f"{label}: status {response.status_code}")
+    else:
+        load.ok += 1
+
+
 def keepalive_client(load: Load, url: str) -> None:
+    """Back to back on one keep-alive connection (a new one only when the relay closes it)."""
     with httpx.Client(timeout=10) as client:
         while load.running():
-            try:
-                response = client.post(url, json=CHAT)
-                if response.status_code != 200:
-                    load.fail(f"keep-alive: status {response.status_code}")
-                else:
-                    load.ok += 1
-            except httpx.HTTPError as exc:
-                load.fail(f"keep-alive: {type(exc).__name__}: {exc}")
+            _one_request(load, "keep-alive", client, url)
 
 
 def new_connection_client(load: Load, url: str) -> None:
     while load.running():
-        try:
-            with httpx.Client(timeout=10) as client:
-                response = client.post(url, json=CHAT)
-            if response.status_code != 200:
-                load.fail(f"new-connection: status {response.status_code}")
-            else:
-                load.ok += 1
-        except httpx.HTTPError as exc:
-            load.fail(f"new-connection: {type(exc).__name__}: {exc}")
+        with httpx.Client(timeout=10) as client:
+            _one_request(load, "new-connection", client, url)
 
 
 def stream_client(load: Load, url: str, mock: MockProvider, events: int = 30, gap: float = 0.05) -> None:
@@ -228,10 +227,15 @@ def test_drain_keeps_idle_streams_alive_and_the_deadline_cuts_them_honestly(mock
     assert "cutting 2 responses" in relay.logs() or "cutting" in relay.logs()
 
 
+def install_copy(where: Path) -> Path:
+    """A copy of the packages on a PYTHONPATH of its own: an installation a test may upgrade."""
+    for package in ("llmrelay", "supervisor"):
+        shutil.copytree(ROOT / package, where / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return where
+
+
 def test_upgrade_by_rolling_replacement_runs_the_new_code(mock: MockProvider, start_relay, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    installed = tmp_path / "site"
-    shutil.copytree(ROOT / "llmrelay", installed / "llmrelay", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "supervisor", installed / "supervisor", ignore=shutil.ignore_patterns("__pycache__"))
+    installed = install_copy(tmp_path / "site")
     relay = start_relay(SERVER + endpoint_config("oai", mock), workers=2, env={"PYTHONPATH": str(installed)})
     old_version = health(relay)["version"]
     init = installed / "llmrelay" / "__init__.py"
@@ -373,9 +377,7 @@ def test_reload_and_restart_commands(mock: MockProvider, start_relay, tmp_path: 
 
 
 def test_a_successor_that_cannot_start_leaves_the_old_worker_serving(mock: MockProvider, start_relay, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    installed = tmp_path / "site"
-    shutil.copytree(ROOT / "llmrelay", installed / "llmrelay", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "supervisor", installed / "supervisor", ignore=shutil.ignore_patterns("__pycache__"))
+    installed = install_copy(tmp_path / "site")
     relay = start_relay(SERVER + endpoint_config("oai", mock), env={"PYTHONPATH": str(installed)})
     before = relay.worker_pids()
     (installed / "llmrelay" / "worker" / "__main__.py").write_text("raise SystemExit('broken upgrade')\n")
