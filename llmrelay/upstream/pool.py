@@ -16,11 +16,13 @@ from urllib.parse import unquote, urlsplit
 
 import httpcore
 import msgspec
+from httpcore import AsyncConnectionInterface
 import socksio.exceptions
 import trio
 
 from llmrelay.config.resolved import ResolvedEndpoint
 from llmrelay.upstream.errors import UpstreamProxyError, UpstreamTimeout, translate
+from llmrelay.upstream.slots import ConnectionSlots
 
 # What httpcore raises for network, protocol and proxy failures. Anything else (such as the error a
 # request body source raises when the client misbehaves) passes through untranslated.
@@ -116,7 +118,7 @@ class UpstreamPool:
             http1=True,
             http2=False,
         )
-        self._pool: httpcore.AsyncConnectionPool
+        factory: httpcore.AsyncConnectionPool
         self._via_proxy = endpoint.proxy_url is not None
         # Through an HTTP proxy, a plain-http target is forwarded rather than tunnelled: a 407 then
         # comes from the proxy itself, never from the provider.
@@ -124,15 +126,23 @@ class UpstreamPool:
             endpoint.proxy_url and endpoint.proxy_url.startswith(("http://", "https://"))
             and endpoint.target.scheme == "http"
         )
+        # httpcore's pool classes serve only as connection factories (direct, HTTP proxy, SOCKS5);
+        # which connection a request uses is decided by ConnectionSlots.
         if endpoint.proxy_url is None:
-            self._pool = httpcore.AsyncConnectionPool(**common)  # type: ignore[arg-type]
+            factory = httpcore.AsyncConnectionPool(**common)  # type: ignore[arg-type]
         else:
             url, auth = _proxy_parts(endpoint.proxy_url)
             if url.startswith("socks5"):
                 url = "socks5://" + url.split("://", 1)[1]
-                self._pool = httpcore.AsyncSOCKSProxy(proxy_url=url, proxy_auth=auth, **common)  # type: ignore[arg-type]
+                factory = httpcore.AsyncSOCKSProxy(proxy_url=url, proxy_auth=auth, **common)  # type: ignore[arg-type]
             else:
-                self._pool = httpcore.AsyncHTTPProxy(proxy_url=url, proxy_auth=auth, **common)  # type: ignore[arg-type]
+                factory = httpcore.AsyncHTTPProxy(proxy_url=url, proxy_auth=auth, **common)  # type: ignore[arg-type]
+        origin = httpcore.Origin(
+            endpoint.target.scheme.encode(), endpoint.target.host.encode("ascii"), endpoint.target.port
+        )
+        self._slots = ConnectionSlots(
+            lambda: factory.create_connection(origin), endpoint.max_connections, endpoint.pool_timeout
+        )
 
     @asynccontextmanager
     async def stream(self, request: UpstreamRequest) -> AsyncIterator[UpstreamResponse]:
@@ -145,37 +155,32 @@ class UpstreamPool:
             extensions={"timeout": self._timeouts},
         )
         response: httpcore.Response | None = None
-        with trio.move_on_after(self._first_byte_timeout) as scope:
-            try:
-                response = await self._pool.handle_async_request(core_request)
-            except TRANSPORT_ERRORS as exc:
-                raise translate(exc, "request", via_proxy=self._via_proxy) from None
-        if response is None or scope.cancelled_caught:
-            if response is not None:
-                with trio.CancelScope(shield=True):
-                    await response.aclose()
-            raise UpstreamTimeout(f"no response headers within {self._first_byte_timeout:g} s")
-        if response.status == 407 and self._proxy_answers_directly:
-            with trio.CancelScope(shield=True):
-                await response.aclose()
-            raise UpstreamProxyError("upstream proxy refused the request: 407 Proxy Authentication Required")
+        connection: AsyncConnectionInterface | None = None
         try:
+            with trio.move_on_after(self._first_byte_timeout) as scope:
+                connection = await self._slots.acquire()
+                try:
+                    response = await connection.handle_async_request(core_request)
+                except TRANSPORT_ERRORS as exc:
+                    raise translate(exc, "request", via_proxy=self._via_proxy) from None
+            if response is None or scope.cancelled_caught:
+                raise UpstreamTimeout(f"no response headers within {self._first_byte_timeout:g} s")
+            if response.status == 407 and self._proxy_answers_directly:
+                raise UpstreamProxyError("upstream proxy refused the request: 407 Proxy Authentication Required")
             yield UpstreamResponse(response, self._idle_timeout)
         finally:
             with trio.CancelScope(shield=True):
-                try:
-                    await response.aclose()
-                except Exception:  # closing a broken connection: nothing left to save
-                    pass
+                if response is not None:
+                    try:
+                        await response.aclose()
+                    except Exception:  # closing a broken connection: nothing left to save
+                        pass
+                if connection is not None:
+                    await self._slots.release(connection)
 
     def statistics(self) -> dict[str, int]:
-        connections = self._pool.connections
-        return {
-            "connections": len(connections),
-            "idle": sum(1 for c in connections if c.is_idle()),
-            "waiting": len(self._pool._requests),
-        }
+        return self._slots.statistics()
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
-            await self._pool.aclose()
+            await self._slots.aclose()
