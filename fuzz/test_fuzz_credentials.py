@@ -5,15 +5,15 @@ check must accept exactly the configured non-empty keys, refuse a request that p
 credentials (one could be checked while the other is forwarded), and the `?key=` form must not reach
 the upstream. Properties: `KeyRing(keys).accepts(p)` equals `p in keys and p != b""`; one credential
 presented in any combination of places is judged as that credential, two different ones are always
-refused; `strip_query_key` drops every `key` parameter and keeps the others in order. Two strict xfail
-tests at the end pin bugs in `strip_query_key` on percent-encoded or non-UTF-8 queries.
+refused; `strip_query_key` drops every `key` parameter, however its name is encoded, so a query key
+that authenticated never reaches the upstream, and keeps every other parameter byte for byte, in
+order. The last tests guard two fixed bugs (`k%65y=` was not stripped; `%FF` elsewhere was rewritten).
 """
 
 from __future__ import annotations
 
 from urllib.parse import parse_qsl, quote_plus, urlencode
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -66,7 +66,9 @@ def presentation(draw: st.DrawFn, credentials: list[str]) -> tuple[Headers, str]
 
 
 @given(configured=keys, credential=tokens, data=st.data())
-def test_one_credential_anywhere_is_judged_as_itself(configured: list[str], credential: str, data: st.DataObject) -> None:
+def test_one_credential_anywhere_is_judged_as_itself(
+    configured: list[str], credential: str, data: st.DataObject
+) -> None:
     configured = data.draw(st.sampled_from([configured, [*configured, credential]]))
     headers, query = data.draw(presentation([credential]))
     assert check_relay_key(KeyRing(configured), headers, query) == (credential in configured)
@@ -94,7 +96,7 @@ def test_strip_query_key_drops_key_and_keeps_the_rest_in_order(params: list[tupl
     assert _latin1_pairs(stripped) == [pair for pair in _latin1_pairs(query) if pair[0] != "key"]
 
 
-# -- known bugs ------------------------------------------------------------------------------------------
+# -- arbitrary queries, and regressions of fixed bugs ----------------------------------------------------
 
 
 @st.composite
@@ -110,32 +112,39 @@ def percent_encoded(draw: st.DrawFn, text: str) -> str:
     return "".join(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: strip_query_key returns the query untouched unless it literally contains 'key=', yet "
-        "presented_keys/check_relay_key decode the names: '?k%65y=RELAYKEY' authenticates and is then "
-        "forwarded upstream with the relay key in it"
-    ),
+# Raw query text as a client may send it: names spelled "key" in any encoding, stray separators,
+# escapes of bytes that are not UTF-8, "+" for a space, pairs without "=".
+query_parts = st.one_of(
+    percent_encoded("key").map(lambda name: name + "="),
+    st.sampled_from(["key", "key=", "KEY=", "monkey=", "a=", "=", "&", "&&", "%FF", "%e9", "%", "+", "%2B", ";"]),
+    st.text(alphabet="akey=%0123456789ABCDEFbdf+;-_.~ é", max_size=6),
 )
+raw_queries = st.lists(query_parts, max_size=8).map("".join)
+
+
+@given(query=raw_queries)
+@example(query="k%65y=RELAYKEY")
+@example(query="a=%FF&key=k")
+@example(query="key&b=1")
+def test_strip_query_key_on_any_query(query: str) -> None:
+    stripped = strip_query_key(query)
+    assert "key" not in [name for name, _ in parse_qsl(stripped, keep_blank_values=True)]
+    assert _latin1_pairs(stripped) == [pair for pair in _latin1_pairs(query) if pair[0] != "key"]
+
+
 @given(name=percent_encoded("key"), secret=tokens)
 @example(name="k%65y", secret="RELAYKEY")
 def test_an_authenticating_query_key_is_never_forwarded(name: str, secret: str) -> None:
-    query = f"{name}={quote_plus(secret)}"
-    if check_relay_key(KeyRing([secret]), [], query):
-        assert "key" not in [name for name, _ in parse_qsl(strip_query_key(query), keep_blank_values=True)]
+    """Was a bug: `?k%65y=RELAYKEY` authenticated, and was then forwarded upstream untouched."""
+    query = f"a=1&{name}={quote_plus(secret)}"
+    assert check_relay_key(KeyRing([secret]), [], query)
+    assert strip_query_key(query) == "a=1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: strip_query_key re-encodes every other parameter through UTF-8 with errors='replace': "
-        "'a=%FF&key=k' becomes 'a=%EF%BF%BD', so a parameter the relay must pass through is altered"
-    ),
-)
 @given(raw=st.binary(min_size=1, max_size=6), name=st.sampled_from(OTHER_NAMES))
 @example(raw=b"\xff", name="a")
 def test_strip_query_key_keeps_other_parameters_byte_for_byte(raw: bytes, name: str) -> None:
+    """Was a bug: the other parameters were re-encoded through UTF-8, `a=%FF` becoming `a=%EF%BF%BD`."""
     escaped = "".join(f"%{byte:02X}" for byte in raw)
     query = f"{urlencode({name: ''})}{escaped}&key=k"
-    assert _latin1_pairs(strip_query_key(query)) == [(name, raw.decode("latin-1"))]
+    assert strip_query_key(query) == f"{urlencode({name: ''})}{escaped}"

@@ -143,6 +143,6 @@ class FrameReader:
             del self._buffer[:end]
             try:
                 messages.append(_decoder.decode(payload))
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, ValueError) as exc:  # ValueError: invalid UTF-8 in a string
                 raise FrameError(f"undecodable control frame: {exc}") from None
         return messages

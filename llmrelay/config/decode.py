@@ -19,7 +19,13 @@ T = TypeVar("T", bound=msgspec.Struct)
 _AT_PATH = re.compile(r" - at `\$(?P<rest>[^`]*)`$")
 
 
+def printable(text: str) -> str:
+    """A key or value as it may appear in a one-line error message."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def _join(path: str, key: str) -> str:
+    key = printable(key)
     return f"{path}.{key}" if path else key
 
 

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from llmrelay.config.decode import printable
 from llmrelay.config.schema import ConfigFile, EndpointSection, ServerSection
 from llmrelay.config.secrets import SecretError, resolve_secret
 
@@ -118,6 +119,17 @@ def infer_provider(host: str) -> str:
     return "forward"
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
+
+
+def _is_listen_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return _HOST_NAME.fullmatch(host) is not None
+
+
 def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
@@ -215,11 +227,13 @@ def resolve_config(
     if server.heartbeat_timeout <= server.heartbeat_interval:
         errors.append("server.heartbeat_timeout: must be longer than server.heartbeat_interval")
     loopback = is_loopback_host(server.host)
+    if not _is_listen_host(server.host):
+        errors.append(f"server.host: expected an IP address or a host name, got {printable(server.host)!r}")
     endpoints: list[ResolvedEndpoint] = []
     host_owner: dict[str, str] = {}
     for name, section in file.endpoints.items():
-        path = f"endpoints.{name}"
-        if not ENDPOINT_NAME.match(name) or name in RESERVED_NAMES:
+        path = f"endpoints.{printable(name)}"
+        if not ENDPOINT_NAME.fullmatch(name) or name in RESERVED_NAMES:
             errors.append(f"{path}: invalid endpoint name (letters, digits, '_', '.', '~', '-'; not 'health')")
         base = section.target_base or server.target_base
         if base is None:
@@ -231,7 +245,7 @@ def resolve_config(
         hosts = [h.lower().rstrip(".") for h in section.hosts]
         for index, host in enumerate(hosts):
             if not host or "/" in host or " " in host:
-                errors.append(f"{path}.hosts[{index}]: not a host name: {section.hosts[index]!r}")
+                errors.append(f"{path}.hosts[{index}]: not a host name: {printable(section.hosts[index])!r}")
             elif host in host_owner:
                 errors.append(f"{path}.hosts[{index}]: {host} is already routed to endpoint {host_owner[host]}")
             else:
@@ -240,7 +254,7 @@ def resolve_config(
         api_keys = _resolve_api_keys(section, path, errors, environ)
         if api_keys and not auth and not loopback and not section.public:
             errors.append(
-                f"{path}: injects an api_key on non-loopback listener {server.host} without auth_keys; "
+                f"{path}: injects an api_key on non-loopback listener {printable(server.host)} without auth_keys; "
                 "that is an open relay spending your key (set auth_keys, or public = true to allow it)"
             )
         if target is None:
