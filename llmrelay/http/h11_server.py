@@ -42,15 +42,17 @@ REASONS = {
 }
 
 
-class ConnectionSettings(msgspec.Struct, frozen=True):
-    header_timeout: float = 15.0
-    body_idle_timeout: float = 60.0
-    keepalive_timeout: float = 75.0
-    write_timeout: float = 60.0
-    max_requests: int = 1000
-    max_request_line: int = 8192
-    max_header_bytes: int = 32768
-    max_header_count: int = 100
+class ConnectionSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The limits of one client connection (their defaults live in the config schema)."""
+
+    header_timeout: float
+    body_idle_timeout: float
+    keepalive_timeout: float
+    write_timeout: float
+    max_requests: int
+    max_request_line: int
+    max_header_bytes: int
+    max_header_count: int
 
 
 class ServerState:

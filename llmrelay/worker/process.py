@@ -82,7 +82,7 @@ class Worker:
         self._runtime: RelayRuntime | None = None
         self._relay: Relay | None = None
         self._table: HealthTable | None = None
-        self._settings = ConnectionSettings()
+        self._settings: ConnectionSettings | None = None
         self._connection_slots: trio.Semaphore | None = None
 
     # -- control pipe -----------------------------------------------------------------------------
@@ -216,7 +216,7 @@ class Worker:
             nursery.start_soon(self._serve_connection, stream, False)
 
     async def _serve_connection(self, stream: trio.SocketStream, holds_slot: bool = True) -> None:
-        assert self._relay is not None and self._connection_slots is not None
+        assert self._relay is not None and self._connection_slots is not None and self._settings is not None
         try:
             await H11Connection(stream, self._relay, self._settings, self.state).run()
         finally:
