@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import socket
 
-BACKLOG = 1024
+# Per slot socket; the kernel caps it at net.core.somaxconn. A burst of new connections waits here
+# while a worker is busy or being replaced, instead of being reset.
+BACKLOG = 4096
 
 
 class BindError(Exception):
