@@ -24,7 +24,3 @@ class PidFile:
                 self.path.unlink()
         except (OSError, ValueError):
             pass
-
-    @staticmethod
-    def read(path: Path) -> int:
-        return int(path.read_text().strip())

@@ -61,7 +61,7 @@ class ServerState:
     def __init__(self) -> None:
         self.draining = False
         self.close_idle = False
-        self._idle_scopes: set[trio.CancelScope] = set()
+        self.idle_scopes: set[trio.CancelScope] = set()  # waits for a next request, cancelled by a full stop
         self.connections = 0
         self.requests_in_flight = 0
         self.requests_total = 0
@@ -85,7 +85,7 @@ class ServerState:
         self.draining = True
         self.close_idle = self.close_idle or close_idle
         if self.close_idle:
-            for scope in list(self._idle_scopes):
+            for scope in list(self.idle_scopes):
                 scope.cancel()
 
 
@@ -256,11 +256,11 @@ class H11Connection:
                 return -1
             idle_limit = self._settings.header_timeout if first else self._settings.keepalive_timeout
             with trio.move_on_after(idle_limit) as idle_scope:
-                self._state._idle_scopes.add(idle_scope)
+                self._state.idle_scopes.add(idle_scope)
                 try:
                     data = await self._receive()
                 finally:
-                    self._state._idle_scopes.discard(idle_scope)
+                    self._state.idle_scopes.discard(idle_scope)
             if idle_scope.cancelled_caught or not data:
                 return -1
             self._buffer += data

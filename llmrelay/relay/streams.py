@@ -74,9 +74,6 @@ class ResponseRegistry:
         self.draining = trio.Event()
         self._active: set[ActiveResponse] = set()
 
-    def __len__(self) -> int:
-        return len(self._active)
-
     def add(self, response: ActiveResponse) -> None:
         self._active.add(response)
 
