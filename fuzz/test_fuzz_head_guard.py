@@ -25,7 +25,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from llmrelay.http.errors import RequestRejected
-from llmrelay.http.head_guard import HeadLimits, check_request_head, find_head_end
+from llmrelay.http.head_guard import HeadLimits, check_request_head, find_head_end, parse_request_head
 
 CHECK_STATUSES = frozenset({400, 405, 414, 431, 501, 505})
 FIND_STATUSES = frozenset({400, 414, 431})
@@ -443,6 +443,16 @@ def assert_h11_agrees(head: bytes, limits: HeadLimits) -> None:
     assert not (lengths and codings)
     assert lengths == raw_lengths and len(lengths) <= 1
     assert codings == [b"chunked"] * len(raw_codings) and len(codings) <= 1
+    # What the relay serves from: the same fields (names lower-cased), framing and keep-alive.
+    ours = parse_request_head(head, limits, "http", ("", 0))
+    assert (ours.method, ours.target, ours.http_version) == (event.method, event.target, event.http_version)
+    # (h11 lower-cases Transfer-Encoding values; the relay never forwards that header.)
+    assert [(n, v.lower() if n == b"transfer-encoding" else v) for n, v in ours.headers] == list(event.headers)
+    assert ours.body_length == (int(lengths[0]) if lengths else None if codings else 0)
+    assert ours.keep_alive == (event.http_version == b"1.1" and not any(
+        name == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]
+        for name, value in event.headers
+    ))
 
 
 # -- properties ------------------------------------------------------------------------------------------

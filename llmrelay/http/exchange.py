@@ -23,8 +23,10 @@ class RequestHead(msgspec.Struct):
     http_version: bytes
     scheme: str  # of the listener: "http" or "https"
     client: tuple[str, int]
-    body_length: int | None  # Content-Length, or None when chunked or absent
+    body_length: int | None  # Content-Length (0 when absent), or None when chunked
     has_body: bool
+    keep_alive: bool = True  # False: HTTP/1.0, or `Connection: close`
+    expect_continue: bool = False
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:

@@ -1,10 +1,11 @@
-"""Strict checks of a raw HTTP/1.x request head, before h11 sees it.
+"""The strict parser of a raw HTTP/1.x request head.
 
-h11 is lenient where a relay must not be: it accepts Content-Length together with Transfer-Encoding,
-obs-fold continuation lines, bare LF line endings, `HTTP/2.0` in a request line, and header blocks
-larger than its buffer when they arrive in one read. A front end and a back end that read such a
-request differently is how requests are smuggled, so anything ambiguous is refused here with the status
-it deserves, and the connection is closed. Pure functions on bytes: no I/O, easy to fuzz.
+Lenient parsers (h11 among them) accept Content-Length together with Transfer-Encoding, obs-fold
+continuation lines, bare LF line endings, `HTTP/2.0` in a request line, or header blocks larger than
+their buffer when they arrive in one read. A front end and a back end that read such a request
+differently is how requests are smuggled, so anything ambiguous is refused here with the status it
+deserves, and the connection is closed. Pure functions on bytes: no I/O, easy to fuzz; `fuzz/` checks
+that h11 reads every head accepted here the same way (method, target, fields, body framing).
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ from __future__ import annotations
 import re
 
 from llmrelay.http.errors import RequestRejected
+from llmrelay.http.exchange import Headers, RequestHead
+from llmrelay.http.wire import connection_close_requested
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _REQUEST_LINE = re.compile(rb"^(?P<method>[^ ]+) (?P<target>[^ ]+) HTTP/(?P<major>[0-9])\.(?P<minor>[0-9])$")
-_FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_FIELD = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x08\x0a-\x1f\x7f \t])?)[ \t]*"
+)
+_LONE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _TARGET_BAD = re.compile(rb"[\x00-\x20\x7f-\xff]")  # a target is ASCII; others are percent-encoded
 _DIGITS = re.compile(rb"^[0-9]{1,18}$")
 
@@ -54,62 +60,69 @@ def find_head_end(buffer: bytes | bytearray, limits: HeadLimits) -> int:
 
 def check_request_head(head: bytes, limits: HeadLimits) -> None:
     """Raise RequestRejected unless `head` (ending in CRLFCRLF) is an unambiguous HTTP/1.x request."""
+    parse_request_head(head, limits, "http", ("", 0))
+
+
+def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tuple[str, int]) -> RequestHead:
+    """Check `head` (ending in CRLFCRLF) strictly and parse it; raise RequestRejected when it is not
+    an unambiguous HTTP/1.x request.
+
+    Header names come out lower-cased and values without surrounding whitespace, in order.
+    """
     body = head[:-4] if head.endswith(b"\r\n\r\n") else head
+    if _LONE_CR_OR_LF.search(body):
+        raise RequestRejected(400, "bare CR or LF in request head")
     lines = body.split(b"\r\n")
-    for line in lines:
-        if b"\n" in line or b"\r" in line:
-            raise RequestRejected(400, "bare CR or LF in request head")
     request_line, fields = lines[0], lines[1:]
     if len(request_line) > limits.max_request_line:
         raise RequestRejected(414, "request line too long")
     match = _REQUEST_LINE.match(request_line)
     if match is None:
         raise RequestRejected(400, "malformed request line")
-    if match.group("major") != b"1":
+    method, target, major, minor = match.groups()
+    if major != b"1":
         raise RequestRejected(505, "only HTTP/1.x is served on this connection")
-    http10 = match.group("minor") == b"0"
-    method, target = match.group("method"), match.group("target")
+    http10 = minor == b"0"
     if not _TOKEN.match(method):
         raise RequestRejected(400, "malformed method")
     if method == b"CONNECT":
         raise RequestRejected(405, "CONNECT is not supported")
     if _TARGET_BAD.search(target):
         raise RequestRejected(400, "malformed request target")
-    if not (target.startswith(b"/") or (target == b"*" and method == b"OPTIONS")):
+    if not (target[:1] == b"/" or (target == b"*" and method == b"OPTIONS")):
         raise RequestRejected(400, "only origin-form request targets are accepted")
     if len(fields) > limits.max_header_count:
         raise RequestRejected(431, "too many header fields")
     if len(body) - len(request_line) > limits.max_header_bytes:
         raise RequestRejected(431, "request header block too large")
-    _check_fields(fields, http10)
-
-
-def _check_fields(fields: list[bytes], http10: bool) -> None:
+    headers: Headers = []
     hosts = 0
     lengths: list[bytes] = []
     codings: list[bytes] = []
+    close = http10  # HTTP/1.0 connections are not kept alive
+    expect_continue = False
     for line in fields:
-        if not line:
-            raise RequestRejected(400, "empty header line")
-        if line[:1] in (b" ", b"\t"):
-            raise RequestRejected(400, "obsolete line folding in header")
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.match(name):
-            raise RequestRejected(400, "malformed header field name")
-        value = value.strip(b" \t")
-        if _FIELD_VALUE_BAD.search(value):
-            raise RequestRejected(400, "control character in header value")
-        lname = name.lower()
-        if lname == b"host":
+        field = _FIELD.fullmatch(line)
+        if field is None:
+            raise RequestRejected(400, _field_problem(line))
+        name, value = field.groups()
+        name = name.lower()
+        headers.append((name, value))
+        if name == b"host":
             hosts += 1
-        elif lname == b"content-length":
+        elif name == b"content-length":
             lengths.append(value)
-        elif lname == b"transfer-encoding":
+        elif name == b"transfer-encoding":
             codings.extend(part.strip(b" \t").lower() for part in value.split(b","))
+        elif name == b"connection":
+            close = close or connection_close_requested(value)
+        elif name == b"expect":
+            expect_continue = not http10 and value.lower() == b"100-continue"
     if hosts > 1:
         raise RequestRejected(400, "more than one Host header")
     if hosts == 0 and not http10:
         raise RequestRejected(400, "missing Host header")
+    length: int | None = None
     if codings:
         if http10:
             raise RequestRejected(400, "Transfer-Encoding on an HTTP/1.0 request")
@@ -119,7 +132,35 @@ def _check_fields(fields: list[bytes], http10: bool) -> None:
             if all(_TOKEN.match(c) for c in codings) and b"chunked" not in codings:
                 raise RequestRejected(501, "unsupported transfer coding")
             raise RequestRejected(400, "malformed or repeated Transfer-Encoding")
-    if len(lengths) > 1:
-        raise RequestRejected(400, "more than one Content-Length")
-    if lengths and not _DIGITS.match(lengths[0]):
-        raise RequestRejected(400, "malformed Content-Length")
+    elif lengths:
+        if len(lengths) > 1:
+            raise RequestRejected(400, "more than one Content-Length")
+        if not _DIGITS.match(lengths[0]):
+            raise RequestRejected(400, "malformed Content-Length")
+        length = int(lengths[0])
+    else:
+        length = 0
+    return RequestHead(
+        method=method,
+        target=target,
+        headers=headers,
+        http_version=b"1.0" if http10 else b"1.1",
+        scheme=scheme,
+        client=client,
+        body_length=length,
+        has_body=length is None or length > 0,
+        keep_alive=not close,
+        expect_continue=expect_continue,
+    )
+
+
+def _field_problem(line: bytes) -> str:
+    """Why a header line did not parse (for the error message)."""
+    if not line:
+        return "empty header line"
+    if line[:1] in (b" ", b"\t"):
+        return "obsolete line folding in header"
+    name, colon, _ = line.partition(b":")
+    if not colon or not _TOKEN.match(name):
+        return "malformed header field name"
+    return "control character in header value"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import AsyncContextManager
 
 import msgspec
 import trio
@@ -26,7 +27,9 @@ from llmrelay.relay.routing import join_path
 from llmrelay.relay.runtime import EndpointRuntime, RelayRuntime
 from llmrelay.relay.streams import ActiveResponse, ResponseRegistry
 from llmrelay.upstream.errors import UpstreamError, UpstreamProtocolError
-from llmrelay.upstream.pool import UpstreamRequest
+from llmrelay.upstream.pool import UpstreamRequest, UpstreamResponse
+
+WHOLE_BODY_LIMIT = 65536  # request bodies up to this size (with a Content-Length) are read whole
 
 log = logging.getLogger("llmrelay.relay")
 
@@ -87,8 +90,9 @@ class Relay:
             record.finished = time.perf_counter()
             if runtime.config.server.access_log:
                 accesslog.write(record)
-            with trio.CancelScope(shield=True):
-                await runtime.release()
+            if runtime.release():
+                with trio.CancelScope(shield=True):
+                    await runtime.aclose()
 
     async def _relay(self, exchange: Exchange, runtime: RelayRuntime, record: accesslog.AccessRecord) -> None:
         head = exchange.head
@@ -136,21 +140,36 @@ class Relay:
         if endpoint.provider_keys:
             inject_key(endpoint.provider, headers, endpoint.provider_keys.pick())
         upstream_target = join_path(target.base_path, path) + (f"?{query}" if query else "")
+        body: AsyncIterator[bytes] | bytes = b""
+        if head.has_body:
+            if head.body_length is not None and head.body_length <= WHOLE_BODY_LIMIT:
+                body = await self._whole_body(exchange, record)  # one send upstream, and replayable
+            else:
+                body = self._request_body(exchange, endpoint.config.max_body_size, record)
         request = UpstreamRequest(
             method=head.method,
-            scheme=target.scheme.encode(),
-            host=target.host.encode("ascii"),
+            scheme=target.scheme_bytes,
+            host=target.host_bytes,
             port=target.port,
             target=upstream_target.encode("latin-1"),
             headers=headers,
-            body=self._request_body(exchange, endpoint.config.max_body_size, record) if head.has_body else b"",
+            body=body,
         )
         active = ActiveResponse(exchange)
         self._responses.add(active)
         try:
-            with active.scope:
-                await self._exchange_with_upstream(exchange, endpoint, request, active, record)
+            upstream = endpoint.pool.stream(request)
+            interrupt = getattr(upstream, "interrupt", None)
+            if interrupt is not None:
+                active.interrupt = interrupt  # a drain cut closes the upstream connection
+                await self._exchange_with_upstream(exchange, endpoint, upstream, active, record)
+            else:
+                with active.scope:
+                    await self._exchange_with_upstream(exchange, endpoint, upstream, active, record)
         except UpstreamError as exc:
+            if active.cut_by_drain:
+                await self._cut_at_deadline(exchange, endpoint, active, record)
+                return
             record.outcome = exc.reason
             if exc.counts_against_upstream:
                 self._observer.failure(endpoint.name, exc.message)
@@ -169,23 +188,28 @@ class Relay:
         finally:
             self._responses.discard(active)
         if active.cut_by_drain and active.scope.cancelled_caught:
-            record.outcome = "cut_at_drain_deadline"
-            message = "the relay is shutting down and its drain deadline passed"
-            if exchange.phase is ResponsePhase.PENDING:
-                exchange.close_when_done()
-                await self._send_error(exchange, endpoint.provider, 503, message, record)
-            else:
-                await self._cut(exchange, endpoint.provider, active, message)
+            await self._cut_at_deadline(exchange, endpoint, active, record)
+
+    async def _cut_at_deadline(
+        self, exchange: Exchange, endpoint: EndpointRuntime, active: ActiveResponse, record: accesslog.AccessRecord
+    ) -> None:
+        record.outcome = "cut_at_drain_deadline"
+        message = "the relay is shutting down and its drain deadline passed"
+        if exchange.phase is ResponsePhase.PENDING:
+            exchange.close_when_done()
+            await self._send_error(exchange, endpoint.provider, 503, message, record)
+        else:
+            await self._cut(exchange, endpoint.provider, active, message)
 
     async def _exchange_with_upstream(
         self,
         exchange: Exchange,
         endpoint: EndpointRuntime,
-        request: UpstreamRequest,
+        upstream: AsyncContextManager[UpstreamResponse],
         active: ActiveResponse,
         record: accesslog.AccessRecord,
     ) -> None:
-        async with endpoint.pool.stream(request) as response:
+        async with upstream as response:
             record.first_byte = time.perf_counter()
             record.status = response.status
             if response.status in FAILURE_STATUSES:
@@ -199,10 +223,14 @@ class Relay:
                 await exchange.send_head(response.status, out_headers)
             except InvalidResponseHead as exc:
                 raise UpstreamProtocolError(str(exc)) from None
-            async for chunk in response.iter_body():
+            while True:
+                chunk = await response.read_chunk()
                 record.bytes_out += len(chunk)
-                await active.send(chunk)
-            await exchange.end()
+                if response.complete:
+                    await exchange.end(chunk)  # the last bytes and the end leave together
+                    return
+                if chunk:
+                    await active.send(chunk)
 
     async def _cut(self, exchange: Exchange, provider: str, active: ActiveResponse, message: str) -> None:
         """End a response that already started, honestly: an SSE error event when the stream is at
@@ -213,6 +241,20 @@ class Relay:
             except ClientDisconnected:
                 pass
         await exchange.abort()
+
+    async def _whole_body(self, exchange: Exchange, record: accesslog.AccessRecord) -> bytes:
+        """A small body of known length, read whole before the upstream request is sent."""
+        parts = []
+        while True:
+            chunk = await exchange.receive_body()
+            if chunk:
+                parts.append(chunk)
+            if exchange.body_complete:
+                body = b"".join(parts)
+                record.bytes_in += len(body)
+                return body
+            if not chunk:
+                raise ClientDisconnected("request body ended early")
 
     async def _request_body(
         self, exchange: Exchange, limit: int, record: accesslog.AccessRecord
@@ -254,9 +296,10 @@ class Relay:
         record.first_byte = time.perf_counter()
         await exchange.send_head(status, headers)
         if exchange.head.method != b"HEAD":
-            await exchange.send_body(body)
             record.bytes_out += len(body)
-        await exchange.end()
+            await exchange.end(body)
+        else:
+            await exchange.end()
 
 
 def _is_event_stream(headers: Headers) -> bool:

@@ -8,8 +8,8 @@ goes upstream chunked, one with a Content-Length keeps it.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from llmrelay.http.exchange import Headers
 
@@ -44,7 +44,7 @@ def request_id_for(headers: Headers) -> str:
     for name, value in headers:
         if name == b"x-request-id" and _REQUEST_ID.match(value):
             return value.decode("ascii")
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def upstream_request_headers(

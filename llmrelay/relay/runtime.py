@@ -47,10 +47,10 @@ class RelayRuntime:
     def acquire(self) -> None:
         self._users += 1
 
-    async def release(self) -> None:
+    def release(self) -> bool:
+        """One request less; True when this generation is retired and now unused (call `aclose`)."""
         self._users -= 1
-        if self._retired and self._users == 0:
-            await self.aclose()
+        return self._retired and self._users == 0 and not self._closed.is_set()
 
     async def retire(self) -> None:
         """No new request will use this generation; close it once the running ones finish."""

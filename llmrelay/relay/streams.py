@@ -4,13 +4,14 @@ honestly.
 Every relayed response registers an `ActiveResponse` with the worker's `ResponseRegistry`. While the
 worker drains, an SSE response that has been quiet for `keepalive_interval` gets an SSE comment
 (`: keepalive`) at an event boundary, so load balancers do not cut an idle stream. When the drain
-deadline passes, `cut_all()` cancels every response's scope; the relay then ends each one with an
+deadline passes, `cut_all()` interrupts every response (closes its upstream connection, or cancels its scope); the relay then ends each one with an
 error event in the provider's format (never a fake clean end) and closes the connection.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -26,11 +27,14 @@ _EVENT_ENDINGS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 class ActiveResponse:
     """One response being relayed: its cancel scope, and where its byte stream stands."""
 
-    __slots__ = ("exchange", "scope", "cut_by_drain", "sse", "at_event_boundary", "last_send", "_send_lock")
+    __slots__ = (
+        "exchange", "scope", "interrupt", "cut_by_drain", "sse", "at_event_boundary", "last_send", "_send_lock"
+    )
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
-        self.scope = trio.CancelScope()
+        self.scope = trio.CancelScope()  # entered only when the upstream cannot be interrupted
+        self.interrupt: Callable[[], None] | None = None  # closes the upstream connection
         self.cut_by_drain = False
         self.sse = False
         self.at_event_boundary = True
@@ -96,7 +100,10 @@ class ResponseRegistry:
 
     def cut_all(self) -> int:
         """Cancel every response in flight (the drain deadline passed); return how many."""
-        for response in self._active:
+        for response in list(self._active):
             response.cut_by_drain = True
-            response.scope.cancel()
+            if response.interrupt is not None:
+                response.interrupt()
+            else:
+                response.scope.cancel()
         return len(self._active)

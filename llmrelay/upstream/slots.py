@@ -1,71 +1,98 @@
-"""Our scheduling of httpcore connections: a LIFO free-list, a cap, and a queue of waiters.
+"""Connection scheduling: a LIFO free-list, a cap, and a queue of waiters.
 
 httpcore's `AsyncConnectionPool` re-examines every pooled connection (a poll syscall each) on every
 request, which costs more CPU than the rest of a relayed request. Here a request takes the most
-recently used idle connection (the one most likely still open), checks only that one, and creates a
-new connection when none is idle and the cap allows. The connections themselves stay httpcore's,
-made by its own factory, so direct, HTTP-proxy and SOCKS5 connections all work the same.
+recently used idle connection (the one most likely still open), checks only that one, and gets a
+reserved place to open a new connection when none is idle and the cap allows.
 
-Every acquired connection must be released exactly once, shielded from cancellation; a connection
-that is not idle at release (cancelled mid-request, broken, or not keep-alive) is closed and its
-place freed, so cancellation can never leak a slot.
+`acquire()` returns an idle connection, or None with a place reserved: the caller then opens a
+connection, or calls `forfeit()` when opening fails. Every connection taken must be given back with
+`release()` exactly once, kept only when it is reusable; anything else is closed and its place freed,
+so cancellation can never leak a place. Nothing on the usual path enters a cancel scope.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 import trio
-from httpcore import AsyncConnectionInterface
 
 from llmrelay.upstream.errors import UpstreamPoolFull
 
+C = TypeVar("C")
 
-class ConnectionSlots:
-    def __init__(self, create: Callable[[], AsyncConnectionInterface], limit: int, wait_timeout: float) -> None:
-        self._create = create
+
+class ConnectionSlots(Generic[C]):
+    def __init__(
+        self,
+        limit: int,
+        wait_timeout: float,
+        alive: Callable[[C], bool],
+        close: Callable[[C], Awaitable[None] | None],
+    ) -> None:
         self._limit = limit
         self._wait_timeout = wait_timeout
-        self._idle: list[AsyncConnectionInterface] = []
-        self._open = 0  # idle and in use: what counts against the cap
+        self._alive = alive
+        self._close = close
+        self._idle: list[C] = []
+        self._open = 0  # idle, in use and being opened: what counts against the cap
         self._waiters = trio.lowlevel.ParkingLot()
         self._closed = False
 
-    async def acquire(self) -> AsyncConnectionInterface:
-        """An idle connection, a new one, or wait for one (up to the wait timeout: 503)."""
+    async def _take(self) -> tuple[bool, C | None]:
+        while self._idle:
+            connection = self._idle.pop()
+            if self._alive(connection):
+                return True, connection
+            await self._discard(connection)
+        if self._open < self._limit:
+            self._open += 1
+            return True, None
+        return False, None
+
+    async def acquire(self) -> C | None:
+        """An idle connection, None with a place reserved for a new one, or wait (503 after the
+        wait timeout)."""
+        found, connection = await self._take()
+        if found:
+            return connection
         with trio.move_on_after(self._wait_timeout):
             while True:
-                while self._idle:
-                    connection = self._idle.pop()
-                    if connection.is_available() and not connection.has_expired():
-                        return connection
-                    await self._discard(connection)
-                if self._open < self._limit:
-                    self._open += 1
-                    return self._create()
                 try:
                     await self._waiters.park()
                 except trio.Cancelled:
                     self._waiters.unpark()  # pass a wake-up this task may have taken to the next waiter
                     raise
+                found, connection = await self._take()
+                if found:
+                    return connection
         raise UpstreamPoolFull(f"no upstream connection became free within {self._wait_timeout:g} s")
 
-    async def release(self, connection: AsyncConnectionInterface) -> None:
-        """Give a connection back: kept when idle and reusable, closed otherwise. Never cancelled."""
-        with trio.CancelScope(shield=True):
-            if connection.is_idle() and not self._closed:
-                self._idle.append(connection)
-            else:
-                await self._discard(connection)
+    def forfeit(self) -> None:
+        """Opening a connection in a reserved place failed: free the place."""
+        self._open -= 1
         self._waiters.unpark()
 
-    async def _discard(self, connection: AsyncConnectionInterface) -> None:
+    async def release(self, connection: C, reusable: bool) -> None:
+        """Give a connection back: kept when reusable, closed otherwise."""
+        if reusable and not self._closed:
+            self._idle.append(connection)
+        else:
+            await self._discard(connection)
+        if self._waiters:
+            self._waiters.unpark()
+
+    async def _discard(self, connection: C) -> None:
         self._open -= 1
-        with trio.CancelScope(shield=True):
-            try:
-                await connection.aclose()
-            except Exception:  # closing a broken connection: nothing left to save
-                pass
+        try:
+            closing = self._close(connection)
+            if inspect.isawaitable(closing):
+                with trio.CancelScope(shield=True):
+                    await closing
+        except Exception:  # closing a broken connection: nothing left to save
+            pass
 
     def statistics(self) -> dict[str, int]:
         return {"connections": self._open, "idle": len(self._idle), "waiting": len(self._waiters)}

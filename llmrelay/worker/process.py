@@ -38,7 +38,8 @@ from llmrelay.control import (
     encode_frame,
 )
 from llmrelay.http.exchange import Headers
-from llmrelay.http.h11_server import ConnectionSettings, H11Connection, ServerState
+from llmrelay.http.h1_server import ConnectionSettings, Http1Connection, ServerState
+from llmrelay.io.timers import TimerWheel, wheel
 from llmrelay.logs import configure_logging
 from llmrelay.relay.handler import Relay
 from llmrelay.relay.observer import UpstreamObserver
@@ -84,6 +85,7 @@ class Worker:
         self._table: HealthTable | None = None
         self._settings: ConnectionSettings | None = None
         self._connection_slots: trio.Semaphore | None = None
+        self._wheel = TimerWheel()  # replaced by the run's own wheel once trio runs
 
     # -- control pipe -----------------------------------------------------------------------------
     async def _send(self, message: object) -> None:
@@ -189,36 +191,43 @@ class Worker:
         )
 
     # -- serving ------------------------------------------------------------------------------------
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         assert self._connection_slots is not None
         while True:
             await self._connection_slots.acquire()
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                self._connection_slots.release()
-                if exc.errno in _ACCEPT_BACKOFF_ERRNOS:
-                    log.warning("accept failed (%s); backing off 100 ms", os.strerror(exc.errno or 0))
-                    await trio.sleep(0.1)
+            while True:
+                try:
+                    accepted, _ = listener.accept()
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(listener)
                     continue
-                raise
-            nursery.start_soon(self._serve_connection, stream)
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_BACKOFF_ERRNOS:
+                        log.warning("accept failed (%s); backing off 100 ms", os.strerror(exc.errno or 0))
+                        await trio.sleep(0.1)
+                        continue
+                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                        continue  # the client gave up while queued
+                    self._connection_slots.release()
+                    raise
+                break
+            _prepare(accepted)
+            nursery.start_soon(self._serve_connection, accepted)
 
     def _sweep_backlog(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         """Take every connection already queued on a socket this worker is about to close."""
         while True:
             try:
-                accepted, _ = sock.accept()  # trio made the listening socket non-blocking
+                accepted, _ = sock.accept()  # the listening socket is non-blocking
             except OSError:  # BlockingIOError: nothing left
                 return
-            accepted.setblocking(False)
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
-            nursery.start_soon(self._serve_connection, stream, False)
+            _prepare(accepted)
+            nursery.start_soon(self._serve_connection, accepted, False)
 
-    async def _serve_connection(self, stream: trio.SocketStream, holds_slot: bool = True) -> None:
+    async def _serve_connection(self, sock: socket.socket, holds_slot: bool = True) -> None:
         assert self._relay is not None and self._connection_slots is not None and self._settings is not None
         try:
-            await H11Connection(stream, self._relay, self._settings, self.state).run()
+            await Http1Connection(sock, self._relay, self._settings, self.state, self._wheel).run()
         finally:
             if holds_slot:
                 self._connection_slots.release()
@@ -237,10 +246,13 @@ class Worker:
         await self._apply_config(first)
         server = first.config.server
         self._connection_slots = trio.Semaphore(server.max_connections)
-        raw_sockets = [socket.socket(fileno=fd) for fd in self._listen_fds]
-        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in raw_sockets]
+        listeners = [socket.socket(fileno=fd) for fd in self._listen_fds]
+        for listener in listeners:
+            listener.setblocking(False)
+        self._wheel = wheel()
         cut = 0
         async with trio.open_nursery() as connections:
+            self.state.watchers = connections
             async with trio.open_nursery() as background:
                 accept_scope = trio.CancelScope()
 
@@ -260,9 +272,10 @@ class Worker:
                 log.info("worker slot %d ready (pid %d)", self.slot, os.getpid())
                 drain = await drain_wanted.receive()
                 accept_scope.cancel()
-                for sock, listener in zip(raw_sockets, listeners):
-                    self._sweep_backlog(sock, connections)
-                    await listener.aclose()
+                for listener in listeners:
+                    self._sweep_backlog(listener, connections)
+                    trio.lowlevel.notify_closing(listener)
+                    listener.close()
                 self.state.start_draining(drain.close_idle)
                 self.responses.start_draining()
                 background.start_soon(self.responses.keepalive_loop)
@@ -317,6 +330,14 @@ class Worker:
                     await self._apply_config(message)
                 elif isinstance(message, HealthTable):
                     self._apply_health(message)
+
+
+def _prepare(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # not TCP (a test's Unix socket) or already reset
+        pass
 
 
 def _rss_bytes() -> int:

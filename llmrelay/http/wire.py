@@ -1,0 +1,159 @@
+"""HTTP/1.1 message framing, sans-IO: body decoders, chunk encoding, head serialisation.
+
+Shared by the client-facing server and the upstream client. The decoders are strict where framing is
+concerned (a chunk size is hex digits and optional extensions, every line ends in CRLF, a chunk's data
+is followed by CRLF, sizes and trailer blocks are bounded), because two parsers that disagree on where
+a body ends is how a request is smuggled. They are tested against h11 in `fuzz/`.
+"""
+
+from __future__ import annotations
+
+import re
+
+Headers = list[tuple[bytes, bytes]]
+
+MAX_CHUNK_LINE = 4096
+MAX_TRAILER_BYTES = 16384
+LAST_CHUNK = b"0\r\n\r\n"
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+_TRAILER_LINE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+# How a message body is delimited.
+NO_BODY = 0
+LENGTH = 1
+CHUNKED = 2
+UNTIL_CLOSE = 3
+
+
+class FramingError(ValueError):
+    """A body's framing is malformed; the message says how (never quoting body bytes)."""
+
+
+class BodyDecoder:
+    """Turns the bytes of a message body, fed as they arrive, into its content.
+
+    `feed()` returns the content found in the bytes given (b"" when none yet) and sets `done` at the
+    end of the body; bytes after the end are kept in `leftover` (the next pipelined message).
+    """
+
+    __slots__ = ("framing", "remaining", "done", "leftover", "_buffer", "_state", "_trailer_bytes")
+
+    # chunked states
+    _SIZE = 0
+    _DATA = 1
+    _DATA_END = 2
+    _TRAILERS = 3
+
+    def __init__(self, framing: int, length: int = 0) -> None:
+        self.framing = framing
+        self.remaining = length
+        self.done = framing == NO_BODY or (framing == LENGTH and length == 0)
+        self.leftover = b""
+        self._buffer = b""
+        self._state = self._SIZE
+        self._trailer_bytes = 0
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done:
+            self.leftover += data
+            return b""
+        framing = self.framing
+        if framing == LENGTH:
+            remaining = self.remaining
+            if len(data) < remaining:
+                self.remaining = remaining - len(data)
+                return data
+            self.remaining = 0
+            self.done = True
+            if len(data) > remaining:
+                self.leftover = data[remaining:]
+                return data[:remaining]
+            return data
+        if framing == UNTIL_CLOSE:
+            return data
+        return self._feed_chunked(data)
+
+    def eof(self) -> None:
+        """The peer closed: fine for a close-delimited body, an error when more was announced."""
+        if self.done:
+            return
+        if self.framing == UNTIL_CLOSE:
+            self.done = True
+            return
+        raise FramingError("connection closed before the end of the body")
+
+    def _feed_chunked(self, data: bytes) -> bytes:
+        buffer = self._buffer + data if self._buffer else data
+        self._buffer = b""
+        out: list[bytes] = []
+        position = 0
+        size = len(buffer)
+        while position < size:
+            state = self._state
+            if state == self._DATA:
+                take = min(self.remaining, size - position)
+                out.append(buffer[position : position + take])
+                position += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    self._state = self._DATA_END
+                continue
+            line_end = buffer.find(b"\r\n", position)
+            if line_end == -1:
+                rest = buffer[position:]
+                if b"\n" in rest or (b"\r" in rest[:-1]):
+                    raise FramingError("bare CR or LF in chunked framing")
+                if state == self._TRAILERS:
+                    if self._trailer_bytes + len(rest) > MAX_TRAILER_BYTES:
+                        raise FramingError("trailer block too large")
+                elif len(rest) > MAX_CHUNK_LINE:
+                    raise FramingError("chunk size line too long")
+                self._buffer = rest
+                break
+            line = buffer[position:line_end]
+            position = line_end + 2
+            if state == self._DATA_END:
+                if line:
+                    raise FramingError("chunk data not followed by CRLF")
+                self._state = self._SIZE
+            elif state == self._SIZE:
+                if len(line) > MAX_CHUNK_LINE:
+                    raise FramingError("chunk size line too long")
+                match = _CHUNK_LINE.fullmatch(line)
+                if match is None:
+                    raise FramingError("malformed chunk size line")
+                chunk_size = int(match.group(1), 16)
+                if chunk_size:
+                    self.remaining = chunk_size
+                    self._state = self._DATA
+                else:
+                    self._state = self._TRAILERS
+            else:  # trailers: dropped, but bounded and checked
+                if not line:
+                    self.done = True
+                    self.leftover = buffer[position:]
+                    break
+                self._trailer_bytes += len(line) + 2
+                if self._trailer_bytes > MAX_TRAILER_BYTES:
+                    raise FramingError("trailer block too large")
+                if line[:1] in (b" ", b"\t") or b":" not in line or _TRAILER_LINE_BAD.search(line):
+                    raise FramingError("malformed trailer line")
+        return b"".join(out) if len(out) != 1 else out[0]
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def serialize_head(start_line: bytes, headers: Headers) -> bytes:
+    """A message head; header names and values must already be valid (checked where they came from)."""
+    parts = [start_line]
+    for name, value in headers:
+        parts.append(name + b": " + value)
+    parts.append(b"\r\n")
+    return b"\r\n".join(parts)
+
+
+def connection_close_requested(value: bytes) -> bool:
+    """Whether a Connection header value lists `close`."""
+    return any(token.strip().lower() == b"close" for token in value.split(b","))

@@ -1,0 +1,144 @@
+"""Byte transports: a plain socket driven by trio's low-level waits, or any trio stream (TLS).
+
+`trio.SocketStream` checkpoints twice and enters two context managers per call; on the hot path a
+relayed request makes four or more calls, which cost more than parsing it. `SocketTransport` calls the
+non-blocking socket first and waits (`trio.lowlevel.wait_readable` / `wait_writable`) only when the
+kernel has nothing, with an explicit checkpoint every few calls that did not wait, so a busy
+connection still lets the others run and still sees cancellation.
+
+`receive()` returns b"" at the end of the stream and on any failure (reset, closed under it): for the
+relay both mean the peer is gone. `send_all()` raises `BrokenTransport`. `close()` is synchronous and
+wakes any task waiting on the transport (it then sees end of stream or `BrokenTransport`), which is how
+a timer interrupts a wait.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from llmrelay.io.timers import Timer
+
+READ_SIZE = 65536
+_CHECKPOINT_EVERY = 16
+_wait_readable = trio.lowlevel.wait_readable
+_wait_writable = trio.lowlevel.wait_writable
+_checkpoint = trio.lowlevel.checkpoint
+
+
+class BrokenTransport(Exception):
+    """The peer is gone or the transport was closed while sending."""
+
+
+class SocketTransport:
+    __slots__ = ("sock", "closed", "_quick")
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.closed = False
+        self._quick = 0
+
+    async def receive(self) -> bytes:
+        sock = self.sock
+        while True:
+            try:
+                data = sock.recv(READ_SIZE)
+            except BlockingIOError:
+                try:
+                    await _wait_readable(sock)
+                except (trio.ClosedResourceError, OSError):
+                    return b""
+                self._quick = 0
+                continue
+            except OSError:
+                return b""
+            self._quick += 1
+            if self._quick >= _CHECKPOINT_EVERY:
+                self._quick = 0
+                await _checkpoint()
+            return data
+
+    async def send_all(self, data: bytes, timer: Timer | None = None, seconds: float = 0.0) -> None:
+        """Send everything; when the kernel's buffer is full, arm `timer` for `seconds` while waiting."""
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise BrokenTransport(exc.strerror or type(exc).__name__) from None
+        if sent == len(data):
+            self._quick += 1
+            if self._quick >= _CHECKPOINT_EVERY:
+                self._quick = 0
+                await _checkpoint()
+            return
+        view = memoryview(data)[sent:]
+        if timer is not None:
+            timer.arm(seconds, "write")
+        try:
+            while view:
+                try:
+                    await _wait_writable(sock)
+                    sent = sock.send(view)
+                except BlockingIOError:
+                    continue
+                except (trio.ClosedResourceError, OSError) as exc:
+                    raise BrokenTransport(str(exc) or type(exc).__name__) from None
+                view = view[sent:]
+        finally:
+            if timer is not None:
+                timer.disarm()
+        self._quick = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()
+
+
+class StreamTransport:
+    """A trio stream (an `SSLStream` over a socket) behind the same interface."""
+
+    __slots__ = ("stream", "_socket", "closed")
+
+    def __init__(self, stream: trio.abc.Stream, sock: trio.socket.SocketType) -> None:
+        self.stream = stream
+        self._socket = sock
+        self.closed = False
+
+    async def receive(self) -> bytes:
+        try:
+            return await self.stream.receive_some(READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return b""
+
+    async def send_all(self, data: bytes, timer: Timer | None = None, seconds: float = 0.0) -> None:
+        if timer is not None:
+            timer.arm(seconds, "write")
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise BrokenTransport(str(exc) or type(exc).__name__) from None
+        finally:
+            if timer is not None:
+                timer.disarm()
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._socket.close()  # trio's socket close wakes its waiters
+
+
+Transport = SocketTransport | StreamTransport
