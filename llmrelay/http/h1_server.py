@@ -478,20 +478,26 @@ class Http1Connection:
             if not data:
                 return -1
             buffer = data
+        if buffer[:1] in (b"\r", b"\n"):
+            buffer = buffer.lstrip(b"\r\n")
+        end = find_head_end(buffer, self._limits)
+        if end >= 0:  # the usual case: the whole head came in one read
+            self._buffer = buffer
+            return end
         timer = self._timer
         timer.arm(settings.header_timeout, "header")
         try:
             while True:
+                data = await self.transport.receive()
+                if not data:
+                    return -1
+                buffer += data
                 if buffer[:1] in (b"\r", b"\n"):
                     buffer = buffer.lstrip(b"\r\n")
                 end = find_head_end(buffer, self._limits)
                 if end >= 0:
                     self._buffer = buffer
                     return end
-                data = await self.transport.receive()
-                if not data:
-                    return -1
-                buffer += data
         finally:
             timer.disarm()
 

@@ -14,14 +14,12 @@ import re
 
 from llmrelay.http.errors import RequestRejected
 from llmrelay.http.exchange import Headers, RequestHead
-from llmrelay.http.wire import connection_close_requested
+from llmrelay.http.wire import FIELD_LINE, connection_close_requested
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _REQUEST_LINE = re.compile(rb"^(?P<method>[^ ]+) (?P<target>[^ ]+) HTTP/(?P<major>[0-9])\.(?P<minor>[0-9])$")
-_FIELD = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x08\x0a-\x1f\x7f \t])?)[ \t]*"
-)
-_LONE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+# method SP origin-form target SP HTTP/1.x: what nearly every request line is
+_USUAL_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e]*) HTTP/1\.([0-9])")
 _TARGET_BAD = re.compile(rb"[\x00-\x20\x7f-\xff]")  # a target is ASCII; others are percent-encoded
 _DIGITS = re.compile(rb"^[0-9]{1,18}$")
 
@@ -70,27 +68,21 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
     Header names come out lower-cased and values without surrounding whitespace, in order.
     """
     body = head[:-4] if head.endswith(b"\r\n\r\n") else head
-    if _LONE_CR_OR_LF.search(body):
+    pairs = body.count(b"\r\n")
+    if body.count(b"\r") != pairs or body.count(b"\n") != pairs:
         raise RequestRejected(400, "bare CR or LF in request head")
     lines = body.split(b"\r\n")
     request_line, fields = lines[0], lines[1:]
     if len(request_line) > limits.max_request_line:
         raise RequestRejected(414, "request line too long")
-    match = _REQUEST_LINE.match(request_line)
-    if match is None:
-        raise RequestRejected(400, "malformed request line")
-    method, target, major, minor = match.groups()
-    if major != b"1":
-        raise RequestRejected(505, "only HTTP/1.x is served on this connection")
-    http10 = minor == b"0"
-    if not _TOKEN.match(method):
-        raise RequestRejected(400, "malformed method")
+    usual = _USUAL_REQUEST_LINE.fullmatch(request_line)  # one regex for the common case
+    if usual is not None:
+        method, target, minor = usual.groups()
+        http10 = minor == b"0"
+    else:
+        method, target, http10 = _unusual_request_line(request_line)
     if method == b"CONNECT":
         raise RequestRejected(405, "CONNECT is not supported")
-    if _TARGET_BAD.search(target):
-        raise RequestRejected(400, "malformed request target")
-    if not (target[:1] == b"/" or (target == b"*" and method == b"OPTIONS")):
-        raise RequestRejected(400, "only origin-form request targets are accepted")
     if len(fields) > limits.max_header_count:
         raise RequestRejected(431, "too many header fields")
     if len(body) - len(request_line) > limits.max_header_bytes:
@@ -102,7 +94,7 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
     close = http10  # HTTP/1.0 connections are not kept alive
     expect_continue = False
     for line in fields:
-        field = _FIELD.fullmatch(line)
+        field = FIELD_LINE.fullmatch(line)
         if field is None:
             raise RequestRejected(400, _field_problem(line))
         name, value = field.groups()
@@ -152,6 +144,26 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
         keep_alive=not close,
         expect_continue=expect_continue,
     )
+
+
+def _unusual_request_line(request_line: bytes) -> tuple[bytes, bytes, bool]:
+    """The request line checked step by step, for the precise reason it is refused (or accepted:
+    `OPTIONS *`)."""
+    match = _REQUEST_LINE.match(request_line)
+    if match is None:
+        raise RequestRejected(400, "malformed request line")
+    method, target, major, minor = match.groups()
+    if major != b"1":
+        raise RequestRejected(505, "only HTTP/1.x is served on this connection")
+    if not _TOKEN.match(method):
+        raise RequestRejected(400, "malformed method")
+    if method == b"CONNECT":
+        raise RequestRejected(405, "CONNECT is not supported")
+    if _TARGET_BAD.search(target):
+        raise RequestRejected(400, "malformed request target")
+    if not (target[:1] == b"/" or (target == b"*" and method == b"OPTIONS")):
+        raise RequestRejected(400, "only origin-form request targets are accepted")
+    return method, target, minor == b"0"
 
 
 def _field_problem(line: bytes) -> str:

@@ -16,7 +16,10 @@ MAX_CHUNK_LINE = 4096
 MAX_TRAILER_BYTES = 16384
 LAST_CHUNK = b"0\r\n\r\n"
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
-_TRAILER_LINE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# A field line: a token name, a colon, a value without control characters (OWS around it dropped).
+FIELD_LINE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x08\x0a-\x1f\x7f \t])?)[ \t]*"
+)
 
 # How a message body is delimited.
 NO_BODY = 0
@@ -136,7 +139,7 @@ class BodyDecoder:
                 self._trailer_bytes += len(line) + 2
                 if self._trailer_bytes > MAX_TRAILER_BYTES:
                     raise FramingError("trailer block too large")
-                if line[:1] in (b" ", b"\t") or b":" not in line or _TRAILER_LINE_BAD.search(line):
+                if FIELD_LINE.fullmatch(line) is None:
                     raise FramingError("malformed trailer line")
         return b"".join(out) if len(out) != 1 else out[0]
 

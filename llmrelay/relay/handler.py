@@ -164,6 +164,7 @@ class Relay:
                 active.interrupt = interrupt  # a drain cut closes the upstream connection
                 await self._exchange_with_upstream(exchange, endpoint, upstream, active, record)
             else:
+                active.scope = trio.CancelScope()
                 with active.scope:
                     await self._exchange_with_upstream(exchange, endpoint, upstream, active, record)
         except UpstreamError as exc:
@@ -187,7 +188,7 @@ class Relay:
                 await self._cut(exchange, endpoint.provider, active, exc.message)
         finally:
             self._responses.discard(active)
-        if active.cut_by_drain and active.scope.cancelled_caught:
+        if active.cut_by_drain and active.scope is not None and active.scope.cancelled_caught:
             await self._cut_at_deadline(exchange, endpoint, active, record)
 
     async def _cut_at_deadline(

@@ -8,6 +8,7 @@ goes upstream chunked, one with a Content-Length keeps it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 
@@ -39,12 +40,33 @@ def connection_tokens(headers: Headers) -> set[bytes]:
     return tokens
 
 
+class _RequestIds:
+    """32 hex digits: a random prefix drawn once per process, then a counter.
+
+    Unique across workers and restarts without a system call per request (`os.urandom` is one).
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)  # a forked child draws its own prefix
+
+    def reset(self) -> None:
+        self._prefix = os.urandom(10).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+_new_request_id = _RequestIds()
+
+
 def request_id_for(headers: Headers) -> str:
     """The client's x-request-id when it is sane, else a new one."""
     for name, value in headers:
         if name == b"x-request-id" and _REQUEST_ID.match(value):
             return value.decode("ascii")
-    return os.urandom(16).hex()
+    return _new_request_id()
 
 
 def upstream_request_headers(

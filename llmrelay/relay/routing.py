@@ -29,8 +29,11 @@ def join_path(base_path: str, rest: str) -> str:
 
 def has_dot_segment(path: str) -> bool:
     """True when a path holds a `.` or `..` segment, also when percent-encoded."""
-    for segment in path.split("?", 1)[0].split("/"):
-        decoded = unquote_to_bytes(segment)
+    path = path.split("?", 1)[0]
+    if "." not in path and "%" not in path:
+        return False  # the usual case: nothing to decode
+    for segment in path.split("/"):
+        decoded = unquote_to_bytes(segment) if "%" in segment else segment.encode("latin-1")
         if decoded in (b".", b".."):
             return True
     return False

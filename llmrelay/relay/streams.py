@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from time import monotonic
 
 import trio
 
@@ -27,49 +28,43 @@ _EVENT_ENDINGS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 class ActiveResponse:
     """One response being relayed: its cancel scope, and where its byte stream stands."""
 
-    __slots__ = (
-        "exchange", "scope", "interrupt", "cut_by_drain", "sse", "at_event_boundary", "last_send", "_send_lock"
-    )
+    __slots__ = ("exchange", "scope", "interrupt", "cut_by_drain", "sse", "at_event_boundary", "last_send", "sending")
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
-        self.scope = trio.CancelScope()  # entered only when the upstream cannot be interrupted
+        self.scope: trio.CancelScope | None = None  # only when the upstream cannot be interrupted
         self.interrupt: Callable[[], None] | None = None  # closes the upstream connection
         self.cut_by_drain = False
         self.sse = False
         self.at_event_boundary = True
-        self.last_send = trio.current_time()
-        self._send_lock = trio.Lock()
+        self.last_send = monotonic()
+        self.sending = False  # a send is under way: a keep-alive comment must wait for the next round
 
     async def send(self, chunk: bytes) -> None:
-        """Send a body chunk; never interleaved with a keep-alive comment."""
-        try:
-            self._send_lock.acquire_nowait()  # the usual case: no checkpoint, no wait
-        except trio.WouldBlock:
-            await self._send_lock.acquire()
+        """Send a body chunk (the relay's task is the only one that sends while this is set)."""
+        self.sending = True
         try:
             await self.exchange.send_body(chunk)
         finally:
-            self._send_lock.release()
-        self.last_send = trio.current_time()
+            self.sending = False
+        self.last_send = monotonic()
         if self.sse:
             self.at_event_boundary = chunk.endswith(_EVENT_ENDINGS)
 
     def wants_keepalive(self, now: float, interval: float) -> bool:
-        return (
-            self.sse
-            and self.at_event_boundary
-            and now - self.last_send >= interval
-            and not self._send_lock.locked()
-        )
+        return self.sse and self.at_event_boundary and now - self.last_send >= interval and not self.sending
 
     async def send_keepalive(self) -> None:
+        if self.sending:
+            return  # the stream is sending anyway
+        self.sending = True
         try:
-            async with self._send_lock:
-                await self.exchange.send_body(KEEPALIVE_COMMENT)
-            self.last_send = trio.current_time()
+            await self.exchange.send_body(KEEPALIVE_COMMENT)
+            self.last_send = monotonic()
         except ClientDisconnected:
             pass  # the relay's own send notices too, and ends the exchange
+        finally:
+            self.sending = False
 
 
 class ResponseRegistry:
@@ -93,7 +88,7 @@ class ResponseRegistry:
         async with trio.open_nursery() as nursery:
             while True:
                 await trio.sleep(step)
-                now = trio.current_time()
+                now = monotonic()
                 for response in list(self._active):
                     if response.wants_keepalive(now, self.keepalive_interval):
                         nursery.start_soon(response.send_keepalive)
@@ -104,6 +99,6 @@ class ResponseRegistry:
             response.cut_by_drain = True
             if response.interrupt is not None:
                 response.interrupt()
-            else:
+            elif response.scope is not None:
                 response.scope.cancel()
         return len(self._active)

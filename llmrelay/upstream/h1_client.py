@@ -20,6 +20,7 @@ from collections.abc import AsyncIterable
 import trio
 
 from llmrelay.http.wire import (
+    FIELD_LINE,
     CHUNKED,
     LENGTH,
     NO_BODY,
@@ -38,9 +39,6 @@ Headers = list[tuple[bytes, bytes]]
 
 MAX_RESPONSE_HEAD = 65536
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
-_FIELD = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x08\x0a-\x1f\x7f \t])?)[ \t]*"
-)
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 
 
@@ -69,7 +67,7 @@ def parse_response_head(head: bytes, method: bytes) -> ResponseHead:
     lengths: list[bytes] = []
     codings: list[bytes] = []
     for line in lines[1:]:
-        field = _FIELD.fullmatch(line)
+        field = FIELD_LINE.fullmatch(line)
         if field is None:
             raise FramingError("malformed header line")
         name, value = field.groups()

@@ -138,6 +138,9 @@ def _proxy_parts(proxy_url: str) -> tuple[str, tuple[str, str] | None]:
     return f"{parts.scheme}://{host}:{parts.port or default}", auth
 
 
+FRESH_CONNECTION = 1.0  # seconds idle under which a pooled connection is reused without a liveness check
+
+
 class UpstreamPool:
     """Connections to one endpoint's target, direct or through its `proxy_url`."""
 
@@ -161,7 +164,12 @@ class UpstreamPool:
             self._proxied = _ProxiedPool(endpoint, self._ssl_context)
 
     def _still_usable(self, connection: ClientConnection) -> bool:
-        return monotonic() - connection.idle_since < self._keepalive_expiry and connection.looks_alive()
+        idle = monotonic() - connection.idle_since
+        if idle >= self._keepalive_expiry:
+            return False
+        # A connection used a moment ago is taken as it is (a peer that closed it just then is
+        # covered by the retry of a replayable request); one idle for a while is checked first.
+        return idle < FRESH_CONNECTION or connection.looks_alive()
 
     def stream(self, request: UpstreamRequest) -> AsyncContextManager[UpstreamResponse]:
         """Send `request`; the response once its headers arrived; always closed on leaving."""
