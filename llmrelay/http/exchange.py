@@ -80,9 +80,15 @@ class Exchange(Protocol):
 
     async def send_head(self, status: int, headers: Headers) -> None: ...
 
+    async def flush(self) -> None:
+        """Send what is buffered now (a response head waits to leave with the first body bytes)."""
+        ...
+
     async def send_body(self, data: bytes) -> None: ...
 
-    async def end(self) -> None: ...
+    async def end(self, data: bytes = b"") -> None:
+        """End the response; `data`, when given, is its last body bytes."""
+        ...
 
     async def abort(self) -> None:
         """End the response uncleanly, so the client cannot mistake it for a complete one."""

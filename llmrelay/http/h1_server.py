@@ -240,6 +240,13 @@ class Http1Exchange:
         self.phase = advance(self.phase, ResponsePhase.STREAMING)
         self._pending = serialize_head(status_line, headers)
 
+    async def flush(self) -> None:
+        """Send a response head still waiting for body bytes (a stream's first event may be far off)."""
+        if self._pending:
+            payload = self._pending
+            self._pending = b""
+            await self._connection.send_bytes(payload)
+
     def _frame(self, data: bytes) -> bytes:
         framing = self._framing
         if framing == CHUNKED:

@@ -15,6 +15,7 @@ Headers = list[tuple[bytes, bytes]]
 MAX_CHUNK_LINE = 4096
 MAX_TRAILER_BYTES = 16384
 LAST_CHUNK = b"0\r\n\r\n"
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 # A field line: a token name, a colon, a value without control characters (OWS around it dropped).
 FIELD_LINE = re.compile(
@@ -86,6 +87,13 @@ class BodyDecoder:
         raise FramingError("connection closed before the end of the body")
 
     def _feed_chunked(self, data: bytes) -> bytes:
+        if self._state == self._SIZE and not self._buffer:
+            # Fast path: exactly one whole chunk (an SSE event as a provider writes it).
+            line_end = data.find(b"\r\n")
+            if 0 < line_end <= 16 and data.endswith(b"\r\n") and _HEX.fullmatch(data, 0, line_end):
+                size = int(data[:line_end], 16)
+                if size and len(data) == line_end + size + 4:
+                    return data[line_end + 2 : line_end + 2 + size]
         buffer = self._buffer + data if self._buffer else data
         self._buffer = b""
         out: list[bytes] = []

@@ -60,6 +60,16 @@ class SocketTransport:
                 await _checkpoint()
             return data
 
+    async def receive_after_wait(self) -> bytes:
+        """Like `receive()`, for a peer that has just been read dry and sends in bursts (a stream):
+        wait for readability first instead of paying for a read that finds nothing."""
+        try:
+            await _wait_readable(self.sock)
+        except (trio.ClosedResourceError, OSError):
+            return b""
+        self._quick = 0
+        return await self.receive()
+
     async def send_all(self, data: bytes, timer: Timer | None = None, seconds: float = 0.0) -> None:
         """Send everything; when the kernel's buffer is full, arm `timer` for `seconds` while waiting."""
         sock = self.sock
@@ -119,6 +129,9 @@ class StreamTransport:
             return await self.stream.receive_some(READ_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return b""
+
+    async def receive_after_wait(self) -> bytes:
+        return await self.receive()  # TLS may hold decrypted bytes: never wait first
 
     async def send_all(self, data: bytes, timer: Timer | None = None, seconds: float = 0.0) -> None:
         if timer is not None:

@@ -224,6 +224,8 @@ class Relay:
                 await exchange.send_head(response.status, out_headers)
             except InvalidResponseHead as exc:
                 raise UpstreamProtocolError(str(exc)) from None
+            if not response.body_ready:
+                await exchange.flush()  # the head leaves now; the body may take a while
             while True:
                 chunk = await response.read_chunk()
                 record.bytes_out += len(chunk)

@@ -38,6 +38,7 @@ from llmrelay.upstream.errors import UpstreamConnectError, UpstreamProtocolError
 Headers = list[tuple[bytes, bytes]]
 
 MAX_RESPONSE_HEAD = 65536
+STREAM_READ = 16384  # a read shorter than this means the sender paused (a stream between events)
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 
@@ -101,7 +102,7 @@ def has_chunked_body(headers: Headers) -> bool:
 class ClientConnection:
     """One connection to a target; carries one request at a time."""
 
-    __slots__ = ("transport", "timer", "reused", "idle_since", "_buffer", "_decoder", "keep_alive", "nothing_received")
+    __slots__ = ("transport", "timer", "reused", "idle_since", "_buffer", "_decoder", "keep_alive", "nothing_received", "_read_dry")
 
     def __init__(self, transport: Transport, wheel: TimerWheel) -> None:
         self.transport = transport
@@ -112,6 +113,7 @@ class ClientConnection:
         self._decoder: BodyDecoder | None = None
         self.keep_alive = False
         self.nothing_received = True
+        self._read_dry = False
 
     def _expired(self, _reason: str) -> None:
         self.transport.close()
@@ -219,8 +221,13 @@ class ClientConnection:
             else:
                 timer = self.timer
                 timer.arm(idle_timeout, "idle")
-                data = await self.transport.receive()
+                if self._read_dry:
+                    data = await self.transport.receive_after_wait()
+                else:
+                    data = await self.transport.receive()
                 timer.disarm()
+                # A short read means the peer's sending paused: next time, wait before reading.
+                self._read_dry = len(data) < STREAM_READ
                 if not data:
                     if timer.fired:
                         raise UpstreamTimeout(f"upstream sent nothing for {idle_timeout:g} s mid-body")
@@ -237,6 +244,10 @@ class ClientConnection:
             if content or decoder.done:
                 return content
         return b""
+
+    @property
+    def has_buffered_body(self) -> bool:
+        return bool(self._buffer)
 
     @property
     def body_done(self) -> bool:

@@ -69,6 +69,11 @@ class UpstreamResponse:
     headers: Headers
     complete: bool
 
+    @property
+    def body_ready(self) -> bool:
+        """Whether body bytes (or the end) are already here, so the head can wait for them."""
+        return self.complete
+
     async def read_chunk(self) -> bytes:
         raise NotImplementedError
 
@@ -88,6 +93,10 @@ class DirectResponse(UpstreamResponse):
         self._connection = connection
         self._idle_timeout = idle_timeout
         self.complete = connection.body_done
+
+    @property
+    def body_ready(self) -> bool:
+        return self.complete or self._connection.has_buffered_body
 
     async def read_chunk(self) -> bytes:
         chunk = await self._connection.read_body(self._idle_timeout)
