@@ -219,25 +219,38 @@ class Http1Exchange:
     # -- response ---------------------------------------------------------------------------------
     async def send_head(self, status: int, headers: Headers) -> None:
         status_line = _status_line(status)
-        framing = CHUNKED
-        for name, _ in headers:
-            if name == b"content-length" or name == b"transfer-encoding":
-                framing = LENGTH if name == b"content-length" else CHUNKED
-                break
+        length: bytes | None = None
+        chunked = False
+        connection = False
+        for name, value in headers:
+            if name == b"content-length":
+                if length is None:
+                    length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection":
+                connection = True
         if self.head.method == b"HEAD" or status in (204, 304):
             framing = NO_BODY
-        elif framing == LENGTH:
-            self._remaining = _content_length(headers)
-        elif framing == CHUNKED and not any(name == b"transfer-encoding" for name, _ in headers):
-            if self.head.http_version == b"1.0":
-                framing = UNTIL_CLOSE
-                self.close_after = True
-            else:
-                headers = [*headers, (b"transfer-encoding", b"chunked")]
-        if self.close_after and not any(name == b"connection" for name, _ in headers):
+        elif chunked:
+            framing = CHUNKED
+        elif length is not None:
+            if not length.isdigit() or len(length) > 18:
+                raise InvalidResponseHead("malformed Content-Length in response")
+            framing = LENGTH
+            self._remaining = int(length)
+        elif self.head.http_version == b"1.0":
+            framing = UNTIL_CLOSE
+            self.close_after = True
+        else:
+            framing = CHUNKED
+            headers = [*headers, (b"transfer-encoding", b"chunked")]
+        if self.close_after and not connection:
             headers = [*headers, (b"connection", b"close")]
         self._framing = framing
-        self.phase = advance(self.phase, ResponsePhase.STREAMING)
+        if self.phase is not ResponsePhase.PENDING:
+            self.phase = advance(self.phase, ResponsePhase.STREAMING)  # raises: a head after a head
+        self.phase = ResponsePhase.STREAMING
         self._pending = serialize_head(status_line, headers)
 
     async def flush(self) -> None:
@@ -295,15 +308,6 @@ class Http1Exchange:
         self.close_after = True  # the error body says `connection: close`
         await self.send_head(status, headers)
         await self.end(body)
-
-
-def _content_length(headers: Headers) -> int:
-    for name, value in headers:
-        if name == b"content-length":
-            if not value.isdigit() or len(value) > 18:
-                raise InvalidResponseHead("malformed Content-Length in response")
-            return int(value)
-    return 0
 
 
 class Http1Connection:
@@ -464,7 +468,9 @@ class Http1Connection:
                 await self._run_handler(exchange)
             finally:
                 state.requests_in_flight -= 1
-            await self._stop_watcher()
+            self._watch_timer.disarm()
+            if self._watcher is not None:
+                await self._stop_watcher()
             if not await self._finish_cycle(exchange):
                 return
             self._exchange = None

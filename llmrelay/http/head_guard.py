@@ -88,18 +88,19 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
     if len(body) - len(request_line) > limits.max_header_bytes:
         raise RequestRejected(431, "request header block too large")
     headers: Headers = []
+    match_field = FIELD_LINE.fullmatch
+    for line in fields:
+        field = match_field(line)
+        if field is None:
+            raise RequestRejected(400, _field_problem(line))
+        name, value = field.groups()
+        headers.append((name.lower(), value))
     hosts = 0
     lengths: list[bytes] = []
     codings: list[bytes] = []
     close = http10  # HTTP/1.0 connections are not kept alive
     expect_continue = False
-    for line in fields:
-        field = FIELD_LINE.fullmatch(line)
-        if field is None:
-            raise RequestRejected(400, _field_problem(line))
-        name, value = field.groups()
-        name = name.lower()
-        headers.append((name, value))
+    for name, value in headers:
         if name == b"host":
             hosts += 1
         elif name == b"content-length":

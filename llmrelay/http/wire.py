@@ -18,9 +18,8 @@ LAST_CHUNK = b"0\r\n\r\n"
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 # A field line: a token name, a colon, a value without control characters (OWS around it dropped).
-FIELD_LINE = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x08\x0a-\x1f\x7f \t])?)[ \t]*"
-)
+_FIELD = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x08\x0a-\x1f\x7f \t])?)[ \t]*"
+FIELD_LINE = re.compile(_FIELD)
 
 # How a message body is delimited.
 NO_BODY = 0
@@ -158,11 +157,7 @@ def encode_chunk(data: bytes) -> bytes:
 
 def serialize_head(start_line: bytes, headers: Headers) -> bytes:
     """A message head; header names and values must already be valid (checked where they came from)."""
-    parts = [start_line]
-    for name, value in headers:
-        parts.append(name + b": " + value)
-    parts.append(b"\r\n")
-    return b"\r\n".join(parts)
+    return b"".join([start_line, b"\r\n", *[name + b": " + value + b"\r\n" for name, value in headers], b"\r\n"])
 
 
 def connection_close_requested(value: bytes) -> bool:

@@ -61,17 +61,14 @@ class Relay:
     async def __call__(self, exchange: Exchange) -> None:
         head = exchange.head
         request_id = request_id_for(head.headers)
+        target = head.target.decode("latin-1")
         record = accesslog.AccessRecord(
-            head.method.decode("ascii", "replace"),
-            head.target.decode("latin-1"),
-            request_id,
-            head.client[0],
-            time.perf_counter(),
+            head.method.decode("ascii", "replace"), target, request_id, head.client[0], time.perf_counter()
         )
         runtime = self.runtime
         runtime.acquire()
         try:
-            await self._relay(exchange, runtime, record)
+            await self._relay(exchange, runtime, record, target)
         except ClientDisconnected:
             record.outcome = "client_gone"
             raise
@@ -94,14 +91,16 @@ class Relay:
                 with trio.CancelScope(shield=True):
                     await runtime.aclose()
 
-    async def _relay(self, exchange: Exchange, runtime: RelayRuntime, record: accesslog.AccessRecord) -> None:
+    async def _relay(
+        self, exchange: Exchange, runtime: RelayRuntime, record: accesslog.AccessRecord, target: str
+    ) -> None:
         head = exchange.head
-        target = head.target.decode("latin-1")
-        if target == "/health" or target.startswith("/health?"):
+        if target.startswith("/health") and (len(target) == 7 or target[7] == "?"):
             payload, extra_headers = self._health()
             await self._send_json(exchange, 200, payload, record, extra_headers)
             return
-        route = runtime.router.route(head.header(b"host"), head.target)
+        router = runtime.router
+        route = router.route(head.header(b"host") if router.routes_by_host else None, target)
         if route is None:
             record.outcome = "no_route"
             await self._send_error(exchange, guess_provider(target), 404, "no endpoint matches this path", record)
@@ -109,11 +108,11 @@ class Relay:
         endpoint = route.endpoint
         record.endpoint = endpoint.name
         path, _, query = route.rest.partition("?")
-        if endpoint.relay_keys.required and not check_relay_key(endpoint.relay_keys, head.headers, query):
+        if endpoint.needs_relay_key and not check_relay_key(endpoint.relay_keys, head.headers, query):
             record.outcome = "bad_relay_key"
             await self._send_error(exchange, endpoint.provider, 401, "invalid or missing relay key", record)
             return
-        limit = endpoint.config.max_body_size
+        limit = endpoint.max_body_size
         if head.body_length is not None and head.body_length > limit:
             record.outcome = "body_too_large"
             await self._send_error(exchange, endpoint.provider, 413, f"request body exceeds {limit} bytes", record)
@@ -124,36 +123,37 @@ class Relay:
         self, exchange: Exchange, endpoint: EndpointRuntime, path: str, query: str, record: accesslog.AccessRecord
     ) -> None:
         head = exchange.head
-        replace_credentials = endpoint.relay_keys.required or bool(endpoint.provider_keys)
-        target = endpoint.config.target
+        replace_credentials = endpoint.replaces_credentials
+        chunked = head.body_length is None
         headers = upstream_request_headers(
             head.headers,
-            upstream_host=target.host_header,
+            upstream_host=endpoint.upstream_host,
             client_ip=head.client[0],
             scheme=head.scheme,
             request_id=record.request_id,
-            chunked_body=head.has_body and head.body_length is None,
+            chunked_body=chunked,
             strip_credentials=replace_credentials,
         )
-        if replace_credentials:
+        if replace_credentials and query:
             query = strip_query_key(query)
-        if endpoint.provider_keys:
+        if endpoint.injects_key:
             inject_key(endpoint.provider, headers, endpoint.provider_keys.pick())
-        upstream_target = join_path(target.base_path, path) + (f"?{query}" if query else "")
+        upstream_target = join_path(endpoint.base_path, path) + ("?" + query if query else "")
         body: AsyncIterator[bytes] | bytes = b""
         if head.has_body:
             if head.body_length is not None and head.body_length <= WHOLE_BODY_LIMIT:
                 body = await self._whole_body(exchange, record)  # one send upstream, and replayable
             else:
-                body = self._request_body(exchange, endpoint.config.max_body_size, record)
+                body = self._request_body(exchange, endpoint.max_body_size, record)
         request = UpstreamRequest(
             method=head.method,
-            scheme=target.scheme_bytes,
-            host=target.host_bytes,
-            port=target.port,
+            scheme=endpoint.scheme,
+            host=endpoint.host,
+            port=endpoint.port,
             target=upstream_target.encode("latin-1"),
             headers=headers,
             body=body,
+            chunked=chunked,
         )
         active = ActiveResponse(exchange)
         self._responses.add(active)
@@ -217,9 +217,9 @@ class Relay:
                 self._observer.failure(endpoint.name, f"status {response.status}")
             else:
                 self._observer.success(endpoint.name)
-            out_headers = client_response_headers(response.headers, record.request_id)
-            active.sse = _is_event_stream(out_headers)
-            record.streamed = active.sse or not any(name == b"content-length" for name, _ in out_headers)
+            out_headers, sse, has_length = client_response_headers(response.headers, record.request_id)
+            active.sse = sse
+            record.streamed = sse or not has_length
             try:
                 await exchange.send_head(response.status, out_headers)
             except InvalidResponseHead as exc:
@@ -304,9 +304,3 @@ class Relay:
         else:
             await exchange.end()
 
-
-def _is_event_stream(headers: Headers) -> bool:
-    for name, value in headers:
-        if name == b"content-type":
-            return value.startswith(b"text/event-stream")
-    return False

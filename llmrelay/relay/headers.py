@@ -29,15 +29,24 @@ HOP_BY_HOP = frozenset(
 )
 FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"})
 CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key"})
+# What never goes upstream as the client sent it (Host is replaced, x-request-id set, Expect answered here).
+_DROPPED = HOP_BY_HOP | FORWARDING | {b"host", b"expect", b"x-request-id"}
+_DROPPED_WITH_CREDENTIALS = _DROPPED | CREDENTIALS
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def connection_tokens(headers: Headers) -> set[bytes]:
-    tokens: set[bytes] = set()
+_NO_TOKENS: frozenset[bytes] = frozenset()
+
+
+def connection_tokens(headers: Headers) -> frozenset[bytes] | set[bytes]:
+    """The header names a Connection header lists (hop-by-hop for this connection only)."""
+    tokens: set[bytes] | None = None
     for name, value in headers:
         if name == b"connection":
+            if tokens is None:
+                tokens = set()
             tokens.update(part.strip().lower() for part in value.split(b",") if part.strip())
-    return tokens
+    return _NO_TOKENS if tokens is None else tokens
 
 
 class _RequestIds:
@@ -72,7 +81,7 @@ def request_id_for(headers: Headers) -> str:
 def upstream_request_headers(
     headers: Headers,
     *,
-    upstream_host: str,
+    upstream_host: bytes,
     client_ip: str,
     scheme: str,
     request_id: str,
@@ -81,19 +90,16 @@ def upstream_request_headers(
 ) -> Headers:
     """The headers to send upstream, before a provider key is injected."""
     listed = connection_tokens(headers)
-    out: Headers = [(b"host", upstream_host.encode("ascii"))]
+    dropped = _DROPPED_WITH_CREDENTIALS if strip_credentials else _DROPPED
+    out: Headers = [(b"host", upstream_host)]
     original_host = b""
-    for name, value in headers:
-        if name == b"host":
-            original_host = value
+    for field in headers:
+        name = field[0]
+        if name in dropped or name in listed:
+            if name == b"host":
+                original_host = field[1]
             continue
-        if name in HOP_BY_HOP or name in listed or name in FORWARDING:
-            continue
-        if name in (b"expect", b"x-request-id"):
-            continue
-        if strip_credentials and name in CREDENTIALS:
-            continue
-        out.append((name, value))
+        out.append(field)
     out.append((b"x-forwarded-for", client_ip.encode("ascii", "replace")))
     out.append((b"x-forwarded-proto", scheme.encode("ascii")))
     if original_host:
@@ -104,18 +110,25 @@ def upstream_request_headers(
     return out
 
 
-def client_response_headers(headers: Headers, request_id: str) -> Headers:
-    """The upstream response headers a client may see."""
+def client_response_headers(headers: Headers, request_id: str) -> tuple[Headers, bool, bool]:
+    """The upstream response headers a client may see (names lower-cased), whether the body is an
+    event stream, and whether it has a Content-Length."""
     listed = connection_tokens(headers)
     out: Headers = []
     has_request_id = False
-    for name, value in headers:
-        name = name.lower()
+    sse = False
+    has_length = False
+    for field in headers:
+        name = field[0]
         if name in HOP_BY_HOP or name in listed:
             continue
-        if name == b"x-request-id":
+        if name == b"content-length":
+            has_length = True
+        elif name == b"content-type":
+            sse = field[1].startswith(b"text/event-stream")
+        elif name == b"x-request-id":
             has_request_id = True
-        out.append((name, value))
+        out.append(field)
     if not has_request_id:
         out.append((b"x-request-id", request_id.encode("ascii")))
-    return out
+    return out, sse, has_length

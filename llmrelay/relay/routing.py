@@ -68,8 +68,13 @@ class Router(Generic[E]):
             for host in hosts:
                 self._by_host[host] = endpoint
 
-    def route(self, host_header: bytes | None, target: bytes) -> Route[E] | None:
-        text = target.decode("latin-1")
+    @property
+    def routes_by_host(self) -> bool:
+        return bool(self._by_host)
+
+    def route(self, host_header: bytes | None, target: bytes | str) -> Route[E] | None:
+        """The endpoint and rest of the path for a request target (bytes, or str decoded as latin-1)."""
+        text = target if isinstance(target, str) else target.decode("latin-1")
         if has_dot_segment(text):
             raise RequestRejected(400, "dot segments are not allowed in the request path")
         if self._by_host:

@@ -19,7 +19,23 @@ log = logging.getLogger("llmrelay.runtime")
 
 
 class EndpointRuntime:
-    __slots__ = ("config", "name", "provider", "pool", "relay_keys", "provider_keys")
+    __slots__ = (
+        "config",
+        "name",
+        "provider",
+        "pool",
+        "relay_keys",
+        "provider_keys",
+        "needs_relay_key",
+        "injects_key",
+        "replaces_credentials",
+        "upstream_host",
+        "scheme",
+        "host",
+        "port",
+        "base_path",
+        "max_body_size",
+    )
 
     def __init__(self, config: ResolvedEndpoint) -> None:
         self.config = config
@@ -28,6 +44,17 @@ class EndpointRuntime:
         self.pool = UpstreamPool(config)
         self.relay_keys = KeyRing(config.auth_keys)
         self.provider_keys = KeyPicker(config.api_keys)
+        # Constants of every request to this endpoint, computed once per config generation.
+        self.needs_relay_key = self.relay_keys.required
+        self.injects_key = bool(self.provider_keys)
+        self.replaces_credentials = self.needs_relay_key or self.injects_key
+        target = config.target
+        self.upstream_host = target.host_header.encode("ascii")
+        self.scheme = target.scheme.encode("ascii")
+        self.host = target.host.encode("ascii")
+        self.port = target.port
+        self.base_path = target.base_path
+        self.max_body_size = config.max_body_size
 
 
 class RelayRuntime:

@@ -57,8 +57,8 @@ class ResponseHead:
 def parse_response_head(head: bytes, method: bytes) -> ResponseHead:
     """Parse a response head (up to, not including, its blank line); raise FramingError when it is
     malformed or its framing ambiguous (RFC 9112 section 6.3)."""
-    lines = head.split(b"\r\n")
-    status_line = _STATUS_LINE.fullmatch(lines[0])
+    line_end = head.find(b"\r\n")
+    status_line = _STATUS_LINE.fullmatch(head if line_end < 0 else head[:line_end])
     if status_line is None:
         raise FramingError("malformed status line")
     http10 = status_line.group(1) == b"0"
@@ -67,19 +67,24 @@ def parse_response_head(head: bytes, method: bytes) -> ResponseHead:
     close = http10
     lengths: list[bytes] = []
     codings: list[bytes] = []
-    for line in lines[1:]:
-        field = FIELD_LINE.fullmatch(line)
-        if field is None:
-            raise FramingError("malformed header line")
-        name, value = field.groups()
-        name = name.lower()
-        headers.append((name, value))
-        if name == b"content-length":
-            lengths.extend(part.strip(b" \t") for part in value.split(b","))
-        elif name == b"transfer-encoding":
-            codings.extend(part.strip(b" \t").lower() for part in value.split(b","))
-        elif name == b"connection":
-            close = close or connection_close_requested(value)
+    if line_end >= 0:
+        match_field = FIELD_LINE.fullmatch
+        for line in head[line_end + 2 :].split(b"\r\n"):
+            field = match_field(line)
+            if field is None:
+                raise FramingError("malformed header line")
+            name, value = field.groups()
+            name = name.lower()
+            headers.append((name, value))
+            if name == b"content-length":
+                if b"," in value:
+                    lengths.extend(part.strip(b" \t") for part in value.split(b","))
+                else:
+                    lengths.append(value)
+            elif name == b"transfer-encoding":
+                codings.extend(part.strip(b" \t").lower() for part in value.split(b","))
+            elif name == b"connection":
+                close = close or connection_close_requested(value)
     if codings and codings != [b"chunked"]:
         # A coding other than chunked alone is refused, as h11 refuses it: the relay never asks for one.
         raise FramingError("unsupported transfer coding")
@@ -93,10 +98,6 @@ def parse_response_head(head: bytes, method: bytes) -> ResponseHead:
     if lengths:
         return ResponseHead(status, headers, LENGTH, int(lengths[0]), not close)
     return ResponseHead(status, headers, UNTIL_CLOSE, 0, False)
-
-
-def has_chunked_body(headers: Headers) -> bool:
-    return any(name == b"transfer-encoding" for name, _ in headers)
 
 
 class ClientConnection:

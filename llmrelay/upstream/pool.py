@@ -30,7 +30,7 @@ from llmrelay.config.resolved import ResolvedEndpoint
 from llmrelay.upstream.errors import UpstreamProtocolError, UpstreamProxyError, UpstreamTimeout, translate
 from llmrelay.http.wire import serialize_head
 from llmrelay.io.timers import wheel
-from llmrelay.upstream.h1_client import ClientConnection, has_chunked_body, open_connection
+from llmrelay.upstream.h1_client import ClientConnection, open_connection
 from llmrelay.upstream.slots import ConnectionSlots
 
 # What httpcore raises for network, protocol and proxy failures. Anything else (such as the error a
@@ -56,6 +56,7 @@ class UpstreamRequest(msgspec.Struct):
     target: bytes  # path and query
     headers: Headers
     body: AsyncIterable[bytes] | bytes = b""
+    chunked: bool = False  # the headers say Transfer-Encoding: chunked (the body is sent chunk-encoded)
 
 
 class UpstreamResponse:
@@ -109,7 +110,7 @@ class HttpcoreResponse(UpstreamResponse):
 
     def __init__(self, response: httpcore.Response, idle_timeout: float) -> None:
         self.status = response.status
-        self.headers = list(response.headers)
+        self.headers = [(name.lower(), value) for name, value in response.headers]
         self.complete = False
         self._iterator = response.stream.__aiter__()  # type: ignore[union-attr]
         self._idle_timeout = idle_timeout
@@ -229,7 +230,7 @@ class _DirectExchange:
         assert slots is not None
         request = self._request
         head = serialize_head(b"%s %s HTTP/1.1" % (request.method, request.target), request.headers)
-        chunked = has_chunked_body(request.headers)
+        chunked = request.chunked
         replayable = isinstance(request.body, bytes)
         while True:
             connection = await slots.acquire()
