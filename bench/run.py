@@ -100,6 +100,7 @@ class Measurement:
     requests: int
     extra: dict[str, float] = field(default_factory=dict)
     respawned: bool = False
+    hwm_total_kib: int = 0  # VmHWM summed over all the proxy's processes
 
 
 @dataclass
@@ -252,6 +253,7 @@ def measure(target: Target, case: Case, mock: MockServer, threads: int, duration
         hwm_kib=max((status_kib(pid, "VmHWM") for pid in pids_after), default=0),
         rss_kib=max((status_kib(pid, "VmRSS") for pid in pids_after), default=0),
         background_cpus=background,
+        hwm_total_kib=sum(status_kib(pid, "VmHWM") for pid in pids_after),
         requests=requests,
         extra=extra,
         respawned=bool(pids) and sorted(pids_after[1:]) != sorted(workers_before),
@@ -390,13 +392,15 @@ def summarise(case: Case, results: dict[str, list[Measurement]], report: Report)
             rows.extend(_latency_rows(case, name, m, direct, errors, rss))
             continue
         notes = ""
+        total = max(r.hwm_total_kib for r in results[name]) / 1024
+        all_processes = f"; peak RSS of all its processes {total:.0f} MiB" if m.cpu_us is not None else ""
         if case.kind == "hold":
             notes = (
                 f"{int(m.extra['completed']):,} of {case.connections:,} completed; peak {int(m.extra['peak_upstream']):,} "
-                f"streams open at the mock; {m.extra['seconds']:.0f} s; p50/p99: whole stream"
+                f"streams open at the mock; {m.extra['seconds']:.0f} s{all_processes}; p50/p99: whole stream"
             )
         elif case.kind == "wrk" and case.delay_ms:
-            notes = "p50/p99: whole stream"
+            notes = f"{m.rps * case.duration:,.0f} streams done in {case.duration:g} s{all_processes}; p50/p99: whole stream"
         rows.append(
             Row(
                 scenario=case.label,
@@ -441,6 +445,7 @@ def _median(runs: list[Measurement]) -> Measurement:
         cpu_us=statistics.median(cpus) if cpus else None,
         hwm_kib=max(m.hwm_kib for m in runs),
         rss_kib=max(m.rss_kib for m in runs),
+        hwm_total_kib=max(m.hwm_total_kib for m in runs),
         background_cpus=med(lambda m: m.background_cpus),
         requests=sum(m.requests for m in runs),
         extra={key: statistics.median(m.extra[key] for m in runs) for key in extra_keys},

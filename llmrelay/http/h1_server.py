@@ -276,12 +276,16 @@ class Http1Exchange:
     async def send_body(self, data: bytes) -> None:
         if not data:
             return
-        payload = self._frame(data)
+        payload = b"%x\r\n%b\r\n" % (len(data), data) if self._framing == CHUNKED else self._frame(data)
         if self._pending:
             payload = self._pending + payload
             self._pending = b""
         if payload:
-            await self._connection.send_bytes(payload)
+            connection = self._connection  # (send_bytes, inlined: this runs once per streamed event)
+            try:
+                await connection.transport.send_all(payload, connection.timer, connection.settings.write_timeout)
+            except BrokenTransport:
+                raise ClientDisconnected("client connection broke while sending") from None
 
     async def end(self, data: bytes = b"") -> None:
         """Finish the response, with `data` as its last body bytes (one send for both)."""
@@ -330,7 +334,7 @@ class Http1Connection:
         self._limits = HeadLimits(settings.max_request_line, settings.max_header_bytes, settings.max_header_count)
         self._buffer = b""
         self._scope = trio.CancelScope()
-        self._timer: Timer = wheel.timer(self._timed_out)
+        self.timer: Timer = wheel.timer(self._timed_out)
         self._watch_timer: Timer = wheel.timer(self._start_watcher)
         self._exchange: Http1Exchange | None = None
         self._watcher: trio.CancelScope | None = None
@@ -347,7 +351,7 @@ class Http1Connection:
 
     def stop_idle(self) -> None:
         """A full stop: close this connection while it waits for a next request."""
-        self._timer.fired = "idle"
+        self.timer.fired = "idle"
         self._scope.cancel()
 
     def watch_soon(self) -> None:
@@ -399,7 +403,7 @@ class Http1Connection:
         self._buffer = data + self._buffer if self._buffer else data
 
     async def receive(self, seconds: float, reason: str) -> bytes:
-        timer = self._timer
+        timer = self.timer
         timer.arm(seconds, reason)
         data = await self.transport.receive()
         timer.disarm()
@@ -407,7 +411,7 @@ class Http1Connection:
 
     async def send_bytes(self, data: bytes) -> None:
         try:
-            await self.transport.send_all(data, self._timer, self.settings.write_timeout)
+            await self.transport.send_all(data, self.timer, self.settings.write_timeout)
         except BrokenTransport:
             raise ClientDisconnected("client connection broke while sending") from None
 
@@ -425,7 +429,7 @@ class Http1Connection:
                 await self._after_cancel()
         finally:
             state.idle.discard(self)
-            self._timer.disarm()
+            self.timer.disarm()
             self._watch_timer.disarm()
             if self._watcher is not None:
                 self._watcher.cancel()
@@ -434,7 +438,7 @@ class Http1Connection:
 
     async def _after_cancel(self) -> None:
         """The connection's scope was cancelled: a timeout, a departed client, or a full stop."""
-        reason = self._timer.fired
+        reason = self.timer.fired
         exchange = self._exchange
         if reason == "header" or (reason == "body" and exchange is not None and exchange.phase is ResponsePhase.PENDING):
             what = "request head" if reason == "header" else "request body"
@@ -497,7 +501,7 @@ class Http1Connection:
         if end >= 0:  # the usual case: the whole head came in one read
             self._buffer = buffer
             return end
-        timer = self._timer
+        timer = self.timer
         timer.arm(settings.header_timeout, "header")
         try:
             while True:

@@ -63,12 +63,15 @@ class SocketTransport:
     async def receive_after_wait(self) -> bytes:
         """Like `receive()`, for a peer that has just been read dry and sends in bursts (a stream):
         wait for readability first instead of paying for a read that finds nothing."""
-        try:
-            await _wait_readable(self.sock)
-        except (trio.ClosedResourceError, OSError):
-            return b""
-        self._quick = 0
-        return await self.receive()
+        sock = self.sock
+        while True:
+            try:
+                await _wait_readable(sock)
+                return sock.recv(READ_SIZE)
+            except BlockingIOError:  # woken without data (another reader took it): wait again
+                continue
+            except (trio.ClosedResourceError, OSError):
+                return b""
 
     async def send_all(self, data: bytes, timer: Timer | None = None, seconds: float = 0.0) -> None:
         """Send everything; when the kernel's buffer is full, arm `timer` for `seconds` while waiting."""

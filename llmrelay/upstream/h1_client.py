@@ -103,7 +103,7 @@ def parse_response_head(head: bytes, method: bytes) -> ResponseHead:
 class ClientConnection:
     """One connection to a target; carries one request at a time."""
 
-    __slots__ = ("transport", "timer", "reused", "idle_since", "_buffer", "_decoder", "keep_alive", "nothing_received", "_read_dry")
+    __slots__ = ("transport", "timer", "reused", "idle_since", "_buffer", "_decoder", "keep_alive", "nothing_received", "_read_dry", "body_done", "idle_timeout")
 
     def __init__(self, transport: Transport, wheel: TimerWheel) -> None:
         self.transport = transport
@@ -115,6 +115,8 @@ class ClientConnection:
         self.keep_alive = False
         self.nothing_received = True
         self._read_dry = False
+        self.body_done = False  # the last response's body has been read to its end
+        self.idle_timeout = 0.0  # longest silence while a body is read
 
     def _expired(self, _reason: str) -> None:
         self.transport.close()
@@ -183,7 +185,10 @@ class ClientConnection:
                 if end < 0:
                     if len(buffer) > MAX_RESPONSE_HEAD:
                         raise UpstreamProtocolError("malformed upstream response: head too large")
-                    data = await transport.receive()
+                    if buffer:
+                        data = await transport.receive()
+                    else:  # the request has just left: the answer cannot be here yet
+                        data = await transport.receive_after_wait()
                     if not data:
                         if timer.fired:
                             raise UpstreamTimeout(f"no response headers within {timeout:g} s")
@@ -205,16 +210,19 @@ class ClientConnection:
                         raise UpstreamProtocolError("upstream switched protocols, which is not relayed")
                     continue  # 100 Continue, 103 Early Hints: the real answer follows
                 self._buffer = buffer
-                self._decoder = BodyDecoder(head.framing, head.length)
+                decoder = BodyDecoder(head.framing, head.length)
+                self._decoder = decoder
+                self.body_done = decoder.done
                 self.keep_alive = head.keep_alive
                 return head
         finally:
             timer.disarm()
 
-    async def read_body(self, idle_timeout: float) -> bytes:
+    async def read_body(self) -> bytes:
         """The next body bytes (b"" once the body is complete; check `body_done`)."""
         decoder = self._decoder
         assert decoder is not None
+        idle_timeout = self.idle_timeout
         while not decoder.done:
             data = self._buffer
             if data:
@@ -237,22 +245,22 @@ class ClientConnection:
                     except FramingError:
                         raise UpstreamProtocolError("upstream closed the connection mid-body") from None
                     self.keep_alive = False
+                    self.body_done = True
                     return b""
             try:
                 content = decoder.feed(data)
             except FramingError as exc:
                 raise UpstreamProtocolError(f"malformed upstream response body: {exc}") from None
-            if content or decoder.done:
+            if decoder.done:
+                self.body_done = True
+                return content
+            if content:
                 return content
         return b""
 
     @property
     def has_buffered_body(self) -> bool:
         return bool(self._buffer)
-
-    @property
-    def body_done(self) -> bool:
-        return self._decoder is not None and self._decoder.done
 
 
 async def open_connection(

@@ -86,23 +86,21 @@ class UpstreamResponse:
 
 
 class DirectResponse(UpstreamResponse):
-    __slots__ = ("status", "headers", "complete", "_connection", "_idle_timeout")
+    __slots__ = ("status", "headers", "_connection", "read_chunk")
 
-    def __init__(self, connection: ClientConnection, status: int, headers: Headers, idle_timeout: float) -> None:
+    def __init__(self, connection: ClientConnection, status: int, headers: Headers) -> None:
         self.status = status
         self.headers = headers
         self._connection = connection
-        self._idle_timeout = idle_timeout
-        self.complete = connection.body_done
+        self.read_chunk = connection.read_body  # type: ignore[method-assign]  # no wrapper per chunk
+
+    @property
+    def complete(self) -> bool:  # type: ignore[override]
+        return self._connection.body_done
 
     @property
     def body_ready(self) -> bool:
-        return self.complete or self._connection.has_buffered_body
-
-    async def read_chunk(self) -> bytes:
-        chunk = await self._connection.read_body(self._idle_timeout)
-        self.complete = self._connection.body_done
-        return chunk
+        return self._connection.body_done or self._connection.has_buffered_body
 
 
 class HttpcoreResponse(UpstreamResponse):
@@ -263,7 +261,8 @@ class _DirectExchange:
                 if retry:
                     continue  # the peer closed this idle connection just as it was reused: use a new one
                 raise
-            return DirectResponse(connection, response.status, response.headers, pool._idle_timeout)
+            connection.idle_timeout = pool._idle_timeout
+            return DirectResponse(connection, response.status, response.headers)
 
     async def __aexit__(self, *exc_info: object) -> None:
         connection = self._connection
