@@ -100,6 +100,16 @@ class BodyDecoder:
         size = len(buffer)
         while position < size:
             state = self._state
+            if state == self._SIZE:
+                # Whole chunks (several events read at once) are taken without the state machine.
+                line_end = buffer.find(b"\r\n", position, position + 18)
+                if line_end > position and _HEX.fullmatch(buffer, position, line_end):
+                    chunk_size = int(buffer[position:line_end], 16)
+                    end = line_end + 2 + chunk_size
+                    if chunk_size and buffer[end : end + 2] == b"\r\n":
+                        out.append(buffer[line_end + 2 : end])
+                        position = end + 2
+                        continue
             if state == self._DATA:
                 take = min(self.remaining, size - position)
                 out.append(buffer[position : position + take])
