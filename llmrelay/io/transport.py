@@ -129,7 +129,7 @@ class StreamTransport:
 
     async def receive(self) -> bytes:
         try:
-            return await self.stream.receive_some(READ_SIZE)
+            return bytes(await self.stream.receive_some(READ_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return b""
 

@@ -71,9 +71,9 @@ class ConnectionSlots(Generic[C]):
                 except trio.Cancelled:
                     self._waiters.unpark()  # pass a wake-up this task may have taken to the next waiter
                     raise
-                found, connection = await self._take()
+                found, reused = await self._take()
                 if found:
-                    return connection
+                    return reused
         raise UpstreamPoolFull(f"no upstream connection became free within {self._wait_timeout:g} s")
 
     def forfeit(self) -> None:
