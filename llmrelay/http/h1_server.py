@@ -11,7 +11,7 @@ departed client cancel it, and any of them ends the connection), one `Timer` re-
 and no task per request. A request still in flight after `WATCH_AFTER` seconds gets a watcher task that
 waits for the client socket to turn readable: end of stream cancels the exchange at once, so a client
 that leaves closes the upstream request (the provider stops generating), while quick requests never
-pay for a watcher.
+pay for a watcher, nor do streams whose events keep flowing (a departed client makes their sends fail).
 """
 
 from __future__ import annotations
@@ -166,6 +166,7 @@ class Http1Exchange:
         "_pending",
         "_framing",
         "_remaining",
+        "sends",
     )
 
     def __init__(self, connection: Http1Connection, head: RequestHead, close_after: bool) -> None:
@@ -183,6 +184,7 @@ class Http1Exchange:
         self._pending = b""  # the response head, until body bytes can go with it
         self._framing = NO_BODY
         self._remaining = 0
+        self.sends = 0  # body sends so far: a response that keeps sending needs no watcher
 
     def close_when_done(self) -> None:
         self.close_after = True
@@ -280,6 +282,7 @@ class Http1Exchange:
         if self._pending:
             payload = self._pending + payload
             self._pending = b""
+        self.sends += 1
         if payload:
             connection = self._connection  # (send_bytes, inlined: this runs once per streamed event)
             try:
@@ -338,6 +341,7 @@ class Http1Connection:
         self._watch_timer: Timer = wheel.timer(self._start_watcher)
         self._exchange: Http1Exchange | None = None
         self._watcher: trio.CancelScope | None = None
+        self._watch_mark = 0
         self._watcher_done: trio.Event | None = None
         try:
             host, port, *_ = sock.getpeername()
@@ -356,6 +360,7 @@ class Http1Connection:
 
     def watch_soon(self) -> None:
         """The request is complete; watch for the client leaving if the answer takes a while."""
+        self._watch_mark = self._exchange.sends if self._exchange is not None else 0
         self._watch_timer.arm(WATCH_AFTER, "watch")
 
     def _start_watcher(self, _reason: str) -> None:
@@ -364,6 +369,12 @@ class Http1Connection:
         if exchange is None or exchange.phase in (ResponsePhase.DONE, ResponsePhase.ABORTED) or watchers is None:
             return
         if self._watcher is not None or self.transport.closed:
+            return
+        if exchange.sends != self._watch_mark:
+            # Still sending (a stream's events flow): a departed client shows as a failed send
+            # soon enough. Look again one period later.
+            self._watch_mark = exchange.sends
+            self._watch_timer.arm(WATCH_AFTER, "watch")
             return
         self._watcher = trio.CancelScope()
         self._watcher_done = trio.Event()

@@ -81,7 +81,9 @@ class TimerWheel:
     def sweep(self, now: float) -> None:
         """Fire every timer whose deadline is at or before `now`; re-file the ones pushed later."""
         last = int(now / TICK)
-        for key in range(self._cursor, last + 1):
+        first = self._cursor
+        self._cursor = last + 1  # an action that re-arms its timer files it after this sweep
+        for key in range(first, last + 1):
             entries = self._buckets.pop(key, None)
             if not entries:
                 continue
@@ -93,7 +95,6 @@ class TimerWheel:
                     timer._fire()
                 elif timer.deadline != _INF:
                     self._push(timer, int(timer.deadline / TICK) + 1)
-        self._cursor = last + 1
 
     async def run(self) -> None:
         while True:
