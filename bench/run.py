@@ -158,22 +158,23 @@ def build_cases(args: argparse.Namespace, scenarios: list[str], wrk: bool) -> tu
                 rounds=args.long_rounds,
             )
         )
-        # Every stream must outlive the ramp-up, so that all of them are open at once for a while.
-        ramp = args.slow_streams / args.slow_open_rate
-        events = math.ceil(ramp / 5.0) + 2
-        cases.append(
-            Case(
-                "long",
-                f"4b {args.slow_streams:,} slow streams {events}×5 s",
-                "hold",
-                args.slow_streams,
-                0,
-                events=events,
-                delay_ms=5000.0,
-                rounds=args.long_rounds,
-                open_rate=args.slow_open_rate,
+        if args.slow_streams > 0:  # 0: scenario 4a alone
+            # Every stream must outlive the ramp-up, so that all of them are open at once for a while.
+            ramp = args.slow_streams / args.slow_open_rate
+            events = math.ceil(ramp / 5.0) + 2
+            cases.append(
+                Case(
+                    "long",
+                    f"4b {args.slow_streams:,} slow streams {events}×5 s",
+                    "hold",
+                    args.slow_streams,
+                    0,
+                    events=events,
+                    delay_ms=5000.0,
+                    rounds=args.long_rounds,
+                    open_rate=args.slow_open_rate,
+                )
             )
-        )
     if not wrk:
         skipped = [case.label for case in cases if case.kind == "wrk"]
         cases = [case for case in cases if case.kind != "wrk"]
@@ -516,7 +517,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-clients", type=int, default=8, help="scenario 3: concurrent sequential clients")
     parser.add_argument("--long-duration", type=int, default=20, help="scenario 4a: seconds")
     parser.add_argument("--long-rounds", type=int, default=1, help="scenario 4: rounds")
-    parser.add_argument("--slow-streams", type=int, default=10_000, help="scenario 4b: concurrent slow streams")
+    parser.add_argument("--slow-streams", type=int, default=10_000, help="scenario 4b: concurrent slow streams (0: skip 4b)")
     parser.add_argument("--slow-open-rate", type=float, default=200.0, help="scenario 4b: connections opened per second")
     parser.add_argument("--mock-processes", type=int, default=2)
     parser.add_argument("--wrk-threads", type=int, default=1)
