@@ -532,7 +532,7 @@ class Http1Connection:
     async def _reject(self, exc: RequestRejected) -> None:
         log.info("rejected request from %s: %d %s", self._client[0], exc.status, exc.message)
         headers, body = _plain_error(exc.status, exc.message)
-        payload = serialize_head(b"HTTP/1.1 %d %s" % (exc.status, REASONS.get(exc.status, b"Error")), headers) + body
+        payload = serialize_head(_status_line(exc.status), headers) + body
         with trio.move_on_after(min(self.settings.write_timeout, 5.0)):
             try:
                 await self.transport.send_all(payload)

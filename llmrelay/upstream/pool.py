@@ -114,7 +114,7 @@ class HttpcoreResponse(UpstreamResponse):
         self._idle_timeout = idle_timeout
 
     async def read_chunk(self) -> bytes:
-        with trio.move_on_after(self._idle_timeout) as scope:
+        with trio.move_on_after(self._idle_timeout):
             try:
                 return await self._iterator.__anext__()
             except StopAsyncIteration:

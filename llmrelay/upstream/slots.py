@@ -55,15 +55,9 @@ class ConnectionSlots(Generic[C]):
     async def acquire(self) -> C | None:
         """An idle connection, None with a place reserved for a new one, or wait (503 after the
         wait timeout)."""
-        idle = self._idle
-        while idle:  # the usual case, without a further call
-            connection = idle.pop()
-            if self._alive(connection):
-                return connection
-            await self._discard(connection)
-        if self._open < self._limit:
-            self._open += 1
-            return None
+        found, connection = await self._take()
+        if found:
+            return connection
         with trio.move_on_after(self._wait_timeout):
             while True:
                 try:
