@@ -26,6 +26,7 @@ import types
 import typing
 from typing import Any
 
+import certifi
 import msgspec
 import pytest
 from hypothesis import example, given
@@ -278,6 +279,7 @@ VALID_SERVER_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "worker_ready_timeout": positive,
     "max_worker_rss": st.integers(0, 2**40),
     "access_log": st.booleans(),
+    "forwarded_headers": st.sampled_from(["append", "replace", "none"]),
     "log_level": st.sampled_from(["debug", "info", "warning", "error"]),
 }
 valid_targets = st.sampled_from(
@@ -296,7 +298,8 @@ VALID_ENDPOINT_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "connect_timeout": positive,
     "first_byte_timeout": positive,
     "idle_timeout": positive,
-    "ca_file": safe_text,
+    "ca_file": st.just(certifi.where()),  # a file that loads: a bad one is an error at load time
+    "forwarded_headers": st.sampled_from(["append", "replace", "none"]),
     "max_connections": st.integers(1, 10**6),
     "keepalive_expiry": st.one_of(positive, st.just(0.0)),
     "pool_timeout": positive,
@@ -324,6 +327,8 @@ def valid_documents(draw: st.DrawFn) -> dict[str, Any]:
         if "target_base" not in server or draw(st.booleans()):
             section["target_base"] = draw(valid_targets)
         section["hosts"] = [f"h{index}-{n}.example.com" for n in range(draw(st.integers(0, 2)))]
+        if draw(st.booleans()):
+            section["hosts"].append(draw(st.sampled_from([f"h{index}.example.com:8443", f"[::{index + 1}]", f"::{index + 1}:7"])))
         if draw(st.booleans()):
             section["auth_keys"] = draw(st.lists(literal_keys, min_size=1, max_size=2))
         injects = draw(st.sampled_from(["none", "api_key", "api_keys"]))

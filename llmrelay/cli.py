@@ -12,7 +12,7 @@ import click
 from llmrelay import __version__
 from llmrelay.config.errors import ConfigError
 from llmrelay.config.load import Overrides, find_config_path, load_config
-from llmrelay.config.resolved import RelayConfig, redact_url
+from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint, redact_url
 from llmrelay.logs import configure_logging
 
 EXIT_CONFIG_ERROR = 1
@@ -26,6 +26,14 @@ def _load_or_exit(path: Path | None, overrides: Overrides = Overrides()) -> Rela
         for line in exc.errors:
             click.echo(f"  {line}", err=True)
         sys.exit(EXIT_CONFIG_ERROR)
+
+
+def _relay_keys(endpoint: ResolvedEndpoint) -> str:
+    """How many relay keys an endpoint checks, and where they come from."""
+    if endpoint.auth_source == "none":
+        return "none (client credentials pass through)" if not endpoint.api_keys else "none"
+    origin = "own" if endpoint.auth_source == "endpoint" else "inherited from top-level auth_keys"
+    return f"{len(endpoint.auth_keys)} ({origin})"
 
 
 def summary(config: RelayConfig) -> list[str]:
@@ -43,7 +51,8 @@ def summary(config: RelayConfig) -> list[str]:
         lines.append(
             f"  {route}  provider={endpoint.provider}  target={endpoint.target}"
             f"  proxy={redact_url(endpoint.proxy_url) or 'direct'}"
-            f"  relay_keys={len(endpoint.auth_keys)}  api_keys={len(endpoint.api_keys)}"
+            f"  relay_keys={_relay_keys(endpoint)}  api_keys={len(endpoint.api_keys)}"
+            + (f"  forwarded_headers={endpoint.forwarded_headers}" if endpoint.forwarded_headers != "append" else "")
             + ("  public" if endpoint.public else "")
         )
     return lines

@@ -46,7 +46,7 @@ def test_check_config_never_prints_key_values(tmp_path: Path) -> None:
     )
     result = run_cli("check-config", str(path), env={"B_KEY": "sk-secret-B"})
     assert result.returncode == 0, result.stderr
-    assert "relay_keys=1  api_keys=2" in result.stdout
+    assert "relay_keys=1 (inherited from top-level auth_keys)  api_keys=2" in result.stdout
     for secret in ("relay-secret-1", "sk-secret-A", "sk-secret-B", "proxy-pass"):
         assert secret not in result.stdout + result.stderr
     assert "proxy=http://***@127.0.0.1:3128" in result.stdout

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
 
 from relaytest import EXAMPLES
 from llmrelay.config import ConfigError, load_config, load_config_text
@@ -43,11 +44,24 @@ def test_original_format_loads_unchanged() -> None:
     assert all(not e.api_keys and not e.auth_keys for e in config.endpoints)
 
 
-def test_every_example_loads() -> None:
+def example_text(path: Path, ca_file: Path) -> str:
+    """An example as the tests can load it: secrets from commands and files that exist here."""
+    text = path.read_text().replace("$(cat /run/secrets/anthropic_key)", "literal-key")
+    return text.replace("/etc/llmrelay/local-ca.pem", str(ca_file))
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(path))
+    return path
+
+
+def test_every_example_loads(ca_file: Path) -> None:
     files = sorted(EXAMPLES.glob("*.toml"))
     assert len(files) >= 3
     for path in files:
-        text = path.read_text().replace("$(cat /run/secrets/anthropic_key)", "literal-key")
+        text = example_text(path, ca_file)
         config = load_config_text(text, str(path), environ=ENV)
         assert config.endpoints
 

@@ -8,7 +8,9 @@ one `key.path: problem` line.
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -40,6 +42,37 @@ def _describe(error: Exception, path: str) -> str:
     return f"{path}: {text}"
 
 
+def _allowed_values(tp: Any) -> tuple[Any, ...] | None:
+    """The values of a Literal type (also inside `Literal[...] | None` or Annotated), else None."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _allowed_values(typing.get_args(tp)[0])
+    if origin is typing.Literal:
+        return typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            values = _allowed_values(arg)
+            if values is not None:
+                return values
+    return None
+
+
+def _enum_problem(tp: Any, value: Any) -> str | None:
+    """`'azure' is not one of openai, anthropic, ...` for a string outside a Literal's values."""
+    values = _allowed_values(tp)
+    if values is None or not isinstance(value, str) or value in values:
+        return None
+    return f"{printable(value)!r} is not one of {', '.join(str(v) for v in values)}"
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    """`unknown key` with the closest valid key, when one is close enough to be a typo."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:
+        close = [name for name in known if name.lower() == key.lower().replace("-", "_")]
+    return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+
+
 def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
     return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
 
@@ -65,7 +98,8 @@ def _check_value(tp: Any, value: Any, path: str, errors: list[str]) -> None:
     try:
         msgspec.convert(value, tp)
     except msgspec.ValidationError as exc:
-        errors.append(_describe(exc, path))
+        enum_problem = _enum_problem(tp, value)
+        errors.append(f"{path}: {enum_problem}" if enum_problem else _describe(exc, path))
 
 
 def check_struct(cls: type[msgspec.Struct], data: Any, path: str, errors: list[str]) -> None:
@@ -77,8 +111,7 @@ def check_struct(cls: type[msgspec.Struct], data: Any, path: str, errors: list[s
     fields = {field.name: field for field in msgspec.structs.fields(cls)}
     for key in data:
         if key not in fields:
-            known = ", ".join(sorted(fields))
-            errors.append(f"{_join(path, str(key))}: unknown key (known keys: {known})")
+            errors.append(f"{_join(path, str(key))}: {_unknown_key(str(key), sorted(fields))}")
     for name, field in fields.items():
         if name not in data:
             if field.required:

@@ -118,6 +118,8 @@ def load_config_text(
         raise ConfigError(errors, source)
     _apply_overrides(data, overrides, env, errors)
     file = decode(ConfigFile, data, errors) or _salvage(data)
+    if data.get("endpoints") in (None, {}):  # judged on the file, not on what survived its errors
+        errors.append("endpoints: at least one endpoint is required")
     config = resolve_config(file, source, errors, env)
     if errors or config is None:
         raise ConfigError(errors, source)

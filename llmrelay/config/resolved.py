@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import msgspec
 
 from llmrelay.config.decode import printable
+from llmrelay.config.files import ca_file_problem
+from llmrelay.config.hosts import HostEntryError, canonical_host_entry
 from llmrelay.config.schema import ConfigFile, EndpointSection, ServerSection
 from llmrelay.config.secrets import SecretError, resolve_secret
 
@@ -76,9 +78,11 @@ class ResolvedEndpoint(msgspec.Struct, frozen=True, kw_only=True):
     provider: str
     target: Target
     proxy_url: str | None
-    hosts: list[str]
+    hosts: list[str]  # canonical entries (`config.hosts`)
     auth_keys: list[str]
+    auth_source: str  # "endpoint" (its own auth_keys), "global" (inherited) or "none" (pass-through)
     api_keys: list[WeightedKey]
+    forwarded_headers: str  # "append", "replace" or "none"
     public: bool
     connect_timeout: float
     first_byte_timeout: float
@@ -223,6 +227,26 @@ def _resolve_api_keys(
     return keys
 
 
+def _resolve_hosts(
+    entries: list[str], name: str, path: str, host_owner: dict[str, str], errors: list[str]
+) -> list[str]:
+    """The canonical `hosts` entries of endpoint `name`; each one may be routed to one endpoint only."""
+    hosts: list[str] = []
+    for index, entry in enumerate(entries):
+        where = f"{path}.hosts[{index}]"
+        try:
+            host = canonical_host_entry(entry)
+        except HostEntryError as exc:
+            errors.append(f"{where}: {printable(entry)!r} is not a host or host:port ({exc})")
+            continue
+        if host in host_owner:
+            errors.append(f"{where}: {host} is already routed to endpoint {printable(host_owner[host])}")
+            continue
+        host_owner[host] = name
+        hosts.append(host)
+    return hosts
+
+
 def resolve_config(
     file: ConfigFile, source: str, errors: list[str], environ: Mapping[str, str] | None = None
 ) -> RelayConfig | None:
@@ -250,15 +274,16 @@ def resolve_config(
         target = parse_target(base, f"{path}.target_base", errors)
         if section.proxy_url is not None:
             _check_proxy_url(section.proxy_url, f"{path}.proxy_url", errors)
-        hosts = [h.lower().rstrip(".") for h in section.hosts]
-        for index, host in enumerate(hosts):
-            if not host or "/" in host or " " in host:
-                errors.append(f"{path}.hosts[{index}]: not a host name: {printable(section.hosts[index])!r}")
-            elif host in host_owner:
-                errors.append(f"{path}.hosts[{index}]: {host} is already routed to endpoint {host_owner[host]}")
-            else:
-                host_owner[host] = name
-        auth = _resolve_keys(section.auth_keys, f"{path}.auth_keys", errors, environ) or global_auth
+        hosts = _resolve_hosts(section.hosts, name, path, host_owner, errors)
+        if section.auth_keys is None:
+            auth, auth_source = global_auth, "global" if file.auth_keys else "none"
+        else:
+            auth = _resolve_keys(section.auth_keys, f"{path}.auth_keys", errors, environ)
+            auth_source = "endpoint" if section.auth_keys else "none"
+        if section.ca_file is not None:
+            problem = ca_file_problem(section.ca_file)
+            if problem is not None:
+                errors.append(f"{path}.ca_file: {printable(problem)}")
         api_keys = _resolve_api_keys(section, path, errors, environ)
         if api_keys and not auth and not loopback and not section.public:
             errors.append(
@@ -275,7 +300,9 @@ def resolve_config(
                 proxy_url=section.proxy_url,
                 hosts=hosts,
                 auth_keys=auth,
+                auth_source=auth_source,
                 api_keys=api_keys,
+                forwarded_headers=section.forwarded_headers or server.forwarded_headers,
                 public=section.public,
                 connect_timeout=section.connect_timeout,
                 first_byte_timeout=section.first_byte_timeout,
@@ -287,8 +314,6 @@ def resolve_config(
                 max_body_size=section.max_body_size,
             )
         )
-    if not file.endpoints and not errors[before:]:
-        errors.append("endpoints: at least one endpoint is required")
     if len(errors) > before:
         return None
     return RelayConfig(server=server, endpoints=endpoints, source=source)

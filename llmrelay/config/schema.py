@@ -21,6 +21,7 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 Port = Annotated[int, Meta(ge=0, le=65535)]
 ProviderName = Literal["openai", "anthropic", "gemini", "forward"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+ForwardedHeaders = Literal["append", "replace", "none"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -41,14 +42,15 @@ class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     proxy_url: str | None = None
     provider: ProviderName | None = None
     hosts: list[str] = []
-    auth_keys: list[str] = []
+    auth_keys: list[str] | None = None  # None: inherit the top-level auth_keys; []: none (pass-through)
     api_key: str | None = None
     api_keys: list[ApiKeyEntry] = []
     public: bool = False
     connect_timeout: PositiveFloat = 10.0
-    first_byte_timeout: PositiveFloat = 120.0
+    first_byte_timeout: PositiveFloat = 600.0  # what the OpenAI and Anthropic SDKs wait
     idle_timeout: PositiveFloat = 120.0
     ca_file: str | None = None
+    forwarded_headers: ForwardedHeaders | None = None  # None: server.forwarded_headers
     max_connections: PositiveInt = 100
     keepalive_expiry: NonNegativeFloat = 30.0
     pool_timeout: PositiveFloat = 10.0
@@ -78,6 +80,7 @@ class ServerSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     worker_ready_timeout: PositiveFloat = 30.0
     max_worker_rss: Annotated[int, Meta(ge=0)] = 0
     access_log: bool = True
+    forwarded_headers: ForwardedHeaders = "append"
     log_level: LogLevel = "info"
 
 

@@ -1,8 +1,9 @@
 """Key sources: a literal, `${ENV_NAME}`, or `$(command args)` whose standard output is the key.
 
 Commands run without a shell (the value is split like a shell word list, nothing is expanded), with a
-time bound and an output bound; their output is never logged, and a failure is reported by exit status
-only, so a key cannot leak through an error message.
+time bound and an output bound; their standard output is never logged. A failure is reported by its
+exit status and the first line of what the command wrote to standard error (cut to a short length),
+which is where tools explain themselves (`secret not found`, `permission denied`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 
 COMMAND_TIMEOUT = 10.0
 MAX_OUTPUT_BYTES = 64 * 1024
+MAX_STDERR_SHOWN = 200  # characters of the first line of a failing command's standard error
 
 _ENV = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}$")
 _COMMAND = re.compile(r"^\$\((?P<command>.*)\)$", re.DOTALL)
@@ -68,7 +70,7 @@ def _run_command(command: str) -> str:
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             timeout=COMMAND_TIMEOUT,
             check=False,
             shell=False,
@@ -80,7 +82,9 @@ def _run_command(command: str) -> str:
     except subprocess.TimeoutExpired:
         raise SecretError(f"command {argv[0]} timed out after {COMMAND_TIMEOUT:g} s") from None
     if completed.returncode != 0:
-        raise SecretError(f"command {argv[0]} exited with status {completed.returncode}")
+        raise SecretError(
+            f"command {argv[0]} exited with status {completed.returncode}" + _first_line(completed.stderr)
+        )
     output = completed.stdout
     if len(output) > MAX_OUTPUT_BYTES:
         raise SecretError(f"command {argv[0]} printed more than {MAX_OUTPUT_BYTES} bytes")
@@ -91,3 +95,13 @@ def _run_command(command: str) -> str:
     if not key:
         raise SecretError(f"command {argv[0]} printed nothing")
     return key
+
+
+def _first_line(stderr: bytes) -> str:
+    """`: <first non-empty line of stderr>`, printable and short, or "" when it wrote nothing."""
+    for raw_line in stderr[:4096].splitlines():
+        line = raw_line.decode("utf-8", "replace").strip()
+        if line:
+            shown = "".join(ch if ch.isprintable() else "?" for ch in line[:MAX_STDERR_SHOWN])
+            return f": {shown}" + ("..." if len(line) > MAX_STDERR_SHOWN else "")
+    return ""

@@ -2,7 +2,7 @@
 
 Hop-by-hop headers (Connection and every name it lists, Keep-Alive, TE, Trailer, Transfer-Encoding,
 Upgrade, Proxy-*) describe one connection and never cross the relay. Client-supplied forwarding
-headers are replaced by what the relay saw. Framing is re-derived: a request that arrived chunked
+headers are rebuilt from what the relay saw (`forwarded_headers`: append, replace or none). Framing is re-derived: a request that arrived chunked
 goes upstream chunked, one with a Content-Length keeps it.
 """
 
@@ -87,23 +87,39 @@ def upstream_request_headers(
     request_id: str,
     chunked_body: bool,
     strip_credentials: bool,
+    forwarded: str = "append",
 ) -> Headers:
-    """The headers to send upstream, before a provider key is injected."""
+    """The headers to send upstream, before a provider key is injected.
+
+    `forwarded` is the endpoint's `forwarded_headers`: "append" adds the client's address to the
+    X-Forwarded-For chain it sent, "replace" starts the chain at the client's address, and both set
+    X-Forwarded-Proto and X-Forwarded-Host from what the relay saw; "none" sends no forwarding header
+    at all. Client-sent Forwarded and X-Real-IP are dropped in every mode: the relay does not vouch
+    for them.
+    """
     listed = connection_tokens(headers)
     dropped = _DROPPED_WITH_CREDENTIALS if strip_credentials else _DROPPED
     out: Headers = [(b"host", upstream_host)]
     original_host = b""
+    chain: list[bytes] = []
     for field in headers:
         name = field[0]
         if name in dropped or name in listed:
             if name == b"host":
                 original_host = field[1]
+            elif name == b"x-forwarded-for" and name not in listed:
+                chain.append(field[1])
             continue
         out.append(field)
-    out.append((b"x-forwarded-for", client_ip.encode("ascii", "replace")))
-    out.append((b"x-forwarded-proto", scheme.encode("ascii")))
-    if original_host:
-        out.append((b"x-forwarded-host", original_host))
+    if forwarded != "none":
+        peer = client_ip.encode("ascii", "replace")
+        if forwarded == "append" and chain:
+            out.append((b"x-forwarded-for", b", ".join(chain) + b", " + peer))
+        else:
+            out.append((b"x-forwarded-for", peer))
+        out.append((b"x-forwarded-proto", scheme.encode("ascii")))
+        if original_host:
+            out.append((b"x-forwarded-host", original_host))
     out.append((b"x-request-id", request_id.encode("ascii")))
     if chunked_body:
         out.append((b"transfer-encoding", b"chunked"))

@@ -1,17 +1,20 @@
 """Which endpoint serves a request, and which upstream path it goes to.
 
 Host routing comes first: a request whose Host names one of an endpoint's `hosts` is forwarded with
-its path whole. Otherwise the first path segment names the endpoint (`/{endpoint}/{rest}`). The
+its path whole (an entry `host:port` matches that port only and wins over a plain `host` entry, which
+matches any port). Otherwise the first path segment names the endpoint (`/{endpoint}/{rest}`). The
 upstream path joins the target's base path with the rest, without repeating the base path when the
 rest already starts with it (`/v1` + `/v1/chat/completions` -> `/v1/chat/completions`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 from urllib.parse import unquote_to_bytes
 
+from llmrelay.config.hosts import has_port
 from llmrelay.http.errors import RequestRejected
 
 E = TypeVar("E")
@@ -39,13 +42,29 @@ def has_dot_segment(path: str) -> bool:
     return False
 
 
-def _host_name(host_header: bytes | None) -> str:
+def split_host_header(host_header: bytes | None) -> tuple[str, str]:
+    """A Host header as (host, port) in the canonical form of `hosts` entries; port "" when absent.
+
+    Lower case, no trailing dot, IPv6 addresses bracketed and compressed (`[0::1]` is `[::1]`).
+    """
     if not host_header:
-        return ""
+        return "", ""
     host = host_header.decode("latin-1").strip().lower()
+    port = ""
     if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0].rstrip(".") if ":" in host else host.rstrip(".")
+        end = host.find("]")
+        if end != -1:
+            host, port = host[: end + 1], host[end + 2 :]
+            try:
+                host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+            except ValueError:
+                pass
+        return host, port
+    if ":" in host:
+        host, _, port = host.rpartition(":")
+    if port:
+        port = port.lstrip("0") or "0"
+    return host.rstrip("."), port
 
 
 class Route(Generic[E]):
@@ -62,23 +81,33 @@ class Router(Generic[E]):
 
     def __init__(self, entries: Iterable[tuple[str, list[str], E]]) -> None:
         self._by_name: dict[str, E] = {}
-        self._by_host: dict[str, E] = {}
+        self._by_host: dict[str, E] = {}  # entries without a port: any port matches
+        self._by_host_and_port: dict[str, E] = {}  # `host:port` entries: that port only
         for name, hosts, endpoint in entries:
             self._by_name[name] = endpoint
             for host in hosts:
-                self._by_host[host] = endpoint
+                table = self._by_host_and_port if has_port(host) else self._by_host
+                table[host] = endpoint
 
     @property
     def routes_by_host(self) -> bool:
-        return bool(self._by_host)
+        return bool(self._by_host or self._by_host_and_port)
+
+    def _endpoint_for_host(self, host_header: bytes) -> E | None:
+        host, port = split_host_header(host_header)
+        if port and self._by_host_and_port:
+            endpoint = self._by_host_and_port.get(f"{host}:{port}")
+            if endpoint is not None:
+                return endpoint
+        return self._by_host.get(host)
 
     def route(self, host_header: bytes | None, target: bytes | str) -> Route[E] | None:
         """The endpoint and rest of the path for a request target (bytes, or str decoded as latin-1)."""
         text = target if isinstance(target, str) else target.decode("latin-1")
         if has_dot_segment(text):
             raise RequestRejected(400, "dot segments are not allowed in the request path")
-        if self._by_host:
-            endpoint = self._by_host.get(_host_name(host_header))
+        if host_header and (self._by_host or self._by_host_and_port):
+            endpoint = self._endpoint_for_host(host_header)
             if endpoint is not None:
                 return Route(endpoint, text, by_host=True)
         if not text.startswith("/"):

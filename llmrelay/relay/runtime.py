@@ -35,6 +35,7 @@ class EndpointRuntime:
         "port",
         "base_path",
         "max_body_size",
+        "forwarded",
     )
 
     def __init__(self, config: ResolvedEndpoint) -> None:
@@ -55,6 +56,7 @@ class EndpointRuntime:
         self.port = target.port
         self.base_path = target.base_path
         self.max_body_size = config.max_body_size
+        self.forwarded = config.forwarded_headers
 
 
 class RelayRuntime:
