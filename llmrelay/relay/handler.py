@@ -133,6 +133,7 @@ class Relay:
             request_id=record.request_id,
             chunked_body=chunked,
             strip_credentials=replace_credentials,
+            forwarded=endpoint.forwarded,
         )
         if replace_credentials and query:
             query = strip_query_key(query)
