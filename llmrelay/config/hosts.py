@@ -62,10 +62,9 @@ def _split_port(entry: str) -> tuple[str, str | None]:
 
 def canonical_host_entry(entry: str) -> str:
     """The canonical form of one `hosts` entry; HostEntryError says what is wrong with it."""
-    text = entry.strip()
-    if not text:
+    if not entry:
         raise HostEntryError("empty")
-    host, port = _split_port(text)
+    host, port = _split_port(entry)
     canonical = _canonical_host(host)
     if port is None:
         return canonical
