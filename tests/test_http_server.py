@@ -231,13 +231,13 @@ def test_slow_request_head_gets_408(relay) -> None:  # type: ignore[no-untyped-d
     assert time.monotonic() - started < 3
 
 
-def test_client_forwarding_headers_are_replaced(relay, mock: MockProvider) -> None:  # type: ignore[no-untyped-def]
+def test_client_forwarding_headers_are_rebuilt(relay, mock: MockProvider) -> None:  # type: ignore[no-untyped-def]
     httpx.get(
         relay.url("/small/v1/models"),
         headers={"x-forwarded-for": "6.6.6.6", "forwarded": "for=6.6.6.6", "x-real-ip": "6.6.6.6", "connection": "x-private", "x-private": "1", "keep-alive": "timeout=5"},
         timeout=5,
     )
     seen = mock.last().headers
-    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-for"] == "6.6.6.6, 127.0.0.1"  # forwarded_headers = "append", the default
     for gone in ("forwarded", "x-real-ip", "x-private", "keep-alive"):
         assert gone not in seen
