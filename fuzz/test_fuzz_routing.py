@@ -17,6 +17,7 @@ import re
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from llmrelay.config.hosts import HostEntryError, canonical_host_entry
 from llmrelay.http.errors import RequestRejected
 from llmrelay.relay.routing import Route, Router, has_dot_segment, join_path
 
@@ -147,6 +148,36 @@ def test_host_routing_takes_the_whole_target(
     route = table.route(data.draw(host_headers(host)), target.encode("latin-1"))
     assert route is not None
     assert (route.endpoint, route.rest, route.by_host) == (by_host[host], target, True)
+
+
+@given(
+    host=host_names,
+    port=st.integers(1, 65535),
+    other=st.integers(0, 65535),
+    with_plain_entry=st.booleans(),
+    target=targets,
+    data=st.data(),
+)
+def test_a_host_entry_with_a_port_wins_for_that_port_only(
+    host: str, port: int, other: int, with_plain_entry: bool, target: str, data: st.DataObject
+) -> None:
+    assume(not reference_has_dot_segment(target) and other != port)
+    try:
+        canonical_host_entry(host)
+    except HostEntryError:
+        assume(False)  # labels such as "-" are not host names
+    entries = [("one", [canonical_host_entry(f"{host}:{port}")], "ONE")]
+    if with_plain_entry:
+        entries.append(("any", [canonical_host_entry(host)], "ANY"))
+    table = Router(entries)
+    spelled = data.draw(host_headers(host).filter(lambda h: b":" not in h.rsplit(b"]", 1)[-1]))
+    route = table.route(spelled.rstrip() + f":{port}".encode(), target.encode("latin-1"))
+    assert route is not None and (route.endpoint, route.by_host) == ("ONE", True)
+    elsewhere = table.route(spelled.rstrip() + f":{other}".encode(), target.encode("latin-1"))
+    if with_plain_entry:
+        assert elsewhere is not None and (elsewhere.endpoint, elsewhere.by_host) == ("ANY", True)
+    else:
+        assert elsewhere is None or not elsewhere.by_host
 
 
 # -- join_path -------------------------------------------------------------------------------------------
