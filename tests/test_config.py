@@ -206,7 +206,8 @@ def test_command_key_source_runs_without_shell(tmp_path: Path) -> None:
     text = f'[endpoints.a]\ntarget_base = "https://api.openai.com"\napi_key = "$(cat {secret}; touch {marker})"\n'
     errors = errors_of(text)
     assert not marker.exists()
-    assert errors == ["endpoints.a.api_key: command cat exited with status 1"]
+    assert len(errors) == 1
+    assert errors[0].startswith("endpoints.a.api_key: command cat exited with status 1: cat: ")  # stderr's first line
 
 
 def test_command_key_source_failures_never_show_output(tmp_path: Path) -> None:
