@@ -181,9 +181,13 @@ def build_cases(args: argparse.Namespace, scenarios: list[str], wrk: bool) -> tu
     return cases, skipped
 
 
-def make_targets(mock: MockServer, workers: list[int], nginx: bool, workdir: Path) -> list[Target]:
+def make_targets(
+    mock: MockServer, workers: list[int], nginx: bool, workdir: Path, baseline: Path | None = None
+) -> list[Target]:
     targets: list[Target] = [Direct(mock)]
     targets += [Relay(mock, count, workdir) for count in workers]
+    if baseline is not None:
+        targets += [Relay(mock, count, workdir, source=baseline) for count in workers]
     if nginx:
         targets += [Nginx(mock, count, workdir) for count in workers]
     return targets
@@ -304,7 +308,7 @@ def warm_up(target: Target, case: Case, mock: MockServer, threads: int, quick: b
 def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool, report: Report) -> None:
     rounds = case.rounds if case.rounds is not None else args.rounds
     workdir = new_workdir()
-    targets = make_targets(mock, args.workers, nginx, workdir)
+    targets = make_targets(mock, args.workers, nginx, workdir, args.baseline)
     failures = len(report.failures)
     results: dict[str, list[Measurement]] = {target.name: [] for target in targets}
     live: list[Target] = []
@@ -387,7 +391,7 @@ def summarise(case: Case, results: dict[str, list[Measurement]], report: Report)
     for name, m in med.items():
         errors = sum(sum(r.errors.values()) for r in results[name])
         rss = max(r.hwm_kib for r in results[name]) / 1024 if m.cpu_us is not None else None
-        nginx_name = name.replace("llmrelay", "nginx") if name.startswith("llmrelay") else ""
+        nginx_name = "nginx " + name.split(" ", 1)[1] if name.startswith("llmrelay") and " " in name else ""
         nginx = med.get(nginx_name)
         if case.kind == "latency":
             rows.extend(_latency_rows(case, name, m, direct, errors, rss))
@@ -522,6 +526,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mock-processes", type=int, default=2)
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even when installed")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout of llmrelay (e.g. `git worktree add /tmp/base HEAD~3`), measured as 'llmrelay@base' in the same rounds",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.md")
     parser.add_argument("--profile", action="store_true", help="run bench/profiling.py instead (py-spy on a worker)")
     args = parser.parse_args(argv)

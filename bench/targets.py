@@ -243,10 +243,22 @@ class Relay(Target):
 
     kind = "llmrelay"
 
-    def __init__(self, mock: MockServer, workers: int, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        mock: MockServer,
+        workers: int,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        source: Path | None = None,
+    ) -> None:
         super().__init__(mock, workers)
-        self.workdir = workdir / f"llmrelay-{workers}w"
-        self.env = env  # extra environment variables for the supervisor (and so its workers)
+        self.env = dict(env or {})  # extra environment variables for the supervisor (and so its workers)
+        if source is not None:
+            # Another checkout of llmrelay (an earlier commit, say), measured in the same run: its
+            # packages come first on the import path of the supervisor and of every worker it starts.
+            self.kind = "llmrelay@base"
+            self.env["PYTHONPATH"] = str(source.resolve())
+        self.workdir = workdir / f"{self.kind}-{workers}w"
         self._process: subprocess.Popen[bytes] | None = None
         self._children: list[int] = []
 
@@ -281,7 +293,7 @@ class Relay(Target):
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
-                env={**os.environ, **self.env} if self.env else None,
+                env={**os.environ, **self.env},
             )
         finally:
             log.close()
