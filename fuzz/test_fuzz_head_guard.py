@@ -8,13 +8,16 @@ it accepts is unambiguous when read from the raw bytes, that h11 parses every ac
 method, target, fields and body framing (a differential test), that each single smuggling vector applied
 to a valid head is refused, and that `find_head_end` waits for a split head without refusing it.
 Heads are built structurally (method, target, version, fields) and then mutated, so most examples are
-close to valid instead of random noise. The last two tests guard fixed bugs: split heads at the exact
-size limits, and non-ASCII request targets (accepted by the guard, refused by h11).
+close to valid instead of random noise. A Host value is accepted exactly when an oracle written
+from RFC 3986's grammar (`uri-host [":" port]`) accepts it. The last tests guard fixed bugs: split
+heads at the exact size limits, non-ASCII request targets (accepted by the guard, refused by h11), and
+Host values with userinfo, paths, spaces or bad ports (accepted and forwarded in X-Forwarded-Host).
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from llmrelay.http.errors import RequestRejected
-from llmrelay.http.head_guard import HeadLimits, check_request_head, find_head_end, parse_request_head
+from llmrelay.http.head_guard import HeadLimits, check_request_head, find_head_end, parse_request_head, valid_host
 
 CHECK_STATUSES = frozenset({400, 405, 414, 431, 501, 505})
 FIND_STATUSES = frozenset({400, 414, 431})
@@ -144,6 +147,90 @@ limits_strategy = st.one_of(
 )
 
 
+# -- Host values: uri-host [ ":" port ] (RFC 3986 section 3.2.2) ---------------------------------------
+
+UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+SUB_DELIMS = b"!$&'()*+,;="
+HEXDIG = b"0123456789ABCDEFabcdef"
+
+pct_encoded = st.builds(lambda a, b: b"%" + a + b, _bytes_from(HEXDIG, 1, 1), _bytes_from(HEXDIG, 1, 1))
+reg_names = st.lists(st.one_of(_bytes_from(UNRESERVED + SUB_DELIMS, 1, 6), pct_encoded), max_size=5).map(b"".join)
+ipv4_hosts = st.ip_addresses(v=4).map(lambda address: str(address).encode())
+ipv6_hosts = st.ip_addresses(v=6).map(lambda address: b"[" + str(address).encode() + b"]")
+ipvfuture_hosts = st.builds(
+    lambda version, rest: b"[v" + version + b"." + rest + b"]",
+    _bytes_from(HEXDIG, 1, 3),
+    _bytes_from(UNRESERVED + SUB_DELIMS + b":", 1, 10),
+)
+ports = st.one_of(st.integers(0, 65535).map(lambda port: b"%d" % port), _bytes_from(b"0123456789", 1, 5))
+valid_hosts = st.builds(
+    lambda host, port: host + (b"" if port is None else b":" + port),
+    st.one_of(reg_names, ipv4_hosts, ipv6_hosts, ipvfuture_hosts),
+    st.one_of(st.none(), ports.filter(lambda port: int(port) <= 65535)),
+)
+HOST_BREAKERS = (b"@", b"/", b"?", b"#", b"[", b"]", b" ", b":", b"%", b"%g", b"\x80", b'"', b"<", b"\\", b"^", b"|")
+BAD_HOSTS = (
+    b"evil@a", b"user:pass@a", b"a b", b"a/b", b"a:99999", b"a:65536", b"a:x", b"a:", b"a:-1", b"a:+80",
+    b"a:1:2", b"[::1", b"::1", b"[::1]x", b"[::g]", b"[1.2.3.4]", b"[fe80::1%25eth0]", b"a%2", b"a%zz",
+    b"a?b", b"a#b", b"a:123456", b"a\x80", b"[v.x]", b"[v1.]",
+)
+
+
+def _ipv6_literal_ok(literal: bytes) -> bool:
+    if literal[:1] in (b"v", b"V"):  # IPvFuture: "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )
+        version, dot, rest = literal[1:].partition(b".")
+        return (
+            bool(version) and all(c in HEXDIG for c in version) and bool(dot) and bool(rest)
+            and all(c in UNRESERVED + SUB_DELIMS + b":" for c in rest)
+        )
+    if b"%" in literal:  # a zone identifier (RFC 6874) is not part of RFC 3986's grammar
+        return False
+    try:
+        ipaddress.IPv6Address(literal.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def host_oracle(value: bytes) -> bool:
+    """RFC 3986's uri-host [ ":" port ], written out by hand (the port: 1-5 digits up to 65535)."""
+    if value[:1] == b"[":
+        close = value.find(b"]")
+        if close < 0 or not _ipv6_literal_ok(value[1:close]):
+            return False
+        rest = value[close + 1 :]
+    else:
+        host, colon, port = value.partition(b":")
+        at = 0
+        while at < len(host):
+            if host[at : at + 1] == b"%":
+                if len(host) < at + 3 or any(c not in HEXDIG for c in host[at + 1 : at + 3]):
+                    return False
+                at += 3
+            elif host[at] in UNRESERVED + SUB_DELIMS:
+                at += 1
+            else:
+                return False
+        rest = colon + port
+    if not rest:
+        return True
+    port = rest[1:]
+    return rest[:1] == b":" and 1 <= len(port) <= 5 and all(c in b"0123456789" for c in port) and int(port) <= 65535
+
+
+@st.composite
+def mutated_hosts(draw: st.DrawFn) -> bytes:
+    """A valid Host value with a character inserted or replaced, or a known bad one."""
+    if draw(st.integers(0, 4)) == 0:
+        return draw(_pick(BAD_HOSTS))
+    host = draw(valid_hosts)
+    at = draw(st.integers(0, len(host)))
+    piece = draw(st.one_of(_pick(HOST_BREAKERS), _bytes_from(VCHAR + OBS_TEXT, 1, 2)))
+    if draw(st.booleans()) and at < len(host):
+        return host[:at] + piece + host[at + 1 :]
+    return host[:at] + piece + host[at:]
+
+
 # A field value as written after the colon: OWS, visible characters (obs-text too) with inner SP/HTAB, OWS.
 field_values = st.builds(
     lambda lead, content, trail: lead + content + trail, ows, _bytes_from(VCHAR + OBS_TEXT + b" \t"), ows
@@ -187,7 +274,7 @@ def _valid_heads(draw: st.DrawFn, target_alphabet: bytes) -> HeadParts:
         target = draw(origin_targets(target_alphabet))
     fields: list[tuple[bytes, bytes | None]] = list(draw(st.lists(extra_fields, max_size=6)))
     if version == b"HTTP/1.1" or draw(st.booleans()):
-        fields.append((draw(_casings(b"Host")), draw(ows) + draw(_bytes_from(VCHAR, max_size=20)) + draw(ows)))
+        fields.append((draw(_casings(b"Host")), draw(ows) + draw(valid_hosts) + draw(ows)))
     framing = draw(framings_11 if version == b"HTTP/1.1" else framings_10)
     if framing == "length":
         digits = draw(_bytes_from(b"0123456789", min_size=1, max_size=18))
@@ -407,8 +494,11 @@ def raw_ambiguities(head: bytes) -> list[str]:
     if any(line[:1] in (b" ", b"\t") for line in lines[1:]):
         problems.append("obs-fold")
     fields = _raw_fields(head)
-    if sum(name.lower() == b"host" for name, _ in fields) > 1:
+    hosts = [value for name, value in fields if name.lower() == b"host"]
+    if len(hosts) > 1:
         problems.append("more than one Host")
+    if hosts and not host_oracle(hosts[0]):
+        problems.append("Host is not uri-host [':' port]")
     lengths = [value for name, value in fields if name.lower() == b"content-length"]
     codings = [value for name, value in fields if name.lower() == b"transfer-encoding"]
     if lengths and codings:
@@ -582,3 +672,24 @@ def test_non_ascii_targets_are_refused_as_h11_refuses_them(parts: HeadParts) -> 
     parser.receive_data(head)
     with pytest.raises(h11.RemoteProtocolError):
         parser.next_event()
+
+
+@given(value=st.one_of(valid_hosts, mutated_hosts(), _bytes_from(VCHAR + OBS_TEXT + b" ", max_size=20)))
+@example(value=b"evil@a")
+@example(value=b"a b")
+@example(value=b"a/b")
+@example(value=b"a:99999")
+@example(value=b"a:x")
+@example(value=b"[::1]:8080")
+def test_host_is_accepted_exactly_when_it_is_uri_host_and_port(value: bytes) -> None:
+    """Was a bug: any Host value was accepted (`evil@a`, `a b`, `a/b`, `a:99999`...) and forwarded in
+    X-Forwarded-Host. The guard's answer is the oracle's, and a refused Host refuses the head with 400."""
+    expected = host_oracle(value)
+    assert valid_host(value) is expected, value
+    head = b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n"
+    status = _rejection_status(head, DEFAULT_LIMITS)
+    if value != value.strip(b" \t"):  # (surrounding whitespace is OWS, not part of the value)
+        return
+    assert status == (None if expected else 400), (value, status)
+    if expected:
+        assert_h11_agrees(head, DEFAULT_LIMITS)

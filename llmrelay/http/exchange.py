@@ -3,12 +3,14 @@
 An adapter (HTTP/1.1 today; HTTP/2 and WebSocket later) turns what arrives on a connection into an
 `Exchange`: a parsed request head, a body to pull chunk by chunk, and methods to send the response.
 The relay sees nothing else of the protocol. The response side is a small state machine
-(`ResponsePhase`): headers, then body chunks, then the end, or an abort at any point.
+(`ResponsePhase`, moved by `ResponseEvent`s through the `TRANSITIONS` table): headers, then body
+chunks, then the end, or an abort at any point.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
@@ -27,6 +29,7 @@ class RequestHead(msgspec.Struct):
     has_body: bool
     keep_alive: bool = True  # False: HTTP/1.0, or `Connection: close`
     expect_continue: bool = False
+    websocket: bool = False  # `Upgrade: websocket` with `Connection: upgrade` (HTTP/1.1)
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -35,18 +38,31 @@ class RequestHead(msgspec.Struct):
         return None
 
 
-class ResponsePhase(enum.Enum):
-    PENDING = "pending"  # nothing sent yet: an error status can still be chosen
-    STREAMING = "streaming"  # headers sent, body under way
-    DONE = "done"  # the response ended cleanly
-    ABORTED = "aborted"  # the response was cut; the client must not take it as complete
+class ResponsePhase(enum.IntEnum):  # (an int's hash: the transition lookup below stays one dict access)
+    PENDING = 0  # nothing sent yet: an error status can still be chosen
+    STREAMING = 1  # headers sent, body under way
+    DONE = 2  # the response ended cleanly
+    ABORTED = 3  # the response was cut; the client must not take it as complete
 
 
-_ALLOWED = {
-    ResponsePhase.PENDING: {ResponsePhase.STREAMING, ResponsePhase.DONE, ResponsePhase.ABORTED},
-    ResponsePhase.STREAMING: {ResponsePhase.STREAMING, ResponsePhase.DONE, ResponsePhase.ABORTED},
-    ResponsePhase.DONE: set(),
-    ResponsePhase.ABORTED: set(),
+class ResponseEvent(enum.IntEnum):
+    HEAD = 0
+    BODY = 1
+    END = 2
+    ABORT = 3
+
+
+# The only authority on what a response may do next: (phase, event) -> next phase. A missing pair is
+# an illegal move (a head after a head, a body before the head or after the end, an end without a
+# head). Aborting a response that already ended changes nothing, so an abort is always safe to call.
+TRANSITIONS: dict[tuple[ResponsePhase, ResponseEvent], ResponsePhase] = {
+    (ResponsePhase.PENDING, ResponseEvent.HEAD): ResponsePhase.STREAMING,
+    (ResponsePhase.PENDING, ResponseEvent.ABORT): ResponsePhase.ABORTED,
+    (ResponsePhase.STREAMING, ResponseEvent.BODY): ResponsePhase.STREAMING,
+    (ResponsePhase.STREAMING, ResponseEvent.END): ResponsePhase.DONE,
+    (ResponsePhase.STREAMING, ResponseEvent.ABORT): ResponsePhase.ABORTED,
+    (ResponsePhase.DONE, ResponseEvent.ABORT): ResponsePhase.DONE,
+    (ResponsePhase.ABORTED, ResponseEvent.ABORT): ResponsePhase.ABORTED,
 }
 
 
@@ -54,13 +70,15 @@ class InvalidPhase(RuntimeError):
     pass
 
 
-def advance(current: ResponsePhase, new: ResponsePhase) -> ResponsePhase:
-    """Check a response phase transition against the table."""
-    if current is ResponsePhase.PENDING or (current is ResponsePhase.STREAMING and new is not ResponsePhase.PENDING):
-        return new  # the transitions every response makes
-    if new not in _ALLOWED[current]:
-        raise InvalidPhase(f"response cannot go from {current.value} to {new.value}")
-    return new
+def advance(current: ResponsePhase, event: ResponseEvent) -> ResponsePhase:
+    """The phase after `event`, by the table; InvalidPhase when the table has no such move."""
+    try:
+        return TRANSITIONS[current, event]
+    except KeyError:
+        raise InvalidPhase(f"a response cannot take {event.name} while {current.name}") from None
+
+
+ErrorFormat = Callable[[int, str], tuple[Headers, bytes]]
 
 
 class Exchange(Protocol):
@@ -69,6 +87,10 @@ class Exchange(Protocol):
     head: RequestHead
     phase: ResponsePhase
     body_complete: bool
+    # How an error this adapter answers by itself (a malformed or oversized body, a body timeout, an
+    # internal error) is written: the relay sets its route's provider shape once it knows the route.
+    error_format: ErrorFormat
+    timed_out: str  # "" or why the connection's timer cancelled the exchange ("body", "write")
 
     def close_when_done(self) -> None:
         """Do not reuse the connection after this response (HTTP/1.1: `Connection: close`)."""
@@ -92,4 +114,26 @@ class Exchange(Protocol):
 
     async def abort(self) -> None:
         """End the response uncleanly, so the client cannot mistake it for a complete one."""
+        ...
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    """A request the adapter refused before the relay saw it (a head the strict parser refused, or one
+    that did not arrive in time): reported so that it gets an access-log line like any other."""
+
+    client: tuple[str, int]
+    method: bytes  # b"" when the request line never arrived whole
+    target: bytes
+    status: int
+    outcome: str  # "rejected", "header_timeout"
+    duration: float  # seconds
+
+
+class RequestHandler(Protocol):
+    """What an adapter serves its requests with (the relay)."""
+
+    async def __call__(self, exchange: Exchange) -> None: ...
+
+    def refused(self, refusal: Refusal) -> None:
+        """Record a request that was refused before it became an exchange."""
         ...

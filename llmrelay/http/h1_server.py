@@ -18,14 +18,24 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Callable
 
 import msgspec
 import trio
 
 from llmrelay.http.errors import ClientDisconnected, InvalidResponseHead, RequestRejected
-from llmrelay.http.exchange import Headers, RequestHead, ResponsePhase, advance
-from llmrelay.http.head_guard import HeadLimits, find_head_end, parse_request_head
+from llmrelay.http.exchange import (
+    TRANSITIONS,
+    ErrorFormat,
+    Headers,
+    InvalidPhase,
+    Refusal,
+    RequestHandler,
+    RequestHead,
+    ResponseEvent,
+    ResponsePhase,
+    advance,
+)
+from llmrelay.http.head_guard import HeadLimits, find_head_end, parse_request_head, request_line_parts
 from llmrelay.http.wire import (
     CHUNKED,
     LAST_CHUNK,
@@ -34,9 +44,11 @@ from llmrelay.http.wire import (
     UNTIL_CLOSE,
     BodyDecoder,
     FramingError,
+    content_length,
     encode_chunk,
     serialize_head,
 )
+from llmrelay.io.logsafe import describe
 from llmrelay.io.timers import Timer, TimerWheel
 from llmrelay.io.transport import BrokenTransport, SocketTransport
 
@@ -78,6 +90,7 @@ REASONS = {
     529: b"Overloaded",
 }
 _STATUS_LINES = {status: b"HTTP/1.1 %d %s" % (status, reason) for status, reason in REASONS.items()}
+_BODY_AFTER = {phase: TRANSITIONS.get((phase, ResponseEvent.BODY)) for phase in ResponsePhase}
 
 
 class ConnectionSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,15 +142,12 @@ class ServerState:
                 connection.stop_idle()
 
 
-Handler = Callable[["Http1Exchange"], Awaitable[None]]
-
-
-def _plain_error(status: int, message: str) -> tuple[Headers, bytes]:
+def plain_error(status: int, message: str) -> tuple[Headers, bytes]:
+    """An error in the generic shape, for a request whose route is not known (yet)."""
     body = msgspec.json.encode({"error": {"message": message, "type": "invalid_request_error", "code": status}})
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", b"%d" % len(body)),
-        (b"connection", b"close"),
     ]
     return headers, body
 
@@ -167,6 +177,8 @@ class Http1Exchange:
         "_framing",
         "_remaining",
         "sends",
+        "error_format",
+        "timed_out",
     )
 
     def __init__(self, connection: Http1Connection, head: RequestHead, close_after: bool) -> None:
@@ -185,6 +197,8 @@ class Http1Exchange:
         self._framing = NO_BODY
         self._remaining = 0
         self.sends = 0  # body sends so far: a response that keeps sending needs no watcher
+        self.error_format: ErrorFormat = plain_error
+        self.timed_out = ""
 
     def close_when_done(self) -> None:
         self.close_after = True
@@ -220,27 +234,35 @@ class Http1Exchange:
 
     # -- response ---------------------------------------------------------------------------------
     async def send_head(self, status: int, headers: Headers) -> None:
+        phase = advance(self.phase, ResponseEvent.HEAD)  # raises for a head after a head
         status_line = _status_line(status)
-        length: bytes | None = None
+        lengths: list[bytes] | None = None
         chunked = False
         connection = False
         for name, value in headers:
             if name == b"content-length":
-                if length is None:
-                    length = value
+                if lengths is None:
+                    lengths = [value]
+                else:
+                    lengths.append(value)
             elif name == b"transfer-encoding":
                 chunked = True
             elif name == b"connection":
                 connection = True
+        if lengths is not None:
+            if chunked:
+                raise InvalidResponseHead("response head with both Content-Length and Transfer-Encoding")
+            try:
+                length = content_length(lengths)
+            except FramingError as exc:
+                raise InvalidResponseHead(f"response head: {exc}") from None
         if self.head.method == b"HEAD" or status in (204, 304):
             framing = NO_BODY
         elif chunked:
             framing = CHUNKED
-        elif length is not None:
-            if not length.isdigit() or len(length) > 18:
-                raise InvalidResponseHead("malformed Content-Length in response")
+        elif lengths is not None:
             framing = LENGTH
-            self._remaining = int(length)
+            self._remaining = length
         elif self.head.http_version == b"1.0":
             framing = UNTIL_CLOSE
             self.close_after = True
@@ -250,9 +272,7 @@ class Http1Exchange:
         if self.close_after and not connection:
             headers = [*headers, (b"connection", b"close")]
         self._framing = framing
-        if self.phase is not ResponsePhase.PENDING:
-            self.phase = advance(self.phase, ResponsePhase.STREAMING)  # raises: a head after a head
-        self.phase = ResponsePhase.STREAMING
+        self.phase = phase
         self._pending = serialize_head(status_line, headers)
 
     async def flush(self) -> None:
@@ -276,6 +296,8 @@ class Http1Exchange:
         return b""  # HEAD, 204, 304: no body on the wire
 
     async def send_body(self, data: bytes) -> None:
+        if _BODY_AFTER[self.phase] is None:  # (the table's answer for BODY, looked up once per phase)
+            advance(self.phase, ResponseEvent.BODY)  # raises: a body before the head or after the end
         if not data:
             return
         payload = b"%x\r\n%b\r\n" % (len(data), data) if self._framing == CHUNKED else self._frame(data)
@@ -292,6 +314,7 @@ class Http1Exchange:
 
     async def end(self, data: bytes = b"") -> None:
         """Finish the response, with `data` as its last body bytes (one send for both)."""
+        phase = advance(self.phase, ResponseEvent.END)  # raises before anything is framed or sent
         payload = self._frame(data) if data else b""
         if self._framing == CHUNKED:
             payload += LAST_CHUNK
@@ -300,19 +323,20 @@ class Http1Exchange:
         if self._pending:
             payload = self._pending + payload
             self._pending = b""
-        self.phase = advance(self.phase, ResponsePhase.DONE)
+        self.phase = phase
         if payload:
             await self._connection.send_bytes(payload)
 
     async def abort(self) -> None:
-        if self.phase in (ResponsePhase.DONE, ResponsePhase.ABORTED):
-            return
-        self.phase = ResponsePhase.ABORTED
-        self._connection.close_hard()
+        phase = advance(self.phase, ResponseEvent.ABORT)
+        if phase is not self.phase:  # (aborting a response that already ended changes nothing)
+            self.phase = phase
+            self._connection.close_hard()
 
     async def send_error(self, status: int, message: str) -> None:
-        headers, body = _plain_error(status, message)
-        self.close_after = True  # the error body says `connection: close`
+        """An error answered by the adapter itself, in the shape the relay chose (`error_format`)."""
+        headers, body = self.error_format(status, message)
+        self.close_after = True  # sent with `connection: close`
         await self.send_head(status, headers)
         await self.end(body)
 
@@ -323,7 +347,7 @@ class Http1Connection:
     def __init__(
         self,
         sock: socket.socket,
-        handler: Handler,
+        handler: RequestHandler,
         settings: ConnectionSettings,
         state: ServerState,
         wheel: TimerWheel,
@@ -351,6 +375,8 @@ class Http1Connection:
 
     # -- timers, watcher, idle --------------------------------------------------------------------
     def _timed_out(self, reason: str) -> None:
+        if self._exchange is not None:
+            self._exchange.timed_out = reason
         self._scope.cancel()
 
     def stop_idle(self) -> None:
@@ -438,6 +464,9 @@ class Http1Connection:
                 await self._serve()
             if self._scope.cancelled_caught:
                 await self._after_cancel()
+        except Exception as exc:  # a bug: this connection ends, the worker and its other connections go on
+            log.error("internal error on the connection from %s: %s", self._client[0], describe(exc))
+            log.debug("traceback of that internal error", exc_info=True)
         finally:
             state.idle.discard(self)
             self.timer.disarm()
@@ -451,9 +480,12 @@ class Http1Connection:
         """The connection's scope was cancelled: a timeout, a departed client, or a full stop."""
         reason = self.timer.fired
         exchange = self._exchange
-        if reason == "header" or (reason == "body" and exchange is not None and exchange.phase is ResponsePhase.PENDING):
-            what = "request head" if reason == "header" else "request body"
-            await self._reject(RequestRejected(408, f"{what} not received in time"))
+        if reason == "header":
+            timeout = self.settings.header_timeout
+            await self._refuse(RequestRejected(408, "request head not received in time"), "header_timeout", timeout)
+        elif reason == "body" and exchange is not None and exchange.phase is ResponsePhase.PENDING:
+            # The relay saw this request (and logged it); the answer takes its route's error shape.
+            await self._send_refusal(RequestRejected(408, "request body not received in time"), exchange.error_format)
         elif reason == "write":
             log.info("closing connection from %s: it did not read for %g s", self._client[0], self.settings.write_timeout)
 
@@ -469,7 +501,7 @@ class Http1Connection:
                 buffer = self._buffer
                 head = parse_request_head(buffer[:head_end], self._limits, self._scheme, self._client)
             except RequestRejected as exc:
-                await self._reject(exc)
+                await self._refuse(exc, "rejected", 0.0)
                 return
             self._buffer = buffer[head_end:]
             served += 1
@@ -508,9 +540,9 @@ class Http1Connection:
             buffer = data
         if buffer[:1] in (b"\r", b"\n"):
             buffer = buffer.lstrip(b"\r\n")
+        self._buffer = buffer  # (also what a refusal is logged with)
         end = find_head_end(buffer, self._limits)
         if end >= 0:  # the usual case: the whole head came in one read
-            self._buffer = buffer
             return end
         timer = self.timer
         timer.arm(settings.header_timeout, "header")
@@ -522,16 +554,24 @@ class Http1Connection:
                 buffer += data
                 if buffer[:1] in (b"\r", b"\n"):
                     buffer = buffer.lstrip(b"\r\n")
+                self._buffer = buffer
                 end = find_head_end(buffer, self._limits)
                 if end >= 0:
-                    self._buffer = buffer
                     return end
         finally:
             timer.disarm()
 
-    async def _reject(self, exc: RequestRejected) -> None:
+    async def _refuse(self, exc: RequestRejected, outcome: str, duration: float) -> None:
+        """Refuse a request before it became an exchange: log it, report it to the handler (for the
+        access log), answer in the generic error shape (no route is known), and close."""
         log.info("rejected request from %s: %d %s", self._client[0], exc.status, exc.message)
-        headers, body = _plain_error(exc.status, exc.message)
+        method, target = request_line_parts(self._buffer)
+        self._handler.refused(Refusal(self._client, method, target, exc.status, outcome, duration))
+        await self._send_refusal(exc, plain_error)
+
+    async def _send_refusal(self, exc: RequestRejected, error_format: ErrorFormat) -> None:
+        headers, body = error_format(exc.status, exc.message)
+        headers = [*headers, (b"connection", b"close")]
         payload = serialize_head(_status_line(exc.status), headers) + body
         with trio.move_on_after(min(self.settings.write_timeout, 5.0)):
             try:
@@ -553,8 +593,10 @@ class Http1Connection:
                     exchange.client_gone = True
             else:
                 await exchange.abort()
-        except Exception:
-            log.exception("internal error while serving %s request", exchange.head.method.decode("ascii", "replace"))
+        except Exception as exc:
+            # One line at error level (type and message); the traceback only for whoever debugs.
+            log.error("internal error while serving a request from %s: %s", self._client[0], describe(exc))
+            log.debug("traceback of that internal error", exc_info=True)
             if exchange.phase is ResponsePhase.PENDING:
                 exchange.close_after = True
                 try:

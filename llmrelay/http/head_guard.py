@@ -10,18 +10,24 @@ that h11 reads every head accepted here the same way (method, target, fields, bo
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from llmrelay.http.errors import RequestRejected
 from llmrelay.http.exchange import Headers, RequestHead
-from llmrelay.http.wire import FIELD_LINE, connection_close_requested
+from llmrelay.http.wire import FIELD_LINE, LENGTH, FramingError, body_framing, connection_close_requested, is_token
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_REQUEST_LINE = re.compile(rb"^(?P<method>[^ ]+) (?P<target>[^ ]+) HTTP/(?P<major>[0-9])\.(?P<minor>[0-9])$")
+_REQUEST_LINE = re.compile(rb"(?P<method>[^ ]+) (?P<target>[^ ]+) HTTP/(?P<major>[0-9])\.(?P<minor>[0-9])")
 # method SP origin-form target SP HTTP/1.x: what nearly every request line is
 _USUAL_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e]*) HTTP/1\.([0-9])")
 _TARGET_BAD = re.compile(rb"[\x00-\x20\x7f-\xff]")  # a target is ASCII; others are percent-encoded
-_DIGITS = re.compile(rb"^[0-9]{1,18}$")
+# Host = uri-host [ ":" port ] (RFC 9110 section 7.2, RFC 3986 section 3.2.2): an IP-literal in brackets
+# (checked further below), or a reg-name (an IPv4 address is one too), then an optional port.
+_HOST = re.compile(
+    rb"(?:\[(?P<literal>[0-9A-Fa-f:.]+|[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]"
+    rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)"
+    rb"(?::(?P<port>[0-9]{1,5}))?"
+)
 
 
 class HeadLimits:
@@ -95,44 +101,43 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
             raise RequestRejected(400, _field_problem(line))
         name, value = field.groups()
         headers.append((name.lower(), value))
+    host: bytes | None = None
     hosts = 0
     lengths: list[bytes] = []
     codings: list[bytes] = []
+    connection: list[bytes] = []
+    upgrade: list[bytes] = []
     close = http10  # HTTP/1.0 connections are not kept alive
     expect_continue = False
     for name, value in headers:
         if name == b"host":
             hosts += 1
+            host = value
         elif name == b"content-length":
             lengths.append(value)
         elif name == b"transfer-encoding":
-            codings.extend(part.strip(b" \t").lower() for part in value.split(b","))
+            codings.append(value)
         elif name == b"connection":
             close = close or connection_close_requested(value)
+            connection.append(value)
+        elif name == b"upgrade":
+            upgrade.append(value)
         elif name == b"expect":
             expect_continue = not http10 and value.lower() == b"100-continue"
     if hosts > 1:
         raise RequestRejected(400, "more than one Host header")
-    if hosts == 0 and not http10:
-        raise RequestRejected(400, "missing Host header")
-    length: int | None = None
-    if codings:
-        if http10:
-            raise RequestRejected(400, "Transfer-Encoding on an HTTP/1.0 request")
-        if lengths:
-            raise RequestRejected(400, "both Content-Length and Transfer-Encoding")
-        if codings != [b"chunked"]:
-            if all(_TOKEN.match(c) for c in codings) and b"chunked" not in codings:
-                raise RequestRejected(501, "unsupported transfer coding")
-            raise RequestRejected(400, "malformed or repeated Transfer-Encoding")
-    elif lengths:
-        if len(lengths) > 1:
-            raise RequestRejected(400, "more than one Content-Length")
-        if not _DIGITS.match(lengths[0]):
-            raise RequestRejected(400, "malformed Content-Length")
-        length = int(lengths[0])
-    else:
-        length = 0
+    if host is None:
+        if not http10:
+            raise RequestRejected(400, "missing Host header")
+    elif not valid_host(host):
+        raise RequestRejected(400, "malformed Host header")
+    if codings and http10:
+        raise RequestRejected(400, "Transfer-Encoding on an HTTP/1.0 request")
+    try:
+        framing, length = body_framing(lengths, codings)
+    except FramingError as exc:
+        raise RequestRejected(exc.status, str(exc)) from None
+    body_length = length if framing == LENGTH else None if codings else 0
     return RequestHead(
         method=method,
         target=target,
@@ -140,23 +145,49 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
         http_version=b"1.0" if http10 else b"1.1",
         scheme=scheme,
         client=client,
-        body_length=length,
-        has_body=length is None or length > 0,
+        body_length=body_length,
+        has_body=body_length is None or body_length > 0,
         keep_alive=not close,
         expect_continue=expect_continue,
+        websocket=bool(upgrade) and not http10 and _asks_websocket(upgrade, connection),
     )
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether a Host value is `uri-host [ ":" port ]`: a reg-name, IPv4 address or bracketed IP
+    literal, and a port of 0-65535. Userinfo (`a@b`), paths, spaces, empty or other ports are not."""
+    match = _HOST.fullmatch(value)
+    if match is None:
+        return False
+    port = match.group("port")
+    if port is not None and int(port) > 65535:
+        return False
+    literal = match.group("literal")
+    if literal is not None and literal[:1] not in (b"v", b"V"):
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            return False
+    return True
+
+
+def _asks_websocket(upgrade: list[bytes], connection: list[bytes]) -> bool:
+    """`Upgrade: websocket` (any version, any case), named by `Connection: upgrade` (RFC 9110 7.8)."""
+    protocols = {part.strip(b" \t").partition(b"/")[0].lower() for value in upgrade for part in value.split(b",")}
+    options = {part.strip(b" \t").lower() for value in connection for part in value.split(b",")}
+    return b"websocket" in protocols and b"upgrade" in options
 
 
 def _unusual_request_line(request_line: bytes) -> tuple[bytes, bytes, bool]:
     """The request line checked step by step, for the precise reason it is refused (or accepted:
     `OPTIONS *`)."""
-    match = _REQUEST_LINE.match(request_line)
+    match = _REQUEST_LINE.fullmatch(request_line)
     if match is None:
         raise RequestRejected(400, "malformed request line")
     method, target, major, minor = match.groups()
     if major != b"1":
         raise RequestRejected(505, "only HTTP/1.x is served on this connection")
-    if not _TOKEN.match(method):
+    if not is_token(method):
         raise RequestRejected(400, "malformed method")
     if method == b"CONNECT":
         raise RequestRejected(405, "CONNECT is not supported")
@@ -174,6 +205,16 @@ def _field_problem(line: bytes) -> str:
     if line[:1] in (b" ", b"\t"):
         return "obsolete line folding in header"
     name, colon, _ = line.partition(b":")
-    if not colon or not _TOKEN.match(name):
+    if not colon or not is_token(name):
         return "malformed header field name"
     return "control character in header value"
+
+
+def request_line_parts(buffer: bytes) -> tuple[bytes, bytes]:
+    """The method and target of a head that was refused or did not arrive whole, for its log line:
+    (b"", b"") when not even the method is there. Nothing here is trusted: the log escapes it."""
+    line = buffer[:1024].split(b"\n", 1)[0].rstrip(b"\r")
+    method, _, rest = line.partition(b" ")
+    if not method or (not rest and len(line) == len(buffer)):  # the method may not be complete yet
+        return b"", b""
+    return method[:32], rest.partition(b" ")[0]

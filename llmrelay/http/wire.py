@@ -16,6 +16,8 @@ MAX_CHUNK_LINE = 4096
 MAX_TRAILER_BYTES = 16384
 LAST_CHUNK = b"0\r\n\r\n"
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 # A field line: a token name, a colon, a value without control characters (OWS around it dropped).
 _FIELD = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x08\x0a-\x1f\x7f \t])?)[ \t]*"
@@ -29,7 +31,58 @@ UNTIL_CLOSE = 3
 
 
 class FramingError(ValueError):
-    """A body's framing is malformed; the message says how (never quoting body bytes)."""
+    """A message's framing is malformed or ambiguous; the message says how (never quoting body bytes).
+
+    `status` is what a client gets when its request is refused for it (501: a transfer coding the relay
+    does not implement; 400: anything else). A response refused for it is a 502.
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def is_token(value: bytes) -> bool:
+    """Whether `value` is an RFC 9110 token (a method, a field name, a transfer coding)."""
+    return _TOKEN.fullmatch(value) is not None
+
+
+def content_length(values: list[bytes]) -> int:
+    """The length given by a message's Content-Length field values (each as received).
+
+    One field with one decimal value, or FramingError. A list, even of equal values (`5, 5`, or two
+    fields saying 5), is refused in both directions: RFC 9110 section 8.6 allows it, and the relay
+    would have to rewrite it before passing it on; no provider or SDK sends one.
+    """
+    if len(values) != 1:
+        raise FramingError("more than one Content-Length")
+    value = values[0]
+    if _DIGITS.fullmatch(value) is None:
+        raise FramingError("Content-Length with a list of values" if b"," in value else "malformed Content-Length")
+    return int(value)
+
+
+def body_framing(lengths: list[bytes], transfer_encodings: list[bytes]) -> tuple[int, int]:
+    """How a message body is delimited, from its Content-Length and Transfer-Encoding field values (as
+    received), for requests and responses alike: (CHUNKED, 0), (LENGTH, n), or (UNTIL_CLOSE, 0) when
+    neither field is there (a request then has no body; a response ends when the connection closes).
+
+    Raises FramingError for anything two parsers could read differently (RFC 9112 section 6.3): both
+    fields together (never forwarded as they are: refused), a coding other than `chunked` alone, a
+    Content-Length that is not one decimal value.
+    """
+    if transfer_encodings:
+        if lengths:
+            raise FramingError("both Content-Length and Transfer-Encoding")
+        codings = [part.strip(b" \t").lower() for value in transfer_encodings for part in value.split(b",")]
+        if codings != [b"chunked"]:
+            if b"chunked" not in codings and all(_TOKEN.fullmatch(coding) for coding in codings):
+                raise FramingError("unsupported transfer coding", 501)
+            raise FramingError("malformed or repeated Transfer-Encoding")
+        return CHUNKED, 0
+    if lengths:
+        return LENGTH, content_length(lengths)
+    return UNTIL_CLOSE, 0
 
 
 class BodyDecoder:

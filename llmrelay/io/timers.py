@@ -18,6 +18,8 @@ from time import monotonic
 
 import trio
 
+from llmrelay.io.logsafe import describe
+
 log = logging.getLogger("llmrelay.timers")
 
 TICK = 0.1
@@ -54,8 +56,9 @@ class Timer:
         self.deadline = _INF
         try:
             self._action(self.reason)
-        except Exception:  # an action must never take the sweeper down
-            log.exception("timer action failed")
+        except Exception as exc:  # an action must never take the sweeper down
+            log.error("timer action failed: %s", describe(exc))
+            log.debug("traceback of that failure", exc_info=True)
 
 
 class TimerWheel:

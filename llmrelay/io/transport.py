@@ -14,6 +14,7 @@ a timer interrupts a wait.
 
 from __future__ import annotations
 
+import select
 import socket
 
 import trio
@@ -25,6 +26,19 @@ _CHECKPOINT_EVERY = 16
 _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
 _checkpoint = trio.lowlevel.checkpoint
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+def _input_pending(sock: socket.socket) -> bool:
+    """Whether the kernel has bytes or an end of stream waiting on an idle socket: a peek that takes
+    nothing and never blocks (unlike `select()`, it works for any descriptor number)."""
+    try:
+        sock.recv(1, _PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset or closed under us: as good as gone
+    return True
 
 
 class BrokenTransport(Exception):
@@ -109,6 +123,9 @@ class SocketTransport:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def input_pending(self) -> bool:
+        return _input_pending(self.sock)
+
     def close(self) -> None:
         if self.closed:
             return
@@ -149,6 +166,11 @@ class StreamTransport:
 
     def fileno(self) -> int:
         return self._socket.fileno()
+
+    def input_pending(self) -> bool:
+        poller = select.poll()  # a trio socket cannot be peeked without awaiting
+        poller.register(self._socket.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def close(self) -> None:
         if self.closed:

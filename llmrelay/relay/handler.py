@@ -17,12 +17,13 @@ import msgspec
 import trio
 
 from llmrelay.http.errors import ClientDisconnected, InvalidResponseHead, RequestRejected
-from llmrelay.http.exchange import Exchange, Headers, ResponsePhase
+from llmrelay.http.exchange import Exchange, Headers, Refusal, ResponsePhase
+from llmrelay.io.logsafe import one_line
 from llmrelay.relay import accesslog
 from llmrelay.relay.credentials import check_relay_key, strip_query_key
 from llmrelay.relay.headers import client_response_headers, request_id_for, upstream_request_headers
 from llmrelay.relay.observer import FAILURE_STATUSES, UpstreamObserver
-from llmrelay.relay.providers import error_response, inject_key, sse_error_event
+from llmrelay.relay.providers import error_format, error_response, inject_key, sse_error_event
 from llmrelay.relay.routing import join_path
 from llmrelay.relay.runtime import EndpointRuntime, RelayRuntime
 from llmrelay.relay.streams import ActiveResponse, ResponseRegistry
@@ -49,7 +50,7 @@ class Relay:
     def __init__(
         self,
         runtime: RelayRuntime,
-        health: Callable[[], tuple[dict[str, object], Headers]],
+        health: Callable[[str], tuple[int, dict[str, object], Headers]],
         observer: UpstreamObserver,
         responses: ResponseRegistry,
     ) -> None:
@@ -73,7 +74,12 @@ class Relay:
             record.outcome = "client_gone"
             raise
         except trio.Cancelled:
-            record.outcome = "client_gone"
+            timed_out = exchange.timed_out
+            if timed_out == "body" and exchange.phase is ResponsePhase.PENDING:
+                record.status = 408  # the adapter answers it, in this route's error shape
+                record.outcome = "body_timeout"
+            else:
+                record.outcome = "write_timeout" if timed_out == "write" else "client_gone"
             raise
         except RequestRejected as exc:
             record.status = exc.status
@@ -91,13 +97,18 @@ class Relay:
                 with trio.CancelScope(shield=True):
                     await runtime.aclose()
 
+    def refused(self, refusal: Refusal) -> None:
+        """A request refused before it became an exchange: it gets its access-log line too."""
+        if self.runtime.config.server.access_log:
+            accesslog.write(accesslog.AccessRecord.of_refusal(refusal, time.perf_counter()))
+
     async def _relay(
         self, exchange: Exchange, runtime: RelayRuntime, record: accesslog.AccessRecord, target: str
     ) -> None:
         head = exchange.head
         if target.startswith("/health") and (len(target) == 7 or target[7] == "?"):
-            payload, extra_headers = self._health()
-            await self._send_json(exchange, 200, payload, record, extra_headers)
+            status, payload, extra_headers = self._health(target)
+            await self._send_json(exchange, status, payload, record, extra_headers)
             return
         router = runtime.router
         route = router.route(head.header(b"host") if router.routes_by_host else None, target)
@@ -107,6 +118,14 @@ class Relay:
             return
         endpoint = route.endpoint
         record.endpoint = endpoint.name
+        exchange.error_format = error_format(endpoint.provider)  # errors the adapter answers, too
+        if head.websocket:
+            # Never downgraded to a plain request: the client would wait for a 101 that never comes.
+            record.outcome = "websocket_refused"
+            exchange.close_when_done()
+            message = "WebSocket upgrades are not supported by this relay"
+            await self._send_error(exchange, endpoint.provider, 501, message, record)
+            return
         path, _, query = route.rest.partition("?")
         if endpoint.needs_relay_key and not check_relay_key(endpoint.relay_keys, head.headers, query):
             record.outcome = "bad_relay_key"
@@ -181,7 +200,7 @@ class Relay:
                 record.request_id,
                 exc.status,
                 exc.reason,
-                exc.message,
+                one_line(exc.message),
             )
             if exchange.phase is ResponsePhase.PENDING:
                 await self._send_error(exchange, endpoint.provider, exc.status, exc.message, record)
@@ -239,7 +258,7 @@ class Relay:
     async def _cut(self, exchange: Exchange, provider: str, active: ActiveResponse, message: str) -> None:
         """End a response that already started, honestly: an SSE error event when the stream is at
         an event boundary, then an unclean close so no client takes it for complete."""
-        if active.sse and active.at_event_boundary:
+        if active.sse and active.at_event_boundary and exchange.phase is ResponsePhase.STREAMING:
             try:
                 await exchange.send_body(sse_error_event(provider, message))
             except ClientDisconnected:

@@ -7,9 +7,11 @@ the provider's SDK shows them like its own: OpenAI's `{"error": {...}}`, Anthrop
 
 from __future__ import annotations
 
+import functools
+
 import msgspec
 
-from llmrelay.http.exchange import Headers
+from llmrelay.http.exchange import ErrorFormat, Headers
 
 OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -19,6 +21,7 @@ OPENAI_TYPES = {
     408: "timeout",
     413: "invalid_request_error",
     429: "rate_limit_exceeded",
+    501: "invalid_request_error",
     502: "upstream_error",
     503: "service_unavailable",
     504: "timeout",
@@ -31,6 +34,7 @@ ANTHROPIC_TYPES = {
     408: "timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    501: "invalid_request_error",
     502: "api_error",
     503: "overloaded_error",
     504: "timeout_error",
@@ -43,6 +47,7 @@ GEMINI_STATUS = {
     408: "DEADLINE_EXCEEDED",
     413: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
+    501: "UNIMPLEMENTED",
     502: "UNAVAILABLE",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
@@ -67,6 +72,13 @@ def error_response(provider: str, status: int, message: str) -> tuple[Headers, b
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="llmrelay"'))
     return headers, body
+
+
+@functools.cache
+def error_format(provider: str) -> ErrorFormat:
+    """`error_response` for one provider: what an adapter writes its own errors with once the route
+    (and so the provider) is known."""
+    return functools.partial(error_response, provider)
 
 
 def inject_key(provider: str, headers: Headers, key: str) -> None:

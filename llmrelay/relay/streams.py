@@ -17,7 +17,7 @@ from time import monotonic
 import trio
 
 from llmrelay.http.errors import ClientDisconnected
-from llmrelay.http.exchange import Exchange
+from llmrelay.http.exchange import Exchange, InvalidPhase
 
 log = logging.getLogger("llmrelay.relay")
 
@@ -61,8 +61,8 @@ class ActiveResponse:
         try:
             await self.exchange.send_body(KEEPALIVE_COMMENT)
             self.last_send = monotonic()
-        except ClientDisconnected:
-            pass  # the relay's own send notices too, and ends the exchange
+        except (ClientDisconnected, InvalidPhase):
+            pass  # the relay's own send notices too (or the response ended meanwhile)
         finally:
             self.sending = False
 

@@ -12,7 +12,6 @@ with end of stream, and `timer.fired` turns that into `UpstreamTimeout`.
 from __future__ import annotations
 
 import re
-import select
 import socket
 import ssl
 from collections.abc import AsyncIterable
@@ -27,6 +26,7 @@ from llmrelay.http.wire import (
     UNTIL_CLOSE,
     BodyDecoder,
     FramingError,
+    body_framing,
     connection_close_requested,
     encode_chunk,
     LAST_CHUNK,
@@ -40,7 +40,6 @@ Headers = list[tuple[bytes, bytes]]
 MAX_RESPONSE_HEAD = 65536
 STREAM_READ = 16384  # a read shorter than this means the sender paused (a stream between events)
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
-_DIGITS = re.compile(rb"[0-9]{1,18}")
 
 
 class ResponseHead:
@@ -77,27 +76,20 @@ def parse_response_head(head: bytes, method: bytes) -> ResponseHead:
             name = name.lower()
             headers.append((name, value))
             if name == b"content-length":
-                if b"," in value:
-                    lengths.extend(part.strip(b" \t") for part in value.split(b","))
-                else:
-                    lengths.append(value)
+                lengths.append(value)
             elif name == b"transfer-encoding":
-                codings.extend(part.strip(b" \t").lower() for part in value.split(b","))
+                codings.append(value)
             elif name == b"connection":
                 close = close or connection_close_requested(value)
-    if codings and codings != [b"chunked"]:
-        # A coding other than chunked alone is refused, as h11 refuses it: the relay never asks for one.
-        raise FramingError("unsupported transfer coding")
-    if lengths and (any(not _DIGITS.fullmatch(value) for value in lengths) or len(set(lengths)) > 1):
-        raise FramingError("malformed or conflicting Content-Length")
+    # The same rules as for requests (`wire.body_framing`): a coding other than chunked alone, both
+    # Content-Length and Transfer-Encoding, or a Content-Length list make the response a 502. So the
+    # client never gets a Content-Length that is not the length of the body it receives.
+    framing, length = body_framing(lengths, codings)
     if method == b"HEAD" or status in (204, 304) or status < 200:
         return ResponseHead(status, headers, NO_BODY, 0, not close)
-    if codings:
-        # Transfer-Encoding wins over Content-Length; such a message must not be reused.
-        return ResponseHead(status, headers, CHUNKED, 0, not close and not lengths)
-    if lengths:
-        return ResponseHead(status, headers, LENGTH, int(lengths[0]), not close)
-    return ResponseHead(status, headers, UNTIL_CLOSE, 0, False)
+    if framing == UNTIL_CLOSE:
+        return ResponseHead(status, headers, UNTIL_CLOSE, 0, False)
+    return ResponseHead(status, headers, framing, length, not close)
 
 
 class ClientConnection:
@@ -138,11 +130,7 @@ class ClientConnection:
         """An idle connection must have nothing to read: data or end of stream means it is done for."""
         if self.transport.closed:
             return False
-        try:
-            readable, _, _ = select.select([self.transport.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return not readable
+        return not self.transport.input_pending()
 
     def close(self) -> None:
         self.timer.disarm()

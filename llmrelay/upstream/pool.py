@@ -14,7 +14,7 @@ closed it while idle) is sent again once on a new connection when its body can b
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from time import monotonic
 from typing import AsyncContextManager
@@ -313,7 +313,7 @@ class _ProxiedPool:
         origin = httpcore.Origin(
             endpoint.target.scheme.encode(), endpoint.target.host.encode("ascii"), endpoint.target.port
         )
-        self._create = lambda: factory.create_connection(origin)
+        self._create: Callable[[], AsyncConnectionInterface] = lambda: factory.create_connection(origin)
         self._slots: ConnectionSlots[AsyncConnectionInterface] = ConnectionSlots(
             endpoint.max_connections,
             endpoint.pool_timeout,
