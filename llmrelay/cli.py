@@ -1,10 +1,12 @@
-"""The `llmrelay` command: `serve`, `check-config`, `--version`."""
+"""The `llmrelay` command: `serve`, `check-config`, `reload`, `restart`, `--version`."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -16,6 +18,8 @@ from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint, redact_url
 from llmrelay.logs import configure_logging
 
 EXIT_CONFIG_ERROR = 1
+EXIT_FAILED = 1  # reload / restart: rejected, failed, or no outcome known
+DEFAULT_PID_FILE = "llmrelay.pid"
 
 
 def _load_or_exit(path: Path | None, overrides: Overrides = Overrides()) -> RelayConfig:
@@ -73,7 +77,7 @@ def main() -> None:
     "--pid-file",
     type=click.Path(dir_okay=False),
     envvar="LLMRELAY_PID_FILE",
-    help="Write the supervisor's pid here (removed on exit).",
+    help=f"Write the supervisor's pid here, locked while it runs [default: ./{DEFAULT_PID_FILE}, if writable].",
 )
 def serve(
     config_path: str | None, host: str | None, port: int | None, workers: int | None, pid_file: str | None
@@ -85,7 +89,10 @@ def serve(
     overrides = Overrides(host=host, port=port, workers=workers)
     config = _load_or_exit(path, overrides)
     configure_logging(config.server.log_level)
-    sys.exit(run(config, path, overrides, Path(pid_file) if pid_file else None))
+    # Without --pid-file, ./llmrelay.pid is written when it can be, so that `llmrelay reload` run
+    # from the same directory finds this supervisor; a read-only directory is no reason not to serve.
+    optional = not pid_file
+    sys.exit(run(config, path, overrides, Path(pid_file or DEFAULT_PID_FILE), pid_file_optional=optional))
 
 
 @main.command("check-config")
@@ -98,49 +105,129 @@ def check_config(path: str | None) -> None:
     click.echo("ok")
 
 
-def _signal_supervisor(pid_file: str, signum: signal.Signals, what: str) -> None:
+def _read_pid(path: Path) -> int:
+    for _ in range(20):  # a supervisor writes its pid just after creating the file
+        try:
+            return int(path.read_text().strip())
+        except FileNotFoundError:
+            click.echo(f"no pid file at {path}: is llmrelay serve running (with --pid-file {path})?", err=True)
+            sys.exit(EXIT_FAILED)
+        except ValueError:
+            time.sleep(0.05)
+        except OSError as exc:
+            click.echo(f"cannot read pid file {path}: {exc.strerror or exc}", err=True)
+            sys.exit(EXIT_FAILED)
+    click.echo(f"pid file {path} does not hold a process id", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+def _signal_and_wait(pid_file: str, signum: signal.Signals, action: str, timeout: float) -> None:
+    """Send `signum` to the supervisor named in the pid file; wait for the outcome in its status file."""
+    from supervisor.pidfile import held
+    from supervisor.status import read_status, status_path
+
     path = Path(pid_file)
-    try:
-        pid = int(path.read_text().strip())
-    except FileNotFoundError:
-        click.echo(f"no pid file at {path}: is llmrelay serve running with --pid-file {path}?", err=True)
-        sys.exit(EXIT_CONFIG_ERROR)
-    except (OSError, ValueError) as exc:
-        click.echo(f"cannot read pid file {path}: {exc}", err=True)
-        sys.exit(EXIT_CONFIG_ERROR)
+    pid = _read_pid(path)
+    if not held(path):
+        click.echo(f"stale pid file {path}: no llmrelay supervisor holds it (pid {pid} is not one)", err=True)
+        sys.exit(EXIT_FAILED)
+    status_file = status_path(path)
+    status = read_status(status_file)
+    if status is None or status.get("pid") != pid:
+        click.echo(f"no status file {status_file} from supervisor {pid}: cannot follow the outcome", err=True)
+        sys.exit(EXIT_FAILED)
+    before = _counter(status, action, "requested")
     try:
         os.kill(pid, signum)
     except ProcessLookupError:
         click.echo(f"no process {pid} (stale pid file {path})", err=True)
-        sys.exit(EXIT_CONFIG_ERROR)
+        sys.exit(EXIT_FAILED)
     except PermissionError:
         click.echo(f"not allowed to signal process {pid}", err=True)
-        sys.exit(EXIT_CONFIG_ERROR)
-    click.echo(f"sent {signum.name} to llmrelay supervisor {pid}: {what}")
+        sys.exit(EXIT_FAILED)
+    click.echo(f"sent {signum.name} to llmrelay supervisor {pid}; waiting for the {action} to finish")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = read_status(status_file)
+        if status is None or status.get("pid") != pid:
+            if not held(path):
+                click.echo(f"supervisor {pid} exited before the {action} finished", err=True)
+                sys.exit(EXIT_FAILED)
+            continue
+        if _counter(status, action, "finished") > before:
+            _report(status, action)
+    click.echo(f"no outcome after {timeout:g} s: the {action} may still be running (see the supervisor's log)", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+def _counter(status: dict[str, object], action: str, name: str) -> int:
+    section = status.get(action)
+    value = section.get(name) if isinstance(section, dict) else None
+    return value if isinstance(value, int) else 0
+
+
+def _report(status: dict[str, object], action: str) -> None:
+    section = status.get(action)
+    assert isinstance(section, dict)
+    outcome, summary, errors = section.get("outcome"), section.get("summary", ""), section.get("errors") or []
+    ok = outcome in ("applied", "done")
+    line = f"{action} {outcome}: {summary}"
+    if ok:
+        click.echo(line)
+        for error in errors:  # an applied reload whose listener move left some workers behind
+            click.echo(f"  warning: {error}", err=True)
+        sys.exit(0)
+    if action == "reload":
+        line += f"; still serving generation {status.get('generation')}"
+    click.echo(line, err=True)
+    for error in errors:
+        click.echo(f"  {error}", err=True)
+    sys.exit(EXIT_FAILED)
 
 
 _PID_FILE_OPTION = click.option(
     "--pid-file",
     type=click.Path(dir_okay=False),
     envvar="LLMRELAY_PID_FILE",
-    default="llmrelay.pid",
+    default=DEFAULT_PID_FILE,
     show_default=True,
-    help="The pid file `serve --pid-file` wrote.",
+    help="The pid file `serve` wrote.",
 )
 
 
-@main.command()
-@_PID_FILE_OPTION
-def reload(pid_file: str) -> None:
-    """Re-read and apply the config file (SIGHUP); a bad file keeps the running config."""
-    _signal_supervisor(pid_file, signal.SIGHUP, "reloading the config (see its log for the outcome)")
+def _timeout_option(default: float) -> "Callable[[click.decorators.FC], click.decorators.FC]":
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0),
+        default=default,
+        show_default=True,
+        help="Seconds to wait for the outcome.",
+    )
 
 
 @main.command()
 @_PID_FILE_OPTION
-def restart(pid_file: str) -> None:
-    """Replace every worker, one at a time, with the code installed now (SIGUSR2)."""
-    _signal_supervisor(pid_file, signal.SIGUSR2, "rolling replacement of the workers")
+@_timeout_option(60.0)
+def reload(pid_file: str, timeout: float) -> None:
+    """Re-read and apply the config file (SIGHUP); wait for the outcome.
+
+    Exit 0 when it was applied; 1 when it was rejected (the errors are printed, the running config
+    stays), or when there is no supervisor or no outcome within --timeout.
+    """
+    _signal_and_wait(pid_file, signal.SIGHUP, "reload", timeout)
+
+
+@main.command()
+@_PID_FILE_OPTION
+@_timeout_option(300.0)
+def restart(pid_file: str, timeout: float) -> None:
+    """Replace every worker, one at a time, with the code installed now (SIGUSR2); wait for the outcome.
+
+    Exit 0 when every worker was replaced; 1 when a successor could not start (the old workers keep
+    serving), or when there is no supervisor or no outcome within --timeout.
+    """
+    _signal_and_wait(pid_file, signal.SIGUSR2, "restart", timeout)
 
 
 if __name__ == "__main__":

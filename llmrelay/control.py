@@ -17,6 +17,13 @@ from llmrelay.config.resolved import RelayConfig
 MAX_FRAME = 16 * 1024 * 1024
 _LENGTH = struct.Struct(">I")
 
+# Exit statuses of a worker process, read by the supervisor. A worker that could not start serving
+# (no config arrived, or it could not apply its first one) exits with EXIT_BOOT_FAILED, so that a
+# crash loop at boot is recognised and backed off rather than respawned at full speed. `serve` uses
+# the same status when the supervisor itself cannot start (its address is taken).
+EXIT_OK = 0
+EXIT_BOOT_FAILED = 3
+
 
 class Message(msgspec.Struct, tag=True, frozen=True):
     pass
@@ -99,6 +106,20 @@ class UpstreamEvent(Message, frozen=True):
     reason: str = ""
 
 
+class ConfigApplied(Message, frozen=True):
+    """The worker serves `generation` from now on (the answer to every `Config`)."""
+
+    generation: int
+
+
+class ConfigRejected(Message, frozen=True):
+    """The worker could not apply `generation` (building its runtime failed: a CA file that does not
+    load, ...): it keeps serving the generation it had, or, at boot, exits with EXIT_BOOT_FAILED."""
+
+    generation: int
+    error: str
+
+
 class Stopped(Message, frozen=True):
     """The worker finished draining; `cut` streams were still running at the deadline."""
 
@@ -106,7 +127,9 @@ class Stopped(Message, frozen=True):
     cut: int
 
 
-ControlMessage = Config | HealthTable | Drain | Ready | Heartbeat | UpstreamEvent | Stopped
+ControlMessage = (
+    Config | HealthTable | Drain | Ready | Heartbeat | UpstreamEvent | ConfigApplied | ConfigRejected | Stopped
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ControlMessage)

@@ -1,15 +1,25 @@
 """The supervisor: binds the slot sockets, runs one worker per slot, and acts on signals.
 
 Signals only wake the one dispatch loop (`trio.open_signal_receiver`); each action is a named method
-(`handle_term`, `handle_hup`, `handle_usr2`, ...). Actions that change the set of workers (a rolling
-replacement, a reload that moves the listener, one worker more or fewer) run one at a time, in the
-background, so the dispatch loop stays responsive: a SIGTERM in the middle of a roll stops everything.
+(`handle_term`, `handle_hup`, `handle_usr2`, ...) that returns at once. Everything slow runs in the
+background: a reload reads the config file (and runs its `$(command)` key sources) in a thread;
+actions that change the set of workers (a rolling replacement, a reload, one worker more or fewer)
+run one at a time. So the dispatch loop always answers the next signal: a SIGTERM in the middle of a
+roll stops everything, and a second SIGTERM or SIGINT during a graceful stop, or a SIGQUIT at any
+time, stops at once.
 
 Workers are started with fork+exec, never forked from this running event loop. A successor is
 started before its predecessor is drained, and receives the same slot sockets, so nothing queued in
 a backlog is lost. A worker that dies unexpectedly is respawned into its slot with exponential
-backoff; one that stops sending heartbeats is killed and respawned; one whose memory grows past
-`server.max_worker_rss` is replaced like in a rolling restart.
+backoff; one that could not boot (exit status EXIT_BOOT_FAILED, or gone before it was ready) is
+logged as such and backed off from the first time; while a slot has no worker to serve it, the
+supervisor answers its connections with 503 (see `fallback`). One that stops sending heartbeats is
+killed and respawned; one whose memory grows past `server.max_worker_rss` is replaced like in a
+rolling restart.
+
+A reload is applied in two steps: every worker is sent the new config and answers whether it could
+apply it; if one could not (a CA file that does not load, ...), the reload is rejected and workers
+that had applied it are sent the previous config again, so every worker keeps serving the same one.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -28,18 +38,31 @@ from llmrelay import __version__
 from llmrelay.config.errors import ConfigError
 from llmrelay.config.load import Overrides, load_config
 from llmrelay.config.resolved import RelayConfig
-from llmrelay.control import Config, Drain, Heartbeat, Ready, Stopped, UpstreamEvent
+from llmrelay.control import (
+    EXIT_BOOT_FAILED,
+    EXIT_OK,
+    Config,
+    ConfigApplied,
+    ConfigRejected,
+    ControlMessage,
+    Drain,
+    Heartbeat,
+    Ready,
+    Stopped,
+    UpstreamEvent,
+)
+from supervisor.fallback import answer_unavailable
 from supervisor.health import HealthBoard
-from supervisor.pidfile import PidFile
-from supervisor.sockets import BindError, bind_slot_sockets
+from supervisor.pidfile import PidFile, PidFileError
+from supervisor.sockets import BindError, bind_slot_sockets, close_sockets
+from supervisor.status import Outcome, StatusFile, status_path
 from supervisor.workers import WorkerProcess
 
 log = logging.getLogger("supervisor")
 
-EXIT_OK = 0
-EXIT_BOOT_FAILED = 3
 STOP_GRACE = 10.0  # beyond the drain timeout, before stragglers are killed
 SEND_TIMEOUT = 2.0  # a worker that does not read its control pipe for this long is skipped
+ANSWER_TIMEOUT = 10.0  # for every worker to say whether it applied a new config
 HANDLED_SIGNALS = (
     signal.SIGTERM,
     signal.SIGINT,
@@ -58,7 +81,35 @@ class Slot:
         self.index = index
         self.sockets = sockets
         self.worker: WorkerProcess | None = None
-        self.quick_exits = 0
+        self.removed = False
+        self.quick_exits = 0  # workers that died young in a row, after they were ready
+        self.boot_failures = 0  # workers that could not boot, in a row
+        self._fallback: trio.CancelScope | None = None
+
+    def answer_unavailable(self, nursery: trio.Nursery) -> None:
+        """Answer 503 on the slot's sockets until `serve_again` (a worker of the slot is ready)."""
+        if self._fallback is not None or self.removed:
+            return
+        log.warning("slot %d has no worker that can serve: answering 503 on it until one is ready", self.index)
+        scope = self._fallback = trio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                await answer_unavailable(self.sockets, self.index)
+
+        nursery.start_soon(run)
+
+    def serve_again(self) -> None:
+        if self._fallback is not None:
+            self._fallback.cancel()
+            self._fallback = None
+            log.info("slot %d has a worker again: no longer answering 503", self.index)
+
+    def close(self) -> None:
+        if self._fallback is not None:
+            self._fallback.cancel()
+            self._fallback = None
+        close_sockets(self.sockets)
 
 
 class Supervisor:
@@ -68,66 +119,105 @@ class Supervisor:
         config_path: Path | None,
         overrides: Overrides = Overrides(),
         pid_file: Path | None = None,
+        pid_file_optional: bool = False,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.overrides = overrides
         self.pid_file = PidFile(pid_file) if pid_file else None
+        self._pid_file_optional = pid_file_optional  # the default ./llmrelay.pid: best effort
+        self.status = StatusFile(None, os.getpid())
         self.generation = 1
+        self._last_generation = 1
         self.slots: list[Slot] = []
         self.workers: set[WorkerProcess] = set()  # every live worker: serving, starting or draining
         self.board = HealthBoard()
         self.board.sync_endpoints([e.name for e in config.endpoints])
         self._listen: tuple[str, int] = (config.server.host, config.server.port)
         self._stopping = False
+        self._stop_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._changes: trio.Nursery | None = None
         self._change_lock = trio.Lock()
+        self._reload_wanted = trio.Event()
+        self._on_message: dict[type, Callable[[WorkerProcess, Slot, ControlMessage], Awaitable[None]]] = {
+            Heartbeat: self._on_heartbeat,
+            UpstreamEvent: self._on_upstream_event,
+            Ready: self._on_ready,
+            ConfigApplied: self._on_config_applied,
+            ConfigRejected: self._on_config_rejected,
+            Stopped: self._on_stopped,
+        }
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def run(self) -> int:
         server = self.config.server
-        try:
-            sockets = bind_slot_sockets(server.host, server.port, server.workers)
-        except BindError as exc:
-            log.error("%s", exc)
+        if not self._take_pid_file():
             return EXIT_BOOT_FAILED
-        self.slots = [Slot(index, [sock]) for index, sock in enumerate(sockets)]
-        self._listen = (server.host, sockets[0].getsockname()[1])
-        if self.pid_file:
-            self.pid_file.write(os.getpid())
-        log.info(
-            "llmrelay %s listening on %s:%d with %d workers (config: %s)",
-            __version__,
-            self._listen[0],
-            self._listen[1],
-            server.workers,
-            self.config.source,
-        )
         try:
-            with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    async with trio.open_nursery() as changes:
-                        self._changes = changes
-                        for slot in self.slots:
-                            slot.worker = await self.start_worker(slot)
-                        nursery.start_soon(self._monitor_loop)
-                        await self._dispatch(signals)
-                        changes.cancel_scope.cancel()
-                    await self._stop_workers()
-                    nursery.cancel_scope.cancel()
+            try:
+                sockets = bind_slot_sockets(server.host, server.port, server.workers)
+            except BindError as exc:
+                log.error("%s", exc)
+                return EXIT_BOOT_FAILED
+            self.slots = [Slot(index, [sock]) for index, sock in enumerate(sockets)]
+            self._listen = (server.host, sockets[0].getsockname()[1])
+            self.status.write()
+            log.info(
+                "llmrelay %s listening on %s:%d with %d worker%s (config: %s)",
+                __version__,
+                self._listen[0],
+                self._listen[1],
+                server.workers,
+                "" if server.workers == 1 else "s",
+                self.config.source,
+            )
+            await self._serve()
         finally:
             self._close_all_sockets()
+            self.status.remove()
             if self.pid_file:
-                self.pid_file.remove()
+                self.pid_file.release()
         log.info("supervisor exiting")
         return EXIT_OK
 
+    def _take_pid_file(self) -> bool:
+        if self.pid_file is None:
+            return True
+        try:
+            self.pid_file.acquire(os.getpid())
+        except PidFileError as exc:
+            if not self._pid_file_optional:
+                log.error("%s", exc)
+                return False
+            log.warning("%s; running without a pid file (llmrelay reload needs --pid-file then)", exc)
+            self.pid_file = None
+            return True
+        self.status.path = status_path(self.pid_file.path)
+        return True
+
+    async def _serve(self) -> None:
+        with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._dispatch, signals)
+                async with trio.open_nursery() as changes:
+                    self._changes = changes
+                    changes.start_soon(self._reload_loop)
+                    for slot in self.slots:
+                        if not self._stopping:
+                            slot.worker = await self.start_worker(slot)
+                    nursery.start_soon(self._monitor_loop)
+                    await self._stop_requested.wait()
+                    changes.cancel_scope.cancel()
+                await self._stop_workers()
+                nursery.cancel_scope.cancel()
+
     async def _dispatch(self, signals: AsyncIterator[int]) -> None:
-        handlers = {
-            signal.SIGTERM: self.handle_term,
-            signal.SIGINT: self.handle_term,
+        """Every signal, for the supervisor's whole life (a graceful stop included)."""
+        handlers: dict[signal.Signals, Callable[[], Awaitable[None]]] = {
+            signal.SIGTERM: lambda: self.handle_term(signal.SIGTERM),
+            signal.SIGINT: lambda: self.handle_term(signal.SIGINT),
             signal.SIGQUIT: self.handle_quit,
             signal.SIGHUP: self.handle_hup,
             signal.SIGUSR2: self.handle_usr2,
@@ -135,17 +225,15 @@ class Supervisor:
             signal.SIGTTOU: self.handle_ttou,
         }
         async for signum in signals:
-            log.info("received %s", signal.Signals(signum).name)
-            await handlers[signal.Signals(signum)]()
-            if self._stopping:
-                return
+            name = signal.Signals(signum)
+            log.info("received %s", name.name)
+            await handlers[name]()
 
     def _close_all_sockets(self) -> None:
         for slot in self.slots:
-            for sock in slot.sockets:
-                sock.close()
+            slot.close()
 
-    def _in_background(self, action: str, job) -> None:  # type: ignore[no-untyped-def]
+    def _in_background(self, action: str, job: Callable[[], Awaitable[object]]) -> None:
         """Run a worker-changing job after any running one; log when it has to wait."""
         assert self._changes is not None
         if self._change_lock.locked():
@@ -158,14 +246,21 @@ class Supervisor:
 
         self._changes.start_soon(run)
 
+    def _next_generation(self) -> int:
+        self._last_generation += 1
+        return self._last_generation
+
     # -- workers --------------------------------------------------------------------------------------
     async def start_worker(self, slot: Slot) -> WorkerProcess:
         assert self._nursery is not None
-        worker = await WorkerProcess.spawn(slot.index, slot.sockets, self.config.server.log_level)
-        self.workers.add(worker)
-        log.info("started worker slot %d pid %d", slot.index, worker.pid)
-        await worker.send(Config(config=self.config, generation=self.generation))
-        self._nursery.start_soon(self._watch_worker, worker, slot)
+        # Shielded: a worker that was spawned is always watched (and so reaped), even during a stop.
+        with trio.CancelScope(shield=True):
+            worker = await WorkerProcess.spawn(slot.index, slot.sockets, self.config.server.log_level)
+            self.workers.add(worker)
+            log.info("started worker slot %d pid %d", slot.index, worker.pid)
+            with trio.move_on_after(SEND_TIMEOUT):
+                await worker.send(Config(config=self.config, generation=self.generation))
+            self._nursery.start_soon(self._watch_worker, worker, slot)
         return worker
 
     async def _watch_worker(self, worker: WorkerProcess, slot: Slot) -> None:
@@ -174,24 +269,7 @@ class Supervisor:
             if messages is None:
                 break
             for message in messages:
-                if isinstance(message, Heartbeat):
-                    worker.last_heartbeat = time.monotonic()
-                    worker.stats = message.stats
-                elif isinstance(message, UpstreamEvent):
-                    change = self.board.observe(message)
-                    if change:
-                        log.warning("%s", change)
-                        await self.broadcast_health()
-                elif isinstance(message, Ready):
-                    worker.version = message.version
-                    worker.last_heartbeat = time.monotonic()
-                    worker.ready.set()
-                    log.info("worker %d (slot %d) ready, version %s", worker.pid, slot.index, message.version)
-                    await self.broadcast_health()
-                elif isinstance(message, Stopped):
-                    if message.cut:
-                        log.warning("worker %d cut %d responses at the drain deadline", worker.pid, message.cut)
-                    worker.stopped.set()
+                await self._on_message[type(message)](worker, slot, message)
         with trio.CancelScope(shield=True):
             with trio.move_on_after(STOP_GRACE):
                 await worker.process.wait()
@@ -201,25 +279,82 @@ class Supervisor:
                 await worker.process.wait()
             await worker.control.aclose()
         self.workers.discard(worker)
-        worker.stopped.set()
-        worker.exited.set()
+        worker.mark_exited()
         expected = worker.draining or self._stopping
-        log_line = log.info if expected else log.error
-        log_line("worker %d (slot %d) %s", worker.pid, slot.index, worker.describe_exit())
-        if not self._stopping and slot.worker is worker:
+        respawn = not self._stopping and slot.worker is worker and not slot.removed
+        if respawn and worker.boot_failed:
+            reason = f": {worker.rejection}" if worker.rejection else ""
+            log.error("worker %d (slot %d) failed to boot (%s)%s", worker.pid, slot.index, worker.describe_exit(), reason)
+        else:
+            log_line = log.info if expected else log.error
+            log_line("worker %d (slot %d) %s", worker.pid, slot.index, worker.describe_exit())
+        if respawn:
             await self._respawn(slot, worker)
         if not self._stopping:
             await self.broadcast_health()
 
+    async def _on_heartbeat(self, worker: WorkerProcess, slot: Slot, message: ControlMessage) -> None:
+        assert isinstance(message, Heartbeat)
+        worker.last_heartbeat = time.monotonic()
+        worker.stats = message.stats
+
+    async def _on_upstream_event(self, worker: WorkerProcess, slot: Slot, message: ControlMessage) -> None:
+        assert isinstance(message, UpstreamEvent)
+        change = self.board.observe(message)
+        if change:
+            log.warning("%s", change)
+            await self.broadcast_health()
+
+    async def _on_ready(self, worker: WorkerProcess, slot: Slot, message: ControlMessage) -> None:
+        assert isinstance(message, Ready)
+        worker.version = message.version
+        worker.last_heartbeat = time.monotonic()
+        worker.ready.set()
+        log.info("worker %d (slot %d) ready, version %s", worker.pid, slot.index, message.version)
+        if slot.worker is worker:
+            slot.boot_failures = 0
+            slot.serve_again()
+        await self.broadcast_health()
+
+    async def _on_config_applied(self, worker: WorkerProcess, slot: Slot, message: ControlMessage) -> None:
+        assert isinstance(message, ConfigApplied)
+        worker.record_answer(message.generation, None)
+
+    async def _on_config_rejected(self, worker: WorkerProcess, slot: Slot, message: ControlMessage) -> None:
+        assert isinstance(message, ConfigRejected)
+        log.error(
+            "worker %d (slot %d) cannot apply config generation %d: %s",
+            worker.pid,
+            slot.index,
+            message.generation,
+            message.error,
+        )
+        worker.record_answer(message.generation, message.error)
+
+    async def _on_stopped(self, worker: WorkerProcess, slot: Slot, message: ControlMessage) -> None:
+        assert isinstance(message, Stopped)
+        if message.cut:
+            log.warning("worker %d cut %d responses at the drain deadline", worker.pid, message.cut)
+        worker.stopped.set()
+
     async def _respawn(self, slot: Slot, worker: WorkerProcess) -> None:
-        lived = time.monotonic() - worker.started
-        slot.quick_exits = 0 if lived > 30 else slot.quick_exits + 1
-        delay = 0.0 if slot.quick_exits <= 1 else min(30.0, 0.5 * 2 ** (slot.quick_exits - 2))
-        if slot.quick_exits >= 3:
-            log.error("slot %d is crash-looping (%d quick exits in a row)", slot.index, slot.quick_exits)
+        if worker.boot_failed:
+            slot.boot_failures += 1
+            delay = min(30.0, 0.5 * 2 ** (slot.boot_failures - 1))
+            if slot.boot_failures >= 3:
+                log.error("slot %d: %d workers in a row failed to boot", slot.index, slot.boot_failures)
+        else:
+            lived = time.monotonic() - worker.started
+            slot.quick_exits = 0 if lived > 30 else slot.quick_exits + 1
+            delay = 0.0 if slot.quick_exits <= 1 else min(30.0, 0.5 * 2 ** (slot.quick_exits - 2))
+            if slot.quick_exits >= 3:
+                log.error("slot %d is crash-looping (%d quick exits in a row)", slot.index, slot.quick_exits)
+        if delay > 0:
+            assert self._nursery is not None
+            slot.answer_unavailable(self._nursery)  # nobody will accept there for a while
         log.info("respawning slot %d in %g s", slot.index, delay)
         await trio.sleep(delay)
-        if not self._stopping and slot.worker is worker and slot in self.slots:
+        if not self._stopping and slot.worker is worker and not slot.removed:
             slot.worker = await self.start_worker(slot)
 
     async def _wait_ready(self, worker: WorkerProcess, timeout: float) -> bool:
@@ -234,50 +369,55 @@ class Supervisor:
                 nursery.start_soon(until, worker.exited)
         return worker.ready.is_set() and not worker.exited.is_set()
 
-    async def replace_slot(self, slot: Slot, retired_sockets: list[socket.socket] | None = None) -> bool:
-        """Start a successor on the slot's sockets, wait for it, then drain the predecessor."""
+    async def replace_slot(self, slot: Slot, retired_sockets: list[socket.socket] | None = None) -> str | None:
+        """Start a successor on the slot's sockets, wait for it, then drain the predecessor.
+
+        Returns None when done, else why the successor did not take over (the old worker stays).
+        """
         successor = await self.start_worker(slot)
         if not await self._wait_ready(successor, self.config.server.worker_ready_timeout):
             old = slot.worker.pid if slot.worker else None
-            log.error(
-                "successor pid %d for slot %d did not become ready within %g s (%s); keeping pid %s",
-                successor.pid,
-                slot.index,
-                self.config.server.worker_ready_timeout,
-                successor.describe_exit(),
-                old,
+            why = (
+                f"successor pid {successor.pid} for slot {slot.index} did not become ready within"
+                f" {self.config.server.worker_ready_timeout:g} s ({successor.describe_exit()}"
+                + (f": {successor.rejection}" if successor.rejection else "")
+                + ")"
             )
+            log.error("%s; keeping pid %s", why, old)
             successor.draining = True
             successor.kill()
-            return False
+            return why
         old_worker, slot.worker = slot.worker, successor
-        for sock in retired_sockets or []:
-            sock.close()  # the old worker now holds the last copy: it takes its backlog, then closes
+        slot.boot_failures = 0
+        slot.serve_again()
+        close_sockets(retired_sockets or [])  # the old worker holds the last copy: it takes its backlog, then closes
         if old_worker is not None:
             await self.drain_worker(old_worker, close_idle=False)
             log.info("slot %d: pid %d replaced by pid %d", slot.index, old_worker.pid, successor.pid)
         await self.broadcast_health()
-        return True
+        return None
 
     async def drain_worker(self, worker: WorkerProcess, close_idle: bool) -> None:
         worker.draining = True
         await worker.send(Drain(timeout=self.config.server.drain_timeout, close_idle=close_idle))
 
-    async def roll(self, reason: str) -> None:
+    async def roll(self, reason: str) -> Outcome:
         """Replace every worker, one slot at a time."""
         log.info("rolling replacement of %d workers (%s)", len(self.slots), reason)
         for slot in list(self.slots):
             if self._stopping:
-                return
-            if not await self.replace_slot(slot):
+                return Outcome(False, "stopped: the supervisor is stopping")
+            why = await self.replace_slot(slot)
+            if why is not None:
                 log.error("rolling replacement stopped at slot %d; the remaining workers keep serving", slot.index)
-                return
+                return Outcome(False, f"stopped at slot {slot.index}; the remaining workers keep serving", [why])
         log.info("rolling replacement done (%s)", reason)
+        return Outcome(True, f"{len(self.slots)} workers replaced")
 
     async def add_slot(self) -> None:
         host, port = self._listen
         try:
-            (sock,) = bind_slot_sockets(host, port, 1)
+            (sock,) = bind_slot_sockets(host, port, 1, join=True)
         except BindError as exc:
             log.error("cannot add a worker: %s", exc)
             return
@@ -291,8 +431,8 @@ class Supervisor:
             log.warning("cannot go below one worker")
             return
         slot = self.slots.pop()
-        for sock in slot.sockets:
-            sock.close()  # the worker takes what is queued, then closes the last copy
+        slot.removed = True  # its worker's exit is expected: never respawned
+        slot.close()  # the worker takes what is queued, then closes the last copy
         if slot.worker is not None:
             await self.drain_worker(slot.worker, close_idle=False)
         await self.broadcast_health()
@@ -307,16 +447,26 @@ class Supervisor:
                     await worker.send(table)
 
     async def _monitor_loop(self) -> None:
-        """Heartbeat deadlines, memory recycling, and the periodic health broadcast."""
+        """Heartbeat and boot deadlines, memory recycling, and the periodic health broadcast."""
         while True:
             await trio.sleep(self.config.server.heartbeat_interval)
             server = self.config.server
             now = time.monotonic()
             for worker in list(self.workers):
+                if worker.exited.is_set() or worker.draining:
+                    continue
                 silent = now - worker.last_heartbeat
-                if worker.ready.is_set() and not worker.exited.is_set() and silent > server.heartbeat_timeout:
+                if worker.ready.is_set() and silent > server.heartbeat_timeout:
                     log.error(
                         "worker %d (slot %d) sent no heartbeat for %.0f s; killing it", worker.pid, worker.slot, silent
+                    )
+                    worker.kill()
+                elif not worker.ready.is_set() and now - worker.started > server.worker_ready_timeout:
+                    log.error(
+                        "worker %d (slot %d) not ready after %.0f s; killing it",
+                        worker.pid,
+                        worker.slot,
+                        now - worker.started,
                     )
                     worker.kill()
             if server.max_worker_rss and not self._change_lock.locked():
@@ -331,7 +481,7 @@ class Supervisor:
                             stats.rss_bytes >> 20,
                             server.max_worker_rss,
                         )
-                        self._in_background("memory recycling", lambda s=slot: self.replace_slot(s))
+                        self._in_background("memory recycling", lambda s=slot: self.replace_slot(s))  # type: ignore[misc]
                         break
             await self.broadcast_health()
 
@@ -339,9 +489,10 @@ class Supervisor:
         timeout = self.config.server.drain_timeout
         workers = list(self.workers)
         for worker in workers:
-            if not worker.exited.is_set():
+            if not worker.exited.is_set() and not worker.draining:
                 worker.draining = True
-                await worker.send(Drain(timeout=timeout, close_idle=True))
+                with trio.move_on_after(SEND_TIMEOUT):
+                    await worker.send(Drain(timeout=timeout, close_idle=True))
         with trio.move_on_after(timeout + STOP_GRACE):
             for worker in workers:
                 await worker.exited.wait()
@@ -350,24 +501,48 @@ class Supervisor:
                 log.warning("worker %d did not stop within the drain timeout; killing it", worker.pid)
                 worker.kill()
 
+    def _stop_now(self) -> None:
+        """Kill every worker: their exits end the stop at once."""
+        self._stopping = True
+        self._close_all_sockets()
+        for worker in list(self.workers):
+            worker.kill()
+        self._stop_requested.set()
+
     # -- signal handlers ----------------------------------------------------------------------------
-    async def handle_term(self) -> None:
-        """Graceful stop: stop accepting, let in-flight requests finish, exit 0."""
+    async def handle_term(self, signum: signal.Signals = signal.SIGTERM) -> None:
+        """Graceful stop: stop accepting, let in-flight requests finish, exit 0. A second one: at once."""
+        if self._stopping:
+            log.warning("second %s during graceful stop: stopping now", signum.name)
+            self._stop_now()
+            return
         self._stopping = True
         self._close_all_sockets()  # nothing will accept new connections any more: refuse them now
         log.info(
-            "graceful stop: draining %d workers (deadline %g s)", len(self.workers), self.config.server.drain_timeout
+            "graceful stop: draining %d workers (deadline %g s; %s again or SIGQUIT stops at once)",
+            len(self.workers),
+            self.config.server.drain_timeout,
+            signum.name,
         )
+        self._stop_requested.set()
 
     async def handle_quit(self) -> None:
-        """Immediate stop."""
-        self._stopping = True
-        for worker in self.workers:
-            worker.kill()
+        """Immediate stop, in any state."""
+        log.warning("immediate stop: killing %d workers", len(self.workers))
+        self._stop_now()
 
     async def handle_usr2(self) -> None:
         """Rolling replacement: successors run the code installed now."""
-        self._in_background("rolling replacement", lambda: self.roll("SIGUSR2"))
+        self.status.requested(self.status.restart)
+
+        async def job() -> None:
+            number = self.status.restart.requested
+            if number <= self.status.restart.finished:
+                return  # a roll that began after this signal was taken in has covered it
+            outcome = await self.roll("SIGUSR2")
+            self.status.finished(self.status.restart, number, outcome, ("done", "failed"))
+
+        self._in_background("rolling replacement", job)
 
     async def handle_ttin(self) -> None:
         self._in_background("adding a worker", self.add_slot)
@@ -376,17 +551,56 @@ class Supervisor:
         self._in_background("removing a worker", self.remove_slot)
 
     async def handle_hup(self) -> None:
-        """Reload: validate the file again; a bad one is logged and the old config keeps serving."""
+        """Reload, in the background: reading the file may run `$(command)` key sources for seconds."""
+        self.status.requested(self.status.reload)
+        self._reload_wanted.set()
+
+    # -- reload ---------------------------------------------------------------------------------------
+    async def _reload_loop(self) -> None:
+        """One reload at a time; signals that arrive during one are served by one more."""
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted = trio.Event()
+            number = self.status.reload.requested
+            outcome = await self._reload()
+            self.status.generation = self.generation
+            self.status.finished(self.status.reload, number, outcome, ("applied", "rejected"))
+
+    async def _reload(self) -> Outcome:
+        """Validate the file again; a bad one is logged and the old config keeps serving."""
         try:
-            config = await trio.to_thread.run_sync(load_config, self.config_path, self.overrides)
+            config = await trio.to_thread.run_sync(
+                load_config, self.config_path, self.overrides, abandon_on_cancel=True
+            )
         except ConfigError as exc:
             log.error("reload rejected (%d errors); still serving the previous config", len(exc.errors))
             for line in exc.errors:
                 log.error("  %s", line)
-            return
-        self._in_background("reload", lambda: self._apply_reload(config))
+            return Outcome(False, f"{len(exc.errors)} error(s) in {exc.source}", list(exc.errors))
+        if self._change_lock.locked():
+            log.info("reload queued behind a change in progress")
+        async with self._change_lock:
+            if self._stopping:
+                return Outcome(False, "the supervisor is stopping")
+            return await self._apply_reload(config)
 
-    async def _apply_reload(self, config: RelayConfig) -> None:
+    async def _send_config(self, workers: list[WorkerProcess], config: RelayConfig, generation: int) -> dict[WorkerProcess, str | None]:
+        """Send a config to `workers`; what each answered (None: applied; workers that exited are left out)."""
+        for worker in workers:
+            with trio.move_on_after(SEND_TIMEOUT):
+                await worker.send(Config(config=config, generation=generation))
+        with trio.move_on_after(ANSWER_TIMEOUT):
+            for worker in workers:
+                await worker.wait_answer(generation)
+        answers: dict[WorkerProcess, str | None] = {}
+        for worker in workers:
+            if generation in worker.answers:
+                answers[worker] = worker.answers[generation]
+            elif not worker.exited.is_set():
+                log.warning("worker %d (slot %d) did not answer config generation %d", worker.pid, worker.slot, generation)
+        return answers
+
+    async def _apply_reload(self, config: RelayConfig) -> Outcome:
         old, new = self.config.server, config.server
         moved = (old.host, old.port) != (new.host, new.port)
         new_sockets: list[socket.socket] = []
@@ -395,38 +609,62 @@ class Supervisor:
                 new_sockets = bind_slot_sockets(new.host, new.port, len(self.slots))
             except BindError as exc:
                 log.error("reload rejected: %s; still serving the previous config", exc)
-                return
-        before = {e.name: e for e in self.config.endpoints}
+                return Outcome(False, "the new listener cannot be bound", [str(exc)])
+        previous, previous_generation = self.config, self.generation
+        generation = self._next_generation()
+        self.config, self.generation = config, generation  # workers started from now on get it
+        serving = [w for w in self.workers if not w.draining and not w.exited.is_set()]
+        answers = await self._send_config(serving, config, generation)
+        rejected = {w: error for w, error in answers.items() if error is not None}
+        if rejected:
+            self.config, self.generation = previous, previous_generation
+            applied = [w for w, error in answers.items() if error is None]
+            if applied:  # back to the previous config, as a generation of its own
+                self.generation = self._next_generation()
+                await self._send_config(applied, previous, self.generation)
+            close_sockets(new_sockets)
+            errors = [f"worker {w.pid} (slot {w.slot}): {error}" for w, error in sorted(rejected.items(), key=lambda i: i[0].slot)]
+            log.error(
+                "reload rejected: %d of %d workers cannot apply config generation %d; still serving the previous config%s",
+                len(rejected),
+                len(answers),
+                generation,
+                f" (rolled back as generation {self.generation})" if applied else "",
+            )
+            return Outcome(False, f"{len(rejected)} of {len(answers)} workers cannot apply it", errors)
+        before = {e.name: e for e in previous.endpoints}
         after = {e.name: e for e in config.endpoints}
         changed = sum(1 for name in before.keys() & after.keys() if before[name] != after[name])
-        self.config = config
-        self.generation += 1
         self.board.sync_endpoints(list(after))
-        for worker in list(self.workers):
-            if not worker.draining:
-                with trio.move_on_after(SEND_TIMEOUT):
-                    await worker.send(Config(config=config, generation=self.generation))
-        log.info(
-            "reload ok (generation %d: %d endpoints added, %d removed, %d changed)",
-            self.generation,
-            len(after.keys() - before.keys()),
-            len(before.keys() - after.keys()),
-            changed,
+        summary = (
+            f"generation {generation}: {len(after.keys() - before.keys())} endpoints added,"
+            f" {len(before.keys() - after.keys())} removed, {changed} changed"
         )
+        log.info("reload ok (%s)", summary)
+        problems: list[str] = []
         if moved:
             self._listen = (new.host, new_sockets[0].getsockname()[1])
             log.info("listener moves to %s:%d: rolling every worker onto it", *self._listen)
             for slot, sock in zip(list(self.slots), new_sockets):
                 retired, slot.sockets = slot.sockets, [sock]
-                if not await self.replace_slot(slot, retired_sockets=retired):
+                why = await self.replace_slot(slot, retired_sockets=retired)
+                if why is not None:
                     slot.sockets = retired
                     sock.close()
+                    problems.append(why)
         while len(self.slots) < new.workers:
             await self.add_slot()
         while len(self.slots) > new.workers:
             await self.remove_slot()
         await self.broadcast_health()
+        return Outcome(True, summary, problems)
 
 
-def run(config: RelayConfig, config_path: Path | None, overrides: Overrides, pid_file: Path | None) -> int:
-    return trio.run(Supervisor(config, config_path, overrides, pid_file).run)
+def run(
+    config: RelayConfig,
+    config_path: Path | None,
+    overrides: Overrides,
+    pid_file: Path | None,
+    pid_file_optional: bool = False,
+) -> int:
+    return trio.run(Supervisor(config, config_path, overrides, pid_file, pid_file_optional).run)

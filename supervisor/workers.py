@@ -12,7 +12,15 @@ import time
 
 import trio
 
-from llmrelay.control import ControlMessage, FrameError, FrameReader, WorkerInfo, WorkerStats, encode_frame
+from llmrelay.control import (
+    EXIT_BOOT_FAILED,
+    ControlMessage,
+    FrameError,
+    FrameReader,
+    WorkerInfo,
+    WorkerStats,
+    encode_frame,
+)
 
 log = logging.getLogger("supervisor")
 
@@ -31,15 +39,22 @@ class WorkerProcess:
         self.draining = False
         self.version = ""
         self.stats: WorkerStats | None = None
+        self.answers: dict[int, str | None] = {}  # config generation -> None (applied) or the error
+        self.rejection = ""  # the last config error it reported
+        self._answered = trio.Event()
         self._reader = FrameReader()
         self._send_lock = trio.Lock()
 
     @classmethod
     async def spawn(cls, slot: int, listen_sockets: list[socket.socket], log_level: str) -> WorkerProcess:
-        """fork+exec `python -m llmrelay.worker` with the slot's sockets and a fresh control pipe."""
+        """fork+exec `python -P -m llmrelay.worker` with the slot's sockets and a fresh control pipe.
+
+        `-P`: the working directory is not put in front of the import path, so a folder named
+        `llmrelay` (or `trio`, ...) where `serve` was started cannot replace the installed code.
+        """
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         listen_fds = [s.fileno() for s in listen_sockets]
-        argv = [sys.executable, "-m", "llmrelay.worker", "--control-fd", str(child_end.fileno()), "--slot", str(slot)]
+        argv = [sys.executable, "-P", "-m", "llmrelay.worker", "--control-fd", str(child_end.fileno()), "--slot", str(slot)]
         argv += [arg for fd in listen_fds for arg in ("--listen-fd", str(fd))]
         argv += ["--log-level", log_level]
         try:
@@ -99,6 +114,32 @@ class WorkerProcess:
             log.error("worker %d sent a bad control frame: %s", self.pid, exc)
             return None
 
+    def record_answer(self, generation: int, error: str | None) -> None:
+        """The worker applied (`error` None) or rejected a config generation."""
+        self.answers[generation] = error
+        if error is not None:
+            self.rejection = error
+        self._wake_waiters()
+
+    async def wait_answer(self, generation: int) -> None:
+        """Until the worker answered for `generation` (see `answers`) or exited; bound it with a timeout."""
+        while generation not in self.answers and not self.exited.is_set():
+            await self._answered.wait()
+
+    def mark_exited(self) -> None:
+        self.stopped.set()
+        self.exited.set()
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        self._answered.set()
+        self._answered = trio.Event()
+
+    @property
+    def boot_failed(self) -> bool:
+        """It exited with the boot-failure status, or before it was ever ready."""
+        return self.process.returncode == EXIT_BOOT_FAILED or not self.ready.is_set()
+
     def kill(self) -> None:
         try:
             os.kill(self.pid, signal.SIGKILL)
@@ -111,4 +152,6 @@ class WorkerProcess:
             return "is still running"
         if code < 0:
             return f"exited with signal {-code}"
+        if code == EXIT_BOOT_FAILED:
+            return f"exited with status {code} (boot failed)"
         return f"exited with status {code}"

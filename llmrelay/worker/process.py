@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+import urllib.parse
 
 import msgspec
 import trio
@@ -25,7 +26,11 @@ import trio
 from llmrelay import __version__
 from llmrelay.config.resolved import RelayConfig
 from llmrelay.control import (
+    EXIT_BOOT_FAILED,
+    EXIT_OK,
     Config,
+    ConfigApplied,
+    ConfigRejected,
     ControlMessage,
     Drain,
     FrameError,
@@ -49,8 +54,6 @@ from llmrelay.relay.streams import ResponseRegistry
 
 log = logging.getLogger("llmrelay.worker")
 
-EXIT_OK = 0
-EXIT_BOOT_FAILED = 3
 CUT_GRACE = 2.0
 GC_THRESHOLD = 10_000  # after the drain deadline: time for cut responses to send their error events
 _ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -88,6 +91,7 @@ class Worker:
         self._settings: ConnectionSettings | None = None
         self._connection_slots: trio.Semaphore | None = None
         self._wheel = TimerWheel()  # replaced by the run's own wheel once trio runs
+        self._early: list[ControlMessage] = []  # read with the first config, handled once serving
 
     # -- control pipe -----------------------------------------------------------------------------
     async def _send(self, message: object) -> None:
@@ -106,18 +110,32 @@ class Worker:
             return None
         return self._reader.feed(data)
 
-    async def _first_config(self) -> Config:
+    async def _first_config(self) -> Config | None:
+        """The newest config sent before the worker serves (a reload may follow the first at once)."""
         while True:
             messages = await self._receive()
             if messages is None:
-                raise SystemExit(EXIT_BOOT_FAILED)
-            for message in messages:
-                if isinstance(message, Config):
-                    return message
+                return None
+            configs = [message for message in messages if isinstance(message, Config)]
+            if configs:
+                self._early = [message for message in messages if not isinstance(message, Config)]
+                return configs[-1]
 
     # -- config and health ----------------------------------------------------------------------
-    async def _apply_config(self, message: Config) -> None:
-        runtime = RelayRuntime(message.config, message.generation)
+    async def _apply_config(self, message: Config) -> bool:
+        """Serve `message` from now on, or report why not and keep the generation in service.
+
+        Building a runtime opens files the config names (CA bundles): a file that was readable when the
+        supervisor validated the config may not be here. Whatever goes wrong is reported over the pipe
+        (the supervisor rolls a reload back), never a reason to die in a loop.
+        """
+        try:
+            runtime = RelayRuntime(message.config, message.generation)
+        except Exception as exc:
+            error = _describe(exc)
+            log.error("cannot apply config generation %d: %s", message.generation, error)
+            await self._send(ConfigRejected(generation=message.generation, error=error))
+            return False
         previous = self._runtime
         self._runtime = runtime
         self._settings = settings_from(message.config)
@@ -129,6 +147,8 @@ class Worker:
         if previous is not None:
             await previous.retire()
         log.info("serving config generation %d (%d endpoints)", message.generation, len(runtime.endpoints))
+        await self._send(ConfigApplied(generation=message.generation))
+        return True
 
     def _apply_health(self, table: HealthTable) -> None:
         self._table = table
@@ -148,17 +168,26 @@ class Worker:
             generation=stats.generation,
         )
 
-    def health(self) -> tuple[dict[str, object], Headers]:
-        """The shared health view (the supervisor's table), plus who answered in headers."""
+    def health(self, target: str = "/health") -> tuple[int, dict[str, object], Headers]:
+        """The shared health view (the supervisor's table), its HTTP status, and who answered.
+
+        An endpoint is usable unless its upstream is `failing` (each endpoint has one upstream, so a
+        failing one leaves nothing to send its requests to). `status` is `ok` when every endpoint is
+        ok, `degraded` when some are failing and at least one is usable, `unavailable` when none is:
+        200 for the first two, 503 for the last, so that a load balancer's readiness probe takes the
+        relay out only when it can serve nothing. `GET /health?endpoint=NAME` answers for one endpoint:
+        200 when it is usable, 503 when it is failing, 404 when there is no such endpoint.
+        """
         runtime = self._runtime
         table = self._table
         endpoints: dict[str, object] = {}
-        degraded = False
+        failing: set[str] = set()
         if runtime is not None:
             for name, endpoint in runtime.endpoints.items():
                 shared = table.endpoints.get(name) if table else None
                 status = shared.status if shared else "ok"
-                degraded |= status != "ok"
+                if status == "failing":
+                    failing.add(name)
                 endpoints[name] = {
                     "provider": endpoint.provider,
                     "target": str(endpoint.config.target),
@@ -166,9 +195,19 @@ class Worker:
                     "consecutive_failures": shared.consecutive_failures if shared else 0,
                     "last_error": shared.last_error if shared else "",
                 }
+        if not failing:
+            overall = "ok"
+        elif len(failing) < len(endpoints):
+            overall = "degraded"
+        else:
+            overall = "unavailable"
+        code = 503 if overall == "unavailable" else 200
+        asked = _endpoint_asked(target)
+        if asked is not None:
+            code = 404 if asked not in endpoints else 503 if asked in failing else 200
         workers = table.workers if table else [self._own_info()]
         payload: dict[str, object] = {
-            "status": "degraded" if degraded else "ok",
+            "status": overall,
             "version": __version__,
             "generation": table.generation if table else (runtime.generation if runtime else 0),
             "endpoints": endpoints,
@@ -179,7 +218,7 @@ class Worker:
             (b"x-llmrelay-worker", str(os.getpid()).encode()),
             (b"x-llmrelay-worker-state", b"draining" if self.state.draining else b"serving"),
         ]
-        return payload, headers
+        return code, payload, headers
 
     def stats(self) -> WorkerStats:
         return WorkerStats(
@@ -245,7 +284,11 @@ class Worker:
 
     async def run(self) -> int:
         first = await self._first_config()
-        await self._apply_config(first)
+        if first is None:
+            log.error("control pipe closed before a config arrived")
+            return EXIT_BOOT_FAILED
+        if not await self._apply_config(first):
+            return EXIT_BOOT_FAILED
         _settle_garbage_collector()
         server = first.config.server
         self._connection_slots = trio.Semaphore(server.max_connections)
@@ -317,7 +360,7 @@ class Worker:
         """Handle supervisor messages; pass on a Drain, or make one when the pipe closes."""
         while True:
             try:
-                messages = await self._receive()
+                messages, self._early = self._early or await self._receive(), []
             except FrameError as exc:
                 log.error("control pipe: %s; draining", exc)
                 messages = None
@@ -333,6 +376,22 @@ class Worker:
                     await self._apply_config(message)
                 elif isinstance(message, HealthTable):
                     self._apply_health(message)
+
+
+def _endpoint_asked(target: str) -> str | None:
+    """NAME from `/health?endpoint=NAME`, else None."""
+    _, _, query = target.partition("?")
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == "endpoint":
+            return urllib.parse.unquote(value)
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for the log and the supervisor: the exception's type and message, cut short."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {text}"[:500]
 
 
 def _settle_garbage_collector() -> None:
