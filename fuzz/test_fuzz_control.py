@@ -3,7 +3,7 @@
 The control pipe is a byte stream: the OS may hand a frame over in any number of pieces, and a crashed
 or confused peer can write anything. These properties check that any sequence of messages (every
 member of the ControlMessage union: Ready, Heartbeat with WorkerStats, Drain, Stopped, HealthTable,
-UpstreamEvent, and Config carrying a real RelayConfig), encoded and fed in arbitrarily split chunks,
+UpstreamEvent, ConfigApplied, ConfigRejected, and Config carrying a real RelayConfig), encoded and fed in arbitrarily split chunks,
 comes out exactly and in order; that arbitrary bytes, well-framed noise and corrupted frames make
 `FrameReader.feed` return messages or raise `FrameError`, never anything else; and that a length
 prefix above MAX_FRAME is refused as soon as its fourth byte arrives, before any payload is buffered
