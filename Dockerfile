@@ -16,6 +16,12 @@ USER llmrelay
 EXPOSE 8811
 # Mount a config at /etc/llmrelay/llmrelay.toml (or set CONFIG_PATH); without one the embedded
 # default serves /openai, /anthropic, /gemini and /groq with the clients' own keys.
+# SIGTERM is a graceful stop: llmrelay stops accepting and lets requests and SSE streams in flight
+# finish, for up to server.drain_timeout (default 600 s); a second SIGTERM, or SIGQUIT, stops at once.
+# The orchestrator sends SIGKILL when its own grace period ends (`docker stop` waits 10 s unless given
+# `-t`/`--stop-timeout`; Kubernetes waits `terminationGracePeriodSeconds`, default 30 s), and that cuts
+# every stream still running. Set the two together: a grace period a little longer than drain_timeout,
+# or a drain_timeout a little shorter than the grace period you can afford.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["llmrelay"]
 CMD ["serve", "--host", "0.0.0.0"]
