@@ -236,6 +236,9 @@ class Supervisor:
     def _in_background(self, action: str, job: Callable[[], Awaitable[object]]) -> None:
         """Run a worker-changing job after any running one; log when it has to wait."""
         assert self._changes is not None
+        if self._stopping:
+            log.info("%s ignored: the supervisor is stopping", action)
+            return
         if self._change_lock.locked():
             log.info("%s queued behind a change in progress", action)
 

@@ -230,6 +230,36 @@ def test_a_signal_during_a_graceful_stop_stops_at_once(mock: MockProvider, start
     thread.join(10)
 
 
+def test_other_signals_during_a_graceful_stop_are_ignored(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
+    relay = start_relay(endpoint_config("oai", mock))
+    events: list[str] = []
+
+    def stream() -> None:
+        with httpx.stream(
+            "POST",
+            relay.url("/oai/v1/chat/completions"),
+            json=STREAM_BODY,
+            headers={"x-mock-delay": "0.3", "x-mock-events": "8"},
+            timeout=20,
+        ) as response:
+            events.extend(line for line in response.iter_lines() if line.startswith("data: "))
+
+    thread = threading.Thread(target=stream, daemon=True)
+    thread.start()
+    assert wait_until(lambda: bool(events) or len(mock.requests) > 0, 10)
+    time.sleep(0.5)
+    relay.send_signal(signal.SIGTERM)
+    wait_for_log(relay, "graceful stop: draining")
+    for signum in (signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP):
+        relay.send_signal(signum)
+        time.sleep(0.1)
+    thread.join(20)
+    assert relay.process.wait(20) == 0
+    assert events and events[-1] == "data: [DONE]"
+    assert "rolling replacement ignored: the supervisor is stopping" in relay.logs()
+    assert "Traceback" not in relay.logs()
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
