@@ -7,7 +7,9 @@ requests are smuggled, so these properties check, against h11 on the same bytes:
 - a chunked body: whenever our decoder accepts, h11 accepts too and both see the same content and the
   same end (the bytes after it belong to the next message); our decoder may only be the stricter one;
 - the result never depends on how the bytes were split into reads;
-- a response head: status, fields and body framing as h11's client reads them, whenever we accept.
+- a response head: status, fields and body framing as h11's client reads them, whenever we accept;
+  and never one with both Content-Length and Transfer-Encoding or a Content-Length list (h11 reads
+  those, the relay refuses them as 502: it would otherwise pass a wrong Content-Length on).
 """
 
 from __future__ import annotations
@@ -154,6 +156,10 @@ def test_response_head_matches_h11(head: bytes, method: bytes) -> None:
         raise AssertionError(f"we accept a response head h11 refuses ({exc}): {head!r}") from None
     assert isinstance(event, (h11.Response, h11.InformationalResponse)), event
     assert parsed.status == event.status_code
+    # Never both framings, never a Content-Length list: what is accepted can be passed on as it is.
+    lengths = [value for name, value in parsed.headers if name == b"content-length"]
+    assert len(lengths) <= 1 and b"," not in b"".join(lengths), head
+    assert not (lengths and any(name == b"transfer-encoding" for name, _ in parsed.headers)), head
     # h11 folds repeated identical Content-Length fields into one; every other field must match.
     assert [f for f in parsed.headers if f[0] != b"content-length"] == [
         f for f in event.headers if f[0] != b"content-length"

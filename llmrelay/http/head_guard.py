@@ -20,12 +20,13 @@ from llmrelay.http.wire import FIELD_LINE, LENGTH, FramingError, body_framing, c
 _REQUEST_LINE = re.compile(rb"(?P<method>[^ ]+) (?P<target>[^ ]+) HTTP/(?P<major>[0-9])\.(?P<minor>[0-9])")
 # method SP origin-form target SP HTTP/1.x: what nearly every request line is
 _USUAL_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e]*) HTTP/1\.([0-9])")
+_WATCHED = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"})
 _TARGET_BAD = re.compile(rb"[\x00-\x20\x7f-\xff]")  # a target is ASCII; others are percent-encoded
 # Host = uri-host [ ":" port ] (RFC 9110 section 7.2, RFC 3986 section 3.2.2): an IP-literal in brackets
 # (checked further below), or a reg-name (an IPv4 address is one too), then an optional port.
 _HOST = re.compile(
     rb"(?:\[(?P<literal>[0-9A-Fa-f:.]+|[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]"
-    rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)"
+    rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]+|%[0-9A-Fa-f]{2})*)"
     rb"(?::(?P<port>[0-9]{1,5}))?"
 )
 
@@ -110,6 +111,8 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
     close = http10  # HTTP/1.0 connections are not kept alive
     expect_continue = False
     for name, value in headers:
+        if name not in _WATCHED:  # most fields: one set lookup instead of six comparisons
+            continue
         if name == b"host":
             hosts += 1
             host = value
@@ -129,15 +132,17 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
     if host is None:
         if not http10:
             raise RequestRejected(400, "missing Host header")
-    elif not valid_host(host):
+    elif host not in _valid_hosts and not valid_host(host):
         raise RequestRejected(400, "malformed Host header")
     if codings and http10:
         raise RequestRejected(400, "Transfer-Encoding on an HTTP/1.0 request")
-    try:
-        framing, length = body_framing(lengths, codings)
-    except FramingError as exc:
-        raise RequestRejected(exc.status, str(exc)) from None
-    body_length = length if framing == LENGTH else None if codings else 0
+    body_length: int | None = 0
+    if lengths or codings:
+        try:
+            framing, length = body_framing(lengths, codings)
+        except FramingError as exc:
+            raise RequestRejected(exc.status, str(exc)) from None
+        body_length = length if framing == LENGTH else None
     return RequestHead(
         method=method,
         target=target,
@@ -153,9 +158,23 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
     )
 
 
+# The few Host values a relay sees again and again, once found valid (bounded: a client sending ever
+# new ones only pays for the full check).
+_valid_hosts: set[bytes] = set()
+_VALID_HOSTS_KEPT = 256
+
+
 def valid_host(value: bytes) -> bool:
     """Whether a Host value is `uri-host [ ":" port ]`: a reg-name, IPv4 address or bracketed IP
     literal, and a port of 0-65535. Userinfo (`a@b`), paths, spaces, empty or other ports are not."""
+    if not _check_host(value):
+        return False
+    if len(_valid_hosts) < _VALID_HOSTS_KEPT:
+        _valid_hosts.add(value)
+    return True
+
+
+def _check_host(value: bytes) -> bool:
     match = _HOST.fullmatch(value)
     if match is None:
         return False
