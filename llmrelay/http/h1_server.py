@@ -27,7 +27,6 @@ from llmrelay.http.exchange import (
     TRANSITIONS,
     ErrorFormat,
     Headers,
-    InvalidPhase,
     Refusal,
     RequestHandler,
     RequestHead,

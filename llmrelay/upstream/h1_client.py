@@ -20,8 +20,7 @@ import trio
 
 from llmrelay.http.wire import (
     FIELD_LINE,
-    CHUNKED,
-    LENGTH,
+    LAST_CHUNK,
     NO_BODY,
     UNTIL_CLOSE,
     BodyDecoder,
@@ -29,7 +28,6 @@ from llmrelay.http.wire import (
     body_framing,
     connection_close_requested,
     encode_chunk,
-    LAST_CHUNK,
 )
 from llmrelay.io.timers import Timer, TimerWheel
 from llmrelay.io.transport import BrokenTransport, SocketTransport, StreamTransport, Transport
