@@ -272,7 +272,11 @@ class Supervisor:
             if messages is None:
                 break
             for message in messages:
-                await self._on_message[type(message)](worker, slot, message)
+                handler = self._on_message.get(type(message))
+                if handler is None:  # a supervisor -> worker message: the worker is confused
+                    log.warning("worker %d sent an unexpected %s message", worker.pid, type(message).__name__)
+                    continue
+                await handler(worker, slot, message)
         with trio.CancelScope(shield=True):
             with trio.move_on_after(STOP_GRACE):
                 await worker.process.wait()
