@@ -18,8 +18,9 @@ killed and respawned; one whose memory grows past `server.max_worker_rss` is rep
 rolling restart.
 
 A reload is applied in two steps: every worker is sent the new config and answers whether it could
-apply it; if one could not (a CA file that does not load, ...), the reload is rejected and workers
-that had applied it are sent the previous config again, so every worker keeps serving the same one.
+apply it; if one could not (a CA file that does not load, ...), the reload is rejected and, when
+some had applied it, every worker is sent the previous config again as a generation of its own, so
+that all of them serve the same config (and respawned workers get it too).
 """
 
 from __future__ import annotations
@@ -626,9 +627,9 @@ class Supervisor:
         if rejected:
             self.config, self.generation = previous, previous_generation
             applied = [w for w, error in answers.items() if error is None]
-            if applied:  # back to the previous config, as a generation of its own
+            if applied:  # back to the previous config, as a generation of its own that every worker serves
                 self.generation = self._next_generation()
-                await self._send_config(applied, previous, self.generation)
+                await self._send_config(list(answers), previous, self.generation)
             close_sockets(new_sockets)
             errors = [f"worker {w.pid} (slot {w.slot}): {error}" for w, error in sorted(rejected.items(), key=lambda i: i[0].slot)]
             log.error(

@@ -125,7 +125,9 @@ def test_a_reload_one_worker_cannot_apply_is_rolled_back_and_reload_exits_1(mock
         with httpx.Client(timeout=5) as client:  # new connections: both workers
             assert client.get(relay.url("/unappliable/v1/models")).status_code == 404
             assert client.get(relay.url("/oai/v1/models")).status_code == 200
-            assert client.get(relay.url("/health")).json()["generation"] == 3
+            health = client.get(relay.url("/health")).json()
+            assert health["generation"] == 3
+            assert {w["generation"] for w in health["workers"]} == {3}, health["workers"]
     # A worker that dies now is respawned on the config that every worker serves.
     os.kill(relay.worker_pids()[1], signal.SIGKILL)
     wait_for_log(relay, "ready, version", 3)
