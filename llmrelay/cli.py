@@ -196,7 +196,7 @@ _PID_FILE_OPTION = click.option(
 )
 
 
-def _timeout_option(default: float) -> "Callable[[click.decorators.FC], click.decorators.FC]":
+def _timeout_option(default: float) -> Callable[[click.decorators.FC], click.decorators.FC]:
     return click.option(
         "--timeout",
         type=click.FloatRange(min=0),
