@@ -310,13 +310,13 @@ def test_health_is_one_shared_view(mock: MockProvider, start_relay) -> None:  # 
     for _ in range(60):
         with httpx.Client(timeout=5) as client:
             response = client.get(relay.url("/health"))
-        assert response.status_code == 200  # degraded: another endpoint is still usable
+        assert response.status_code == 503  # an endpoint has nothing usable: not ready
         seen_by[int(response.headers["x-llmrelay-worker"])] = response.json()
     assert httpx.get(relay.url("/health?endpoint=dead"), timeout=5).status_code == 503
     assert httpx.get(relay.url("/health?endpoint=oai"), timeout=5).status_code == 200
     assert len(seen_by) >= 2
     for view in seen_by.values():
-        assert view["status"] == "degraded"
+        assert view["status"] == "unavailable"
         assert view["endpoints"]["dead"]["status"] == "failing"
         assert view["endpoints"]["oai"]["status"] == "ok"
         assert sorted((w["slot"], w["pid"]) for w in view["workers"]) == sorted(

@@ -385,17 +385,23 @@ def test_a_removed_slot_is_never_respawned(mock: MockProvider, start_relay) -> N
 # -- /health as a readiness probe ------------------------------------------------------------------------
 
 
-def test_health_answers_503_when_no_endpoint_is_usable(start_relay) -> None:  # type: ignore[no-untyped-def]
+def test_health_answers_503_when_an_endpoint_has_nothing_usable(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
     dead = f'[endpoints.dead]\ntarget_base = "http://127.0.0.1:{free_port()}/v1"\nprovider = "openai"\n'
-    relay = start_relay("[server]\nheartbeat_interval = 0.3\n" + dead)
+    relay = start_relay("[server]\nheartbeat_interval = 0.3\n" + endpoint_config("oai", mock) + dead)
+    assert httpx.get(relay.url("/health"), timeout=5).json()["status"] == "ok"
+    # One failure: the endpoint is still usable (it is tried), the relay is degraded but ready.
+    assert httpx.post(relay.url("/dead/v1/chat/completions"), json={}, timeout=5).status_code == 502
+    assert wait_until(lambda: httpx.get(relay.url("/health"), timeout=5).json()["status"] == "degraded", 5)
     assert httpx.get(relay.url("/health"), timeout=5).status_code == 200
-    for _ in range(3):
+    for _ in range(2):
         assert httpx.post(relay.url("/dead/v1/chat/completions"), json={}, timeout=5).status_code == 502
     wait_for_log(relay, "endpoint dead is failing")
     assert wait_until(lambda: httpx.get(relay.url("/health"), timeout=5).status_code == 503, 5)
     body = httpx.get(relay.url("/health"), timeout=5).json()
     assert body["status"] == "unavailable" and body["endpoints"]["dead"]["status"] == "failing"
+    assert body["endpoints"]["oai"]["status"] == "ok"
     assert httpx.get(relay.url("/health?endpoint=dead"), timeout=5).status_code == 503
+    assert httpx.get(relay.url("/health?endpoint=oai"), timeout=5).status_code == 200
     assert httpx.get(relay.url("/health?endpoint=nosuch"), timeout=5).status_code == 404
 
 

@@ -173,21 +173,25 @@ class Worker:
 
         An endpoint is usable unless its upstream is `failing` (each endpoint has one upstream, so a
         failing one leaves nothing to send its requests to). `status` is `ok` when every endpoint is
-        ok, `degraded` when some are failing and at least one is usable, `unavailable` when none is:
-        200 for the first two, 503 for the last, so that a load balancer's readiness probe takes the
-        relay out only when it can serve nothing. `GET /health?endpoint=NAME` answers for one endpoint:
-        200 when it is usable, 503 when it is failing, 404 when there is no such endpoint.
+        ok with no recent failure, `degraded` when some endpoint has recent failures but every one is
+        still usable, and `unavailable` when some endpoint has nothing usable: 200 for the first two,
+        503 for the last, so that a load balancer's readiness probe says whether this relay can serve
+        every route it has. `GET /health?endpoint=NAME` answers for one endpoint: 200 when it is
+        usable, 503 when it is failing, 404 when there is no such endpoint.
         """
         runtime = self._runtime
         table = self._table
         endpoints: dict[str, object] = {}
         failing: set[str] = set()
+        recent_failures = False
         if runtime is not None:
             for name, endpoint in runtime.endpoints.items():
                 shared = table.endpoints.get(name) if table else None
                 status = shared.status if shared else "ok"
                 if status == "failing":
                     failing.add(name)
+                elif shared is not None and shared.consecutive_failures:
+                    recent_failures = True
                 endpoints[name] = {
                     "provider": endpoint.provider,
                     "target": str(endpoint.config.target),
@@ -195,12 +199,12 @@ class Worker:
                     "consecutive_failures": shared.consecutive_failures if shared else 0,
                     "last_error": shared.last_error if shared else "",
                 }
-        if not failing:
-            overall = "ok"
-        elif len(failing) < len(endpoints):
+        if failing:
+            overall = "unavailable"
+        elif recent_failures:
             overall = "degraded"
         else:
-            overall = "unavailable"
+            overall = "ok"
         code = 503 if overall == "unavailable" else 200
         asked = _endpoint_asked(target)
         if asked is not None:
