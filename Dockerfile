@@ -1,9 +1,12 @@
 # llmrelay: a plain image that runs `llmrelay serve` as a non-root user.
 FROM python:3.12-slim
 
+# The pid file lives where the unprivileged user may write; `docker exec <container> llmrelay reload`
+# finds it through the same variable and waits for the outcome.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    LLMRELAY_PID_FILE=/tmp/llmrelay.pid
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
