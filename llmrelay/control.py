@@ -44,6 +44,12 @@ class EndpointHealth(msgspec.Struct, frozen=True):
     consecutive_failures: int = 0
     last_error: str = ""
     last_change: float = 0.0  # unix time of the last status change
+    retry_at: float = 0.0  # unix time: a failing endpoint counts as usable again from then on
+
+    def usable(self, now: float) -> bool:
+        """Whether requests may be expected to reach this upstream: not failing, or failing but
+        held long enough since its last failure to be tried again (as a circuit breaker half-opens)."""
+        return self.status != "failing" or now >= self.retry_at
 
 
 class WorkerInfo(msgspec.Struct, frozen=True):

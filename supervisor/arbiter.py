@@ -132,7 +132,7 @@ class Supervisor:
         self._last_generation = 1
         self.slots: list[Slot] = []
         self.workers: set[WorkerProcess] = set()  # every live worker: serving, starting or draining
-        self.board = HealthBoard()
+        self.board = HealthBoard(config.server.failing_retry_interval)
         self.board.sync_endpoints([e.name for e in config.endpoints])
         self._listen: tuple[str, int] = (config.server.host, config.server.port)
         self._stopping = False
@@ -644,6 +644,7 @@ class Supervisor:
         after = {e.name: e for e in config.endpoints}
         changed = sum(1 for name in before.keys() & after.keys() if before[name] != after[name])
         self.board.sync_endpoints(list(after))
+        self.board.retry_interval = new.failing_retry_interval
         summary = (
             f"generation {generation}: {len(after.keys() - before.keys())} endpoints added,"
             f" {len(before.keys() - after.keys())} removed, {changed} changed"

@@ -387,7 +387,9 @@ def test_a_removed_slot_is_never_respawned(mock: MockProvider, start_relay) -> N
 
 def test_health_answers_503_when_an_endpoint_has_nothing_usable(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
     dead = f'[endpoints.dead]\ntarget_base = "http://127.0.0.1:{free_port()}/v1"\nprovider = "openai"\n'
-    relay = start_relay("[server]\nheartbeat_interval = 0.3\n" + endpoint_config("oai", mock) + dead)
+    relay = start_relay(
+        "[server]\nheartbeat_interval = 0.3\nfailing_retry_interval = 2\n" + endpoint_config("oai", mock) + dead
+    )
     assert httpx.get(relay.url("/health"), timeout=5).json()["status"] == "ok"
     # One failure: the endpoint is still usable (it is tried), the relay is degraded but ready.
     assert httpx.post(relay.url("/dead/v1/chat/completions"), json={}, timeout=5).status_code == 502
@@ -403,6 +405,13 @@ def test_health_answers_503_when_an_endpoint_has_nothing_usable(mock: MockProvid
     assert httpx.get(relay.url("/health?endpoint=dead"), timeout=5).status_code == 503
     assert httpx.get(relay.url("/health?endpoint=oai"), timeout=5).status_code == 200
     assert httpx.get(relay.url("/health?endpoint=nosuch"), timeout=5).status_code == 404
+    # failing_retry_interval after the last failure the endpoint is tried again: ready, degraded.
+    assert wait_until(lambda: httpx.get(relay.url("/health"), timeout=5).status_code == 200, 5)
+    body = httpx.get(relay.url("/health"), timeout=5).json()
+    assert body["status"] == "degraded" and body["endpoints"]["dead"]["usable"] is True
+    # One more failure holds it again.
+    assert httpx.post(relay.url("/dead/v1/chat/completions"), json={}, timeout=5).status_code == 502
+    assert wait_until(lambda: httpx.get(relay.url("/health"), timeout=5).status_code == 503, 5)
 
 
 def test_start_up_line_says_worker_in_the_singular(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]

@@ -75,6 +75,7 @@ class ServerSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     max_request_line: Annotated[int, Meta(ge=256)] = 8 * 1024
     max_header_bytes: Annotated[int, Meta(ge=1024)] = 32 * 1024
     max_header_count: PositiveInt = 100
+    failing_retry_interval: PositiveFloat = 30.0
     heartbeat_interval: PositiveFloat = 5.0
     heartbeat_timeout: PositiveFloat = 30.0
     worker_ready_timeout: PositiveFloat = 30.0

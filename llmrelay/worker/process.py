@@ -171,24 +171,26 @@ class Worker:
     def health(self, target: str = "/health") -> tuple[int, dict[str, object], Headers]:
         """The shared health view (the supervisor's table), its HTTP status, and who answered.
 
-        An endpoint is usable unless its upstream is `failing` (each endpoint has one upstream, so a
-        failing one leaves nothing to send its requests to). `status` is `ok` when every endpoint is
-        ok with no recent failure, `degraded` when some endpoint has recent failures but every one is
-        still usable, and `unavailable` when some endpoint has nothing usable: 200 for the first two,
+        An endpoint is usable unless its upstream is `failing` and its last failure is more recent than
+        `server.failing_retry_interval` (each endpoint has one upstream, so a failing one leaves nothing
+        to send its requests to; after the interval it is tried again). `status` is `ok` when every
+        endpoint is ok with no recent failure, `degraded` when some endpoint has recent failures but
+        every one is usable, and `unavailable` when some endpoint has nothing usable: 200 for the first two,
         503 for the last, so that a load balancer's readiness probe says whether this relay can serve
         every route it has. `GET /health?endpoint=NAME` answers for one endpoint: 200 when it is
-        usable, 503 when it is failing, 404 when there is no such endpoint.
+        usable, 503 when it has nothing usable, 404 when there is no such endpoint.
         """
         runtime = self._runtime
         table = self._table
         endpoints: dict[str, object] = {}
-        failing: set[str] = set()
+        failing: set[str] = set()  # nothing usable now
         recent_failures = False
+        now = time.time()
         if runtime is not None:
             for name, endpoint in runtime.endpoints.items():
                 shared = table.endpoints.get(name) if table else None
                 status = shared.status if shared else "ok"
-                if status == "failing":
+                if shared is not None and not shared.usable(now):
                     failing.add(name)
                 elif shared is not None and shared.consecutive_failures:
                     recent_failures = True
@@ -198,6 +200,7 @@ class Worker:
                     "status": status,
                     "consecutive_failures": shared.consecutive_failures if shared else 0,
                     "last_error": shared.last_error if shared else "",
+                    "usable": name not in failing,
                 }
         if failing:
             overall = "unavailable"
