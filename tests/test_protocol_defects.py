@@ -24,6 +24,8 @@ import httpx
 import pytest
 import trio
 
+from llmrelay.config.resolved import ENDPOINT_NAME
+from llmrelay.config.secrets import is_command
 from llmrelay.http.errors import RequestRejected
 from llmrelay.http.exchange import (
     TRANSITIONS,
@@ -40,6 +42,7 @@ from llmrelay.http.wire import CHUNKED, LENGTH, FramingError, body_framing, cont
 from llmrelay.io.logsafe import describe, field
 from llmrelay.io.timers import wheel
 from llmrelay.relay.accesslog import AccessRecord
+from llmrelay.relay.headers import request_id_for
 from llmrelay.upstream import pool as pool_module
 from llmrelay.upstream.h1_client import parse_response_head
 from mock_providers import MockProvider
@@ -83,6 +86,13 @@ def test_token_and_length_checks_refuse_a_trailing_newline() -> None:
     with pytest.raises(RequestRejected):
         _unusual_request_line(b"G\nT / HTTP/1.1")
     assert _field_problem(b"Name\n: value") == "malformed header field name"
+
+
+def test_checks_of_client_ids_and_config_names_refuse_a_trailing_newline() -> None:
+    assert request_id_for([(b"x-request-id", b"abc-1")]) == "abc-1"
+    assert request_id_for([(b"x-request-id", b"abc-1\n")]) != "abc-1\n"  # a fresh id instead
+    assert ENDPOINT_NAME.fullmatch("openai") and not ENDPOINT_NAME.fullmatch("openai\n")
+    assert is_command("$(cat key)") and not is_command("$(cat key)\nx")
 
 
 # -- 16 and 15: one framing decision, refused the same way in both directions ----------------------------

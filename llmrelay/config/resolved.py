@@ -21,7 +21,7 @@ from llmrelay.config.hosts import HostEntryError, canonical_host_entry
 from llmrelay.config.schema import ConfigFile, EndpointSection, ServerSection
 from llmrelay.config.secrets import SecretError, resolve_secret
 
-ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.~-]*$")
+ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~-]*")
 RESERVED_NAMES = frozenset({"health"})
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 

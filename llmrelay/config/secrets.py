@@ -18,8 +18,8 @@ COMMAND_TIMEOUT = 10.0
 MAX_OUTPUT_BYTES = 64 * 1024
 MAX_STDERR_SHOWN = 200  # characters of the first line of a failing command's standard error
 
-_ENV = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}$")
-_COMMAND = re.compile(r"^\$\((?P<command>.*)\)$", re.DOTALL)
+_ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
+_COMMAND = re.compile(r"\$\((?P<command>.*)\)", re.DOTALL)
 
 
 class SecretError(Exception):
@@ -27,7 +27,7 @@ class SecretError(Exception):
 
 
 def is_command(value: str) -> bool:
-    return _COMMAND.match(value.strip()) is not None
+    return _COMMAND.fullmatch(value.strip()) is not None
 
 
 def resolve_secret(value: str, environ: Mapping[str, str] | None = None) -> str:
@@ -41,7 +41,7 @@ def resolve_secret(value: str, environ: Mapping[str, str] | None = None) -> str:
 def _resolve(value: str, environ: Mapping[str, str] | None) -> str:
     env = os.environ if environ is None else environ
     text = value.strip()
-    match = _ENV.match(text)
+    match = _ENV.fullmatch(text)
     if match:
         name = match.group("name")
         if name not in env:
@@ -50,7 +50,7 @@ def _resolve(value: str, environ: Mapping[str, str] | None) -> str:
         if not resolved:
             raise SecretError(f"environment variable {name} is empty")
         return resolved
-    match = _COMMAND.match(text)
+    match = _COMMAND.fullmatch(text)
     if match:
         return _run_command(match.group("command"))
     if not value:

@@ -32,7 +32,7 @@ CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key"})
 # What never goes upstream as the client sent it (Host is replaced, x-request-id set, Expect answered here).
 _DROPPED = HOP_BY_HOP | FORWARDING | {b"host", b"expect", b"x-request-id"}
 _DROPPED_WITH_CREDENTIALS = _DROPPED | CREDENTIALS
-_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 _NO_TOKENS: frozenset[bytes] = frozenset()
@@ -73,7 +73,7 @@ _new_request_id = _RequestIds()
 def request_id_for(headers: Headers) -> str:
     """The client's x-request-id when it is sane, else a new one."""
     for name, value in headers:
-        if name == b"x-request-id" and _REQUEST_ID.match(value):
+        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
             return value.decode("ascii")
     return _new_request_id()
 
