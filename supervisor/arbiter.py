@@ -17,10 +17,7 @@ supervisor answers its connections with 503 (see `fallback`). One that stops sen
 killed and respawned; one whose memory grows past `server.max_worker_rss` is replaced like in a
 rolling restart.
 
-A reload is applied in two steps: every worker is sent the new config and answers whether it could
-apply it; if one could not (a CA file that does not load, ...), the reload is rejected and, when
-some had applied it, every worker is sent the previous config again as a generation of its own, so
-that all of them serve the same config (and respawned workers get it too).
+Reloads live in `reload`, the slot (sockets, worker, 503 stand-in) in `slots`.
 """
 
 from __future__ import annotations
@@ -31,13 +28,13 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
 from llmrelay import __version__
-from llmrelay.config.errors import ConfigError
-from llmrelay.config.load import Overrides, load_config
+from llmrelay.config.load import Overrides
 from llmrelay.config.resolved import RelayConfig
 from llmrelay.control import (
     EXIT_BOOT_FAILED,
@@ -52,18 +49,17 @@ from llmrelay.control import (
     Stopped,
     UpstreamEvent,
 )
-from supervisor.fallback import answer_unavailable
 from supervisor.health import HealthBoard
 from supervisor.pidfile import PidFile, PidFileError
+from supervisor.slots import Slot
 from supervisor.sockets import BindError, bind_slot_sockets, close_sockets
+from supervisor.reload import reload
 from supervisor.status import Outcome, StatusFile, status_path
-from supervisor.workers import WorkerProcess
+from supervisor.workers import SEND_TIMEOUT, WorkerProcess
 
 log = logging.getLogger("supervisor")
 
 STOP_GRACE = 10.0  # beyond the drain timeout, before stragglers are killed
-SEND_TIMEOUT = 2.0  # a worker that does not read its control pipe for this long is skipped
-ANSWER_TIMEOUT = 10.0  # for every worker to say whether it applied a new config
 HANDLED_SIGNALS = (
     signal.SIGTERM,
     signal.SIGINT,
@@ -73,44 +69,6 @@ HANDLED_SIGNALS = (
     signal.SIGTTIN,
     signal.SIGTTOU,
 )
-
-
-class Slot:
-    """A worker position: its listening sockets (kept for life) and the worker serving them now."""
-
-    def __init__(self, index: int, sockets: list[socket.socket]) -> None:
-        self.index = index
-        self.sockets = sockets
-        self.worker: WorkerProcess | None = None
-        self.removed = False
-        self.quick_exits = 0  # workers that died young in a row, after they were ready
-        self.boot_failures = 0  # workers that could not boot, in a row
-        self._fallback: trio.CancelScope | None = None
-
-    def answer_unavailable(self, nursery: trio.Nursery) -> None:
-        """Answer 503 on the slot's sockets until `serve_again` (a worker of the slot is ready)."""
-        if self._fallback is not None or self.removed:
-            return
-        log.warning("slot %d has no worker that can serve: answering 503 on it until one is ready", self.index)
-        scope = self._fallback = trio.CancelScope()
-
-        async def run() -> None:
-            with scope:
-                await answer_unavailable(self.sockets, self.index)
-
-        nursery.start_soon(run)
-
-    def serve_again(self) -> None:
-        if self._fallback is not None:
-            self._fallback.cancel()
-            self._fallback = None
-            log.info("slot %d has a worker again: no longer answering 503", self.index)
-
-    def close(self) -> None:
-        if self._fallback is not None:
-            self._fallback.cancel()
-            self._fallback = None
-        close_sockets(self.sockets)
 
 
 class Supervisor:
@@ -134,8 +92,8 @@ class Supervisor:
         self.workers: set[WorkerProcess] = set()  # every live worker: serving, starting or draining
         self.board = HealthBoard(config.server.failing_retry_interval)
         self.board.sync_endpoints([e.name for e in config.endpoints])
-        self._listen: tuple[str, int] = (config.server.host, config.server.port)
-        self._stopping = False
+        self.listen: tuple[str, int] = (config.server.host, config.server.port)
+        self.stopping = False
         self._stop_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._changes: trio.Nursery | None = None
@@ -162,13 +120,13 @@ class Supervisor:
                 log.error("%s", exc)
                 return EXIT_BOOT_FAILED
             self.slots = [Slot(index, [sock]) for index, sock in enumerate(sockets)]
-            self._listen = (server.host, sockets[0].getsockname()[1])
+            self.listen = (server.host, sockets[0].getsockname()[1])
             self.status.write()
             log.info(
                 "llmrelay %s listening on %s:%d with %d worker%s (config: %s)",
                 __version__,
-                self._listen[0],
-                self._listen[1],
+                self.listen[0],
+                self.listen[1],
                 server.workers,
                 "" if server.workers == 1 else "s",
                 self.config.source,
@@ -206,7 +164,7 @@ class Supervisor:
                     self._changes = changes
                     changes.start_soon(self._reload_loop)
                     for slot in self.slots:
-                        if not self._stopping:
+                        if not self.stopping:
                             slot.worker = await self.start_worker(slot)
                     nursery.start_soon(self._monitor_loop)
                     await self._stop_requested.wait()
@@ -235,22 +193,28 @@ class Supervisor:
             slot.close()
 
     def _in_background(self, action: str, job: Callable[[], Awaitable[object]]) -> None:
-        """Run a worker-changing job after any running one; log when it has to wait."""
+        """Run a worker-changing job after any running one."""
         assert self._changes is not None
-        if self._stopping:
+        if self.stopping:
             log.info("%s ignored: the supervisor is stopping", action)
             return
-        if self._change_lock.locked():
-            log.info("%s queued behind a change in progress", action)
 
         async def run() -> None:
-            async with self._change_lock:
-                if not self._stopping:
+            async with self.changes_one_at_a_time(action):
+                if not self.stopping:
                     await job()
 
         self._changes.start_soon(run)
 
-    def _next_generation(self) -> int:
+    @asynccontextmanager
+    async def changes_one_at_a_time(self, action: str) -> AsyncIterator[None]:
+        """Hold the one lock of the jobs that change the set of workers; log when it has to wait."""
+        if self._change_lock.locked():
+            log.info("%s queued behind a change in progress", action)
+        async with self._change_lock:
+            yield
+
+    def next_generation(self) -> int:
         self._last_generation += 1
         return self._last_generation
 
@@ -288,8 +252,8 @@ class Supervisor:
             await worker.control.aclose()
         self.workers.discard(worker)
         worker.mark_exited()
-        expected = worker.draining or self._stopping
-        respawn = not self._stopping and slot.worker is worker and not slot.removed
+        expected = worker.draining or self.stopping
+        respawn = not self.stopping and slot.worker is worker and not slot.removed
         if respawn and worker.boot_failed:
             reason = f": {worker.rejection}" if worker.rejection else ""
             log.error("worker %d (slot %d) failed to boot (%s)%s", worker.pid, slot.index, worker.describe_exit(), reason)
@@ -298,7 +262,7 @@ class Supervisor:
             log_line("worker %d (slot %d) %s", worker.pid, slot.index, worker.describe_exit())
         if respawn:
             await self._respawn(slot, worker)
-        if not self._stopping:
+        if not self.stopping:
             await self.broadcast_health()
 
     async def _on_heartbeat(self, worker: WorkerProcess, slot: Slot, message: ControlMessage) -> None:
@@ -362,7 +326,7 @@ class Supervisor:
             slot.answer_unavailable(self._nursery)  # nobody will accept there for a while
         log.info("respawning slot %d in %g s", slot.index, delay)
         await trio.sleep(delay)
-        if not self._stopping and slot.worker is worker and not slot.removed:
+        if not self.stopping and slot.worker is worker and not slot.removed:
             slot.worker = await self.start_worker(slot)
 
     async def _wait_ready(self, worker: WorkerProcess, timeout: float) -> bool:
@@ -413,7 +377,7 @@ class Supervisor:
         """Replace every worker, one slot at a time."""
         log.info("rolling replacement of %d workers (%s)", len(self.slots), reason)
         for slot in list(self.slots):
-            if self._stopping:
+            if self.stopping:
                 return Outcome(False, "stopped: the supervisor is stopping")
             why = await self.replace_slot(slot)
             if why is not None:
@@ -423,7 +387,7 @@ class Supervisor:
         return Outcome(True, f"{len(self.slots)} workers replaced")
 
     async def add_slot(self) -> None:
-        host, port = self._listen
+        host, port = self.listen
         try:
             (sock,) = bind_slot_sockets(host, port, 1, join=True)
         except BindError as exc:
@@ -511,7 +475,7 @@ class Supervisor:
 
     def _stop_now(self) -> None:
         """Kill every worker: their exits end the stop at once."""
-        self._stopping = True
+        self.stopping = True
         self._close_all_sockets()
         for worker in list(self.workers):
             worker.kill()
@@ -520,11 +484,11 @@ class Supervisor:
     # -- signal handlers ----------------------------------------------------------------------------
     async def handle_term(self, signum: signal.Signals = signal.SIGTERM) -> None:
         """Graceful stop: stop accepting, let in-flight requests finish, exit 0. A second one: at once."""
-        if self._stopping:
+        if self.stopping:
             log.warning("second %s during graceful stop: stopping now", signum.name)
             self._stop_now()
             return
-        self._stopping = True
+        self.stopping = True
         self._close_all_sockets()  # nothing will accept new connections any more: refuse them now
         log.info(
             "graceful stop: draining %d workers (deadline %g s; %s again or SIGQUIT stops at once)",
@@ -570,104 +534,9 @@ class Supervisor:
             await self._reload_wanted.wait()
             self._reload_wanted = trio.Event()
             number = self.status.reload.requested
-            outcome = await self._reload()
+            outcome = await reload(self)
             self.status.generation = self.generation
             self.status.finished(self.status.reload, number, outcome, ("applied", "rejected"))
-
-    async def _reload(self) -> Outcome:
-        """Validate the file again; a bad one is logged and the old config keeps serving."""
-        try:
-            config = await trio.to_thread.run_sync(
-                load_config, self.config_path, self.overrides, abandon_on_cancel=True
-            )
-        except ConfigError as exc:
-            log.error("reload rejected (%d errors); still serving the previous config", len(exc.errors))
-            for line in exc.errors:
-                log.error("  %s", line)
-            return Outcome(False, f"{len(exc.errors)} error(s) in {exc.source}", list(exc.errors))
-        if self._change_lock.locked():
-            log.info("reload queued behind a change in progress")
-        async with self._change_lock:
-            if self._stopping:
-                return Outcome(False, "the supervisor is stopping")
-            return await self._apply_reload(config)
-
-    async def _send_config(self, workers: list[WorkerProcess], config: RelayConfig, generation: int) -> dict[WorkerProcess, str | None]:
-        """Send a config to `workers`; what each answered (None: applied; workers that exited are left out)."""
-        for worker in workers:
-            with trio.move_on_after(SEND_TIMEOUT):
-                await worker.send(Config(config=config, generation=generation))
-        with trio.move_on_after(ANSWER_TIMEOUT):
-            for worker in workers:
-                await worker.wait_answer(generation)
-        answers: dict[WorkerProcess, str | None] = {}
-        for worker in workers:
-            if generation in worker.answers:
-                answers[worker] = worker.answers[generation]
-            elif not worker.exited.is_set():
-                log.warning("worker %d (slot %d) did not answer config generation %d", worker.pid, worker.slot, generation)
-        return answers
-
-    async def _apply_reload(self, config: RelayConfig) -> Outcome:
-        old, new = self.config.server, config.server
-        moved = (old.host, old.port) != (new.host, new.port)
-        new_sockets: list[socket.socket] = []
-        if moved:
-            try:
-                new_sockets = bind_slot_sockets(new.host, new.port, len(self.slots))
-            except BindError as exc:
-                log.error("reload rejected: %s; still serving the previous config", exc)
-                return Outcome(False, "the new listener cannot be bound", [str(exc)])
-        previous, previous_generation = self.config, self.generation
-        generation = self._next_generation()
-        self.config, self.generation = config, generation  # workers started from now on get it
-        serving = [w for w in self.workers if not w.draining and not w.exited.is_set()]
-        answers = await self._send_config(serving, config, generation)
-        rejected = {w: error for w, error in answers.items() if error is not None}
-        if rejected:
-            self.config, self.generation = previous, previous_generation
-            applied = [w for w, error in answers.items() if error is None]
-            if applied:  # back to the previous config, as a generation of its own that every worker serves
-                self.generation = self._next_generation()
-                await self._send_config(list(answers), previous, self.generation)
-            close_sockets(new_sockets)
-            errors = [f"worker {w.pid} (slot {w.slot}): {error}" for w, error in sorted(rejected.items(), key=lambda i: i[0].slot)]
-            log.error(
-                "reload rejected: %d of %d workers cannot apply config generation %d; still serving the previous config%s",
-                len(rejected),
-                len(answers),
-                generation,
-                f" (rolled back as generation {self.generation})" if applied else "",
-            )
-            return Outcome(False, f"{len(rejected)} of {len(answers)} workers cannot apply it", errors)
-        before = {e.name: e for e in previous.endpoints}
-        after = {e.name: e for e in config.endpoints}
-        changed = sum(1 for name in before.keys() & after.keys() if before[name] != after[name])
-        self.board.sync_endpoints(list(after))
-        self.board.retry_interval = new.failing_retry_interval
-        summary = (
-            f"generation {generation}: {len(after.keys() - before.keys())} endpoints added,"
-            f" {len(before.keys() - after.keys())} removed, {changed} changed"
-        )
-        log.info("reload ok (%s)", summary)
-        problems: list[str] = []
-        if moved:
-            self._listen = (new.host, new_sockets[0].getsockname()[1])
-            log.info("listener moves to %s:%d: rolling every worker onto it", *self._listen)
-            for slot, sock in zip(list(self.slots), new_sockets):
-                retired, slot.sockets = slot.sockets, [sock]
-                why = await self.replace_slot(slot, retired_sockets=retired)
-                if why is not None:
-                    slot.sockets = retired
-                    sock.close()
-                    problems.append(why)
-        while len(self.slots) < new.workers:
-            await self.add_slot()
-        while len(self.slots) > new.workers:
-            await self.remove_slot()
-        await self.broadcast_health()
-        return Outcome(True, summary, problems)
-
 
 def run(
     config: RelayConfig,

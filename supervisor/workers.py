@@ -24,6 +24,8 @@ from llmrelay.control import (
 
 log = logging.getLogger("supervisor")
 
+SEND_TIMEOUT = 2.0  # a worker that does not read its control pipe for this long is skipped
+
 
 class WorkerProcess:
     def __init__(self, slot: int, process: trio.Process, control: trio.SocketStream) -> None:

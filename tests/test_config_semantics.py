@@ -137,7 +137,7 @@ def test_forwarded_headers_default_to_append_and_inherit_from_server() -> None:
     text = f'[endpoints.a]\n{TARGET}[endpoints.b]\n{TARGET}forwarded_headers = "none"\n'
     by_name = {e.name: e for e in load_config_text(text, "t", environ={}).endpoints}
     assert (by_name["a"].forwarded_headers, by_name["b"].forwarded_headers) == ("append", "none")
-    text = f'[server]\nforwarded_headers = "replace"\n' + text
+    text = '[server]\nforwarded_headers = "replace"\n' + text
     by_name = {e.name: e for e in load_config_text(text, "t", environ={}).endpoints}
     assert (by_name["a"].forwarded_headers, by_name["b"].forwarded_headers) == ("replace", "none")
 
