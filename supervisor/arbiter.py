@@ -123,12 +123,11 @@ class Supervisor:
             self.listen = (server.host, sockets[0].getsockname()[1])
             self.status.write()
             log.info(
-                "llmrelay %s listening on %s:%d with %d worker%s (config: %s)",
+                "llmrelay %s listening on %s:%d with %s (config: %s)",
                 __version__,
                 self.listen[0],
                 self.listen[1],
-                server.workers,
-                "" if server.workers == 1 else "s",
+                _worker_count(server.workers),
                 self.config.source,
             )
             await self._serve()
@@ -491,8 +490,8 @@ class Supervisor:
         self.stopping = True
         self._close_all_sockets()  # nothing will accept new connections any more: refuse them now
         log.info(
-            "graceful stop: draining %d workers (deadline %g s; %s again or SIGQUIT stops at once)",
-            len(self.workers),
+            "graceful stop: draining %s (deadline %g s; %s again or SIGQUIT stops at once)",
+            _worker_count(len(self.workers)),
             self.config.server.drain_timeout,
             signum.name,
         )
@@ -500,7 +499,7 @@ class Supervisor:
 
     async def handle_quit(self) -> None:
         """Immediate stop, in any state."""
-        log.warning("immediate stop: killing %d workers", len(self.workers))
+        log.warning("immediate stop: killing %s", _worker_count(len(self.workers)))
         self._stop_now()
 
     async def handle_usr2(self) -> None:
@@ -537,6 +536,10 @@ class Supervisor:
             outcome = await reload(self)
             self.status.generation = self.generation
             self.status.finished(self.status.reload, number, outcome, ("applied", "rejected"))
+
+def _worker_count(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"
+
 
 def run(
     config: RelayConfig,
