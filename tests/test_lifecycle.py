@@ -139,8 +139,10 @@ def test_killed_worker_is_respawned(mock: MockProvider, start_relay) -> None:  #
     relay = start_relay(endpoint_config("oai", mock), workers=2)
     victim = relay.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
+    # The supervisor logs the death, then starts a successor in the same slot.
+    assert wait_until(lambda: f"worker {victim} (slot 0) exited with signal 9" in relay.logs(), 10), relay.logs()
+    assert wait_until(lambda: relay.logs().count("started worker slot 0 pid") == 2, 10), relay.logs()
     assert wait_until(lambda: len(relay.worker_pids()) == 2 and victim not in relay.worker_pids(), 10)
-    assert f"worker {victim} (slot" in relay.logs() and "exited with signal 9" in relay.logs()
     for _ in range(10):
         assert httpx.get(relay.url("/oai/v1/models"), timeout=5).status_code == 200
 
