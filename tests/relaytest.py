@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,6 +111,38 @@ class RelayProcess:
                 self.process.wait(5)
         self._log_file.close()
         return self.process.returncode
+
+
+CHAT_STREAM = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+class BackgroundStream:
+    """A streamed chat completion through the relay, read in a thread: its `data:` lines, in order.
+
+    `started` is set at the first one; `errors` holds what the client raised (a cut stream, say).
+    """
+
+    def __init__(self, relay: RelayProcess, delay: float, events: int, timeout: float = 20.0, path: str = "/oai") -> None:
+        self.events: list[str] = []
+        self.errors: list[Exception] = []
+        self.started = threading.Event()
+        self._request = (relay.url(f"{path}/v1/chat/completions"), {"x-mock-delay": str(delay), "x-mock-events": str(events)}, timeout)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        url, headers, timeout = self._request
+        try:
+            with httpx.stream("POST", url, json=CHAT_STREAM, headers=headers, timeout=timeout) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        self.events.append(line)
+                        self.started.set()
+        except httpx.HTTPError as exc:
+            self.errors.append(exc)
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
 
 
 def endpoint_config(name: str, mock: "MockProvider", provider: str = "openai", base: str = "/v1", **keys: object) -> str:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from relaytest import endpoint_config, free_port
+from relaytest import BackgroundStream, endpoint_config, free_port
 from mock_providers import MockProvider
 
 STREAM_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -56,30 +55,14 @@ def test_sigterm_lets_a_stream_in_flight_complete(mock: MockProvider, start_rela
     pid_file = tmp_path / "relay.pid"
     relay = start_relay(endpoint_config("oai", mock), "--pid-file", str(pid_file))
     assert int(pid_file.read_text()) == relay.pid
-    events: list[str] = []
-    started = threading.Event()
-
-    def stream() -> None:
-        with httpx.stream(
-            "POST",
-            relay.url("/oai/v1/chat/completions"),
-            json=STREAM_BODY,
-            headers={"x-mock-delay": "0.3", "x-mock-events": "8"},
-            timeout=20,
-        ) as response:
-            for line in response.iter_lines():
-                if line.startswith("data: "):
-                    events.append(line)
-                    started.set()
-
-    thread = threading.Thread(target=stream)
-    thread.start()
-    assert started.wait(10)
+    stream = BackgroundStream(relay, delay=0.3, events=8)
+    assert stream.started.wait(10)
     relay.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     with pytest.raises(httpx.ConnectError):
         httpx.get(relay.url("/health"), timeout=2)  # no longer accepting
-    thread.join(20)
+    stream.join(20)
+    events = stream.events
     assert events[-1] == "data: [DONE]"
     assert len(events) == 1 + 8 + 1 + 1  # role, 8 words, finish, [DONE]
     assert relay.process.wait(20) == 0
@@ -149,7 +132,7 @@ def test_killed_worker_is_respawned(mock: MockProvider, start_relay) -> None:  #
 
 def test_port_environment_variable(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    relay = start_relay(endpoint_config("oai", mock), env={"PORT": str(port)}, port=port, port_flag=False)
+    start_relay(endpoint_config("oai", mock), env={"PORT": str(port)}, port=port, port_flag=False)
     assert httpx.get(f"http://127.0.0.1:{port}/oai/v1/models", timeout=5).status_code == 200
 
 

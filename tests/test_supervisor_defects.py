@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,9 +20,8 @@ import httpx
 import pytest
 
 from mock_providers import MockProvider
-from relaytest import endpoint_config, free_port
+from relaytest import BackgroundStream, endpoint_config, free_port
 
-STREAM_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 LLMRELAY_SCRIPT = Path(sys.executable).parent / "llmrelay"
 
 
@@ -187,35 +185,12 @@ def test_a_second_serve_with_the_same_pid_file_exits_with_a_clear_message(mock: 
 # -- signals during a graceful stop ---------------------------------------------------------------------
 
 
-def _open_stream(relay) -> tuple[threading.Thread, threading.Event]:  # type: ignore[no-untyped-def]
-    started = threading.Event()
-
-    def stream() -> None:
-        try:
-            with httpx.stream(
-                "POST",
-                relay.url("/oai/v1/chat/completions"),
-                json=STREAM_BODY,
-                headers={"x-mock-delay": "0.5", "x-mock-events": "60"},
-                timeout=40,
-            ) as response:
-                for line in response.iter_lines():
-                    if line.startswith("data: "):
-                        started.set()
-        except httpx.HTTPError:
-            pass
-
-    thread = threading.Thread(target=stream, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    return thread, started
-
-
 @pytest.mark.parametrize("second", [signal.SIGQUIT, signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_a_graceful_stop_stops_at_once(mock: MockProvider, start_relay, second: int) -> None:  # type: ignore[no-untyped-def]
     relay = start_relay(endpoint_config("oai", mock), workers=2)  # drain_timeout: the default 600 s
     workers = relay.worker_pids()
-    thread, _ = _open_stream(relay)
+    stream = BackgroundStream(relay, delay=0.5, events=60, timeout=40)
+    assert stream.started.wait(10)
     relay.send_signal(signal.SIGINT)
     wait_for_log(relay, "graceful stop: draining")
     time.sleep(0.3)
@@ -229,25 +204,13 @@ def test_a_signal_during_a_graceful_stop_stops_at_once(mock: MockProvider, start
         assert "immediate stop" in relay.logs()
     else:
         assert f"second {signal.Signals(second).name} during graceful stop: stopping now" in relay.logs()
-    thread.join(10)
+    stream.join(10)
 
 
 def test_other_signals_during_a_graceful_stop_are_ignored(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
     relay = start_relay(endpoint_config("oai", mock))
-    events: list[str] = []
-
-    def stream() -> None:
-        with httpx.stream(
-            "POST",
-            relay.url("/oai/v1/chat/completions"),
-            json=STREAM_BODY,
-            headers={"x-mock-delay": "0.3", "x-mock-events": "8"},
-            timeout=20,
-        ) as response:
-            events.extend(line for line in response.iter_lines() if line.startswith("data: "))
-
-    thread = threading.Thread(target=stream, daemon=True)
-    thread.start()
+    stream = BackgroundStream(relay, delay=0.3, events=8)
+    events = stream.events
     assert wait_until(lambda: bool(events) or len(mock.requests) > 0, 10)
     time.sleep(0.5)
     relay.send_signal(signal.SIGTERM)
@@ -255,7 +218,7 @@ def test_other_signals_during_a_graceful_stop_are_ignored(mock: MockProvider, st
     for signum in (signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP):
         relay.send_signal(signum)
         time.sleep(0.1)
-    thread.join(20)
+    stream.join(20)
     assert relay.process.wait(20) == 0
     assert events and events[-1] == "data: [DONE]"
     assert "rolling replacement ignored: the supervisor is stopping" in relay.logs()
