@@ -18,9 +18,7 @@ import signal
 import socket
 import sys
 import time
-import urllib.parse
 
-import msgspec
 import trio
 
 from llmrelay import __version__
@@ -47,6 +45,7 @@ from llmrelay.http.exchange import Headers
 from llmrelay.http.h1_server import ConnectionSettings, Http1Connection, ServerState
 from llmrelay.io.timers import TimerWheel, wheel
 from llmrelay.logs import configure_logging
+from llmrelay.worker.health import health_view
 from llmrelay.relay.handler import Relay
 from llmrelay.relay.observer import UpstreamObserver
 from llmrelay.relay.runtime import RelayRuntime
@@ -169,57 +168,8 @@ class Worker:
         )
 
     def health(self, target: str = "/health") -> tuple[int, dict[str, object], Headers]:
-        """The shared health view (the supervisor's table), its HTTP status, and who answered.
-
-        An endpoint is usable unless its upstream is `failing` and its last failure is more recent than
-        `server.failing_retry_interval` (each endpoint has one upstream, so a failing one leaves nothing
-        to send its requests to; after the interval it is tried again). `status` is `ok` when every
-        endpoint is ok with no recent failure, `degraded` when some endpoint has recent failures but
-        every one is usable, and `unavailable` when some endpoint has nothing usable: 200 for the first two,
-        503 for the last, so that a load balancer's readiness probe says whether this relay can serve
-        every route it has. `GET /health?endpoint=NAME` answers for one endpoint: 200 when it is
-        usable, 503 when it has nothing usable, 404 when there is no such endpoint.
-        """
-        runtime = self._runtime
-        table = self._table
-        endpoints: dict[str, object] = {}
-        failing: set[str] = set()  # nothing usable now
-        recent_failures = False
-        now = time.time()
-        if runtime is not None:
-            for name, endpoint in runtime.endpoints.items():
-                shared = table.endpoints.get(name) if table else None
-                status = shared.status if shared else "ok"
-                if shared is not None and not shared.usable(now):
-                    failing.add(name)
-                elif shared is not None and shared.consecutive_failures:
-                    recent_failures = True
-                endpoints[name] = {
-                    "provider": endpoint.provider,
-                    "target": str(endpoint.config.target),
-                    "status": status,
-                    "consecutive_failures": shared.consecutive_failures if shared else 0,
-                    "last_error": shared.last_error if shared else "",
-                    "usable": name not in failing,
-                }
-        if failing:
-            overall = "unavailable"
-        elif recent_failures:
-            overall = "degraded"
-        else:
-            overall = "ok"
-        code = 503 if overall == "unavailable" else 200
-        asked = _endpoint_asked(target)
-        if asked is not None:
-            code = 404 if asked not in endpoints else 503 if asked in failing else 200
-        workers = table.workers if table else [self._own_info()]
-        payload: dict[str, object] = {
-            "status": overall,
-            "version": __version__,
-            "generation": table.generation if table else (runtime.generation if runtime else 0),
-            "endpoints": endpoints,
-            "workers": [msgspec.structs.asdict(w) for w in workers],
-        }
+        """`GET /health`: the shared view (see `health`), its status code, and who answered."""
+        code, payload = health_view(self._runtime, self._table, self._own_info, target)
         headers = [
             (b"cache-control", b"no-store"),
             (b"x-llmrelay-worker", str(os.getpid()).encode()),
@@ -383,16 +333,6 @@ class Worker:
                     await self._apply_config(message)
                 elif isinstance(message, HealthTable):
                     self._apply_health(message)
-
-
-def _endpoint_asked(target: str) -> str | None:
-    """NAME from `/health?endpoint=NAME`, else None."""
-    _, _, query = target.partition("?")
-    for pair in query.split("&"):
-        key, _, value = pair.partition("=")
-        if key == "endpoint":
-            return urllib.parse.unquote(value)
-    return None
 
 
 def _describe(exc: BaseException) -> str:
