@@ -1,8 +1,9 @@
 """Fuzzes the strict request-head guard (`llmrelay.http.head_guard`) against smuggling-shaped input.
 
-The guard is the relay's only defence against requests that two HTTP parsers could frame differently
-(CL+TE, repeated or odd Transfer-Encoding, obs-fold, bare CR/LF, HTTP/2.0 request lines...), because
-h11, which parses the head afterwards, is lenient about several of those. These properties check that
+The guard parses request heads itself (h11 is not on the request path; it is the oracle here), and
+it is the relay's only defence against requests that two HTTP parsers could frame differently
+(CL+TE, repeated or odd Transfer-Encoding, obs-fold, bare CR/LF, HTTP/2.0 request lines...), several
+of which h11 accepts. These properties check that
 the guard never fails with anything but `RequestRejected` and a status the adapter knows, that every head
 it accepts is unambiguous when read from the raw bytes, that h11 parses every accepted head to the same
 method, target, fields and body framing (a differential test), that each single smuggling vector applied

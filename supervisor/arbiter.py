@@ -306,7 +306,6 @@ class Supervisor:
         assert isinstance(message, Stopped)
         if message.cut:
             log.warning("worker %d cut %d responses at the drain deadline", worker.pid, message.cut)
-        worker.stopped.set()
 
     async def _respawn(self, slot: Slot, worker: WorkerProcess) -> None:
         if worker.boot_failed:

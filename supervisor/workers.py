@@ -36,7 +36,6 @@ class WorkerProcess:
         self.started = time.monotonic()
         self.ready = trio.Event()
         self.exited = trio.Event()
-        self.stopped = trio.Event()  # sent Stopped, or exited
         self.last_heartbeat = time.monotonic()
         self.draining = False
         self.version = ""
@@ -129,7 +128,6 @@ class WorkerProcess:
             await self._answered.wait()
 
     def mark_exited(self) -> None:
-        self.stopped.set()
         self.exited.set()
         self._wake_waiters()
 

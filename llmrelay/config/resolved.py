@@ -61,14 +61,6 @@ class Target(msgspec.Struct, frozen=True):
     def host_header(self) -> str:
         return self.origin.split("://", 1)[1]
 
-    @property
-    def scheme_bytes(self) -> bytes:
-        return self.scheme.encode("ascii")
-
-    @property
-    def host_bytes(self) -> bytes:
-        return self.host.encode("ascii")
-
     def __str__(self) -> str:
         return self.origin + self.base_path
 

@@ -1,7 +1,7 @@
 """The config file's schema, as frozen msgspec Structs.
 
 These types mirror the TOML file one to one (the operator's words, before secrets are resolved and
-defaults are inherited). `validate.py` decodes raw TOML into them collecting every error, and
+defaults are inherited). `decode.py` decodes raw TOML into them collecting every error, and
 `resolved.py` turns them into what a worker runs on.
 
 The flat endpoint keys (`target_base`, `proxy_url`, `api_key`, timeouts...) describe one upstream;

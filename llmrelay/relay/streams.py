@@ -70,7 +70,6 @@ class ActiveResponse:
 class ResponseRegistry:
     def __init__(self, keepalive_interval: float = 15.0) -> None:
         self.keepalive_interval = keepalive_interval
-        self.draining = trio.Event()
         self._active: set[ActiveResponse] = set()
 
     def add(self, response: ActiveResponse) -> None:
@@ -78,9 +77,6 @@ class ResponseRegistry:
 
     def discard(self, response: ActiveResponse) -> None:
         self._active.discard(response)
-
-    def start_draining(self) -> None:
-        self.draining.set()
 
     async def keepalive_loop(self) -> None:
         """While draining: an SSE comment on every stream quiet for `keepalive_interval`."""

@@ -160,7 +160,6 @@ class UpstreamPool:
         self._idle_timeout = endpoint.idle_timeout
         self._keepalive_expiry = endpoint.keepalive_expiry
         self._ssl_context = _ssl_context(endpoint.ca_file) if endpoint.target.scheme == "https" else None
-        self._via_proxy = endpoint.proxy_url is not None
         self._wheel = wheel()
         self._slots: ConnectionSlots[ClientConnection] | None = None
         self._proxied: _ProxiedPool | None = None

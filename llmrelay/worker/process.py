@@ -280,7 +280,6 @@ class Worker:
                     trio.lowlevel.notify_closing(listener)
                     listener.close()
                 self.state.start_draining(drain.close_idle)
-                self.responses.start_draining()
                 background.start_soon(self.responses.keepalive_loop)
                 log.info(
                     "draining: %d connections, %d requests in flight, deadline %g s",
