@@ -15,6 +15,8 @@ from typing import Protocol
 
 import msgspec
 
+from llmrelay.io.timers import TimerReason
+
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -90,7 +92,7 @@ class Exchange(Protocol):
     # How an error this adapter answers by itself (a malformed or oversized body, a body timeout, an
     # internal error) is written: the relay sets its route's provider shape once it knows the route.
     error_format: ErrorFormat
-    timed_out: str  # "" or why the connection's timer cancelled the exchange ("body", "write")
+    timed_out: TimerReason | None  # why the connection's timer cancelled the exchange (BODY, WRITE), if it did
 
     def close_when_done(self) -> None:
         """Do not reuse the connection after this response (HTTP/1.1: `Connection: close`)."""

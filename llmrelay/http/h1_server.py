@@ -48,10 +48,19 @@ from llmrelay.http.wire import (
     serialize_head,
 )
 from llmrelay.io.logsafe import describe
-from llmrelay.io.timers import Timer, TimerWheel
+from llmrelay.io.timers import Timer, TimerReason, TimerWheel
 from llmrelay.io.transport import BrokenTransport, SocketTransport
 
 log = logging.getLogger("llmrelay.http")
+
+# Global reads on the hot path rather than enum attribute lookups.
+_HEADER, _BODY, _IDLE, _WRITE, _WATCH = (
+    TimerReason.HEADER,
+    TimerReason.BODY,
+    TimerReason.IDLE,
+    TimerReason.WRITE,
+    TimerReason.WATCH,
+)
 
 WATCH_AFTER = 0.05
 DISCARD_LIMIT = 1024 * 1024
@@ -197,7 +206,7 @@ class Http1Exchange:
         self._remaining = 0
         self.sends = 0  # body sends so far: a response that keeps sending needs no watcher
         self.error_format: ErrorFormat = plain_error
-        self.timed_out = ""
+        self.timed_out: TimerReason | None = None
 
     def close_when_done(self) -> None:
         self.close_after = True
@@ -214,7 +223,7 @@ class Http1Exchange:
                 if self.head.expect_continue and not self._continue_sent and self.phase is ResponsePhase.PENDING:
                     self._continue_sent = True
                     await connection.send_bytes(CONTINUE)
-                data = await connection.receive(connection.settings.body_idle_timeout, "body")
+                data = await connection.receive(connection.settings.body_idle_timeout, _BODY)
                 if not data:
                     self.client_gone = True
                     raise ClientDisconnected("client closed the connection mid-body")
@@ -373,22 +382,22 @@ class Http1Connection:
             self._client = ("unknown", 0)
 
     # -- timers, watcher, idle --------------------------------------------------------------------
-    def _timed_out(self, reason: str) -> None:
+    def _timed_out(self, reason: TimerReason) -> None:
         if self._exchange is not None:
             self._exchange.timed_out = reason
         self._scope.cancel()
 
     def stop_idle(self) -> None:
         """A full stop: close this connection while it waits for a next request."""
-        self.timer.fired = "idle"
+        self.timer.fired = _IDLE
         self._scope.cancel()
 
     def watch_soon(self) -> None:
         """The request is complete; watch for the client leaving if the answer takes a while."""
         self._watch_mark = self._exchange.sends if self._exchange is not None else 0
-        self._watch_timer.arm(WATCH_AFTER, "watch")
+        self._watch_timer.arm(WATCH_AFTER, _WATCH)
 
-    def _start_watcher(self, _reason: str) -> None:
+    def _start_watcher(self, _reason: TimerReason) -> None:
         exchange = self._exchange
         watchers = self._state.watchers
         if exchange is None or exchange.phase in (ResponsePhase.DONE, ResponsePhase.ABORTED) or watchers is None:
@@ -399,7 +408,7 @@ class Http1Connection:
             # Still sending (a stream's events flow): a departed client shows as a failed send
             # soon enough. Look again one period later.
             self._watch_mark = exchange.sends
-            self._watch_timer.arm(WATCH_AFTER, "watch")
+            self._watch_timer.arm(WATCH_AFTER, _WATCH)
             return
         self._watcher = trio.CancelScope()
         self._watcher_done = trio.Event()
@@ -438,7 +447,7 @@ class Http1Connection:
     def put_back(self, data: bytes) -> None:
         self._buffer = data + self._buffer if self._buffer else data
 
-    async def receive(self, seconds: float, reason: str) -> bytes:
+    async def receive(self, seconds: float, reason: TimerReason) -> bytes:
         timer = self.timer
         timer.arm(seconds, reason)
         data = await self.transport.receive()
@@ -479,13 +488,13 @@ class Http1Connection:
         """The connection's scope was cancelled: a timeout, a departed client, or a full stop."""
         reason = self.timer.fired
         exchange = self._exchange
-        if reason == "header":
+        if reason is _HEADER:
             timeout = self.settings.header_timeout
             await self._refuse(RequestRejected(408, "request head not received in time"), "header_timeout", timeout)
-        elif reason == "body" and exchange is not None and exchange.phase is ResponsePhase.PENDING:
+        elif reason is _BODY and exchange is not None and exchange.phase is ResponsePhase.PENDING:
             # The relay saw this request (and logged it); the answer takes its route's error shape.
             await self._send_refusal(RequestRejected(408, "request body not received in time"), exchange.error_format)
-        elif reason == "write":
+        elif reason is _WRITE:
             log.info("closing connection from %s: it did not read for %g s", self._client[0], self.settings.write_timeout)
 
     async def _serve(self) -> None:
@@ -531,7 +540,7 @@ class Http1Connection:
                 return -1
             state.idle.add(self)
             try:
-                data = await self.receive(settings.header_timeout if first else settings.keepalive_timeout, "idle")
+                data = await self.receive(settings.header_timeout if first else settings.keepalive_timeout, _IDLE)
             finally:
                 state.idle.discard(self)
             if not data:
@@ -544,7 +553,7 @@ class Http1Connection:
         if end >= 0:  # the usual case: the whole head came in one read
             return end
         timer = self.timer
-        timer.arm(settings.header_timeout, "header")
+        timer.arm(settings.header_timeout, _HEADER)
         try:
             while True:
                 data = await self.transport.receive()

@@ -11,6 +11,7 @@ to one tick late, which is what seconds-scale timeouts allow (nginx's timers are
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections.abc import Callable
@@ -22,6 +23,17 @@ from llmrelay.io.logsafe import describe
 
 log = logging.getLogger("llmrelay.timers")
 
+
+class TimerReason(enum.Enum):
+    """Why a timer was armed: what a connection was waiting for when its deadline passed."""
+
+    HEADER = "header"  # a request head (client side)
+    BODY = "body"  # the next piece of a request body
+    IDLE = "idle"  # a next request on a keep-alive connection; the next chunk of an upstream body
+    WRITE = "write"  # the peer to take what is being sent
+    WATCH = "watch"  # when to start watching a quiet client (not a timeout)
+    FIRST_BYTE = "first_byte"  # an upstream response head
+
 TICK = 0.1
 _INF = math.inf
 _RUN_WHEEL: trio.lowlevel.RunVar[TimerWheel] = trio.lowlevel.RunVar("llmrelay_timer_wheel")
@@ -32,15 +44,15 @@ class Timer:
 
     __slots__ = ("_wheel", "_action", "deadline", "reason", "fired", "_bucket")
 
-    def __init__(self, wheel: TimerWheel, action: Callable[[str], None]) -> None:
+    def __init__(self, wheel: TimerWheel, action: Callable[[TimerReason], None]) -> None:
         self._wheel = wheel
         self._action = action
         self.deadline = _INF
-        self.reason = ""
-        self.fired = ""  # the reason of the expiry that fired, "" while none did
+        self.reason = TimerReason.IDLE  # what the timer was last armed for
+        self.fired: TimerReason | None = None  # the reason of the expiry that fired, None while none did
         self._bucket = -1  # the wheel bucket this timer sits in, -1 when in none
 
-    def arm(self, seconds: float, reason: str) -> None:
+    def arm(self, seconds: float, reason: TimerReason) -> None:
         deadline = monotonic() + seconds
         self.deadline = deadline
         self.reason = reason
@@ -68,7 +80,7 @@ class TimerWheel:
         self._buckets: dict[int, list[Timer]] = {}
         self._cursor = int(monotonic() / TICK)
 
-    def timer(self, action: Callable[[str], None]) -> Timer:
+    def timer(self, action: Callable[[TimerReason], None]) -> Timer:
         return Timer(self, action)
 
     def _push(self, timer: Timer, bucket: int) -> None:

@@ -19,7 +19,9 @@ import socket
 
 import trio
 
-from llmrelay.io.timers import Timer
+from llmrelay.io.timers import Timer, TimerReason
+
+_WRITE = TimerReason.WRITE  # a global read on the hot path, not an enum attribute lookup
 
 READ_SIZE = 65536
 _CHECKPOINT_EVERY = 16
@@ -104,7 +106,7 @@ class SocketTransport:
             return
         view = memoryview(data)[sent:]
         if timer is not None:
-            timer.arm(seconds, "write")
+            timer.arm(seconds, _WRITE)
         try:
             while view:
                 try:
@@ -155,7 +157,7 @@ class StreamTransport:
 
     async def send_all(self, data: bytes, timer: Timer | None = None, seconds: float = 0.0) -> None:
         if timer is not None:
-            timer.arm(seconds, "write")
+            timer.arm(seconds, _WRITE)
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:

@@ -19,6 +19,7 @@ import trio
 from llmrelay.http.errors import ClientDisconnected, InvalidResponseHead, RequestRejected
 from llmrelay.http.exchange import Exchange, Headers, Refusal, ResponsePhase
 from llmrelay.io.logsafe import one_line
+from llmrelay.io.timers import TimerReason
 from llmrelay.relay import accesslog
 from llmrelay.relay.credentials import check_relay_key, strip_query_key
 from llmrelay.relay.headers import client_response_headers, request_id_for, upstream_request_headers
@@ -75,11 +76,11 @@ class Relay:
             raise
         except trio.Cancelled:
             timed_out = exchange.timed_out
-            if timed_out == "body" and exchange.phase is ResponsePhase.PENDING:
+            if timed_out is TimerReason.BODY and exchange.phase is ResponsePhase.PENDING:
                 record.status = 408  # the adapter answers it, in this route's error shape
                 record.outcome = "body_timeout"
             else:
-                record.outcome = "write_timeout" if timed_out == "write" else "client_gone"
+                record.outcome = "write_timeout" if timed_out is TimerReason.WRITE else "client_gone"
             raise
         except RequestRejected as exc:
             record.status = exc.status

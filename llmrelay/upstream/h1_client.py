@@ -29,9 +29,11 @@ from llmrelay.http.wire import (
     connection_close_requested,
     encode_chunk,
 )
-from llmrelay.io.timers import Timer, TimerWheel
+from llmrelay.io.timers import Timer, TimerReason, TimerWheel
 from llmrelay.io.transport import BrokenTransport, SocketTransport, StreamTransport, Transport
 from llmrelay.upstream.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+
+_FIRST_BYTE, _IDLE = TimerReason.FIRST_BYTE, TimerReason.IDLE  # global reads on the hot path
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -108,7 +110,7 @@ class ClientConnection:
         self.body_done = False  # the last response's body has been read to its end
         self.idle_timeout = 0.0  # longest silence while a body is read
 
-    def _expired(self, _reason: str) -> None:
+    def _expired(self, _reason: TimerReason) -> None:
         self.transport.close()
 
     # -- state ------------------------------------------------------------------------------------
@@ -164,7 +166,7 @@ class ClientConnection:
         timer = self.timer
         transport = self.transport
         buffer = self._buffer
-        timer.arm(timeout, "first_byte")
+        timer.arm(timeout, _FIRST_BYTE)
         try:
             while True:
                 end = buffer.find(b"\r\n\r\n")
@@ -215,7 +217,7 @@ class ClientConnection:
                 self._buffer = b""
             else:
                 timer = self.timer
-                timer.arm(idle_timeout, "idle")
+                timer.arm(idle_timeout, _IDLE)
                 if self._read_dry:
                     data = await self.transport.receive_after_wait()
                 else:
