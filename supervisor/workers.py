@@ -14,12 +14,11 @@ import trio
 
 from llmrelay.control import (
     EXIT_BOOT_FAILED,
+    ControlChannel,
     ControlMessage,
     FrameError,
-    FrameReader,
     WorkerInfo,
     WorkerStats,
-    encode_frame,
 )
 
 log = logging.getLogger("supervisor")
@@ -32,7 +31,7 @@ class WorkerProcess:
         self.slot = slot
         self.process = process
         self.pid = process.pid
-        self.control = control
+        self.control = ControlChannel(control)
         self.started = time.monotonic()
         self.ready = trio.Event()
         self.exited = trio.Event()
@@ -43,8 +42,6 @@ class WorkerProcess:
         self.answers: dict[int, str | None] = {}  # config generation -> None (applied) or the error
         self.rejection = ""  # the last config error it reported
         self._answered = trio.Event()
-        self._reader = FrameReader()
-        self._send_lock = trio.Lock()
 
     @classmethod
     async def spawn(cls, slot: int, listen_sockets: list[socket.socket], log_level: str) -> WorkerProcess:
@@ -94,23 +91,12 @@ class WorkerProcess:
         )
 
     async def send(self, message: object) -> bool:
-        async with self._send_lock:
-            try:
-                await self.control.send_all(encode_frame(message))
-                return True
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
+        return await self.control.send(message)
 
     async def messages(self) -> list[ControlMessage] | None:
-        """The next messages from the worker; None once its pipe closed or broke."""
+        """The next messages from the worker; None once its pipe closed or broke, or it sent garbage."""
         try:
-            data = await self.control.receive_some(65536)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return None
-        if not data:
-            return None
-        try:
-            return self._reader.feed(data)
+            return await self.control.receive()
         except FrameError as exc:
             log.error("worker %d sent a bad control frame: %s", self.pid, exc)
             return None

@@ -29,17 +29,16 @@ from llmrelay.control import (
     Config,
     ConfigApplied,
     ConfigRejected,
+    ControlChannel,
     ControlMessage,
     Drain,
     FrameError,
-    FrameReader,
     HealthTable,
     Heartbeat,
     Ready,
     Stopped,
     WorkerInfo,
     WorkerStats,
-    encode_frame,
 )
 from llmrelay.http.exchange import Headers
 from llmrelay.http.h1_server import ConnectionSettings, Http1Connection, ServerState
@@ -75,11 +74,9 @@ def settings_from(config: RelayConfig) -> ConnectionSettings:
 
 class Worker:
     def __init__(self, control: trio.SocketStream, listen_fds: list[int], slot: int) -> None:
-        self._control = control
+        self._control = ControlChannel(control)
         self._listen_fds = listen_fds
         self.slot = slot
-        self._reader = FrameReader()
-        self._send_lock = trio.Lock()
         self.state = ServerState()
         self.observer = UpstreamObserver()
         self.responses = ResponseRegistry()
@@ -94,20 +91,10 @@ class Worker:
 
     # -- control pipe -----------------------------------------------------------------------------
     async def _send(self, message: object) -> None:
-        async with self._send_lock:
-            try:
-                await self._control.send_all(encode_frame(message))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the supervisor is gone; the read loop notices and drains
+        await self._control.send(message)  # False: the supervisor is gone; the read loop notices and drains
 
     async def _receive(self) -> list[ControlMessage] | None:
-        try:
-            data = await self._control.receive_some(65536)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return None
-        if not data:
-            return None
-        return self._reader.feed(data)
+        return await self._control.receive()
 
     async def _first_config(self) -> Config | None:
         """The newest config sent before the worker serves (a reload may follow the first at once)."""

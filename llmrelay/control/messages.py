@@ -1,21 +1,14 @@
-"""The control pipe between the supervisor and a worker: typed messages, length-prefixed msgpack.
+"""The messages of the control pipe between the supervisor and a worker, and the workers' exit codes.
 
-Both sides import this module and nothing else of each other. Each frame is a 4-byte big-endian
-length followed by one msgpack-encoded message; messages form a tagged union, so an unknown or
-malformed frame is a decode error, never a guess.
+Messages form one tagged union (`ControlMessage`), so an unknown or malformed frame is a decode error,
+never a guess; `channel` carries them.
 """
 
 from __future__ import annotations
 
-import struct
-from typing import Any
-
 import msgspec
 
 from llmrelay.config.resolved import RelayConfig
-
-MAX_FRAME = 16 * 1024 * 1024
-_LENGTH = struct.Struct(">I")
 
 # Exit statuses of a worker process, read by the supervisor. A worker that could not start serving
 # (no config arrived, or it could not apply its first one) exits with EXIT_BOOT_FAILED, so that a
@@ -136,42 +129,3 @@ class Stopped(Message, frozen=True):
 ControlMessage = (
     Config | HealthTable | Drain | Ready | Heartbeat | UpstreamEvent | ConfigApplied | ConfigRejected | Stopped
 )
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(ControlMessage)
-
-
-class FrameError(Exception):
-    """A frame on the control pipe was oversized or did not decode."""
-
-
-def encode_frame(message: Any) -> bytes:
-    payload = _encoder.encode(message)
-    if len(payload) > MAX_FRAME:
-        raise FrameError(f"control frame of {len(payload)} bytes exceeds {MAX_FRAME}")
-    return _LENGTH.pack(len(payload)) + payload
-
-
-class FrameReader:
-    """Sans-IO frame splitter: feed bytes, get messages."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[ControlMessage]:
-        self._buffer += data
-        messages: list[ControlMessage] = []
-        while len(self._buffer) >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(self._buffer)
-            if length > MAX_FRAME:
-                raise FrameError(f"control frame of {length} bytes exceeds {MAX_FRAME}")
-            end = _LENGTH.size + length
-            if len(self._buffer) < end:
-                break
-            payload = bytes(self._buffer[_LENGTH.size : end])
-            del self._buffer[:end]
-            try:
-                messages.append(_decoder.decode(payload))
-            except (msgspec.DecodeError, ValueError) as exc:  # ValueError: invalid UTF-8 in a string
-                raise FrameError(f"undecodable control frame: {exc}") from None
-        return messages
