@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, quote_plus, urlencode
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from llmrelay.http.exchange import Headers
+from llmrelay.proto.messages import Headers
 from llmrelay.relay.credentials import KeyRing, check_relay_key, strip_query_key
 
 keys = st.lists(st.text(max_size=12), max_size=5)

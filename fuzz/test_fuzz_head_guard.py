@@ -1,4 +1,4 @@
-"""Fuzzes the strict request-head guard (`llmrelay.http.head_guard`) against smuggling-shaped input.
+"""Fuzzes the strict request-head guard (`llmrelay.proto.h1.head_guard`) against smuggling-shaped input.
 
 The guard parses request heads itself (h11 is not on the request path; it is the oracle here), and
 it is the relay's only defence against requests that two HTTP parsers could frame differently
@@ -28,8 +28,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from llmrelay.http.errors import RequestRejected
-from llmrelay.http.head_guard import HeadLimits, check_request_head, find_head_end, parse_request_head, valid_host
+from llmrelay.proto.errors import RequestRejected
+from llmrelay.proto.h1.head_guard import HeadLimits, check_request_head, find_head_end, parse_request_head, valid_host
 
 CHECK_STATUSES = frozenset({400, 405, 414, 431, 501, 505})
 FIND_STATUSES = frozenset({400, 414, 431})

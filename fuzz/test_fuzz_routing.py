@@ -18,7 +18,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from llmrelay.config.hosts import HostEntryError, canonical_host_entry
-from llmrelay.http.errors import RequestRejected
+from llmrelay.proto.errors import RequestRejected
 from llmrelay.relay.routing import Route, Router, has_dot_segment, join_path
 
 _DOT_SEGMENT = re.compile(r"(?:\.|%2[eE]){1,2}")

@@ -1,7 +1,7 @@
 """Differential fuzzing of the HTTP/1.1 framing the relay does itself, with h11 as the reference.
 
 The relay parses request bodies (Content-Length and chunked) and upstream responses with its own
-sans-IO code (`llmrelay.http.wire`, `llmrelay.upstream.h1_client`). Parser disagreement is how
+sans-IO code (`llmrelay.proto.h1.framing`, `llmrelay.proto.h1.client`). Parser disagreement is how
 requests are smuggled, so these properties check, against h11 on the same bytes:
 
 - a chunked body: whenever our decoder accepts, h11 accepts too and both see the same content and the
@@ -18,8 +18,8 @@ import h11
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmrelay.http.wire import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, BodyDecoder, FramingError
-from llmrelay.upstream.h1_client import parse_response_head
+from llmrelay.proto.h1.framing import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, BodyDecoder, FramingError
+from llmrelay.proto.h1.client import parse_response_head
 
 HEX = b"0123456789abcdefABCDEF"
 

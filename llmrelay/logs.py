@@ -16,6 +16,4 @@ def configure_logging(level: str = "info") -> None:
     handler.setFormatter(logging.Formatter(FORMAT))
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # httpcore's debug lines carry request headers (keys among them): never below WARNING.
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("hpack").setLevel(logging.WARNING)

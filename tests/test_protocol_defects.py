@@ -26,25 +26,21 @@ import trio
 
 from llmrelay.config.resolved import ENDPOINT_NAME
 from llmrelay.config.secrets import is_command
-from llmrelay.http.errors import RequestRejected
-from llmrelay.http.exchange import (
-    TRANSITIONS,
-    InvalidPhase,
-    Refusal,
-    RequestHead,
-    ResponseEvent,
-    ResponsePhase,
-    advance,
-)
-from llmrelay.http.h1_server import ConnectionSettings, Http1Connection, Http1Exchange, ServerState
-from llmrelay.http.head_guard import HeadLimits, _field_problem, _unusual_request_line, parse_request_head, valid_host
-from llmrelay.http.wire import CHUNKED, LENGTH, FramingError, body_framing, content_length, is_token
+from llmrelay.proto.errors import RequestRejected
+from llmrelay.proto.messages import TRANSITIONS, InvalidPhase, RequestHead, ResponseEvent, ResponsePhase, advance
+from llmrelay.server.exchange import Refusal
+from llmrelay.server.h1 import Http1Connection
+from llmrelay.server.state import ConnectionSettings, ServerState
+from llmrelay.proto.h1.server import ServerConnection, ServerExchange
+from llmrelay.proto.h1.fields import is_token
+from llmrelay.proto.h1.head_guard import HeadLimits, _field_problem, _unusual_request_line, parse_request_head, valid_host
+from llmrelay.proto.h1.framing import CHUNKED, LENGTH, REQUEST, FramingError, body_framing, content_length
 from llmrelay.io.logsafe import describe, field
 from llmrelay.io.timers import wheel
 from llmrelay.relay.accesslog import AccessRecord
 from llmrelay.relay.headers import request_id_for
 from llmrelay.upstream import pool as pool_module
-from llmrelay.upstream.h1_client import parse_response_head
+from llmrelay.proto.h1.client import parse_response_head
 from mock_providers import MockProvider
 from relaytest import endpoint_config
 from test_http_server import raw
@@ -76,9 +72,9 @@ def test_token_and_length_checks_refuse_a_trailing_newline() -> None:
     assert content_length([b"5"]) == 5
     with pytest.raises(FramingError):
         content_length([b"5\n"])
-    assert body_framing([], [b"chunked"]) == (CHUNKED, 0)
+    assert body_framing(REQUEST, b"POST", 0, [], [b"chunked"]) == (CHUNKED, 0)
     with pytest.raises(FramingError) as info:
-        body_framing([], [b"gzip\n"])  # not a token: malformed (400), not an unknown coding (501)
+        body_framing(REQUEST, b"POST", 0, [], [b"gzip\n"])  # not a token: malformed (400), not an unknown coding (501)
     assert info.value.status == 400
     with pytest.raises(RequestRejected) as rejected:
         _unusual_request_line(b"GET / HTTP/1.1\n")  # `$` matched before the newline
@@ -183,77 +179,53 @@ def test_every_illegal_transition_raises() -> None:
                     advance(phase, event)
 
 
-class _FakeTransport:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.closed = False
-
-    async def send_all(self, data: bytes, timer: object = None, seconds: float = 0.0) -> None:
-        self.sent.append(bytes(data))
-
-
-class _FakeConnection:
-    """What an `Http1Exchange` uses of its connection when it sends a response."""
-
-    def __init__(self) -> None:
-        self.transport = _FakeTransport()
-        self.timer = None
-        self.settings = SETTINGS
-        self.closed_hard = False
-
-    async def send_bytes(self, data: bytes) -> None:
-        await self.transport.send_all(data)
-
-    def close_hard(self) -> None:
-        self.closed_hard = True
+def _exchange() -> ServerExchange:
+    connection = ServerConnection(HeadLimits(), "http", ("127.0.0.1", 1), 100)
+    connection.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = connection.next_head()
+    assert head is not None
+    return ServerExchange(connection, head)
 
 
-def _exchange() -> tuple[Http1Exchange, _FakeConnection]:
-    connection = _FakeConnection()
-    head = head_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-    return Http1Exchange(connection, head, close_after=False), connection  # type: ignore[arg-type]
-
-
-async def test_a_second_head_and_every_illegal_send_raise() -> None:
-    exchange, connection = _exchange()
+def test_a_second_head_and_every_illegal_send_raise() -> None:
+    exchange = _exchange()
     with pytest.raises(InvalidPhase):
-        await exchange.send_body(b"x")  # a body before the head
+        exchange.body_bytes(b"x")  # a body before the head
     with pytest.raises(InvalidPhase):
-        await exchange.end(b"x")  # an end without a head
-    await exchange.send_head(200, [(b"content-length", b"2")])
+        exchange.end_bytes(b"x")  # an end without a head
+    exchange.start_response(200, [(b"content-length", b"2")])
     with pytest.raises(InvalidPhase):
-        await exchange.send_head(500, [(b"content-length", b"0")])  # was accepted: a head after a head
-    await exchange.send_body(b"o")
-    await exchange.end(b"k")
+        exchange.start_response(500, [(b"content-length", b"0")])  # was accepted: a head after a head
+    sent = exchange.body_bytes(b"o") + exchange.end_bytes(b"k")
     assert exchange.phase is ResponsePhase.DONE
-    for attempt in (exchange.send_body(b"x"), exchange.end(), exchange.send_head(200, [])):
+    for attempt in (lambda: exchange.body_bytes(b"x"), exchange.end_bytes, lambda: exchange.start_response(200, [])):
         with pytest.raises(InvalidPhase):
-            await attempt
-    await exchange.abort()  # after a clean end: changes nothing
-    assert exchange.phase is ResponsePhase.DONE and not connection.closed_hard
-    assert b"".join(connection.transport.sent).endswith(b"\r\n\r\nok")
+            attempt()
+    assert not exchange.cut()  # after a clean end: changes nothing
+    assert exchange.phase is ResponsePhase.DONE
+    assert sent.endswith(b"\r\n\r\nok")
 
-    exchange, connection = _exchange()
-    await exchange.send_head(200, [])
-    await exchange.abort()
-    await exchange.abort()
-    assert exchange.phase is ResponsePhase.ABORTED and connection.closed_hard
+    exchange = _exchange()
+    exchange.start_response(200, [])
+    assert exchange.cut()  # the connection must close now
+    assert not exchange.cut()
+    assert exchange.phase is ResponsePhase.ABORTED
     with pytest.raises(InvalidPhase):
-        await exchange.send_body(b"x")
+        exchange.body_bytes(b"x")
 
 
-async def test_a_response_head_with_ambiguous_length_is_refused_before_sending() -> None:
-    from llmrelay.http.errors import InvalidResponseHead
+def test_a_response_head_with_ambiguous_length_is_refused_before_sending() -> None:
+    from llmrelay.proto.errors import InvalidResponseHead
 
     for headers in (
         [(b"content-length", b"5"), (b"content-length", b"5")],
         [(b"content-length", b"5, 5")],
         [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")],
     ):
-        exchange, connection = _exchange()
+        exchange = _exchange()
         with pytest.raises(InvalidResponseHead):
-            await exchange.send_head(200, headers)
-        assert exchange.phase is ResponsePhase.PENDING and not connection.transport.sent
+            exchange.start_response(200, headers)
+        assert exchange.phase is ResponsePhase.PENDING and not exchange.take_pending()
 
 
 # -- 9: escaped access-log lines, one-line internal errors -----------------------------------------------
@@ -366,8 +338,7 @@ async def test_a_pooled_connection_above_fd_1024_is_checked_and_reused(
     pool = make_pool(mock)
     try:
         await fetch(pool, request(mock, stream=False))
-        assert pool._slots is not None
-        (idle,) = pool._slots._idle
+        (idle,) = pool.slots._idle
         assert idle.transport.fileno() >= 1024  # select() raised ValueError for it
         assert idle.looks_alive()
         await fetch(pool, request(mock, stream=False))

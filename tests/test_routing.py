@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmrelay.http.errors import RequestRejected
+from llmrelay.proto.errors import RequestRejected
 from llmrelay.relay.routing import Router, join_path
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
 
 import trio
 
 from llmrelay.config import load_config_text
 from llmrelay.upstream.errors import UpstreamError
-from llmrelay.upstream.pool import UpstreamPool, UpstreamRequest
+from llmrelay.upstream.pool import UpstreamPool, UpstreamRequest, UpstreamResponse
 from mock_providers import MockProvider
 
 
@@ -26,9 +27,6 @@ def request(mock: MockProvider, delay: str = "0", stream: bool = True) -> Upstre
     body = b'{"model":"m","messages":[],"stream":%s}' % (b"true" if stream else b"false")
     return UpstreamRequest(
         method=b"POST",
-        scheme=b"http",
-        host=b"127.0.0.1",
-        port=mock.port,
         target=b"/v1/chat/completions",
         headers=[
             (b"host", f"127.0.0.1:{mock.port}".encode()),
@@ -41,11 +39,18 @@ def request(mock: MockProvider, delay: str = "0", stream: bool = True) -> Upstre
     )
 
 
+async def body_chunks(response: UpstreamResponse) -> AsyncIterator[bytes]:
+    while not response.complete:
+        chunk = await response.read_chunk()
+        if chunk:
+            yield chunk
+
+
 async def fetch(pool: UpstreamPool, req: UpstreamRequest) -> bytes:
     data = b""
     async with pool.stream(req) as response:
         assert response.status == 200
-        async for chunk in response.iter_body():
+        async for chunk in body_chunks(response):
             data += chunk
     return data
 
@@ -83,7 +88,7 @@ async def test_a_response_left_early_frees_its_slot(mock: MockProvider) -> None:
     pool = make_pool(mock, max_connections=1)
     for _ in range(5):
         async with pool.stream(request(mock, delay="0.2")) as response:
-            async for _chunk in response.iter_body():
+            async for _chunk in body_chunks(response):
                 break  # leave mid-stream: the connection must be closed and the slot freed
     with trio.fail_after(5):
         assert (await fetch(pool, request(mock))).endswith(b"data: [DONE]\n\n")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from llmrelay.http.exchange import Refusal
+from llmrelay.server.exchange import Refusal
 from llmrelay.io.logsafe import field, needs_escape
 
 log = logging.getLogger("llmrelay.access")

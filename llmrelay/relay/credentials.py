@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from urllib.parse import parse_qsl, unquote_plus
 
 from llmrelay.config.resolved import WeightedKey
-from llmrelay.http.exchange import Headers
+from llmrelay.proto.messages import Headers
 
 
 def _digest(value: bytes) -> bytes:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import AsyncContextManager
 
 import msgspec
 import trio
 
-from llmrelay.http.errors import ClientDisconnected, InvalidResponseHead, RequestRejected
-from llmrelay.http.exchange import Exchange, Headers, Refusal, ResponsePhase
+from llmrelay.proto.errors import ClientDisconnected, InvalidResponseHead, RequestRejected
+from llmrelay.proto.messages import Headers, ResponsePhase
+from llmrelay.server.exchange import Exchange, Refusal
 from llmrelay.io.logsafe import one_line
 from llmrelay.io.timers import TimerReason
 from llmrelay.relay import accesslog
@@ -29,7 +29,7 @@ from llmrelay.relay.routing import join_path
 from llmrelay.relay.runtime import EndpointRuntime, RelayRuntime
 from llmrelay.relay.streams import ActiveResponse, ResponseRegistry
 from llmrelay.upstream.errors import UpstreamError, UpstreamProtocolError
-from llmrelay.upstream.pool import UpstreamRequest, UpstreamResponse
+from llmrelay.upstream.pool import UpstreamExchange, UpstreamRequest
 
 WHOLE_BODY_LIMIT = 65536  # request bodies up to this size (with a Content-Length) are read whole
 
@@ -168,9 +168,6 @@ class Relay:
                 body = self._request_body(exchange, endpoint.max_body_size, record)
         request = UpstreamRequest(
             method=head.method,
-            scheme=endpoint.scheme,
-            host=endpoint.host,
-            port=endpoint.port,
             target=upstream_target.encode("latin-1"),
             headers=headers,
             body=body,
@@ -180,14 +177,8 @@ class Relay:
         self._responses.add(active)
         try:
             upstream = endpoint.pool.stream(request)
-            interrupt = getattr(upstream, "interrupt", None)
-            if interrupt is not None:
-                active.interrupt = interrupt  # a drain cut closes the upstream connection
-                await self._exchange_with_upstream(exchange, endpoint, upstream, active, record)
-            else:
-                active.scope = trio.CancelScope()
-                with active.scope:
-                    await self._exchange_with_upstream(exchange, endpoint, upstream, active, record)
+            active.interrupt = upstream.interrupt  # a drain cut closes the upstream connection
+            await self._exchange_with_upstream(exchange, endpoint, upstream, active, record)
         except UpstreamError as exc:
             if active.cut_by_drain:
                 await self._cut_at_deadline(exchange, endpoint, active, record)
@@ -209,8 +200,6 @@ class Relay:
                 await self._cut(exchange, endpoint.provider, active, exc.message)
         finally:
             self._responses.discard(active)
-        if active.cut_by_drain and active.scope is not None and active.scope.cancelled_caught:
-            await self._cut_at_deadline(exchange, endpoint, active, record)
 
     async def _cut_at_deadline(
         self, exchange: Exchange, endpoint: EndpointRuntime, active: ActiveResponse, record: accesslog.AccessRecord
@@ -227,7 +216,7 @@ class Relay:
         self,
         exchange: Exchange,
         endpoint: EndpointRuntime,
-        upstream: AsyncContextManager[UpstreamResponse],
+        upstream: UpstreamExchange,
         active: ActiveResponse,
         record: accesslog.AccessRecord,
     ) -> None:

@@ -12,7 +12,7 @@ import itertools
 import os
 import re
 
-from llmrelay.http.exchange import Headers
+from llmrelay.proto.messages import Headers
 
 HOP_BY_HOP = frozenset(
     {

@@ -11,7 +11,8 @@ import functools
 
 import msgspec
 
-from llmrelay.http.exchange import ErrorFormat, Headers
+from llmrelay.proto.messages import Headers
+from llmrelay.server.exchange import ErrorFormat
 
 OPENAI_TYPES = {
     400: "invalid_request_error",

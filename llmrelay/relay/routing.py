@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from llmrelay.config.hosts import has_port
-from llmrelay.http.errors import RequestRejected
+from llmrelay.proto.errors import RequestRejected
 
 E = TypeVar("E")
 

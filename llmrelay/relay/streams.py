@@ -4,8 +4,9 @@ honestly.
 Every relayed response registers an `ActiveResponse` with the worker's `ResponseRegistry`. While the
 worker drains, an SSE response that has been quiet for `keepalive_interval` gets an SSE comment
 (`: keepalive`) at an event boundary, so load balancers do not cut an idle stream. When the drain
-deadline passes, `cut_all()` interrupts every response (closes its upstream connection, or cancels its scope); the relay then ends each one with an
-error event in the provider's format (never a fake clean end) and closes the connection.
+deadline passes, `cut_all()` interrupts every response (closes its upstream connection); the relay
+then ends each one with an error event in the provider's format (never a fake clean end) and closes
+the connection.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from time import monotonic
 
 import trio
 
-from llmrelay.http.errors import ClientDisconnected
-from llmrelay.http.exchange import Exchange, InvalidPhase
+from llmrelay.proto.errors import ClientDisconnected
+from llmrelay.proto.messages import InvalidPhase
+from llmrelay.server.exchange import Exchange
 
 log = logging.getLogger("llmrelay.relay")
 
@@ -26,13 +28,12 @@ _EVENT_ENDINGS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
 class ActiveResponse:
-    """One response being relayed: its cancel scope, and where its byte stream stands."""
+    """One response being relayed: how to interrupt it, and where its byte stream stands."""
 
-    __slots__ = ("exchange", "scope", "interrupt", "cut_by_drain", "sse", "at_event_boundary", "last_send", "sending")
+    __slots__ = ("exchange", "interrupt", "cut_by_drain", "sse", "at_event_boundary", "last_send", "sending")
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
-        self.scope: trio.CancelScope | None = None  # only when the upstream cannot be interrupted
         self.interrupt: Callable[[], None] | None = None  # closes the upstream connection
         self.cut_by_drain = False
         self.sse = False
@@ -95,6 +96,4 @@ class ResponseRegistry:
             response.cut_by_drain = True
             if response.interrupt is not None:
                 response.interrupt()
-            elif response.scope is not None:
-                response.scope.cancel()
         return len(self._active)

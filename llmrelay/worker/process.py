@@ -10,7 +10,6 @@ lets in-flight requests finish within the deadline, and exits.
 from __future__ import annotations
 
 import argparse
-import errno
 import gc
 import logging
 import os
@@ -40,8 +39,10 @@ from llmrelay.control import (
     WorkerInfo,
     WorkerStats,
 )
-from llmrelay.http.exchange import Headers
-from llmrelay.http.h1_server import ConnectionSettings, Http1Connection, ServerState
+from llmrelay.proto.messages import Headers
+from llmrelay.server.h1 import Http1Connection
+from llmrelay.server.listener import Acceptor
+from llmrelay.server.state import ConnectionSettings, ServerState
 from llmrelay.io.timers import TimerWheel, wheel
 from llmrelay.logs import configure_logging
 from llmrelay.worker.health import health_view
@@ -54,7 +55,6 @@ log = logging.getLogger("llmrelay.worker")
 
 CUT_GRACE = 2.0
 GC_THRESHOLD = 10_000  # after the drain deadline: time for cut responses to send their error events
-_ACCEPT_BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -85,7 +85,6 @@ class Worker:
         self._relay: Relay | None = None
         self._table: HealthTable | None = None
         self._settings: ConnectionSettings | None = None
-        self._connection_slots: trio.Semaphore | None = None
         self._wheel = TimerWheel()  # replaced by the run's own wheel once trio runs
         self._early: list[ControlMessage] = []  # read with the first config, handled once serving
 
@@ -176,46 +175,9 @@ class Worker:
         )
 
     # -- serving ------------------------------------------------------------------------------------
-    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
-        assert self._connection_slots is not None
-        while True:
-            await self._connection_slots.acquire()
-            while True:
-                try:
-                    accepted, _ = listener.accept()
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(listener)
-                    continue
-                except OSError as exc:
-                    if exc.errno in _ACCEPT_BACKOFF_ERRNOS:
-                        log.warning("accept failed (%s); backing off 100 ms", os.strerror(exc.errno or 0))
-                        await trio.sleep(0.1)
-                        continue
-                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
-                        continue  # the client gave up while queued
-                    self._connection_slots.release()
-                    raise
-                break
-            _prepare(accepted)
-            nursery.start_soon(self._serve_connection, accepted)
-
-    def _sweep_backlog(self, sock: socket.socket, nursery: trio.Nursery) -> None:
-        """Take every connection already queued on a socket this worker is about to close."""
-        while True:
-            try:
-                accepted, _ = sock.accept()  # the listening socket is non-blocking
-            except OSError:  # BlockingIOError: nothing left
-                return
-            _prepare(accepted)
-            nursery.start_soon(self._serve_connection, accepted, False)
-
-    async def _serve_connection(self, sock: socket.socket, holds_slot: bool = True) -> None:
-        assert self._relay is not None and self._connection_slots is not None and self._settings is not None
-        try:
-            await Http1Connection(sock, self._relay, self._settings, self.state, self._wheel).run()
-        finally:
-            if holds_slot:
-                self._connection_slots.release()
+    async def _serve_connection(self, sock: socket.socket) -> None:
+        assert self._relay is not None and self._settings is not None
+        await Http1Connection(sock, self._relay, self._settings, self.state, self._wheel).run()
 
     async def _heartbeat_loop(self, interval: float) -> None:
         while True:
@@ -235,7 +197,7 @@ class Worker:
             return EXIT_BOOT_FAILED
         _settle_garbage_collector()
         server = first.config.server
-        self._connection_slots = trio.Semaphore(server.max_connections)
+        acceptor = Acceptor(self._serve_connection, server.max_connections)
         listeners = [socket.socket(fileno=fd) for fd in self._listen_fds]
         for listener in listeners:
             listener.setblocking(False)
@@ -250,7 +212,7 @@ class Worker:
                     with accept_scope:
                         async with trio.open_nursery() as accepters:
                             for listener in listeners:
-                                accepters.start_soon(self._accept_loop, listener, connections)
+                                accepters.start_soon(acceptor.accept_loop, listener, connections)
 
                 drain_requests, drain_wanted = trio.open_memory_channel[Drain](2)
                 background.start_soon(accept_all)
@@ -263,7 +225,7 @@ class Worker:
                 drain = await drain_wanted.receive()
                 accept_scope.cancel()
                 for listener in listeners:
-                    self._sweep_backlog(listener, connections)
+                    acceptor.sweep(listener, connections)
                     trio.lowlevel.notify_closing(listener)
                     listener.close()
                 self.state.start_draining(drain.close_idle)
@@ -339,14 +301,6 @@ def _settle_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
-
-
-def _prepare(sock: socket.socket) -> None:
-    sock.setblocking(False)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:  # not TCP (a test's Unix socket) or already reset
-        pass
 
 
 def _rss_bytes() -> int:

@@ -1,33 +1,42 @@
-"""HTTP/1.1 message framing, sans-IO: body decoders, chunk encoding, head serialisation.
+"""HTTP/1.1 message framing, sans-IO: the one `body_framing` rule, body decoders, chunk encoding.
 
-Shared by the client-facing server and the upstream client. The decoders are strict where framing is
-concerned (a chunk size is hex digits and optional extensions, every line ends in CRLF, a chunk's data
-is followed by CRLF, sizes and trailer blocks are bounded), because two parsers that disagree on where
-a body ends is how a request is smuggled. They are tested against h11 in `fuzz/`.
+Shared by the server (requests in, responses out) and the client (responses in). The decoders are
+strict where framing is concerned (a chunk size is hex digits and optional extensions, every line ends
+in CRLF, a chunk's data is followed by CRLF, sizes and trailer blocks are bounded), because two parsers
+that disagree on where a body ends is how a request is smuggled. They are tested against h11 and
+httptools in `fuzz/`.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 
-Headers = list[tuple[bytes, bytes]]
+from llmrelay.proto.h1.fields import FIELD_LINE, is_token
 
 MAX_CHUNK_LINE = 4096
 MAX_TRAILER_BYTES = 16384
 LAST_CHUNK = b"0\r\n\r\n"
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
-# A field line: a token name, a colon, a value without control characters (OWS around it dropped).
-_FIELD = rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x08\x0a-\x1f\x7f \t])?)[ \t]*"
-FIELD_LINE = re.compile(_FIELD)
 
 # How a message body is delimited.
 NO_BODY = 0
 LENGTH = 1
 CHUNKED = 2
-UNTIL_CLOSE = 3
+UNTIL_CLOSE = 3  # a response without framing fields: its body ends when the connection closes
+
+
+class Role(enum.IntEnum):
+    """Which kind of message `body_framing` judges."""
+
+    REQUEST = 0  # a request from a client
+    RESPONSE = 1  # a response, as received from a provider and as sent to a client
+
+
+REQUEST = Role.REQUEST
+RESPONSE = Role.RESPONSE
 
 
 class FramingError(ValueError):
@@ -40,11 +49,6 @@ class FramingError(ValueError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
-
-
-def is_token(value: bytes) -> bool:
-    """Whether `value` is an RFC 9110 token (a method, a field name, a transfer coding)."""
-    return _TOKEN.fullmatch(value) is not None
 
 
 def content_length(values: list[bytes]) -> int:
@@ -62,27 +66,37 @@ def content_length(values: list[bytes]) -> int:
     return int(value)
 
 
-def body_framing(lengths: list[bytes], transfer_encodings: list[bytes]) -> tuple[int, int]:
+def body_framing(role: Role, method: bytes, status: int, lengths: list[bytes], codings: list[bytes]) -> tuple[int, int]:
     """How a message body is delimited, from its Content-Length and Transfer-Encoding field values (as
-    received), for requests and responses alike: (CHUNKED, 0), (LENGTH, n), or (UNTIL_CLOSE, 0) when
-    neither field is there (a request then has no body; a response ends when the connection closes).
+    received); the one rule for requests in, responses in and responses out.
 
-    Raises FramingError for anything two parsers could read differently (RFC 9112 section 6.3): both
-    fields together (never forwarded as they are: refused), a coding other than `chunked` alone, a
-    Content-Length that is not one decimal value.
+    Returns (CHUNKED, 0), (LENGTH, n), (NO_BODY, 0) for a response that has none whatever its fields
+    say (to HEAD; 1xx, 204, 304), and for neither field: a request has no body, (LENGTH, 0); a response
+    is (UNTIL_CLOSE, 0) (received: it ends when the connection closes; sent: the server picks chunked
+    or close-delimited by the client's version).
+
+    Raises FramingError for anything two parsers could read differently (RFC 9112 section 6.3), in
+    both roles and before the no-body cases: both fields together (never forwarded as they are:
+    refused), a coding other than `chunked` alone, a Content-Length that is not one decimal value.
     """
-    if transfer_encodings:
+    if codings:
         if lengths:
             raise FramingError("both Content-Length and Transfer-Encoding")
-        codings = [part.strip(b" \t").lower() for value in transfer_encodings for part in value.split(b",")]
-        if codings != [b"chunked"]:
-            if b"chunked" not in codings and all(_TOKEN.fullmatch(coding) for coding in codings):
+        parts = [part.strip(b" \t").lower() for value in codings for part in value.split(b",")]
+        if parts != [b"chunked"]:
+            if b"chunked" not in parts and all(is_token(coding) for coding in parts):
                 raise FramingError("unsupported transfer coding", 501)
             raise FramingError("malformed or repeated Transfer-Encoding")
-        return CHUNKED, 0
-    if lengths:
-        return LENGTH, content_length(lengths)
-    return UNTIL_CLOSE, 0
+        framing, length = CHUNKED, 0
+    elif lengths:
+        framing, length = LENGTH, content_length(lengths)
+    elif role is REQUEST:
+        return LENGTH, 0
+    else:
+        framing, length = UNTIL_CLOSE, 0
+    if role is RESPONSE and (method == b"HEAD" or status in (204, 304) or status < 200):
+        return NO_BODY, 0
+    return framing, length
 
 
 class BodyDecoder:
@@ -216,13 +230,3 @@ class BodyDecoder:
 
 def encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-def serialize_head(start_line: bytes, headers: Headers) -> bytes:
-    """A message head; header names and values must already be valid (checked where they came from)."""
-    return b"".join([start_line, b"\r\n", *[name + b": " + value + b"\r\n" for name, value in headers], b"\r\n"])
-
-
-def connection_close_requested(value: bytes) -> bool:
-    """Whether a Connection header value lists `close`."""
-    return any(token.strip().lower() == b"close" for token in value.split(b","))

@@ -1,4 +1,4 @@
-"""Errors of the inbound side that carry the status the client should get."""
+"""Errors at the protocol boundary: each carries what the client should get (or says it is gone)."""
 
 from __future__ import annotations
 

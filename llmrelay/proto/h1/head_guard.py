@@ -5,7 +5,7 @@ continuation lines, bare LF line endings, `HTTP/2.0` in a request line, or heade
 their buffer when they arrive in one read. A front end and a back end that read such a request
 differently is how requests are smuggled, so anything ambiguous is refused here with the status it
 deserves, and the connection is closed. Pure functions on bytes: no I/O, easy to fuzz; `fuzz/` checks
-that h11 reads every head accepted here the same way (method, target, fields, body framing).
+that h11 and httptools read every head accepted here the same way (method, target, fields, body framing).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from llmrelay.http.errors import RequestRejected
-from llmrelay.http.exchange import Headers, RequestHead
-from llmrelay.http.wire import FIELD_LINE, LENGTH, FramingError, body_framing, connection_close_requested, is_token
+from llmrelay.proto.errors import RequestRejected
+from llmrelay.proto.h1.fields import FIELD_LINE, connection_close_requested, is_token
+from llmrelay.proto.h1.framing import LENGTH, REQUEST, FramingError, body_framing
+from llmrelay.proto.messages import Headers, RequestHead
 
 _REQUEST_LINE = re.compile(rb"(?P<method>[^ ]+) (?P<target>[^ ]+) HTTP/(?P<major>[0-9])\.(?P<minor>[0-9])")
 # method SP origin-form target SP HTTP/1.x: what nearly every request line is
@@ -139,7 +140,7 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
     body_length: int | None = 0
     if lengths or codings:
         try:
-            framing, length = body_framing(lengths, codings)
+            framing, length = body_framing(REQUEST, method, 0, lengths, codings)
         except FramingError as exc:
             raise RequestRejected(exc.status, str(exc)) from None
         body_length = length if framing == LENGTH else None

@@ -1,1 +1,0 @@
-"""Inbound HTTP: the protocol-independent exchange interface, request-head checks, and adapters."""

@@ -1,0 +1,71 @@
+"""What every connection of a worker shares: its limits, the drain state, and the counters.
+
+Connections register through the small `DrainableConnection` protocol, so the state is the same for
+every protocol driver (HTTP/1.1 today, HTTP/2 next).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+import trio
+
+
+class ConnectionSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The limits of one client connection (their defaults live in the config schema)."""
+
+    header_timeout: float
+    body_idle_timeout: float
+    keepalive_timeout: float
+    write_timeout: float
+    max_requests: int
+    max_request_line: int
+    max_header_bytes: int
+    max_header_count: int
+
+
+class DrainableConnection(Protocol):
+    def stop_idle(self) -> None:
+        """A full stop: close the connection while it waits for a next request."""
+        ...
+
+
+class ServerState:
+    """The drain flag, idle connections, counters, and the nursery that owns watcher tasks."""
+
+    def __init__(self, watchers: trio.Nursery | None = None) -> None:
+        self.draining = False
+        self.close_idle = False
+        self.idle: set[DrainableConnection] = set()  # waiting for a next request; a full stop closes them
+        self.watchers = watchers
+        self.connections = 0
+        self.requests_in_flight = 0
+        self.requests_total = 0
+        self._all_closed = trio.Event()
+
+    @property
+    def closing_idle(self) -> bool:
+        """Whether connections close instead of waiting for a next request (a full stop)."""
+        return self.draining and self.close_idle
+
+    def connection_opened(self) -> None:
+        self.connections += 1
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
+        if self.connections == 0:
+            self._all_closed.set()
+            self._all_closed = trio.Event()
+
+    async def wait_all_closed(self) -> None:
+        """Return once no connection is open (at once when none is)."""
+        if self.connections:
+            await self._all_closed.wait()
+
+    def start_draining(self, close_idle: bool) -> None:
+        self.draining = True
+        self.close_idle = self.close_idle or close_idle
+        if self.close_idle:
+            for connection in list(self.idle):
+                connection.stop_idle()

@@ -1,0 +1,140 @@
+"""Making an upstream connection: direct, or through the endpoint's `proxy_url`, then TLS when the
+target is https. Every way ends in one of our transports carrying our HTTP/1.1 client.
+
+| target | proxy           | how                                                               |
+|--------|-----------------|-------------------------------------------------------------------|
+| any    | none            | TCP to the target                                                 |
+| http   | http(s)://      | TCP (TLS) to the proxy; requests in absolute form, forwarded      |
+| https  | http(s)://      | TCP (TLS) to the proxy, `CONNECT`, then TLS to the target inside  |
+| any    | socks5(h)://    | TCP to the proxy, SOCKS5 `CONNECT`, then TLS for an https target  |
+
+A plain TCP connection ends as a `SocketTransport` (the fast path); one with TLS anywhere as a
+`StreamTransport`. The whole of it runs under `connect_timeout`.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from urllib.parse import unquote, urlsplit
+
+import certifi
+import trio
+
+from llmrelay.config.resolved import Target
+from llmrelay.io.transport import SocketTransport, StreamTransport, Transport
+from llmrelay.upstream.errors import UpstreamConnectError, UpstreamError, UpstreamProxyError, UpstreamTimeout
+from llmrelay.upstream.proxies import basic_credentials, http_connect, socks5_connect
+
+DEFAULT_PROXY_PORTS = {"http": 80, "https": 443, "socks5": 1080, "socks5h": 1080}
+
+
+def ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verification against `ca_file`, or certifi's bundle (what the providers' SDKs use)."""
+    context = ssl.create_default_context(cafile=ca_file or certifi.where())
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class ProxyURL:
+    """A parsed `proxy_url` (validated with the config): scheme, host, port, credentials."""
+
+    __slots__ = ("scheme", "host", "port", "auth")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.scheme = parts.scheme
+        self.host = parts.hostname or ""
+        self.port = parts.port or DEFAULT_PROXY_PORTS[parts.scheme]
+        self.auth = None if parts.username is None else (unquote(parts.username), unquote(parts.password or ""))
+
+
+class Dialer:
+    """Opens connections to one endpoint's target, the way its config says."""
+
+    def __init__(self, target: Target, proxy_url: str | None, ca_file: str | None, connect_timeout: float) -> None:
+        self.target = target
+        self.proxy = ProxyURL(proxy_url) if proxy_url is not None else None
+        self.connect_timeout = connect_timeout
+        self._tls = ssl_context(ca_file) if target.scheme == "https" else None
+        self._proxy_tls = ssl_context(None) if self.proxy is not None and self.proxy.scheme == "https" else None
+        proxy = self.proxy
+        # Through an HTTP proxy, a plain-http target is forwarded rather than tunnelled: requests go
+        # in absolute form, and a 407 then comes from the proxy itself, never from the provider.
+        self.forwarding = proxy is not None and proxy.scheme in ("http", "https") and target.scheme == "http"
+        self.forward_credentials = (
+            basic_credentials(*proxy.auth) if self.forwarding and proxy is not None and proxy.auth else None
+        )
+        self.origin = target.origin.encode("ascii")
+
+    def request_target(self, target: bytes) -> bytes:
+        """The request target for a path: absolute form when forwarded by an HTTP proxy."""
+        return self.origin + target if self.forwarding else target
+
+    async def connect(self) -> Transport:
+        with trio.move_on_after(self.connect_timeout):
+            stream = await (self._through_proxy() if self.proxy is not None else self._direct())
+            if self._tls is None:
+                return _transport(stream)
+            tls = await _start_tls(stream, self._tls, self.target.host, UpstreamConnectError, "the upstream")
+            return StreamTransport(tls, _socket_of(stream))
+        where = "through the upstream proxy" if self.proxy is not None else ""
+        raise UpstreamTimeout(f"timed out connecting to the upstream {where}".rstrip())
+
+    async def _direct(self) -> trio.abc.Stream:
+        target = self.target
+        try:
+            return await trio.open_tcp_stream(target.host, target.port)
+        except OSError as exc:
+            raise UpstreamConnectError(f"cannot connect to the upstream: {exc.strerror or exc}") from None
+
+    async def _through_proxy(self) -> trio.abc.Stream:
+        proxy = self.proxy
+        assert proxy is not None
+        try:
+            stream: trio.abc.Stream = await trio.open_tcp_stream(proxy.host, proxy.port)
+        except OSError as exc:
+            raise UpstreamProxyError(f"cannot connect to the upstream proxy: {exc.strerror or exc}") from None
+        try:
+            if self._proxy_tls is not None:
+                stream = await _start_tls(stream, self._proxy_tls, proxy.host, UpstreamProxyError, "the upstream proxy")
+            target = self.target
+            if proxy.scheme.startswith("socks5"):
+                await socks5_connect(stream, target.host, target.port, proxy.auth, proxy.scheme == "socks5h")
+            elif not self.forwarding:
+                credentials = basic_credentials(*proxy.auth) if proxy.auth else None
+                await http_connect(stream, target.host, target.port, credentials)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return stream
+
+
+async def _start_tls(
+    stream: trio.abc.Stream, context: ssl.SSLContext, host: str, error: type[UpstreamError], peer: str
+) -> trio.SSLStream[trio.abc.Stream]:
+    tls = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
+    try:
+        await tls.do_handshake()
+    except (trio.BrokenResourceError, OSError) as exc:
+        await trio.aclose_forcefully(tls)
+        cause = exc.__cause__ or exc
+        raise error(f"TLS handshake with {peer} failed: {cause}") from None
+    return tls
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    assert isinstance(stream, trio.SocketStream)
+    return stream.socket
+
+
+def _transport(stream: trio.abc.Stream) -> Transport:
+    if isinstance(stream, trio.SocketStream):
+        sock = socket.socket(fileno=stream.socket.detach())
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return SocketTransport(sock)
+    return StreamTransport(stream, _socket_of(stream))  # a plain target through a TLS proxy
+
+
