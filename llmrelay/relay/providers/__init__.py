@@ -1,0 +1,56 @@
+"""What differs between providers, one module each: how a key is presented, the shape of an error
+body and of the error event that ends a cut stream (and, next, how usage is read).
+
+llmrelay's own errors (401, 404, 413, 502, 503, 504...) are written in the provider's shape so that
+the provider's SDK shows them like its own. A provider module gives a `Provider`; `PROVIDERS` maps
+the config's `provider` names to them. `forward` (any OpenAI-compatible service) uses OpenAI's shapes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from llmrelay.proto.messages import Headers
+from llmrelay.relay.providers import anthropic, gemini, openai
+from llmrelay.relay.providers.base import Provider
+from llmrelay.server.exchange import ErrorFormat
+
+PROVIDERS: dict[str, Provider] = {
+    "openai": openai.PROVIDER,
+    "anthropic": anthropic.PROVIDER,
+    "gemini": gemini.PROVIDER,
+    "forward": openai.PROVIDER,
+}
+
+
+def provider(name: str) -> Provider:
+    return PROVIDERS.get(name, openai.PROVIDER)
+
+
+def error_response(name: str, status: int, message: str) -> tuple[Headers, bytes]:
+    """A whole error answer (headers and JSON body) in provider `name`'s shape."""
+    body = provider(name).error_body(status, message)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="llmrelay"'))
+    return headers, body
+
+
+@functools.cache
+def error_format(name: str) -> ErrorFormat:
+    """`error_response` for one provider: what a protocol driver writes its own errors with once the
+    route (and so the provider) is known."""
+    return functools.partial(error_response, name)
+
+
+def inject_key(name: str, headers: Headers, key: str) -> None:
+    """Present the provider key the provider's own way (appends to `headers`)."""
+    headers.append(provider(name).key_field(key.encode("ascii", "strict")))
+
+
+def sse_error_event(name: str, message: str) -> bytes:
+    """An SSE event that tells the provider's SDK the stream failed (used when a stream is cut)."""
+    return provider(name).sse_error_event(message)
+
+
+__all__ = ["PROVIDERS", "Provider", "error_format", "error_response", "inject_key", "provider", "sse_error_event"]
