@@ -30,7 +30,8 @@ from llmrelay.proto.errors import RequestRejected
 from llmrelay.proto.messages import TRANSITIONS, InvalidPhase, RequestHead, ResponseEvent, ResponsePhase, advance
 from llmrelay.server.exchange import Refusal
 from llmrelay.server.h1 import Http1Connection
-from llmrelay.server.state import ConnectionSettings, ServerState
+from llmrelay.server.state import ServerState
+from llmrelay.config.limits import ClientLimits
 from llmrelay.proto.h1.server import ServerConnection, ServerExchange
 from llmrelay.proto.h1.fields import is_token
 from llmrelay.proto.h1.head_guard import HeadLimits, _field_problem, _unusual_request_line, parse_request_head, valid_host
@@ -247,15 +248,13 @@ def test_access_line_fields_cannot_be_forged() -> None:
     assert describe(ValueError("two\nlines")) == "ValueError: two\\x0alines"
 
 
-SETTINGS = ConnectionSettings(
+SETTINGS = ClientLimits(
     header_timeout=5.0,
     body_idle_timeout=5.0,
     keepalive_timeout=5.0,
     write_timeout=5.0,
     max_requests=100,
-    max_request_line=8192,
-    max_header_bytes=32768,
-    max_header_count=100,
+    head=HeadLimits(),
 )
 
 

@@ -18,6 +18,7 @@ import msgspec
 from llmrelay.config.decode import printable
 from llmrelay.config.files import ca_file_problem
 from llmrelay.config.hosts import HostEntryError, canonical_host_entry
+from llmrelay.config.limits import ClientLimits, PoolLimits, UpstreamTimeouts, client_limits, pool_limits, upstream_timeouts
 from llmrelay.config.schema import ConfigFile, EndpointSection, ServerSection
 from llmrelay.config.secrets import SecretError, resolve_secret
 
@@ -76,13 +77,9 @@ class ResolvedEndpoint(msgspec.Struct, frozen=True, kw_only=True):
     api_keys: list[WeightedKey]
     forwarded_headers: str  # "append", "replace" or "none"
     public: bool
-    connect_timeout: float
-    first_byte_timeout: float
-    idle_timeout: float
+    timeouts: UpstreamTimeouts
     ca_file: str | None
-    max_connections: int
-    keepalive_expiry: float
-    pool_timeout: float
+    pool: PoolLimits
     max_body_size: int
 
     def __repr__(self) -> str:
@@ -94,6 +91,7 @@ class ResolvedEndpoint(msgspec.Struct, frozen=True, kw_only=True):
 
 class RelayConfig(msgspec.Struct, frozen=True, kw_only=True):
     server: ServerSection
+    client: ClientLimits  # `server`'s client-connection keys, grouped for the protocol drivers
     endpoints: list[ResolvedEndpoint]
     source: str
 
@@ -296,16 +294,12 @@ def resolve_config(
                 api_keys=api_keys,
                 forwarded_headers=section.forwarded_headers or server.forwarded_headers,
                 public=section.public,
-                connect_timeout=section.connect_timeout,
-                first_byte_timeout=section.first_byte_timeout,
-                idle_timeout=section.idle_timeout,
+                timeouts=upstream_timeouts(section),
                 ca_file=section.ca_file,
-                max_connections=section.max_connections,
-                keepalive_expiry=section.keepalive_expiry,
-                pool_timeout=section.pool_timeout,
+                pool=pool_limits(section),
                 max_body_size=section.max_body_size,
             )
         )
     if len(errors) > before:
         return None
-    return RelayConfig(server=server, endpoints=endpoints, source=source)
+    return RelayConfig(server=server, client=client_limits(server), endpoints=endpoints, source=source)

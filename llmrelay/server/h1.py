@@ -16,17 +16,17 @@ import socket
 
 import trio
 
+from llmrelay.config.limits import ClientLimits
 from llmrelay.io.logsafe import describe
 from llmrelay.io.timers import Timer, TimerReason, TimerWheel
 from llmrelay.io.transport import BrokenTransport, SocketTransport
 from llmrelay.proto.errors import ClientDisconnected, RequestRejected
-from llmrelay.proto.h1.head_guard import HeadLimits
 from llmrelay.proto.h1.server import CONTINUE, ConnectionState, ServerConnection, ServerExchange
 from llmrelay.proto.messages import Headers, RequestHead, ResponsePhase
 from llmrelay.server.departure import DepartureWatcher
 from llmrelay.server.picker import Wire, sniff
 from llmrelay.server.exchange import ErrorFormat, Refusal, RequestHandler, plain_error
-from llmrelay.server.state import ConnectionSettings, ServerState
+from llmrelay.server.state import ServerState
 
 log = logging.getLogger("llmrelay.http")
 
@@ -107,7 +107,7 @@ class Http1Connection:
         self,
         sock: socket.socket,
         handler: RequestHandler,
-        settings: ConnectionSettings,
+        settings: ClientLimits,
         state: ServerState,
         wheel: TimerWheel,
         scheme: str = "http",
@@ -122,8 +122,7 @@ class Http1Connection:
         except (OSError, ValueError):
             client = ("unknown", 0)
         self._client = client
-        limits = HeadLimits(settings.max_request_line, settings.max_header_bytes, settings.max_header_count)
-        self.protocol = ServerConnection(limits, scheme, client, settings.max_requests)
+        self.protocol = ServerConnection(settings.head, scheme, client, settings.max_requests)
         self._scope = trio.CancelScope()
         self.timer: Timer = wheel.timer(self._timed_out)
         self.watcher = DepartureWatcher(wheel, self.transport, state.watchers, self._client_left)

@@ -1,4 +1,4 @@
-"""What every connection of a worker shares: its limits, the drain state, and the counters.
+"""What every connection of a worker shares: the drain state and the counters.
 
 Connections register through the small `DrainableConnection` protocol, so the state is the same for
 every protocol driver (HTTP/1.1 today, HTTP/2 next).
@@ -8,21 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import msgspec
 import trio
-
-
-class ConnectionSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """The limits of one client connection (their defaults live in the config schema)."""
-
-    header_timeout: float
-    body_idle_timeout: float
-    keepalive_timeout: float
-    write_timeout: float
-    max_requests: int
-    max_request_line: int
-    max_header_bytes: int
-    max_header_count: int
 
 
 class DrainableConnection(Protocol):

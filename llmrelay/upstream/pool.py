@@ -69,13 +69,13 @@ class UpstreamPool:
 
     def __init__(self, endpoint: ResolvedEndpoint) -> None:
         self.endpoint = endpoint
-        self.dialer = Dialer(endpoint.target, endpoint.proxy_url, endpoint.ca_file, endpoint.connect_timeout)
-        self.first_byte_timeout = endpoint.first_byte_timeout
-        self.idle_timeout = endpoint.idle_timeout
-        self._keepalive_expiry = endpoint.keepalive_expiry
+        self.dialer = Dialer(endpoint.target, endpoint.proxy_url, endpoint.ca_file, endpoint.timeouts.connect)
+        self.first_byte_timeout = endpoint.timeouts.first_byte
+        self.idle_timeout = endpoint.timeouts.idle
+        self._keepalive_expiry = endpoint.pool.keepalive_expiry
         self._wheel = wheel()
         self.slots: ConnectionSlots[H1Connection] = ConnectionSlots(
-            endpoint.max_connections, endpoint.pool_timeout, self._still_usable, H1Connection.close
+            endpoint.pool.max_connections, endpoint.pool.wait, self._still_usable, H1Connection.close
         )
 
     def _still_usable(self, connection: H1Connection) -> bool:

@@ -42,7 +42,8 @@ from llmrelay.control import (
 from llmrelay.proto.messages import Headers
 from llmrelay.server.h1 import Http1Connection
 from llmrelay.server.listener import Acceptor
-from llmrelay.server.state import ConnectionSettings, ServerState
+from llmrelay.server.state import ServerState
+from llmrelay.config.limits import ClientLimits
 from llmrelay.io.timers import TimerWheel, wheel
 from llmrelay.logs import configure_logging
 from llmrelay.worker.health import health_view
@@ -58,20 +59,6 @@ GC_THRESHOLD = 10_000  # after the drain deadline: time for cut responses to sen
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def settings_from(config: RelayConfig) -> ConnectionSettings:
-    server = config.server
-    return ConnectionSettings(
-        header_timeout=server.header_timeout,
-        body_idle_timeout=server.body_idle_timeout,
-        keepalive_timeout=server.keepalive_timeout,
-        write_timeout=server.write_timeout,
-        max_requests=server.max_requests_per_connection,
-        max_request_line=server.max_request_line,
-        max_header_bytes=server.max_header_bytes,
-        max_header_count=server.max_header_count,
-    )
-
-
 class Worker:
     def __init__(self, control: trio.SocketStream, listen_fds: list[int], slot: int) -> None:
         self._control = ControlChannel(control)
@@ -84,7 +71,7 @@ class Worker:
         self._runtime: RelayRuntime | None = None
         self._relay: Relay | None = None
         self._table: HealthTable | None = None
-        self._settings: ConnectionSettings | None = None
+        self._settings: ClientLimits | None = None
         self._wheel = TimerWheel()  # replaced by the run's own wheel once trio runs
         self._early: list[ControlMessage] = []  # read with the first config, handled once serving
 
@@ -123,7 +110,7 @@ class Worker:
             return False
         previous = self._runtime
         self._runtime = runtime
-        self._settings = settings_from(message.config)
+        self._settings = message.config.client
         self.responses.keepalive_interval = message.config.server.drain_keepalive_interval
         if self._relay is None:
             self._relay = Relay(runtime, self.health, self.observer, self.responses)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+import msgspec
+
 from llmrelay.proto.errors import RequestRejected
 from llmrelay.proto.h1.fields import FIELD_LINE, connection_close_requested, is_token
 from llmrelay.proto.h1.framing import LENGTH, REQUEST, FramingError, body_framing
@@ -32,15 +34,12 @@ _HOST = re.compile(
 )
 
 
-class HeadLimits:
+class HeadLimits(msgspec.Struct, frozen=True):
     """Size limits of a request head (from `[server]`)."""
 
-    __slots__ = ("max_request_line", "max_header_bytes", "max_header_count")
-
-    def __init__(self, max_request_line: int = 8192, max_header_bytes: int = 32768, max_header_count: int = 100):
-        self.max_request_line = max_request_line
-        self.max_header_bytes = max_header_bytes
-        self.max_header_count = max_header_count
+    max_request_line: int = 8192
+    max_header_bytes: int = 32768
+    max_header_count: int = 100
 
 
 def find_head_end(buffer: bytes | bytearray, limits: HeadLimits) -> int:
