@@ -105,9 +105,13 @@ class ClientProtocol:
             buffer = self.buffer
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
+                if b"\n\n" in buffer:  # a blank line of bare LFs: a lenient parser's end of the head
+                    raise ResponseError("bare LF in head")
                 if len(buffer) > MAX_RESPONSE_HEAD:
                     raise ResponseError("head too large")
                 return None
+            if end + 4 > MAX_RESPONSE_HEAD:  # the same limit whether the head came in one read or many
+                raise ResponseError("head too large")
             if b"\n" in buffer[:end].replace(b"\r\n", b""):
                 raise ResponseError("bare LF in head")
             try:

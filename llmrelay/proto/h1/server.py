@@ -127,9 +127,9 @@ class ServerConnection:
         if end < 0:
             return None
         head = parse_request_head(buffer[:end], self.limits, self.scheme, self.client)
+        self._move(ConnectionEvent.HEAD)  # (before the head is taken: an illegal call changes nothing)
         self.buffer = buffer[end:]
         self.served += 1
-        self._move(ConnectionEvent.HEAD)
         return head
 
     def last_request_line(self) -> tuple[bytes, bytes]:
