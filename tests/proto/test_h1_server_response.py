@@ -247,3 +247,35 @@ def test_a_response_cut_before_its_head_closes_the_connection() -> None:
     assert exchange.cut() is True
     assert exchange.phase is ResponsePhase.ABORTED
     assert conn.finish(exchange, closing=False) is CLOSED
+
+
+def test_an_http10_client_never_gets_a_transfer_coding() -> None:
+    conn, exchange = exchange_for(GET10)
+    exchange.start_response(200, [(b"transfer-encoding", b"chunked"), (b"content-type", b"text/plain")])
+    sent = exchange.body_bytes(b"he") + exchange.end_bytes(b"llo")
+    assert sent == b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nhello"
+    assert conn.finish(exchange, closing=False) is CLOSED
+
+
+def test_the_handlers_own_connection_close_is_honoured() -> None:
+    conn, exchange = exchange_for(GET11)
+    exchange.start_response(200, [(b"content-length", b"0"), (b"connection", b"Close")])
+    assert exchange.end_bytes() == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: Close\r\n\r\n"
+    assert exchange.close_after and conn.finish(exchange, closing=False) is CLOSED
+
+
+def test_a_keep_alive_the_connection_will_not_honour_becomes_close() -> None:
+    conn, exchange = exchange_for(b"GET / HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+    exchange.start_response(200, [(b"connection", b"keep-alive"), (b"content-length", b"0")])
+    assert exchange.end_bytes() == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    assert conn.finish(exchange, closing=False) is CLOSED
+
+
+def test_an_error_after_the_head_changes_nothing() -> None:
+    conn, exchange = exchange_for(GET11)
+    exchange.start_response(200, [(b"content-length", b"2")])
+    with pytest.raises(InvalidPhase):
+        exchange.error_bytes(500, [(b"content-length", b"0")], b"")
+    assert not exchange.close_after and exchange.phase is ResponsePhase.STREAMING
+    assert exchange.end_bytes(b"ok").endswith(b"\r\n\r\nok")
+    assert conn.finish(exchange, closing=False) is AWAITING_HEAD

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 
 from llmrelay.proto.errors import InvalidResponseHead, RequestRejected
-from llmrelay.proto.h1.fields import serialize_head, status_line
+from llmrelay.proto.h1.fields import connection_close_requested, serialize_head, status_line
 from llmrelay.proto.h1.framing import (
     CHUNKED,
     LAST_CHUNK,
@@ -263,27 +263,39 @@ class ServerExchange:
         line = status_line(status)
         lengths: list[bytes] = []
         codings: list[bytes] = []
-        has_connection = False
+        connection: list[bytes] | None = None
         for name, value in headers:
             if name == b"content-length":
                 lengths.append(value)
             elif name == b"transfer-encoding":
                 codings.append(value)
             elif name == b"connection":
-                has_connection = True
+                connection = [value] if connection is None else [*connection, value]
         try:
             framing, length = body_framing(RESPONSE, self.head.method, status, lengths, codings)
         except FramingError as exc:
             raise InvalidResponseHead(f"response head: {exc}") from None
+        http10 = self.head.http_version == b"1.0"
         if framing == LENGTH:
             self._remaining = length
+        elif framing == CHUNKED and http10:
+            # An HTTP/1.0 client knows no transfer coding (RFC 9112 section 6.1): the body goes as it
+            # is, delimited by the close.
+            framing = UNTIL_CLOSE
+            headers = [(name, value) for name, value in headers if name != b"transfer-encoding"]
+            self.close_after = True
         elif framing == UNTIL_CLOSE:
-            if self.head.http_version == b"1.0":
+            if http10:
                 self.close_after = True
             else:
                 framing = CHUNKED
                 headers = [*headers, (b"transfer-encoding", b"chunked")]
-        if self.close_after and not has_connection:
+        close_said = connection is not None and any(connection_close_requested(value) for value in connection)
+        if close_said:
+            self.close_after = True  # the handler's own `Connection: close` is kept
+        elif self.close_after:
+            if connection is not None:  # (a keep-alive the connection will not honour)
+                headers = [(name, value) for name, value in headers if name != b"connection"]
             headers = [*headers, (b"connection", b"close")]
         self._framing = framing
         self.phase = phase
@@ -346,6 +358,7 @@ class ServerExchange:
 
     def error_bytes(self, status: int, headers: Headers, body: bytes) -> bytes:
         """A whole error response answered by the server itself (sent with `Connection: close`)."""
+        advance(self.phase, _HEAD)  # (raises before anything changes)
         self.close_after = True
         self.start_response(status, headers)
         return self.end_bytes(body)
