@@ -1,9 +1,14 @@
-"""A worker slot: a position with its listening sockets, kept for the supervisor's life, and the
-worker serving them now.
+"""Worker slots and the table of them.
 
-When the slot's worker cannot serve for a while (a boot failure or a crash loop backs its respawn
-off), the slot answers its connections with 503 itself (see `fallback`), so no client waits on a
-socket nobody accepts from.
+A `Slot` is a position with its listening sockets, kept for the supervisor's life, and the worker
+serving them now. When the slot's worker cannot serve for a while (a boot failure or a crash loop
+backs its respawn off), the slot answers its connections with 503 itself (see `fallback`), so no
+client waits on a socket nobody accepts from.
+
+The `SlotTable` is what the supervisor runs: its slots, every live worker (serving, starting or
+draining), the config and its generation that workers are given, the address they listen on, and
+whether the supervisor is stopping (then no worker is started or respawned any more). It binds and
+closes sockets; starting and draining workers is the rollout's (see `rollout`).
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import socket
 
 import trio
 
+from llmrelay.config.resolved import RelayConfig
 from supervisor.fallback import answer_unavailable
-from supervisor.sockets import close_sockets
+from supervisor.sockets import bind_slot_sockets, close_sockets
 from supervisor.workers import WorkerProcess
 
 log = logging.getLogger("supervisor")
@@ -33,7 +39,7 @@ class Slot:
         self._fallback: trio.CancelScope | None = None
 
     def answer_unavailable(self, nursery: trio.Nursery) -> None:
-        """Answer 503 on the slot's sockets until `serve_again` (a worker of the slot is ready)."""
+        """Answer 503 on the slot's sockets until `worker_ready`."""
         if self._fallback is not None or self.removed:
             return
         log.warning("slot %d has no worker that can serve: answering 503 on it until one is ready", self.index)
@@ -45,7 +51,9 @@ class Slot:
 
         nursery.start_soon(run)
 
-    def serve_again(self) -> None:
+    def worker_ready(self) -> None:
+        """The slot's worker is ready: its boot failures are over, and so is the 503 stand-in."""
+        self.boot_failures = 0
         if self._fallback is not None:
             self._fallback.cancel()
             self._fallback = None
@@ -56,3 +64,61 @@ class Slot:
             self._fallback.cancel()
             self._fallback = None
         close_sockets(self.sockets)
+
+
+class SlotTable:
+    """The slots, the live workers, and the config generation that workers are given."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.generation = 1
+        self._last_generation = 1
+        self.slots: list[Slot] = []
+        self.workers: set[WorkerProcess] = set()  # every live worker: serving, starting or draining
+        self.listen: tuple[str, int] = (config.server.host, config.server.port)
+        self.stopping = False
+
+    def bind(self) -> None:
+        """One slot per configured worker, each with its socket; BindError when the address is taken."""
+        server = self.config.server
+        sockets = bind_slot_sockets(server.host, server.port, server.workers)
+        self.slots = [Slot(index, [sock]) for index, sock in enumerate(sockets)]
+        self.listen = (server.host, sockets[0].getsockname()[1])
+
+    def next_generation(self) -> int:
+        self._last_generation += 1
+        return self._last_generation
+
+    def active(self) -> list[WorkerProcess]:
+        """The live workers that are not draining."""
+        return [w for w in self.workers if w.active]
+
+    def add(self) -> Slot:
+        """One slot more, on a socket that joins the listening address; BindError when it cannot."""
+        host, port = self.listen
+        (sock,) = bind_slot_sockets(host, port, 1, join=True)
+        slot = Slot(max((s.index for s in self.slots), default=-1) + 1, [sock])
+        self.slots.append(slot)
+        return slot
+
+    def remove(self) -> Slot | None:
+        """Take the last slot out (never the only one): its worker's exit is expected from now on."""
+        if len(self.slots) <= 1:
+            return None
+        slot = self.slots.pop()
+        slot.removed = True  # its worker's exit is expected: never respawned
+        slot.close()  # the worker takes what is queued, then closes the last copy
+        return slot
+
+    def stop(self) -> None:
+        """No worker is started or respawned from now on, and nothing accepts new connections."""
+        self.stopping = True
+        self.close()
+
+    def close(self) -> None:
+        for slot in self.slots:
+            slot.close()
+
+
+def worker_count(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"

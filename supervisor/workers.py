@@ -24,6 +24,7 @@ from llmrelay.control import (
 log = logging.getLogger("supervisor")
 
 SEND_TIMEOUT = 2.0  # a worker that does not read its control pipe for this long is skipped
+STOP_GRACE = 10.0  # beyond the drain timeout before stragglers are killed; also for a worker whose pipe closed to exit
 
 
 class WorkerProcess:
@@ -69,6 +70,11 @@ class WorkerProcess:
             child_end.close()
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
         return cls(slot, process, stream)
+
+    @property
+    def active(self) -> bool:
+        """Alive and not draining: it serves, or is starting to."""
+        return not self.draining and not self.exited.is_set()
 
     @property
     def state(self) -> str:

@@ -1,0 +1,129 @@
+"""The supervisor process from start to exit: take the pid file, bind the slots' sockets, run the
+parts until a stop, then release everything.
+
+The parts, and the nurseries that own their tasks:
+
+- `SlotTable` (`slots`): the slots, the live workers, the config generation they are given;
+- `Watcher` (`watcher`): every worker's control pipe, the health board and its broadcast;
+- `Rollout` (`rollout`): starting, replacing, draining and respawning workers;
+- `Jobs` (`jobs`): the background jobs that change the set of workers, one at a time;
+- `Reloads` (`reload`): SIGHUP's job; `monitor`: heartbeats, boot deadlines, memory recycling;
+- `Arbiter` (`arbiter`): the signal loop, one handler per signal.
+
+The outer nursery lives until every worker is gone: the signal loop, one task per worker, the 503
+stand-ins and the monitor run there, so signals are still answered during a graceful stop. The inner
+one holds the jobs (and the reload loop) and is cancelled when a stop begins; then every worker is
+drained, and what is left is cancelled.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import trio
+
+from llmrelay import __version__
+from llmrelay.config.load import Overrides, load_config
+from llmrelay.config.resolved import RelayConfig
+from llmrelay.control import EXIT_BOOT_FAILED, EXIT_OK
+from supervisor.arbiter import SIGNALS, Arbiter
+from supervisor.health import HealthBoard
+from supervisor.jobs import Jobs
+from supervisor.monitor import monitor
+from supervisor.pidfile import PidFile, PidFileError
+from supervisor.reload import Reloads
+from supervisor.rollout import Rollout
+from supervisor.slots import SlotTable, worker_count
+from supervisor.sockets import BindError
+from supervisor.status import StatusFile, status_path
+from supervisor.watcher import Watcher
+
+log = logging.getLogger("supervisor")
+
+
+def run(
+    config: RelayConfig,
+    config_path: Path | None,
+    overrides: Overrides,
+    pid_file: Path | None,
+    pid_file_optional: bool = False,
+) -> int:
+    """Serve until stopped; the exit status (EXIT_BOOT_FAILED when the pid file or address is taken).
+
+    `pid_file_optional`: the default ./llmrelay.pid, taken if possible, else run without one.
+    """
+    return trio.run(serve, config, config_path, overrides, pid_file, pid_file_optional)
+
+
+async def serve(
+    config: RelayConfig,
+    config_path: Path | None,
+    overrides: Overrides,
+    pid_file_path: Path | None,
+    pid_file_optional: bool,
+) -> int:
+    try:
+        pid_file = _take_pid_file(pid_file_path, pid_file_optional)
+    except PidFileError as exc:
+        log.error("%s", exc)
+        return EXIT_BOOT_FAILED
+    status = StatusFile(status_path(pid_file.path) if pid_file else None, os.getpid())
+    table = SlotTable(config)
+    try:
+        try:
+            table.bind()
+        except BindError as exc:
+            log.error("%s", exc)
+            return EXIT_BOOT_FAILED
+        status.write()
+        host, port = table.listen
+        count = worker_count(config.server.workers)
+        log.info("llmrelay %s listening on %s:%d with %s (config: %s)", __version__, host, port, count, config.source)
+        await _run_parts(table, status, config_path, overrides)
+    finally:
+        table.close()
+        status.remove()
+        if pid_file:
+            pid_file.release()
+    log.info("supervisor exiting")
+    return EXIT_OK
+
+
+def _take_pid_file(path: Path | None, optional: bool) -> PidFile | None:
+    """The pid file, locked; None without one. PidFileError when it is required and cannot be taken."""
+    if path is None:
+        return None
+    pid_file = PidFile(path)
+    try:
+        pid_file.acquire(os.getpid())
+    except PidFileError as exc:
+        if not optional:
+            raise
+        log.warning("%s; running without a pid file (llmrelay reload needs --pid-file then)", exc)
+        return None
+    return pid_file
+
+
+async def _run_parts(table: SlotTable, status: StatusFile, config_path: Path | None, overrides: Overrides) -> None:
+    board = HealthBoard(table.config.server.failing_retry_interval)
+    board.sync_endpoints([e.name for e in table.config.endpoints])
+    watcher = Watcher(table, board)
+    load = functools.partial(load_config, config_path, overrides)
+    with trio.open_signal_receiver(*SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:  # signals, worker tasks, 503 stand-ins: past the final drain
+            rollout = Rollout(table, watcher, nursery)
+            async with trio.open_nursery() as changes:  # jobs and reloads: cancelled when a stop begins
+                jobs = Jobs(table, changes)
+                reloads = Reloads(load, table, jobs, rollout, watcher, status)
+                arbiter = Arbiter(table, rollout, jobs, reloads, status)
+                nursery.start_soon(arbiter.run, signals)
+                changes.start_soon(reloads.run)
+                await rollout.start_all()
+                nursery.start_soon(monitor, table, jobs, rollout, watcher)
+                await arbiter.stop_requested.wait()
+                changes.cancel_scope.cancel()
+            await rollout.stop_all()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,120 @@
+"""The supervisor's end of every control pipe.
+
+`Watcher.watch` reads one worker's messages until its pipe closes and hands each to the handler
+registered for its type (a table, one handler per worker -> supervisor message); a supervisor ->
+worker message coming back is logged and ignored. Then it reaps the process: one that closed its
+pipe but does not exit within `STOP_GRACE` is killed. What follows an exit (a respawn) is the
+caller's (see `rollout`).
+
+The watcher also keeps the shared health view: passive upstream reports are merged into the
+`HealthBoard`, and `broadcast_health` sends its table, with every worker's state, to the workers
+that are ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import trio
+
+from llmrelay.control import (
+    ConfigApplied,
+    ConfigRejected,
+    Heartbeat,
+    Message,
+    Ready,
+    Stopped,
+    UpstreamEvent,
+)
+from supervisor.health import HealthBoard
+from supervisor.slots import Slot, SlotTable
+from supervisor.workers import SEND_TIMEOUT, STOP_GRACE, WorkerProcess
+
+log = logging.getLogger("supervisor")
+
+M = TypeVar("M", bound=Message)
+Handler = Callable[[WorkerProcess, Slot, M], Awaitable[None]]
+
+
+class Watcher:
+    def __init__(self, table: SlotTable, board: HealthBoard) -> None:
+        self.table = table
+        self.board = board
+        self._handlers: dict[type[Message], Handler[Any]] = {}
+        self._on(Heartbeat, self._heartbeat)
+        self._on(UpstreamEvent, self._upstream_event)
+        self._on(Ready, self._ready)
+        self._on(ConfigApplied, self._config_applied)
+        self._on(ConfigRejected, self._config_rejected)
+        self._on(Stopped, self._stopped)
+
+    def _on(self, kind: type[M], handler: Handler[M]) -> None:
+        self._handlers[kind] = handler
+
+    async def watch(self, worker: WorkerProcess, slot: Slot) -> None:
+        """Handle the worker's messages until its pipe closes; return once the process is reaped."""
+        while (messages := await worker.messages()) is not None:
+            for message in messages:
+                handler = self._handlers.get(type(message))
+                if handler is None:  # a supervisor -> worker message: the worker is confused
+                    log.warning("worker %d sent an unexpected %s message", worker.pid, type(message).__name__)
+                    continue
+                await handler(worker, slot, message)
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(STOP_GRACE):
+                await worker.process.wait()
+            if worker.process.returncode is None:
+                log.warning("worker %d closed its control pipe but did not exit; killing it", worker.pid)
+                worker.kill()
+                await worker.process.wait()
+            await worker.control.aclose()
+        self.table.workers.discard(worker)
+        worker.mark_exited()
+
+    async def broadcast_health(self) -> None:
+        workers = sorted(self.table.workers, key=lambda w: (w.slot, w.started))
+        table = self.board.table(self.table.generation, [w.info() for w in workers])
+        for worker in workers:
+            if worker.ready.is_set():
+                with trio.move_on_after(SEND_TIMEOUT):
+                    await worker.send(table)
+
+    # -- one handler per message type -------------------------------------------------------------
+    async def _heartbeat(self, worker: WorkerProcess, slot: Slot, message: Heartbeat) -> None:
+        worker.last_heartbeat = time.monotonic()
+        worker.stats = message.stats
+
+    async def _upstream_event(self, worker: WorkerProcess, slot: Slot, message: UpstreamEvent) -> None:
+        change = self.board.observe(message)
+        if change:
+            log.warning("%s", change)
+            await self.broadcast_health()
+
+    async def _ready(self, worker: WorkerProcess, slot: Slot, message: Ready) -> None:
+        worker.version = message.version
+        worker.last_heartbeat = time.monotonic()
+        worker.ready.set()
+        log.info("worker %d (slot %d) ready, version %s", worker.pid, slot.index, message.version)
+        if slot.worker is worker:
+            slot.worker_ready()
+        await self.broadcast_health()
+
+    async def _config_applied(self, worker: WorkerProcess, slot: Slot, message: ConfigApplied) -> None:
+        worker.record_answer(message.generation, None)
+
+    async def _config_rejected(self, worker: WorkerProcess, slot: Slot, message: ConfigRejected) -> None:
+        log.error(
+            "worker %d (slot %d) cannot apply config generation %d: %s",
+            worker.pid,
+            slot.index,
+            message.generation,
+            message.error,
+        )
+        worker.record_answer(message.generation, message.error)
+
+    async def _stopped(self, worker: WorkerProcess, slot: Slot, message: Stopped) -> None:
+        if message.cut:
+            log.warning("worker %d cut %d responses at the drain deadline", worker.pid, message.cut)
