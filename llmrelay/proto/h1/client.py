@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from llmrelay.proto.h1.fields import FIELD_LINE, connection_close_requested, serialize_head
+from llmrelay.proto.h1.fields import FIELD_LINE, connection_close_requested, htab_after_value, serialize_head
 from llmrelay.proto.h1.framing import RESPONSE, UNTIL_CLOSE, BodyDecoder, FramingError, body_framing
 from llmrelay.proto.messages import Headers
 
@@ -70,6 +70,8 @@ def parse_response_head(head: bytes, method: bytes) -> ResponseHead:
                 lengths.append(value)
             elif name == b"transfer-encoding":
                 codings.append(value)
+                if htab_after_value(line):
+                    raise FramingError("HTAB after the Transfer-Encoding value")
             elif name == b"connection":
                 close = close or connection_close_requested(value)
     framing, length = body_framing(RESPONSE, method, status, lengths, codings)

@@ -52,6 +52,13 @@ def is_token(value: bytes) -> bool:
     return _TOKEN.fullmatch(value) is not None
 
 
+def htab_after_value(line: bytes) -> bool:
+    """Whether HTAB is in the whitespace after a field line's value. RFC 9110 allows it (OWS), but llhttp
+    reads `Transfer-Encoding: chunked<HTAB>` as another coding (it refuses such a request and reads
+    such a response until the connection closes): the relay refuses that field with it."""
+    return b"\t" in line[len(line.rstrip(b" \t")) :]
+
+
 def connection_close_requested(value: bytes) -> bool:
     """Whether a Connection header value lists `close`."""
     return any(token.strip().lower() == b"close" for token in value.split(b","))

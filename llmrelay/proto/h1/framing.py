@@ -19,7 +19,12 @@ MAX_TRAILER_BYTES = 16384
 LAST_CHUNK = b"0\r\n\r\n"
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+# A chunk size line: the size, then extensions as RFC 9112 section 7.1.1 writes them (without the BWS
+# that llhttp refuses): `;name` or `;name=value`, the value a token or a quoted-string. Lenient parsers
+# skip whatever follows a `;` up to the CRLF, strict ones refuse what is not this.
+_EXT_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_EXT_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;%s(?:=(?:%s|%s))?)*" % (_EXT_TOKEN, _EXT_TOKEN, _EXT_QUOTED))
 
 # How a message body is delimited.
 NO_BODY = 0

@@ -16,7 +16,7 @@ import re
 import msgspec
 
 from llmrelay.proto.errors import RequestRejected
-from llmrelay.proto.h1.fields import FIELD_LINE, connection_close_requested, is_token
+from llmrelay.proto.h1.fields import FIELD_LINE, connection_close_requested, htab_after_value, is_token
 from llmrelay.proto.h1.framing import LENGTH, REQUEST, FramingError, body_framing
 from llmrelay.proto.messages import Headers, RequestHead
 
@@ -90,6 +90,8 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
         method, target, http10 = _unusual_request_line(request_line)
     if method == b"CONNECT":
         raise RequestRejected(405, "CONNECT is not supported")
+    if method == b"PRI":  # the start of the HTTP/2 preface (RFC 9113 section 3.4), never a request
+        raise RequestRejected(400, "PRI is the HTTP/2 connection preface, not a request method")
     if len(fields) > limits.max_header_count:
         raise RequestRejected(431, "too many header fields")
     if len(body) - len(request_line) > limits.max_header_bytes:
@@ -136,6 +138,8 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
         raise RequestRejected(400, "malformed Host header")
     if codings and http10:
         raise RequestRejected(400, "Transfer-Encoding on an HTTP/1.0 request")
+    if codings and any(htab_after_value(line) for line in fields if line[:18].lower() == b"transfer-encoding:"):
+        raise RequestRejected(400, "HTAB after the Transfer-Encoding value")
     body_length: int | None = 0
     if lengths or codings:
         try:
@@ -143,6 +147,10 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
         except FramingError as exc:
             raise RequestRejected(exc.status, str(exc)) from None
         body_length = length if framing == LENGTH else None
+        if upgrade and body_length != 0 and b"upgrade" in _options(connection):
+            # llhttp passes every byte after such a head to the new protocol; h11 (and RFC 9110) read
+            # the body first. Nothing the relay serves upgrades with a body: refused.
+            raise RequestRejected(400, "a request asking to switch protocols has a body")
     return RequestHead(
         method=method,
         target=target,
@@ -193,8 +201,12 @@ def _check_host(value: bytes) -> bool:
 def _asks_websocket(upgrade: list[bytes], connection: list[bytes]) -> bool:
     """`Upgrade: websocket` (any version, any case), named by `Connection: upgrade` (RFC 9110 7.8)."""
     protocols = {part.strip(b" \t").partition(b"/")[0].lower() for value in upgrade for part in value.split(b",")}
-    options = {part.strip(b" \t").lower() for value in connection for part in value.split(b",")}
-    return b"websocket" in protocols and b"upgrade" in options
+    return b"websocket" in protocols and b"upgrade" in _options(connection)
+
+
+def _options(connection: list[bytes]) -> set[bytes]:
+    """The options listed by a request's Connection fields, lower-cased."""
+    return {part.strip(b" \t").lower() for value in connection for part in value.split(b",")}
 
 
 def _unusual_request_line(request_line: bytes) -> tuple[bytes, bytes, bool]:
