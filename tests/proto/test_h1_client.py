@@ -371,3 +371,13 @@ def test_one_length_or_chunked_alone_frames_both_sides_alike() -> None:
         assert request is not None and request.body_length == (length if framing == LENGTH else None)
         response = parse_response_head(b"HTTP/1.1 200 OK\r\n" + fields.rstrip(b"\r\n"), b"GET")
         assert (response.framing, response.length) == (framing, length)
+
+
+def test_an_http10_response_with_a_transfer_coding_is_refused() -> None:
+    """RFC 9112 section 6.1: its framing is faulty, whatever else it says."""
+    for answer in (
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\nhello",
+    ):
+        with pytest.raises(ResponseError, match="HTTP/1.0"):
+            client(answer).next_head(b"GET")

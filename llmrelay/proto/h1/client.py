@@ -74,6 +74,9 @@ def parse_response_head(head: bytes, method: bytes) -> ResponseHead:
                     raise FramingError("HTAB after the Transfer-Encoding value")
             elif name == b"connection":
                 close = close or connection_close_requested(value)
+    if codings and http10:
+        # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+        raise FramingError("Transfer-Encoding in an HTTP/1.0 response")
     framing, length = body_framing(RESPONSE, method, status, lengths, codings)
     if framing == UNTIL_CLOSE:
         close = True
