@@ -144,7 +144,7 @@ def test_forwarded_headers_default_to_append_and_inherit_from_server() -> None:
 
 def test_first_byte_timeout_defaults_to_what_the_sdks_wait() -> None:
     assert EndpointSection().first_byte_timeout == 600.0
-    assert load_config(None, environ={}).endpoints[0].first_byte_timeout == 600.0
+    assert load_config(None, environ={}).endpoints[0].timeouts.first_byte == 600.0
 
 
 # -- item 23: host entries -----------------------------------------------------------------------------
