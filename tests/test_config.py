@@ -162,6 +162,21 @@ def test_semantic_errors_name_their_endpoint() -> None:
     assert "endpoints.health: invalid endpoint name" in text
 
 
+def test_socks5_credentials_longer_than_the_protocol_allows_are_refused() -> None:
+    long = "u" * 256
+    errors = errors_of(
+        f"""
+        [endpoints.a]
+        target_base = "https://api.openai.com/v1"
+        proxy_url = "socks5://{long}:p@127.0.0.1:1080"
+        [endpoints.b]
+        target_base = "https://api.openai.com/v1"
+        proxy_url = "http://{long}:p@127.0.0.1:3128"
+        """
+    )
+    assert errors == ["endpoints.a.proxy_url: a SOCKS5 user name or password is at most 255 bytes"]
+
+
 def test_duplicate_hosts_are_refused() -> None:
     errors = errors_of(
         """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
@@ -180,6 +180,10 @@ def _check_proxy_url(url: str, path: str, errors: list[str]) -> None:
         errors.append(f"{path}: expected a scheme among {', '.join(PROXY_SCHEMES)}, got {parts.scheme or 'none'!r}")
     elif not parts.hostname:
         errors.append(f"{path}: the proxy URL has no host")
+    elif parts.scheme.startswith("socks5") and any(
+        len(unquote(part or "").encode()) > 255 for part in (parts.username, parts.password)
+    ):
+        errors.append(f"{path}: a SOCKS5 user name or password is at most 255 bytes")
 
 
 def _resolve_keys(
