@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
 import time
 
 import httpx
@@ -122,6 +123,22 @@ def test_ambiguous_or_malformed_requests_are_refused_and_closed(
     assert b"connection: close" in answer.lower()
     assert len(mock.requests) == before
     assert httpx.get(relay.url("/small/v1/models"), timeout=5).status_code == 200  # the worker still serves
+
+
+def test_a_tls_client_on_the_plain_port_is_closed_with_a_log_line(relay) -> None:  # type: ignore[no-untyped-def]
+    """An `https://` URL pointed at the plain listener: no HTTP answer it could not read, a clear log."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            with context.wrap_socket(sock, server_hostname="relay.test") as tls:
+                tls.recv(1)
+    deadline = time.monotonic() + 5
+    while "a TLS handshake on a plain HTTP listener" not in relay.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "a TLS handshake on a plain HTTP listener" in relay.logs()
+    assert httpx.get(relay.url("/small/v1/models"), timeout=5).status_code == 200
 
 
 def test_pipelined_requests_are_answered_in_order(relay, mock: MockProvider) -> None:  # type: ignore[no-untyped-def]

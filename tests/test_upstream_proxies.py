@@ -95,9 +95,9 @@ def start_proxy(tmp_path: Path) -> Iterator:
     """start_proxy(scheme="http", users=None) -> Proxy; users: list of "user:password" lines."""
     started: list[Proxy] = []
 
-    def start(scheme: str = "http", users: list[str] | None = None) -> Proxy:
+    def start(scheme: str = "http", users: list[str] | None = None, tls: tuple[Path, Path] | None = None) -> Proxy:
         port = free_port()
-        listen = f"{scheme}://127.0.0.1:{port}"
+        listen = f"{scheme}{'+ssl' if tls else ''}://127.0.0.1:{port}"
         if users:
             users_file = tmp_path / f"pproxy-users-{port}"
             users_file.write_text("\n".join(users) + "\n")
@@ -107,6 +107,8 @@ def start_proxy(tmp_path: Path) -> Iterator:
         command = [sys.executable, "-m", "pproxy", "-l", listen, "-v"]
         if users:
             command += ["--auth", "0"]  # no per-IP memory of a past login: every connection authenticates
+        if tls:
+            command += ["--ssl", f"{tls[0]},{tls[1]}"]
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -345,6 +347,41 @@ def test_https_target_through_connect(tls_mock, start_relay, start_proxy, host: 
     assert_through_proxy(proxy, mock, relay, host=host)
 
 
+def test_https_proxy_verified_with_its_own_ca(tmp_path: Path, tls_mock, mock: MockProvider, start_relay, start_proxy) -> None:
+    """TLS to the proxy itself: forwarding a plain target inside it, CONNECT and TLS-in-TLS for an https
+    one; the proxy is verified with `proxy_ca_file`, the target with `ca_file`, never one for the other."""
+    target, target_ca = tls_mock
+    proxy_ca = trustme.CA()
+    cert, key = tmp_path / "proxy-cert.pem", tmp_path / "proxy-key.pem"
+    issued = proxy_ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    proxy_ca_path = tmp_path / "proxy-ca.pem"
+    proxy_ca.cert_pem.write_to_path(str(proxy_ca_path))
+    proxy = start_proxy("http", tls=(cert, key))
+    url = f"https://127.0.0.1:{proxy.port}"
+    relay = start_relay(
+        relay_config(
+            endpoint_config("plain", mock, proxy_url=url, proxy_ca_file=str(proxy_ca_path)),
+            endpoint_section(
+                "tls", f"https://127.0.0.1:{target.port}/v1", proxy_url=url,
+                proxy_ca_file=str(proxy_ca_path), ca_file=str(target_ca),
+            ),
+            endpoint_config("unverified", mock, proxy_url=url),  # certifi does not know the proxy's CA
+            endpoint_section(  # the target's CA does not vouch for the proxy
+                "crossed", f"https://127.0.0.1:{target.port}/v1", proxy_url=url, ca_file=str(target_ca),
+            ),
+        )
+    )
+    assert post_chat(relay, "plain").json()["choices"][0]["message"]["content"] == "Hello from mock openai"
+    assert post_chat(relay, "tls").json()["choices"][0]["message"]["content"] == "Hello from mock openai"
+    for name in ("unverified", "crossed"):
+        body = assert_openai_502(post_chat(relay, name))
+        assert "TLS handshake with the upstream proxy failed" in body["error"]["message"], body
+    assert proxy.lines_to("127.0.0.1", mock.port) and proxy.lines_to("127.0.0.1", target.port)
+    assert len(mock.requests) == 1 and len(target.requests) == 1
+
+
 # -- 4. proxy down -----------------------------------------------------------------------------------------
 
 
@@ -433,6 +470,42 @@ def test_broken_proxy_gives_502(mock: MockProvider, start_relay, broken_proxy, s
     assert relay.worker_pids() == workers
     assert_openai_502(response)
     assert "Traceback" not in relay.logs()
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "malformed upstream response: both Content-Length and Transfer-Encoding",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n0\r\n\r\n",
+            "malformed upstream response: HTAB after the Transfer-Encoding value",
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok", "malformed upstream response: Content-Length with a list"),
+    ],
+    ids=["cl-and-te", "te-htab", "cl-list"],
+)
+def test_one_strictness_whatever_the_way(
+    start_relay, start_proxy, broken_proxy, reply: bytes, message: str
+) -> None:
+    """The same parser judges a response whether the target is reached directly, forwarded by an HTTP
+    proxy or tunnelled through SOCKS5: `proxy_url` never changes what is relayed."""
+    target = broken_proxy(reply)  # a target that answers `reply` to anything
+    http_proxy, socks_proxy = start_proxy("http"), start_proxy("socks5")
+    base = f"http://127.0.0.1:{target}/v1"
+    relay = start_relay(
+        relay_config(
+            endpoint_section("direct", base),
+            endpoint_section("forwarded", base, proxy_url=http_proxy.url()),
+            endpoint_section("socks", base, proxy_url=socks_proxy.url()),
+        )
+    )
+    for name in ("direct", "forwarded", "socks"):
+        body = assert_openai_502(post_chat(relay, name))
+        assert body["error"]["message"].startswith(message), (name, body)
+    assert http_proxy.lines_to("127.0.0.1", target) and socks_proxy.lines_to("127.0.0.1", target)
 
 
 # -- 5. proxy authentication ----------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class ResolvedEndpoint(msgspec.Struct, frozen=True, kw_only=True):
     public: bool
     timeouts: UpstreamTimeouts
     ca_file: str | None
+    proxy_ca_file: str | None
     pool: PoolLimits
     max_body_size: int
 
@@ -274,10 +275,10 @@ def resolve_config(
         else:
             auth = _resolve_keys(section.auth_keys, f"{path}.auth_keys", errors, environ)
             auth_source = "endpoint" if section.auth_keys else "none"
-        if section.ca_file is not None:
-            problem = ca_file_problem(section.ca_file)
+        for key, ca_path in (("ca_file", section.ca_file), ("proxy_ca_file", section.proxy_ca_file)):
+            problem = ca_file_problem(ca_path) if ca_path is not None else None
             if problem is not None:
-                errors.append(f"{path}.ca_file: {printable(problem)}")
+                errors.append(f"{path}.{key}: {printable(problem)}")
         api_keys = _resolve_api_keys(section, path, errors, environ)
         if api_keys and not auth and not loopback and not section.public:
             errors.append(
@@ -300,6 +301,7 @@ def resolve_config(
                 public=section.public,
                 timeouts=upstream_timeouts(section),
                 ca_file=section.ca_file,
+                proxy_ca_file=section.proxy_ca_file,
                 pool=pool_limits(section),
                 max_body_size=section.max_body_size,
             )

@@ -50,6 +50,7 @@ class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     first_byte_timeout: PositiveFloat = 600.0  # what the OpenAI and Anthropic SDKs wait
     idle_timeout: PositiveFloat = 120.0
     ca_file: str | None = None
+    proxy_ca_file: str | None = None  # verifies an https:// proxy_url
     forwarded_headers: ForwardedHeaders | None = None  # None: server.forwarded_headers
     max_connections: PositiveInt = 100
     keepalive_expiry: NonNegativeFloat = 30.0

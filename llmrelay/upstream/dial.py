@@ -52,12 +52,19 @@ class ProxyURL:
 class Dialer:
     """Opens connections to one endpoint's target, the way its config says."""
 
-    def __init__(self, target: Target, proxy_url: str | None, ca_file: str | None, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        target: Target,
+        proxy_url: str | None,
+        ca_file: str | None,
+        connect_timeout: float,
+        proxy_ca_file: str | None = None,
+    ) -> None:
         self.target = target
         self.proxy = ProxyURL(proxy_url) if proxy_url is not None else None
         self.connect_timeout = connect_timeout
         self._tls = ssl_context(ca_file) if target.scheme == "https" else None
-        self._proxy_tls = ssl_context(None) if self.proxy is not None and self.proxy.scheme == "https" else None
+        self._proxy_tls = ssl_context(proxy_ca_file) if self.proxy is not None and self.proxy.scheme == "https" else None
         proxy = self.proxy
         # Through an HTTP proxy, a plain-http target is forwarded rather than tunnelled: requests go
         # in absolute form, and a 407 then comes from the proxy itself, never from the provider.

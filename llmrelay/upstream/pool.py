@@ -69,7 +69,9 @@ class UpstreamPool:
 
     def __init__(self, endpoint: ResolvedEndpoint) -> None:
         self.endpoint = endpoint
-        self.dialer = Dialer(endpoint.target, endpoint.proxy_url, endpoint.ca_file, endpoint.timeouts.connect)
+        self.dialer = Dialer(
+            endpoint.target, endpoint.proxy_url, endpoint.ca_file, endpoint.timeouts.connect, endpoint.proxy_ca_file
+        )
         self.first_byte_timeout = endpoint.timeouts.first_byte
         self.idle_timeout = endpoint.timeouts.idle
         self._keepalive_expiry = endpoint.pool.keepalive_expiry
