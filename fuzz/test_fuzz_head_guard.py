@@ -29,7 +29,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from llmrelay.proto.errors import RequestRejected
-from llmrelay.proto.h1.head_guard import HeadLimits, check_request_head, find_head_end, parse_request_head, valid_host
+from llmrelay.proto.h1.head_guard import HeadLimits, find_head_end, parse_request_head, valid_host
 
 CHECK_STATUSES = frozenset({400, 405, 414, 431, 501, 505})
 FIND_STATUSES = frozenset({400, 414, 431})
@@ -468,7 +468,7 @@ def _mutated_heads(draw: st.DrawFn, insertable: tuple[bytes, ...], target_alphab
 def _rejection_status(head: bytes, limits: HeadLimits) -> int | None:
     """None when the guard accepts `head`, else the status; any other exception propagates."""
     try:
-        check_request_head(head, limits)
+        parse_request_head(head, limits, "http", ("", 0))
     except RequestRejected as exc:
         return exc.status
     return None

@@ -155,13 +155,15 @@ class H1Connection:
     async def read_body(self) -> bytes:
         """The next body bytes (b"" once the body is complete; check `body_done`)."""
         protocol = self._protocol
+        decoder = protocol.decoder
+        assert decoder is not None
         try:
-            while True:
+            if protocol.buffer or decoder.done:  # bytes that came with the head, or the end
                 content = protocol.next_body()
                 if content is not None:
-                    if protocol.body_done:
-                        self.body_done = True
+                    self.body_done = decoder.done
                     return content
+            while True:
                 timer = self.timer
                 timer.arm(self.idle_timeout, _IDLE)
                 if self._read_dry:
@@ -177,7 +179,11 @@ class H1Connection:
                     protocol.end_of_stream()
                     self.body_done = True
                     return b""
-                protocol.receive_data(data)
+                content = protocol.body_data(data)
+                if content is not None:
+                    if decoder.done:
+                        self.body_done = True
+                    return content
         except ResponseClosed:
             raise UpstreamProtocolError("upstream closed the connection mid-body") from None
         except ResponseError as exc:

@@ -63,11 +63,6 @@ def find_head_end(buffer: bytes | bytearray, limits: HeadLimits) -> int:
     return end + 4
 
 
-def check_request_head(head: bytes, limits: HeadLimits) -> None:
-    """Raise RequestRejected unless `head` (ending in CRLFCRLF) is an unambiguous HTTP/1.x request."""
-    parse_request_head(head, limits, "http", ("", 0))
-
-
 def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tuple[str, int]) -> RequestHead:
     """Check `head` (ending in CRLFCRLF) strictly and parse it; raise RequestRejected when it is not
     an unambiguous HTTP/1.x request.

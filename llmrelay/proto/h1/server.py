@@ -97,11 +97,6 @@ class ServerConnection:
     def receive_data(self, data: bytes) -> None:
         self.buffer = self.buffer + data if self.buffer else data
 
-    def take_buffer(self) -> bytes:
-        data = self.buffer
-        self.buffer = b""
-        return data
-
     def put_back(self, data: bytes) -> None:
         self.buffer = data + self.buffer if self.buffer else data
 
