@@ -79,6 +79,11 @@ class DepartureWatcher:
         finally:
             done.set()
 
+    @property
+    def running(self) -> bool:
+        """Whether a watcher task runs (`stop()` must then be awaited; `cancel()` suffices otherwise)."""
+        return self._scope is not None
+
     async def stop(self) -> None:
         """The exchange is over: no more watching (waits for a running watcher to finish)."""
         self._timer.disarm()

@@ -209,7 +209,11 @@ class Http1Connection:
                 await self._run_handler(exchange)
             finally:
                 state.requests_in_flight -= 1
-            await self.watcher.stop()
+            watcher = self.watcher
+            if watcher.running:
+                await watcher.stop()
+            else:
+                watcher.cancel()  # (only a timer to disarm: no await on the usual path)
             after = protocol.finish(exchange, self.transport.closed or state.closing_idle)
             if after is _DISCARDING:
                 after = protocol.discarded(await self._discard_body(exchange) and not state.closing_idle)

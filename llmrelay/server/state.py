@@ -23,17 +23,13 @@ class ServerState:
     def __init__(self, watchers: trio.Nursery | None = None) -> None:
         self.draining = False
         self.close_idle = False
+        self.closing_idle = False  # draining and closing idle connections: none waits for a next request
         self.idle: set[DrainableConnection] = set()  # waiting for a next request; a full stop closes them
         self.watchers = watchers
         self.connections = 0
         self.requests_in_flight = 0
         self.requests_total = 0
         self._all_closed = trio.Event()
-
-    @property
-    def closing_idle(self) -> bool:
-        """Whether connections close instead of waiting for a next request (a full stop)."""
-        return self.draining and self.close_idle
 
     def connection_opened(self) -> None:
         self.connections += 1
@@ -52,6 +48,7 @@ class ServerState:
     def start_draining(self, close_idle: bool) -> None:
         self.draining = True
         self.close_idle = self.close_idle or close_idle
+        self.closing_idle = self.close_idle
         if self.close_idle:
             for connection in list(self.idle):
                 connection.stop_idle()

@@ -72,11 +72,7 @@ class Dialer:
         self.forward_credentials = (
             basic_credentials(*proxy.auth) if self.forwarding and proxy is not None and proxy.auth else None
         )
-        self.origin = target.origin.encode("ascii")
-
-    def request_target(self, target: bytes) -> bytes:
-        """The request target for a path: absolute form when forwarded by an HTTP proxy."""
-        return self.origin + target if self.forwarding else target
+        self.origin = target.origin.encode("ascii")  # before a path: absolute form, when forwarding
 
     async def connect(self) -> Transport:
         with trio.move_on_after(self.connect_timeout):

@@ -128,7 +128,8 @@ class UpstreamExchange:
         headers = request.headers
         if dialer.forward_credentials is not None:
             headers = [*headers, (b"Proxy-Authorization", dialer.forward_credentials)]  # (some proxies match its case)
-        head = request_head(request.method, dialer.request_target(request.target), headers)
+        target = dialer.origin + request.target if dialer.forwarding else request.target
+        head = request_head(request.method, target, headers)
         replayable = isinstance(request.body, bytes)
         while True:
             connection = await slots.acquire()

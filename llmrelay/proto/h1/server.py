@@ -67,6 +67,10 @@ CONNECTION_TRANSITIONS: dict[tuple[ConnectionState, ConnectionEvent], Connection
 }
 
 
+_AWAITING_HEAD, _EXCHANGE = ConnectionState.AWAITING_HEAD, ConnectionState.EXCHANGE
+assert CONNECTION_TRANSITIONS[_EXCHANGE, ConnectionEvent.REUSE] is _AWAITING_HEAD
+
+
 class InvalidTransition(RuntimeError):
     pass
 
@@ -140,15 +144,13 @@ class ServerConnection:
     def finish(self, exchange: ServerExchange, closing: bool) -> ConnectionState:
         """After a response: AWAITING_HEAD (keep-alive), DISCARDING (read and drop the rest of the
         request body first) or CLOSED. `closing`: the transport is gone or the server stops."""
-        if (
-            closing
-            or exchange.client_gone
-            or exchange.close_after
-            or exchange.phase is not _DONE
-        ):
+        if closing or exchange.client_gone or exchange.close_after or exchange.phase is not _DONE:
             return self._move(ConnectionEvent.CLOSE)
         if not exchange.body_complete:
             return self._move(ConnectionEvent.DISCARD)
+        if self.state is _EXCHANGE:  # (the usual move, without the table lookup's call)
+            self.state = _AWAITING_HEAD
+            return _AWAITING_HEAD
         return self._move(ConnectionEvent.REUSE)
 
     def discarded(self, complete: bool) -> ConnectionState:
