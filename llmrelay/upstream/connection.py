@@ -132,11 +132,11 @@ class H1Connection:
         try:
             while True:
                 try:
-                    head = protocol.next_head(method)
-                    if head is not None:
-                        self.body_done = protocol.body_done
-                        return head
-                    if protocol.buffer:
+                    if protocol.buffer:  # (bytes after a 100 Continue, or a head not whole yet)
+                        head = protocol.next_head(method)
+                        if head is not None:
+                            self.body_done = protocol.body_done
+                            return head
                         data = await transport.receive()
                     else:  # the request has just left: the answer cannot be here yet
                         data = await transport.receive_after_wait()

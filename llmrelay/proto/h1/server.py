@@ -69,6 +69,7 @@ CONNECTION_TRANSITIONS: dict[tuple[ConnectionState, ConnectionEvent], Connection
 
 _AWAITING_HEAD, _EXCHANGE = ConnectionState.AWAITING_HEAD, ConnectionState.EXCHANGE
 assert CONNECTION_TRANSITIONS[_EXCHANGE, ConnectionEvent.REUSE] is _AWAITING_HEAD
+assert CONNECTION_TRANSITIONS[_AWAITING_HEAD, ConnectionEvent.HEAD] is _EXCHANGE
 
 
 class InvalidTransition(RuntimeError):
@@ -126,7 +127,11 @@ class ServerConnection:
         if end < 0:
             return None
         head = parse_request_head(buffer[:end], self.limits, self.scheme, self.client)
-        self._move(ConnectionEvent.HEAD)  # (before the head is taken: an illegal call changes nothing)
+        # The move comes before the head is taken: an illegal call changes nothing.
+        if self.state is _AWAITING_HEAD:  # (the usual move, without the table lookup's call)
+            self.state = _EXCHANGE
+        else:
+            self._move(ConnectionEvent.HEAD)
         self.buffer = buffer[end:]
         self.served += 1
         return head
