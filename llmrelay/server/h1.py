@@ -21,6 +21,7 @@ from llmrelay.io.logsafe import describe
 from llmrelay.io.timers import Timer, TimerReason, TimerWheel
 from llmrelay.io.transport import BrokenTransport, SocketTransport
 from llmrelay.proto.errors import ClientDisconnected, RequestRejected
+from llmrelay.proto.h1.framing import CHUNKED
 from llmrelay.proto.h1.server import CONTINUE, ConnectionState, ServerConnection, ServerExchange
 from llmrelay.proto.messages import Headers, RequestHead, ResponsePhase
 from llmrelay.server.departure import DepartureWatcher
@@ -32,7 +33,8 @@ log = logging.getLogger("llmrelay.http")
 
 # Global reads on the hot path rather than enum attribute lookups.
 _HEADER, _BODY, _IDLE, _WRITE = TimerReason.HEADER, TimerReason.BODY, TimerReason.IDLE, TimerReason.WRITE
-_PENDING = ResponsePhase.PENDING
+_PENDING, _STREAMING = ResponsePhase.PENDING, ResponsePhase.STREAMING
+_CHUNKED = CHUNKED
 _AWAITING_HEAD = ConnectionState.AWAITING_HEAD
 _DISCARDING = ConnectionState.DISCARDING
 _TLS = Wire.TLS
@@ -77,7 +79,12 @@ class Http1Exchange(ServerExchange):
             await self._driver.send_bytes(pending)
 
     async def send_body(self, data: bytes) -> None:
-        payload = self.body_bytes(data)
+        if data and self._framing == _CHUNKED and self.phase is _STREAMING and not self._pending:
+            # A stream's next event (once per event): framed here without the general path's checks.
+            payload = b"%x\r\n%b\r\n" % (len(data), data)
+            self.sends += 1
+        else:
+            payload = self.body_bytes(data)
         if payload:
             driver = self._driver  # (send_bytes, inlined: this runs once per streamed event)
             try:

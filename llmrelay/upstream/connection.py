@@ -22,7 +22,7 @@ from typing import Protocol
 from llmrelay.io.timers import Timer, TimerReason, TimerWheel
 from llmrelay.io.transport import BrokenTransport, Transport
 from llmrelay.proto.h1.client import ClientProtocol, ResponseClosed, ResponseError, ResponseHead
-from llmrelay.proto.h1.framing import LAST_CHUNK, encode_chunk
+from llmrelay.proto.h1.framing import LAST_CHUNK, FramingError, encode_chunk
 from llmrelay.upstream.errors import UpstreamProtocolError, UpstreamTimeout
 
 _FIRST_BYTE, _IDLE = TimerReason.FIRST_BYTE, TimerReason.IDLE  # global reads on the hot path
@@ -179,10 +179,14 @@ class H1Connection:
                     protocol.end_of_stream()
                     self.body_done = True
                     return b""
-                content = protocol.body_data(data)
-                if content is not None:
-                    if decoder.done:
-                        self.body_done = True
+                try:
+                    content = decoder.feed(data)  # (the buffer is empty here: straight to the decoder)
+                except FramingError as exc:
+                    raise ResponseError(str(exc)) from None
+                if decoder.done:
+                    self.body_done = True
+                    return content
+                if content:
                     return content
         except ResponseClosed:
             raise UpstreamProtocolError("upstream closed the connection mid-body") from None

@@ -156,23 +156,6 @@ class ClientProtocol:
             return content
         return None
 
-    def body_data(self, data: bytes) -> bytes | None:
-        """`receive_data(data)` then `next_body()`, in one call: the streaming path, where each read
-        is one event and nothing waits in the buffer."""
-        self.received = True
-        if self.buffer:
-            self.buffer += data
-            return self.next_body()
-        decoder = self.decoder
-        assert decoder is not None
-        try:
-            content = decoder.feed(data)
-        except FramingError as exc:
-            raise ResponseError(str(exc)) from None
-        if decoder.done or content:
-            return content
-        return None
-
     def end_of_stream(self) -> None:
         """The upstream closed: the end of a close-delimited body, otherwise a ResponseError."""
         self.keep_alive = False
