@@ -447,7 +447,11 @@ def _mutated_heads(draw: st.DrawFn, insertable: tuple[bytes, ...], target_alphab
     parts = draw(valid_heads(target_alphabet))
     for name in draw(structural_names):
         STRUCTURAL_MUTATIONS[name][0](draw, parts)
-    head = parts.render()
+    return mutate_bytes(draw, parts.render(), insertable)
+
+
+def mutate_bytes(draw: st.DrawFn, head: bytes, insertable: tuple[bytes, ...]) -> bytes:
+    """Up to two byte-level changes: a byte inserted or deleted, a line ending broken, a NUL."""
     for _ in range(draw(st.integers(0, 2))):
         kind = draw(byte_mutation_kinds)
         if kind == "insert":

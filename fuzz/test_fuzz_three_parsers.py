@@ -45,7 +45,6 @@ from oracles import (
     ours_response,
 )
 from test_fuzz_head_guard import (
-    BYTE_MUTATIONS,
     INSERTABLE,
     INSERTABLE_OR_ANY_BYTE,
     LEGAL_CHUNKED,
@@ -53,6 +52,7 @@ from test_fuzz_head_guard import (
     STRUCTURAL_MUTATIONS,
     VCHAR,
     HeadParts,
+    mutate_bytes,
     valid_heads,
 )
 from test_fuzz_wire import chunked_bodies
@@ -111,22 +111,6 @@ def body_for(draw: st.DrawFn, head: bytes) -> bytes:
     return draw(st.binary(max_size=20))
 
 
-def _mutate_bytes(draw: st.DrawFn, head: bytes, insertable: tuple[bytes, ...]) -> bytes:
-    """Up to two byte-level changes: a byte inserted or deleted, a line ending broken, a NUL."""
-    for _ in range(draw(st.integers(0, 2))):
-        kind = draw(st.sampled_from(("insert", "delete", *sorted(BYTE_MUTATIONS))))
-        if kind == "insert":
-            at = draw(st.integers(0, len(head)))
-            head = head[:at] + draw(st.sampled_from(insertable)) + head[at:]
-        elif kind == "delete":
-            if head:
-                at = draw(st.integers(0, len(head) - 1))
-                head = head[:at] + head[at + 1 :]
-        else:
-            head = BYTE_MUTATIONS[kind][0](draw, head)
-    return head
-
-
 @st.composite
 def requests(draw: st.DrawFn, mutate: bool = True) -> bytes:
     """A request head (valid, then possibly mutated), a body for its framing, and what comes next."""
@@ -151,7 +135,7 @@ def requests(draw: st.DrawFn, mutate: bool = True) -> bytes:
             STRUCTURAL_MUTATIONS[name][0](draw, parts)
     head = parts.render()
     if mutate and draw(st.booleans()):
-        head = _mutate_bytes(draw, head, INSERTABLE_OR_ANY_BYTE if high else INSERTABLE)
+        head = mutate_bytes(draw, head, INSERTABLE_OR_ANY_BYTE if high else INSERTABLE)
     return head + draw(body_for(head)) + draw(st.sampled_from(TAILS))
 
 
@@ -195,7 +179,7 @@ def responses(draw: st.DrawFn) -> bytes:
             STRUCTURAL_MUTATIONS[mutation][0](draw, parts)
     head = parts.render()  # "version status reason", where HeadParts has "method target version"
     if draw(st.integers(0, 2)) == 0:
-        head = _mutate_bytes(draw, head, INSERTABLE_OR_ANY_BYTE)
+        head = mutate_bytes(draw, head, INSERTABLE_OR_ANY_BYTE)
     if draw(st.integers(0, 5)) == 0:
         head = draw(st.sampled_from(INFORMATIONAL)) + head
     return head + draw(body_for(head))
