@@ -23,7 +23,7 @@ from llmrelay.config.resolved import ResolvedEndpoint
 from llmrelay.io.timers import wheel
 from llmrelay.proto.h1.client import request_head
 from llmrelay.proto.messages import Headers
-from llmrelay.upstream.connection import H1Connection
+from llmrelay.upstream.connection import H1Connection, UpstreamConnection
 from llmrelay.upstream.dial import Dialer
 from llmrelay.upstream.errors import UpstreamProtocolError, UpstreamProxyError
 from llmrelay.upstream.slots import ConnectionSlots
@@ -48,7 +48,7 @@ class UpstreamResponse:
 
     __slots__ = ("status", "headers", "_connection", "read_chunk")
 
-    def __init__(self, connection: H1Connection, status: int, headers: Headers) -> None:
+    def __init__(self, connection: UpstreamConnection, status: int, headers: Headers) -> None:
         self.status = status
         self.headers = headers
         self._connection = connection
@@ -76,11 +76,11 @@ class UpstreamPool:
         self.idle_timeout = endpoint.timeouts.idle
         self._keepalive_expiry = endpoint.pool.keepalive_expiry
         self._wheel = wheel()
-        self.slots: ConnectionSlots[H1Connection] = ConnectionSlots(
-            endpoint.pool.max_connections, endpoint.pool.wait, self._still_usable, H1Connection.close
+        self.slots: ConnectionSlots[UpstreamConnection] = ConnectionSlots(
+            endpoint.pool.max_connections, endpoint.pool.wait, self._still_usable, _close
         )
 
-    def _still_usable(self, connection: H1Connection) -> bool:
+    def _still_usable(self, connection: UpstreamConnection) -> bool:
         idle = monotonic() - connection.idle_since
         if idle >= self._keepalive_expiry:
             return False
@@ -92,8 +92,8 @@ class UpstreamPool:
         """Send `request`; the response once its headers arrived; always closed on leaving."""
         return UpstreamExchange(self, request)
 
-    async def open(self) -> H1Connection:
-        return H1Connection(await self.dialer.connect(), self._wheel)
+    async def open(self) -> UpstreamConnection:
+        return H1Connection(await self.dialer.connect(), self._wheel)  # (HTTP/2 will be a second kind)
 
     def statistics(self) -> dict[str, int]:
         return self.slots.statistics()
@@ -101,6 +101,10 @@ class UpstreamPool:
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
             await self.slots.aclose()
+
+
+def _close(connection: UpstreamConnection) -> None:
+    connection.close()
 
 
 class UpstreamExchange:
@@ -111,7 +115,7 @@ class UpstreamExchange:
     def __init__(self, pool: UpstreamPool, request: UpstreamRequest) -> None:
         self._pool = pool
         self._request = request
-        self._connection: H1Connection | None = None
+        self._connection: UpstreamConnection | None = None
         self._interrupted = False
 
     def interrupt(self) -> None:
