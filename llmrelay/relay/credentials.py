@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import random
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, unquote_plus
 
 from llmrelay.config.resolved import WeightedKey
 from llmrelay.proto.messages import Headers
+from llmrelay.upstream.balancer import SmoothWeighted
 
 
 def _digest(value: bytes) -> bytes:
@@ -83,12 +83,14 @@ def strip_query_key(query: str) -> str:
 
 
 class KeyPicker:
-    """Weighted random choice among an endpoint's provider keys."""
+    """An endpoint's provider keys in smooth weighted round-robin (`upstream.balancer`): over any run
+    of requests each key's share follows its weight, interleaved; weight 0 is never used."""
 
     def __init__(self, keys: Sequence[WeightedKey]) -> None:
         usable = [k for k in keys if k.weight > 0]
         self._keys = [k.key for k in usable]
-        self._weights = [k.weight for k in usable]
+        self._rotation = SmoothWeighted([k.weight for k in usable])
+        self._every = list(range(len(self._keys)))
 
     def __bool__(self) -> bool:
         return bool(self._keys)
@@ -96,4 +98,6 @@ class KeyPicker:
     def pick(self) -> str:
         if len(self._keys) == 1:
             return self._keys[0]
-        return random.choices(self._keys, weights=self._weights, k=1)[0]
+        index = self._rotation.pick(self._every)
+        assert index is not None  # (never empty: an endpoint without keys does not pick)
+        return self._keys[index]
