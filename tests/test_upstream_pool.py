@@ -93,3 +93,30 @@ async def test_a_response_left_early_frees_its_slot(mock: MockProvider) -> None:
     with trio.fail_after(5):
         assert (await fetch(pool, request(mock))).endswith(b"data: [DONE]\n\n")
     await pool.aclose()
+
+
+async def test_a_tls_handshake_that_never_comes_times_out_and_closes_the_socket() -> None:
+    """A target that accepts TCP but never answers the ClientHello: the connect timeout ends the
+    attempt with UpstreamTimeout, and the half-made connection is closed, not left to the collector."""
+    from llmrelay.config.resolved import Target
+    from llmrelay.upstream.dial import Dialer
+    from llmrelay.upstream.errors import UpstreamTimeout
+
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    dialer = Dialer(Target("https", "127.0.0.1", port, ""), None, None, connect_timeout=0.3)
+    with trio.fail_after(5):
+        try:
+            await dialer.connect()
+        except UpstreamTimeout as exc:
+            assert "timed out connecting" in str(exc)
+        else:
+            raise AssertionError("connected without a handshake")
+        accepted, _ = await listener.accept()
+        with accepted:
+            data = await accepted.recv(65536)  # the ClientHello
+            while data:
+                data = await accepted.recv(65536)  # then the end of stream: the relay closed it
+    listener.close()

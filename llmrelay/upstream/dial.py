@@ -69,9 +69,8 @@ class Dialer:
         # Through an HTTP proxy, a plain-http target is forwarded rather than tunnelled: requests go
         # in absolute form, and a 407 then comes from the proxy itself, never from the provider.
         self.forwarding = proxy is not None and proxy.scheme in ("http", "https") and target.scheme == "http"
-        self.forward_credentials = (
-            basic_credentials(*proxy.auth) if self.forwarding and proxy is not None and proxy.auth else None
-        )
+        self._proxy_credentials = basic_credentials(*proxy.auth) if proxy is not None and proxy.auth else None
+        self.forward_credentials = self._proxy_credentials if self.forwarding else None
         self.origin = target.origin.encode("ascii")  # before a path: absolute form, when forwarding
 
     async def connect(self) -> Transport:
@@ -105,8 +104,7 @@ class Dialer:
             if proxy.scheme.startswith("socks5"):
                 await socks5_connect(stream, target.host, target.port, proxy.auth, proxy.scheme == "socks5h")
             elif not self.forwarding:
-                credentials = basic_credentials(*proxy.auth) if proxy.auth else None
-                await http_connect(stream, target.host, target.port, credentials)
+                await http_connect(stream, target.host, target.port, self._proxy_credentials)
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
@@ -123,6 +121,9 @@ async def _start_tls(
         await trio.aclose_forcefully(tls)
         cause = exc.__cause__ or exc
         raise error(f"TLS handshake with {peer} failed: {cause}") from None
+    except BaseException:  # the connect timeout (a cancellation) mid-handshake: nothing stays open
+        await trio.aclose_forcefully(tls)
+        raise
     return tls
 
 
