@@ -150,6 +150,8 @@ class UpstreamExchange:
             try:
                 await connection.send_request(head, request.body, request.chunked, pool.idle_timeout)
                 response = await connection.receive_head(request.method, pool.first_byte_timeout)
+                if response.status == 407 and dialer.forwarding:  # the proxy's own answer, not the provider's
+                    raise UpstreamProxyError("upstream proxy refused the request: 407 Proxy Authentication Required")
             except BaseException as exc:
                 # `async with` calls no __aexit__ when __aenter__ fails: give the connection back here.
                 self._connection = None
@@ -158,11 +160,6 @@ class UpstreamExchange:
                 if isinstance(exc, UpstreamProtocolError) and replayable and connection.retry_safe() and not self._interrupted:
                     continue  # the peer closed this idle connection just as it was reused: use a new one
                 raise
-            if response.status == 407 and dialer.forwarding:
-                self._connection = None
-                connection.close()
-                await slots.release(connection, False)
-                raise UpstreamProxyError("upstream proxy refused the request: 407 Proxy Authentication Required")
             connection.idle_timeout = pool.idle_timeout
             return UpstreamResponse(connection, response.status, response.headers)
 
