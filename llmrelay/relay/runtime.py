@@ -51,9 +51,6 @@ class EndpointRuntime:
         self.replaces_credentials = self.needs_relay_key or self.injects_key
         target = config.target
         self.upstream_host = target.host_header.encode("ascii")
-        self.scheme = target.scheme.encode("ascii")
-        self.host = target.host.encode("ascii")
-        self.port = target.port
         self.base_path = target.base_path
         self.max_body_size = config.max_body_size
         self.forwarded = config.forwarded_headers
