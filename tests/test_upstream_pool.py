@@ -20,7 +20,7 @@ def make_pool(mock: MockProvider, max_connections: int = 2) -> UpstreamPool:
         "test",
         environ={},
     )
-    return UpstreamPool(config.endpoints[0])
+    return UpstreamPool(config.endpoints[0].upstreams[0])
 
 
 def request(mock: MockProvider, delay: str = "0", stream: bool = True) -> UpstreamRequest:

@@ -77,7 +77,21 @@ def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
     return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
 
 
+def _union_member(tp: Any, value: Any) -> Any:
+    """The member of a union (`bool | Section | None`, `list[Entry] | None`) that a table or an
+    array would be decoded as, so that its own keys are checked one by one; else `tp` itself."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return tp
+    for arg in typing.get_args(tp):
+        if isinstance(value, dict) and _struct_type(arg):
+            return arg
+        if isinstance(value, list) and typing.get_origin(arg) is list:
+            return arg
+    return tp
+
+
 def _check_value(tp: Any, value: Any, path: str, errors: list[str]) -> None:
+    tp = _union_member(tp, value)
     struct = _struct_type(tp)
     if struct is not None:
         check_struct(struct, value, path, errors)

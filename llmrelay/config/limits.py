@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from llmrelay.config.schema import EndpointSection, ServerSection
+from llmrelay.config.schema import ServerSection
 from llmrelay.proto.h1.head_guard import HeadLimits
 
 
@@ -44,16 +44,4 @@ def client_limits(server: ServerSection) -> ClientLimits:
         write_timeout=server.write_timeout,
         max_requests=server.max_requests_per_connection,
         head=HeadLimits(server.max_request_line, server.max_header_bytes, server.max_header_count),
-    )
-
-
-def upstream_timeouts(section: EndpointSection) -> UpstreamTimeouts:
-    return UpstreamTimeouts(
-        connect=section.connect_timeout, first_byte=section.first_byte_timeout, idle=section.idle_timeout
-    )
-
-
-def pool_limits(section: EndpointSection) -> PoolLimits:
-    return PoolLimits(
-        max_connections=section.max_connections, keepalive_expiry=section.keepalive_expiry, wait=section.pool_timeout
     )

@@ -18,8 +18,15 @@ import msgspec
 from llmrelay.config.decode import printable
 from llmrelay.config.files import ca_file_problem
 from llmrelay.config.hosts import HostEntryError, canonical_host_entry
-from llmrelay.config.limits import ClientLimits, PoolLimits, UpstreamTimeouts, client_limits, pool_limits, upstream_timeouts
-from llmrelay.config.schema import ConfigFile, EndpointSection, ServerSection
+from llmrelay.config.limits import ClientLimits, PoolLimits, UpstreamTimeouts, client_limits
+from llmrelay.config.schema import (
+    ApiKeyEntry,
+    ConfigFile,
+    EndpointSection,
+    HealthCheckSection,
+    ServerSection,
+    UpstreamSection,
+)
 from llmrelay.config.secrets import SecretError, resolve_secret
 
 ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~-]*")
@@ -36,12 +43,34 @@ _PROVIDER_BY_DOMAIN = (
 )
 
 
+# The check `health_check = true` runs, per provider (joined with the target's path like a request).
+DEFAULT_CHECK_PATHS = {"openai": "/v1/models", "anthropic": "/v1/models", "gemini": "/v1beta/models", "forward": "/v1/models"}
+DEFAULT_UNHEALTHY_THRESHOLD = 3  # passive health, when an upstream has no health_check of its own
+UPSTREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~#-]*")
+_METHOD = re.compile(r"[A-Z]+")
+
+
 class WeightedKey(msgspec.Struct, frozen=True):
     key: str
     weight: float
+    name: str = ""  # how /health and the logs name it: its configured name, else its index
 
     def __repr__(self) -> str:
-        return f"WeightedKey(key=<redacted>, weight={self.weight})"
+        return f"WeightedKey(key=<redacted>, weight={self.weight}, name={self.name!r})"
+
+
+class HealthCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """An upstream's active check, as the supervisor runs it."""
+
+    method: str
+    path: str  # joined with the target's base path when sent
+    interval: float
+    timeout: float
+    expected_status: list[int]
+    healthy_threshold: int
+    unhealthy_threshold: int
+    headers: list[tuple[str, str]]
+    body: str
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -66,27 +95,56 @@ class Target(msgspec.Struct, frozen=True):
         return self.origin + self.base_path
 
 
-class ResolvedEndpoint(msgspec.Struct, frozen=True, kw_only=True):
+class ResolvedUpstream(msgspec.Struct, frozen=True, kw_only=True):
+    """One upstream of an endpoint, with the endpoint's defaults filled in."""
+
     name: str
     provider: str
     target: Target
     proxy_url: str | None
-    hosts: list[str]  # canonical entries (`config.hosts`)
-    auth_keys: list[str]
-    auth_source: str  # "endpoint" (its own auth_keys), "global" (inherited) or "none" (pass-through)
     api_keys: list[WeightedKey]
-    forwarded_headers: str  # "append", "replace" or "none"
-    public: bool
+    scope: list[str] | None  # the relay keys that may use it; None: every key of its endpoint
+    weight: float
+    priority: int
+    fallback: bool
     timeouts: UpstreamTimeouts
     ca_file: str | None
     proxy_ca_file: str | None
     pool: PoolLimits
     max_body_size: int
+    health_check: HealthCheck | None
+    unhealthy_threshold: int  # failures in a row that eject it (passive health)
+
+    def __repr__(self) -> str:
+        scope = "all" if self.scope is None else len(self.scope)
+        return (
+            f"ResolvedUpstream(name={self.name!r}, provider={self.provider!r}, target={str(self.target)!r}, "
+            f"proxy={redact_url(self.proxy_url)!r}, api_keys={len(self.api_keys)}, scope={scope})"
+        )
+
+
+class ResolvedEndpoint(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    provider: str  # the shape of the relay's own errors on this route
+    hosts: list[str]  # canonical entries (`config.hosts`)
+    auth_keys: list[str]  # its own (or the global ones), and every upstream's scoped keys
+    auth_source: str  # "endpoint" (its own auth_keys), "global" (inherited) or "none" (pass-through)
+    forwarded_headers: str  # "append", "replace" or "none"
+    public: bool
+    upstreams: list[ResolvedUpstream]
+    retries: int
+    retry_deadline: float
+    retry_body_limit: int
+
+    @property
+    def max_body_size(self) -> int:
+        """The largest body some upstream of this endpoint takes."""
+        return max(upstream.max_body_size for upstream in self.upstreams)
 
     def __repr__(self) -> str:
         return (
-            f"ResolvedEndpoint(name={self.name!r}, provider={self.provider!r}, target={str(self.target)!r}, "
-            f"proxy={redact_url(self.proxy_url)!r}, auth_keys={len(self.auth_keys)}, api_keys={len(self.api_keys)})"
+            f"ResolvedEndpoint(name={self.name!r}, provider={self.provider!r}, "
+            f"upstreams={[u.name for u in self.upstreams]}, auth_keys={len(self.auth_keys)})"
         )
 
 
@@ -200,26 +258,71 @@ def _resolve_keys(
 
 
 def _resolve_api_keys(
-    section: EndpointSection, path: str, errors: list[str], environ: Mapping[str, str] | None
+    api_key: str | None,
+    api_keys: list[ApiKeyEntry],
+    path: str,
+    errors: list[str],
+    environ: Mapping[str, str] | None,
 ) -> list[WeightedKey]:
-    if section.api_key is not None and section.api_keys:
+    if api_key is not None and api_keys:
         errors.append(f"{path}: set api_key or api_keys, not both")
         return []
-    if section.api_key is not None:
+    if api_key is not None:
         try:
-            return [WeightedKey(resolve_secret(section.api_key, environ), 1.0)]
+            return [WeightedKey(resolve_secret(api_key, environ), 1.0, "0")]
         except SecretError as exc:
             errors.append(f"{path}.api_key: {exc}")
             return []
     keys: list[WeightedKey] = []
-    for index, entry in enumerate(section.api_keys):
+    for index, entry in enumerate(api_keys):
         try:
-            keys.append(WeightedKey(resolve_secret(entry.key, environ), entry.weight))
+            keys.append(WeightedKey(resolve_secret(entry.key, environ), entry.weight, entry.name or str(index)))
         except SecretError as exc:
             errors.append(f"{path}.api_keys[{index}].key: {exc}")
-    if section.api_keys and not any(entry.weight > 0 for entry in section.api_keys):
+    if api_keys and not any(entry.weight > 0 for entry in api_keys):
         errors.append(f"{path}.api_keys: at least one key needs a weight > 0")
+    names = [entry.name for entry in api_keys if entry.name is not None]
+    for name in sorted({name for name in names if names.count(name) > 1}):
+        errors.append(f"{path}.api_keys: the key name {printable(name)!r} is used twice")
     return keys
+
+
+def _resolve_health_check(
+    value: bool | HealthCheckSection | None, provider: str, path: str, errors: list[str]
+) -> HealthCheck | None:
+    if value is None or value is False:
+        return None
+    section = HealthCheckSection() if value is True else value
+    check_path = section.path if section.path is not None else DEFAULT_CHECK_PATHS.get(provider, "/v1/models")
+    if not check_path.startswith("/"):
+        errors.append(f"{path}.path: must start with '/', got {printable(check_path)!r}")
+    if not _METHOD.fullmatch(section.method):
+        errors.append(f"{path}.method: expected an upper-case HTTP method, got {printable(section.method)!r}")
+    for name, text in section.headers.items():
+        if not name or not all(33 <= ord(c) < 127 and c not in '()<>@,;:\\"/[]?={} ' for c in name):
+            errors.append(f"{path}.headers: {printable(name)!r} is not a header name")
+        elif any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in text):
+            errors.append(f"{path}.headers.{printable(name)}: control characters are not allowed")
+    if section.timeout > section.interval:
+        errors.append(f"{path}.timeout: must not be longer than its interval ({section.interval:g} s)")
+    return HealthCheck(
+        method=section.method,
+        path=check_path,
+        interval=section.interval,
+        timeout=section.timeout,
+        expected_status=sorted(set(section.expected_status)),
+        healthy_threshold=section.healthy_threshold,
+        unhealthy_threshold=section.unhealthy_threshold,
+        headers=list(section.headers.items()),
+        body=section.body,
+    )
+
+
+def _check_ca_files(values: tuple[tuple[str, str | None], ...], path: str, errors: list[str]) -> None:
+    for key, ca_path in values:
+        problem = ca_file_problem(ca_path) if ca_path is not None else None
+        if problem is not None:
+            errors.append(f"{path}.{key}: {printable(problem)}")
 
 
 def _resolve_hosts(
@@ -242,6 +345,171 @@ def _resolve_hosts(
     return hosts
 
 
+class _EndpointContext(msgspec.Struct, frozen=True):
+    """What resolving an endpoint's upstreams needs to know about the endpoint and the server."""
+
+    name: str
+    path: str
+    section: EndpointSection
+    default_keys: list[WeightedKey]  # the endpoint's api_key / api_keys: its upstreams' default
+
+
+def _upstream_sections(
+    name: str, path: str, section: EndpointSection, server: ServerSection, errors: list[str]
+) -> list[tuple[str, UpstreamSection]]:
+    """The endpoint's upstreams with their key paths: its `upstreams`, or the flat shorthand as one."""
+    if section.upstreams:
+        if section.target_base is not None:
+            errors.append(
+                f"{path}.target_base: the one-upstream shorthand cannot be combined with {path}.upstreams "
+                "(move it into an upstream)"
+            )
+        return [(f"{path}.upstreams[{index}]", upstream) for index, upstream in enumerate(section.upstreams)]
+    base = section.target_base or server.target_base
+    if base is None:
+        errors.append(f"{path}.target_base: required (no server.target_base to inherit, and no upstreams)")
+        return []
+    return [(path, UpstreamSection(target_base=base))]
+
+
+def _resolve_upstream(
+    context: _EndpointContext,
+    index: int,
+    path: str,
+    upstream: UpstreamSection,
+    errors: list[str],
+    environ: Mapping[str, str] | None,
+) -> ResolvedUpstream | None:
+    endpoint = context.section
+    flat = path == context.path
+    where = "target_base" if not flat or endpoint.target_base is not None else "server.target_base"
+    target = parse_target(upstream.target_base, f"{path}.target_base" if where == "target_base" else where, errors)
+    name = upstream.name if upstream.name is not None else f"{context.name}#{index}"
+    if upstream.name is not None and not UPSTREAM_NAME.fullmatch(upstream.name):
+        errors.append(f"{path}.name: invalid upstream name {printable(upstream.name)!r} (letters, digits, '_', '.', '~', '#', '-')")
+    proxy_url = upstream.proxy_url if upstream.proxy_url is not None else endpoint.proxy_url
+    if upstream.proxy_url is not None:
+        _check_proxy_url(upstream.proxy_url, f"{path}.proxy_url", errors)
+    ca_file = upstream.ca_file if upstream.ca_file is not None else endpoint.ca_file
+    proxy_ca_file = upstream.proxy_ca_file if upstream.proxy_ca_file is not None else endpoint.proxy_ca_file
+    if not flat:
+        _check_ca_files((("ca_file", upstream.ca_file), ("proxy_ca_file", upstream.proxy_ca_file)), path, errors)
+    if upstream.api_key is not None or upstream.api_keys is not None:
+        api_keys = _resolve_api_keys(upstream.api_key, upstream.api_keys or [], path, errors, environ)
+    else:
+        api_keys = context.default_keys
+    scope: list[str] | None = None
+    if upstream.auth_keys is not None:
+        scope = _resolve_keys(upstream.auth_keys, f"{path}.auth_keys", errors, environ)
+        if not upstream.auth_keys:
+            errors.append(
+                f"{path}.auth_keys: empty, so no client key could ever reach this upstream "
+                "(remove the key to accept every key of the endpoint)"
+            )
+    if target is None:
+        return None
+    provider = upstream.provider or endpoint.provider or infer_provider(target.host)
+    check_value = upstream.health_check if upstream.health_check is not None else endpoint.health_check
+    check_path = f"{path}.health_check" if upstream.health_check is not None else f"{context.path}.health_check"
+    check = _resolve_health_check(check_value, provider, check_path, errors)
+
+    def chosen(own: float | None, default: float) -> float:
+        return default if own is None else own
+
+    return ResolvedUpstream(
+        name=name,
+        provider=provider,
+        target=target,
+        proxy_url=proxy_url,
+        api_keys=api_keys,
+        scope=scope,
+        weight=upstream.weight,
+        priority=upstream.priority,
+        fallback=upstream.fallback,
+        timeouts=UpstreamTimeouts(
+            connect=chosen(upstream.connect_timeout, endpoint.connect_timeout),
+            first_byte=chosen(upstream.first_byte_timeout, endpoint.first_byte_timeout),
+            idle=chosen(upstream.idle_timeout, endpoint.idle_timeout),
+        ),
+        ca_file=ca_file,
+        proxy_ca_file=proxy_ca_file,
+        pool=PoolLimits(
+            max_connections=int(chosen(upstream.max_connections, endpoint.max_connections)),
+            keepalive_expiry=chosen(upstream.keepalive_expiry, endpoint.keepalive_expiry),
+            wait=chosen(upstream.pool_timeout, endpoint.pool_timeout),
+        ),
+        max_body_size=int(chosen(upstream.max_body_size, endpoint.max_body_size)),
+        health_check=check,
+        unhealthy_threshold=check.unhealthy_threshold if check else DEFAULT_UNHEALTHY_THRESHOLD,
+    )
+
+
+def _resolve_endpoint(
+    name: str,
+    section: EndpointSection,
+    file: ConfigFile,
+    global_auth: list[str],
+    host_owner: dict[str, str],
+    errors: list[str],
+    environ: Mapping[str, str] | None,
+) -> ResolvedEndpoint | None:
+    server = file.server
+    path = f"endpoints.{printable(name)}"
+    before = len(errors)
+    if not ENDPOINT_NAME.fullmatch(name) or name in RESERVED_NAMES:
+        errors.append(f"{path}: invalid endpoint name (letters, digits, '_', '.', '~', '-'; not 'health')")
+    if section.proxy_url is not None:
+        _check_proxy_url(section.proxy_url, f"{path}.proxy_url", errors)
+    hosts = _resolve_hosts(section.hosts, name, path, host_owner, errors)
+    if section.auth_keys is None:
+        auth, auth_source = global_auth, "global" if file.auth_keys else "none"
+    else:
+        auth = _resolve_keys(section.auth_keys, f"{path}.auth_keys", errors, environ)
+        auth_source = "endpoint" if section.auth_keys else "none"
+    _check_ca_files((("ca_file", section.ca_file), ("proxy_ca_file", section.proxy_ca_file)), path, errors)
+    default_keys = _resolve_api_keys(section.api_key, section.api_keys, path, errors, environ)
+    context = _EndpointContext(name=name, path=path, section=section, default_keys=default_keys)
+    upstreams: list[ResolvedUpstream] = []
+    paths: list[str] = []
+    seen: dict[str, str] = {}
+    for index, (upstream_path, upstream_section) in enumerate(_upstream_sections(name, path, section, server, errors)):
+        resolved = _resolve_upstream(context, index, upstream_path, upstream_section, errors, environ)
+        if resolved is None:
+            continue
+        if resolved.name in seen:
+            errors.append(f"{upstream_path}.name: duplicate upstream name {printable(resolved.name)!r} (also {seen[resolved.name]})")
+        seen.setdefault(resolved.name, upstream_path)
+        upstreams.append(resolved)
+        paths.append(upstream_path)
+    accepted = list(auth)  # the union of the endpoint's keys and every upstream's scoped keys
+    for resolved in upstreams:
+        accepted += [key for key in resolved.scope or () if key not in accepted]
+    if not accepted and not is_loopback_host(server.host) and not section.public:
+        for resolved, upstream_path in zip(upstreams, paths):
+            if resolved.api_keys:
+                errors.append(
+                    f"{upstream_path}: injects an api_key on non-loopback listener {printable(server.host)} without "
+                    "auth_keys; that is an open relay spending your key (set auth_keys, or public = true to allow it)"
+                )
+    if len(errors) > before or not upstreams:
+        return None
+    if accepted and auth_source == "none":
+        auth_source = "upstreams"
+    return ResolvedEndpoint(
+        name=name,
+        provider=section.provider or upstreams[0].provider,
+        hosts=hosts,
+        auth_keys=accepted,
+        auth_source=auth_source,
+        forwarded_headers=section.forwarded_headers or server.forwarded_headers,
+        public=section.public,
+        upstreams=upstreams,
+        retries=section.retries,
+        retry_deadline=section.retry_deadline,
+        retry_body_limit=section.retry_body_limit,
+    )
+
+
 def resolve_config(
     file: ConfigFile, source: str, errors: list[str], environ: Mapping[str, str] | None = None
 ) -> RelayConfig | None:
@@ -253,59 +521,14 @@ def resolve_config(
         parse_target(server.target_base, "server.target_base", errors)
     if server.heartbeat_timeout <= server.heartbeat_interval:
         errors.append("server.heartbeat_timeout: must be longer than server.heartbeat_interval")
-    loopback = is_loopback_host(server.host)
     if not _is_listen_host(server.host):
         errors.append(f"server.host: expected an IP address or a host name, got {printable(server.host)!r}")
     endpoints: list[ResolvedEndpoint] = []
     host_owner: dict[str, str] = {}
     for name, section in file.endpoints.items():
-        path = f"endpoints.{printable(name)}"
-        if not ENDPOINT_NAME.fullmatch(name) or name in RESERVED_NAMES:
-            errors.append(f"{path}: invalid endpoint name (letters, digits, '_', '.', '~', '-'; not 'health')")
-        base = section.target_base or server.target_base
-        if base is None:
-            errors.append(f"{path}.target_base: required (no server.target_base to inherit)")
-            continue
-        target = parse_target(base, f"{path}.target_base", errors)
-        if section.proxy_url is not None:
-            _check_proxy_url(section.proxy_url, f"{path}.proxy_url", errors)
-        hosts = _resolve_hosts(section.hosts, name, path, host_owner, errors)
-        if section.auth_keys is None:
-            auth, auth_source = global_auth, "global" if file.auth_keys else "none"
-        else:
-            auth = _resolve_keys(section.auth_keys, f"{path}.auth_keys", errors, environ)
-            auth_source = "endpoint" if section.auth_keys else "none"
-        for key, ca_path in (("ca_file", section.ca_file), ("proxy_ca_file", section.proxy_ca_file)):
-            problem = ca_file_problem(ca_path) if ca_path is not None else None
-            if problem is not None:
-                errors.append(f"{path}.{key}: {printable(problem)}")
-        api_keys = _resolve_api_keys(section, path, errors, environ)
-        if api_keys and not auth and not loopback and not section.public:
-            errors.append(
-                f"{path}: injects an api_key on non-loopback listener {printable(server.host)} without auth_keys; "
-                "that is an open relay spending your key (set auth_keys, or public = true to allow it)"
-            )
-        if target is None:
-            continue
-        endpoints.append(
-            ResolvedEndpoint(
-                name=name,
-                provider=section.provider or infer_provider(target.host),
-                target=target,
-                proxy_url=section.proxy_url,
-                hosts=hosts,
-                auth_keys=auth,
-                auth_source=auth_source,
-                api_keys=api_keys,
-                forwarded_headers=section.forwarded_headers or server.forwarded_headers,
-                public=section.public,
-                timeouts=upstream_timeouts(section),
-                ca_file=section.ca_file,
-                proxy_ca_file=section.proxy_ca_file,
-                pool=pool_limits(section),
-                max_body_size=section.max_body_size,
-            )
-        )
+        endpoint = _resolve_endpoint(name, section, file, global_auth, host_owner, errors, environ)
+        if endpoint is not None:
+            endpoints.append(endpoint)
     if len(errors) > before:
         return None
     return RelayConfig(server=server, client=client_limits(server), endpoints=endpoints, source=source)

@@ -4,8 +4,9 @@ These types mirror the TOML file one to one (the operator's words, before secret
 defaults are inherited). `decode.py` decodes raw TOML into them collecting every error, and
 `resolved.py` turns them into what a worker runs on.
 
-The flat endpoint keys (`target_base`, `proxy_url`, `api_key`, timeouts...) describe one upstream;
-they are the shorthand that a list of weighted upstreams will extend.
+An endpoint's upstreams are either the flat keys (`target_base`, `proxy_url`, `api_key`, timeouts...:
+the one-upstream shorthand) or a list of `[[endpoints.NAME.upstreams]]` tables; every per-upstream key
+set on the endpoint is the default of its upstreams (`None` on an upstream: inherit).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ Port = Annotated[int, Meta(ge=0, le=65535)]
 ProviderName = Literal["openai", "anthropic", "gemini", "forward"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 ForwardedHeaders = Literal["append", "replace", "none"]
+HttpStatus = Annotated[int, Meta(ge=100, le=599)]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -33,10 +35,50 @@ class ApiKeyEntry(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
     key: str
     weight: NonNegativeFloat = 1.0
+    name: str | None = None  # how /health and the logs name it (default: its index)
+
+
+class HealthCheckSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`health_check = { ... }`: the active check of an upstream, run by the supervisor."""
+
+    method: str = "GET"
+    path: str | None = None  # None: the provider's default (`GET /v1/models` for OpenAI...)
+    interval: Annotated[float, Meta(ge=1)] = 30.0
+    timeout: PositiveFloat = 5.0
+    expected_status: Annotated[list[HttpStatus], Meta(min_length=1)] = msgspec.field(default_factory=lambda: [200])
+    healthy_threshold: PositiveInt = 2
+    unhealthy_threshold: PositiveInt = 3
+    headers: dict[str, str] = {}
+    body: str = ""
+
+
+class UpstreamSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[[endpoints.NAME.upstreams]]`: one of an endpoint's upstreams; `None`: the endpoint's value."""
+
+    name: str | None = None  # None: "<endpoint>#<index>"
+    target_base: str
+    provider: ProviderName | None = None
+    weight: NonNegativeFloat = 1.0
+    priority: int = 0
+    fallback: bool = False
+    auth_keys: list[str] | None = None  # None: every key the endpoint accepts; a list: only these
+    api_key: str | None = None
+    api_keys: list[ApiKeyEntry] | None = None
+    proxy_url: str | None = None
+    health_check: bool | HealthCheckSection | None = None
+    connect_timeout: PositiveFloat | None = None
+    first_byte_timeout: PositiveFloat | None = None
+    idle_timeout: PositiveFloat | None = None
+    ca_file: str | None = None
+    proxy_ca_file: str | None = None
+    max_connections: PositiveInt | None = None
+    keepalive_expiry: NonNegativeFloat | None = None
+    pool_timeout: PositiveFloat | None = None
+    max_body_size: PositiveInt | None = None
 
 
 class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """`[endpoints.NAME]`: one named route to one provider."""
+    """`[endpoints.NAME]`: one named route to one upstream (the flat keys) or to several (`upstreams`)."""
 
     target_base: str | None = None
     proxy_url: str | None = None
@@ -56,6 +98,11 @@ class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     keepalive_expiry: NonNegativeFloat = 30.0
     pool_timeout: PositiveFloat = 10.0
     max_body_size: PositiveInt = 32 * 1024 * 1024
+    health_check: bool | HealthCheckSection = False
+    upstreams: list[UpstreamSection] = []
+    retries: Annotated[int, Meta(ge=0)] = 2
+    retry_deadline: PositiveFloat = 30.0
+    retry_body_limit: Annotated[int, Meta(ge=0)] = 1024 * 1024
 
 
 class ServerSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -30,19 +30,32 @@ class Config(Message, frozen=True):
     generation: int
 
 
-class EndpointHealth(msgspec.Struct, frozen=True):
-    """The merged view of one endpoint's upstream, from every worker's passive reports."""
+class KeyHealth(msgspec.Struct, frozen=True):
+    """One provider key of an upstream, named by its `name` or index (never its value)."""
 
-    status: str  # "ok" or "failing"
+    name: str
+    state: str = "ok"  # "ok", "cooling" (a 429, until `cooling_until`) or "disabled" (a 401/403, until reload)
+    cooling_until: float = 0.0  # unix time
+    last_status: int = 0  # the provider's answer that cooled or disabled it
+
+
+class UpstreamHealth(msgspec.Struct, frozen=True):
+    """The merged view of one upstream: passive health from every worker, active checks, its keys."""
+
+    state: str = "ok"  # "ok", "ejected", "unhealthy" (failing its active check), "cooling" or "disabled" (every key)
     consecutive_failures: int = 0
     last_error: str = ""
-    last_change: float = 0.0  # unix time of the last status change
-    retry_at: float = 0.0  # unix time: a failing endpoint counts as usable again from then on
+    ejected_until: float = 0.0  # unix time; an ejection past it is half-open (the next request is a probe)
+    checked: bool = False  # it has an active health check
+    check_ok: bool = True  # the check's verdict (after its thresholds)
+    last_check: float = 0.0  # unix time of the last check; 0: none yet
+    last_check_ms: float = 0.0  # its latency
+    last_check_error: str = ""
+    keys: list[KeyHealth] = []
 
-    def usable(self, now: float) -> bool:
-        """Whether requests may be expected to reach this upstream: not failing, or failing but
-        held long enough since its last failure to be tried again (as a circuit breaker half-opens)."""
-        return self.status != "failing" or now >= self.retry_at
+
+class EndpointHealth(msgspec.Struct, frozen=True):
+    upstreams: dict[str, UpstreamHealth] = {}
 
 
 class WorkerInfo(msgspec.Struct, frozen=True):
@@ -98,11 +111,25 @@ class Heartbeat(Message, frozen=True):
 
 
 class UpstreamEvent(Message, frozen=True):
-    """A passive health observation: a request to `endpoint` failed (`ok=False`) or recovered."""
+    """A passive health observation: a request to `endpoint`'s `upstream` failed (`ok=False`:
+    connect error, reset, timeout, 5xx...) or succeeded after failures."""
 
     endpoint: str
+    upstream: str
     ok: bool
     reason: str = ""
+
+
+class KeyEvent(Message, frozen=True):
+    """A provider key of `endpoint`'s `upstream` (its index in `api_keys`) was refused: `disabled`
+    (401/403: until the config is reloaded) or cooling down until `until` (429; unix time)."""
+
+    endpoint: str
+    upstream: str
+    key: int
+    status: int
+    disabled: bool = False
+    until: float = 0.0
 
 
 class ConfigApplied(Message, frozen=True):
@@ -127,5 +154,14 @@ class Stopped(Message, frozen=True):
 
 
 ControlMessage = (
-    Config | HealthTable | Drain | Ready | Heartbeat | UpstreamEvent | ConfigApplied | ConfigRejected | Stopped
+    Config
+    | HealthTable
+    | Drain
+    | Ready
+    | Heartbeat
+    | UpstreamEvent
+    | KeyEvent
+    | ConfigApplied
+    | ConfigRejected
+    | Stopped
 )

@@ -19,7 +19,7 @@ from time import monotonic
 import msgspec
 import trio
 
-from llmrelay.config.resolved import ResolvedEndpoint
+from llmrelay.config.resolved import ResolvedUpstream
 from llmrelay.io.timers import wheel
 from llmrelay.proto.h1.client import request_head
 from llmrelay.proto.messages import Headers
@@ -65,19 +65,19 @@ class UpstreamResponse:
 
 
 class UpstreamPool:
-    """Connections to one endpoint's target, direct or through its `proxy_url`."""
+    """Connections to one upstream's target, direct or through its `proxy_url`."""
 
-    def __init__(self, endpoint: ResolvedEndpoint) -> None:
-        self.endpoint = endpoint
+    def __init__(self, upstream: ResolvedUpstream) -> None:
+        self.upstream = upstream
         self.dialer = Dialer(
-            endpoint.target, endpoint.proxy_url, endpoint.ca_file, endpoint.timeouts.connect, endpoint.proxy_ca_file
+            upstream.target, upstream.proxy_url, upstream.ca_file, upstream.timeouts.connect, upstream.proxy_ca_file
         )
-        self.first_byte_timeout = endpoint.timeouts.first_byte
-        self.idle_timeout = endpoint.timeouts.idle
-        self._keepalive_expiry = endpoint.pool.keepalive_expiry
+        self.first_byte_timeout = upstream.timeouts.first_byte
+        self.idle_timeout = upstream.timeouts.idle
+        self._keepalive_expiry = upstream.pool.keepalive_expiry
         self._wheel = wheel()
         self.slots: ConnectionSlots[UpstreamConnection] = ConnectionSlots(
-            endpoint.pool.max_connections, endpoint.pool.wait, self._still_usable, _close
+            upstream.pool.max_connections, upstream.pool.wait, self._still_usable, _close
         )
 
     def _still_usable(self, connection: UpstreamConnection) -> bool:
