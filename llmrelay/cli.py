@@ -14,7 +14,7 @@ import click
 from llmrelay import __version__
 from llmrelay.config.errors import ConfigError
 from llmrelay.config.load import Overrides, find_config_path, load_config
-from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint, redact_url
+from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint, ResolvedUpstream, redact_url
 from llmrelay.logs import configure_logging
 
 EXIT_CONFIG_ERROR = 1
@@ -34,14 +34,42 @@ def _load_or_exit(path: Path | None, overrides: Overrides = Overrides()) -> Rela
 
 def _relay_keys(endpoint: ResolvedEndpoint) -> str:
     """How many relay keys an endpoint checks, and where they come from."""
+    scoped = any(upstream.scope is not None for upstream in endpoint.upstreams)
     if endpoint.auth_source == "none":
-        return "none (client credentials pass through)" if not endpoint.api_keys else "none"
+        injecting = [bool(upstream.api_keys) for upstream in endpoint.upstreams]
+        if not any(injecting):
+            return "none (client credentials pass through)"
+        if all(injecting):
+            return "none"
+        return "none (client credentials pass through to the upstreams without api_keys)"
+    if endpoint.auth_source == "upstreams":
+        return f"{len(endpoint.auth_keys)} (upstream auth_keys only)"
     origin = "own" if endpoint.auth_source == "endpoint" else "inherited from top-level auth_keys"
+    if scoped:
+        origin += ", and upstream auth_keys"
     return f"{len(endpoint.auth_keys)} ({origin})"
 
 
+def _health_check(upstream: ResolvedUpstream) -> str:
+    check = upstream.health_check
+    if check is None:
+        return "check=none"
+    return f"check={check.method} {check.path} every {check.interval:g}s"
+
+
+def _upstream_line(upstream: ResolvedUpstream) -> str:
+    scope = "" if upstream.scope is None else f"  scope={len(upstream.scope)} relay key(s)"
+    return (
+        f"    upstream {upstream.name}  provider={upstream.provider}  target={upstream.target}"
+        f"  proxy={redact_url(upstream.proxy_url) or 'direct'}"
+        f"  weight={upstream.weight:g}  priority={upstream.priority}"
+        f"  fallback={'true' if upstream.fallback else 'false'}"
+        f"  api_keys={len(upstream.api_keys)}{scope}  {_health_check(upstream)}"
+    )
+
+
 def summary(config: RelayConfig) -> list[str]:
-    """What check-config prints: listeners and endpoints, never a key value."""
+    """What check-config prints: listeners, endpoints and their upstreams, never a key value."""
     server = config.server
     lines = [
         f"config: {config.source}",
@@ -53,12 +81,13 @@ def summary(config: RelayConfig) -> list[str]:
         if endpoint.hosts:
             route += " hosts=" + ",".join(endpoint.hosts)
         lines.append(
-            f"  {route}  provider={endpoint.provider}  target={endpoint.target}"
-            f"  proxy={redact_url(endpoint.proxy_url) or 'direct'}"
-            f"  relay_keys={_relay_keys(endpoint)}  api_keys={len(endpoint.api_keys)}"
+            f"  {route}  provider={endpoint.provider}  relay_keys={_relay_keys(endpoint)}"
+            f"  retries={endpoint.retries}  retry_deadline={endpoint.retry_deadline:g}s"
+            f"  retry_body_limit={endpoint.retry_body_limit}"
             + (f"  forwarded_headers={endpoint.forwarded_headers}" if endpoint.forwarded_headers != "append" else "")
             + ("  public" if endpoint.public else "")
         )
+        lines += [_upstream_line(upstream) for upstream in endpoint.upstreams]
     return lines
 
 

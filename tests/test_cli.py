@@ -31,9 +31,15 @@ def test_check_config_summarises_the_original_format() -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "listener: http://127.0.0.1:8811" in out
-    assert "/anthropic_dev/  provider=anthropic  target=https://api.anthropic.com  proxy=http://localhost:8080" in out
-    assert "/openai_prod/  provider=openai  target=https://api.openai.com/v1  proxy=http://proxy.company.com:3129" in out
-    assert "/direct/  provider=anthropic  target=https://api.anthropic.com  proxy=direct" in out
+    assert "/anthropic_dev/  provider=anthropic  relay_keys=none (client credentials pass through)  retries=2" in out
+    assert "upstream anthropic_dev#0  provider=anthropic  target=https://api.anthropic.com  proxy=http://localhost:8080" in out
+    assert "/openai_prod/  provider=openai" in out
+    assert "upstream openai_prod#0  provider=openai  target=https://api.openai.com/v1  proxy=http://proxy.company.com:3129" in out
+    assert "/direct/  provider=anthropic" in out
+    assert "upstream direct#0  provider=anthropic  target=https://api.anthropic.com  proxy=direct" in out
+    # Each endpoint's line is followed by its upstreams' lines.
+    lines = out.splitlines()
+    assert lines[lines.index(next(line for line in lines if line.startswith("  /direct/"))) + 1].startswith("    upstream direct#0")
     assert out.strip().endswith("ok")
 
 
@@ -46,7 +52,8 @@ def test_check_config_never_prints_key_values(tmp_path: Path) -> None:
     )
     result = run_cli("check-config", str(path), env={"B_KEY": "sk-secret-B"})
     assert result.returncode == 0, result.stderr
-    assert "relay_keys=1 (inherited from top-level auth_keys)  api_keys=2" in result.stdout
+    assert "relay_keys=1 (inherited from top-level auth_keys)" in result.stdout
+    assert "upstream a#0  provider=openai" in result.stdout and "  api_keys=2  check=none" in result.stdout
     for secret in ("relay-secret-1", "sk-secret-A", "sk-secret-B", "proxy-pass"):
         assert secret not in result.stdout + result.stderr
     assert "proxy=http://***@127.0.0.1:3128" in result.stdout
@@ -68,7 +75,8 @@ def test_check_config_reports_every_error_and_exits_1(tmp_path: Path) -> None:
 def test_check_config_uses_config_path_then_local_file_then_default(tmp_path: Path) -> None:
     result = run_cli("check-config", cwd=tmp_path)
     assert result.returncode == 0 and "config: <embedded default>" in result.stdout
-    assert "/groq/  provider=openai  target=https://api.groq.com/openai/v1" in result.stdout
+    assert "/groq/  provider=openai" in result.stdout
+    assert "upstream groq#0  provider=openai  target=https://api.groq.com/openai/v1" in result.stdout
     (tmp_path / "llmrelay.toml").write_text('[endpoints.local]\ntarget_base = "http://127.0.0.1:9"\n')
     result = run_cli("check-config", cwd=tmp_path)
     assert "config: llmrelay.toml" in result.stdout and "/local/" in result.stdout

@@ -20,6 +20,11 @@ ENV = {
     "OPENAI_KEY_SECONDARY": "sk-2",
     "GEMINI_API_KEY": "g-1",
     "GROQ_API_KEY": "gq-1",
+    "TEAM_KEY": "team-key",
+    "TENANT_B_KEY": "tenant-b",
+    "OPENAI_KEY_A": "sk-a",
+    "OPENAI_KEY_B": "sk-b",
+    "COMPAT_EU_KEY": "eu-1",
 }
 
 
@@ -33,15 +38,20 @@ def test_original_format_loads_unchanged() -> None:
     config = load_config(EXAMPLES / "original.toml", environ={})
     by_name = {e.name: e for e in config.endpoints}
     assert config.server.port == 8811
-    assert by_name["anthropic_dev"].proxy_url == "http://localhost:8080"
-    assert str(by_name["anthropic_dev"].target) == "https://api.anthropic.com"
-    assert by_name["anthropic_dev"].provider == "anthropic"
-    assert str(by_name["openai_prod"].target) == "https://api.openai.com/v1"
-    assert by_name["openai_prod"].target.base_path == "/v1"
+    # The flat keys are the one-upstream shorthand: one upstream named "<endpoint>#0".
+    upstream = {name: endpoint.upstreams[0] for name, endpoint in by_name.items()}
+    assert all(len(e.upstreams) == 1 for e in config.endpoints)
+    assert [u.name for u in upstream.values()] == ["anthropic_dev#0", "openai_prod#0", "direct#0"]
+    assert upstream["anthropic_dev"].proxy_url == "http://localhost:8080"
+    assert str(upstream["anthropic_dev"].target) == "https://api.anthropic.com"
+    assert by_name["anthropic_dev"].provider == upstream["anthropic_dev"].provider == "anthropic"
+    assert str(upstream["openai_prod"].target) == "https://api.openai.com/v1"
+    assert upstream["openai_prod"].target.base_path == "/v1"
     assert by_name["openai_prod"].provider == "openai"
-    assert by_name["direct"].proxy_url is None
-    assert str(by_name["direct"].target) == "https://api.anthropic.com"  # inherited from [server]
-    assert all(not e.api_keys and not e.auth_keys for e in config.endpoints)
+    assert upstream["direct"].proxy_url is None
+    assert str(upstream["direct"].target) == "https://api.anthropic.com"  # inherited from [server]
+    assert all(not u.api_keys for u in upstream.values()) and all(not e.auth_keys for e in config.endpoints)
+    assert all((e.retries, e.retry_deadline, e.retry_body_limit) == (2, 30.0, 1048576) for e in config.endpoints)
 
 
 def example_text(path: Path, ca_file: Path) -> str:
@@ -70,9 +80,9 @@ def test_team_gateway_resolves_keys_and_weights() -> None:
     text = (EXAMPLES / "team-gateway.toml").read_text().replace("$(cat /run/secrets/anthropic_key)", "lit")
     config = load_config_text(text, "x", environ=ENV)
     by_name = {e.name: e for e in config.endpoints}
-    assert [(k.key, k.weight) for k in by_name["openai"].api_keys] == [("sk-1", 3.0), ("sk-2", 1.0)]
+    assert [(k.key, k.weight) for k in by_name["openai"].upstreams[0].api_keys] == [("sk-1", 3.0), ("sk-2", 1.0)]
     assert by_name["openai"].auth_keys == ["team-key"]  # global auth_keys inherited
-    assert by_name["anthropic"].api_keys[0].key == "lit"
+    assert by_name["anthropic"].upstreams[0].api_keys[0].key == "lit"
     assert by_name["gemini"].provider == "gemini"
     assert by_name["groq"].hosts == ["groq.relay.internal"]
     assert "sk-1" not in repr(config) and "team-key" not in repr(by_name["openai"])
@@ -81,7 +91,7 @@ def test_team_gateway_resolves_keys_and_weights() -> None:
 def test_embedded_default_serves_four_providers() -> None:
     config = load_config(None, environ={})
     assert config.source == EMBEDDED_SOURCE
-    names = {e.name: (e.provider, str(e.target)) for e in config.endpoints}
+    names = {e.name: (e.provider, str(e.upstreams[0].target)) for e in config.endpoints}
     assert names == {
         "openai": ("openai", "https://api.openai.com/v1"),
         "anthropic": ("anthropic", "https://api.anthropic.com"),
@@ -89,7 +99,7 @@ def test_embedded_default_serves_four_providers() -> None:
         "groq": ("openai", "https://api.groq.com/openai/v1"),
     }
     assert config.server.port == 8811 and config.server.host == "127.0.0.1"
-    assert all(not e.api_keys for e in config.endpoints)
+    assert all(len(e.upstreams) == 1 and not e.upstreams[0].api_keys for e in config.endpoints)
 
 
 def test_precedence_file_then_port_env_then_cli(tmp_path: Path) -> None:
@@ -205,7 +215,7 @@ def test_open_relay_is_refused_unless_public() -> None:
 def test_env_key_source() -> None:
     text = '[endpoints.a]\ntarget_base = "https://api.openai.com"\napi_key = "${MY_KEY}"\n'
     config = load_config_text(text, "t", environ={"MY_KEY": "sk-env"})
-    assert config.endpoints[0].api_keys[0].key == "sk-env"
+    assert config.endpoints[0].upstreams[0].api_keys[0].key == "sk-env"
     errors = errors_of(text, environ={})
     assert errors == ["endpoints.a.api_key: environment variable MY_KEY is not set"]
 
@@ -215,7 +225,7 @@ def test_command_key_source_runs_without_shell(tmp_path: Path) -> None:
     secret.write_text("sk-from-file\n")
     text = f'[endpoints.a]\ntarget_base = "https://api.openai.com"\napi_key = "$(cat {secret})"\n'
     config = load_config_text(text, "t", environ={})
-    assert config.endpoints[0].api_keys[0].key == "sk-from-file"
+    assert config.endpoints[0].upstreams[0].api_keys[0].key == "sk-from-file"
     # No shell: a `;` is an argument to cat, not a second command.
     marker = tmp_path / "pwned"
     text = f'[endpoints.a]\ntarget_base = "https://api.openai.com"\napi_key = "$(cat {secret}; touch {marker})"\n'
@@ -252,7 +262,7 @@ def test_commands_refused_from_a_world_writable_file(tmp_path: Path) -> None:
         load_config(path, environ={})
     assert "writable by other users" in info.value.errors[0]
     os.chmod(path, 0o600)
-    assert load_config(path, environ={}).endpoints[0].api_keys[0].key == "sk"
+    assert load_config(path, environ={}).endpoints[0].upstreams[0].api_keys[0].key == "sk"
     assert not stat.S_IWOTH & path.stat().st_mode
 
 

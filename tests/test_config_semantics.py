@@ -51,7 +51,7 @@ def test_a_ca_file_that_loads_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "ca.pem"
     trustme.CA().cert_pem.write_to_path(str(path))
     config = load_config_text(f'[endpoints.a]\n{TARGET}ca_file = "{path}"\n', "t", environ={})
-    assert config.endpoints[0].ca_file == str(path)
+    assert config.endpoints[0].upstreams[0].ca_file == str(path)
 
 
 def test_check_config_refuses_a_missing_ca_file(tmp_path: Path) -> None:
@@ -144,7 +144,7 @@ def test_forwarded_headers_default_to_append_and_inherit_from_server() -> None:
 
 def test_first_byte_timeout_defaults_to_what_the_sdks_wait() -> None:
     assert EndpointSection().first_byte_timeout == 600.0
-    assert load_config(None, environ={}).endpoints[0].timeouts.first_byte == 600.0
+    assert load_config(None, environ={}).endpoints[0].upstreams[0].timeouts.first_byte == 600.0
 
 
 # -- item 23: host entries -----------------------------------------------------------------------------
