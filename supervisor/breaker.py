@@ -1,5 +1,6 @@
-"""Passive health of one upstream, and the cool-downs of its keys: sans-IO state machines driven by the
-reports every worker sends (`now` is always given, never read here).
+"""The health of one upstream as sans-IO state machines: passive health and the cool-downs of its keys,
+driven by the reports every worker sends, and the verdict of its active check, driven by the
+supervisor's checks (`now` is always given, never read here).
 
 `Breaker` (per upstream) is a circuit breaker:
 
@@ -15,6 +16,9 @@ failure is the reporter's decision, not the breaker's.
 
 `KeyState` (per provider key): a 429 cools the key down until its `Retry-After` (a later deadline wins);
 a 401/403 disables it until the config is reloaded.
+
+`CheckVerdict` (per upstream with an active check): healthy at first; `unhealthy_threshold` failed
+checks in a row make it unhealthy, then `healthy_threshold` passed checks in a row make it healthy again.
 """
 
 from __future__ import annotations
@@ -95,3 +99,32 @@ class KeyState:
         first = not self.disabled
         self.disabled = True
         return first
+
+
+class CheckVerdict:
+    """The verdict of an upstream's active check, after its thresholds (healthy until proven otherwise)."""
+
+    __slots__ = ("healthy_threshold", "unhealthy_threshold", "ok", "passes", "failures")
+
+    def __init__(self, healthy_threshold: int, unhealthy_threshold: int) -> None:
+        self.healthy_threshold = healthy_threshold
+        self.unhealthy_threshold = unhealthy_threshold
+        self.ok = True
+        self.passes = 0  # in a row
+        self.failures = 0  # in a row
+
+    def result(self, passed: bool) -> bool:
+        """Count one check; True when that turned the verdict (either way)."""
+        if passed:
+            self.passes += 1
+            self.failures = 0
+            if not self.ok and self.passes >= self.healthy_threshold:
+                self.ok = True
+                return True
+            return False
+        self.failures += 1
+        self.passes = 0
+        if self.ok and self.failures >= self.unhealthy_threshold:
+            self.ok = False
+            return True
+        return False

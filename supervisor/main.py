@@ -5,6 +5,7 @@ The parts, and the nurseries that own their tasks:
 
 - `SlotTable` (`slots`): the slots, the live workers, the config generation they are given;
 - `Watcher` (`watcher`): every worker's control pipe, the health board and its broadcast;
+- `ActiveChecks` (`checks`): the upstreams' active health checks, reported into the health board;
 - `Rollout` (`rollout`): starting, replacing, draining and respawning workers;
 - `Jobs` (`jobs`): the background jobs that change the set of workers, one at a time;
 - `Reloads` (`reload`): SIGHUP's job; `monitor`: heartbeats, boot deadlines, memory recycling;
@@ -12,8 +13,8 @@ The parts, and the nurseries that own their tasks:
 
 The outer nursery lives until every worker is gone: the signal loop, one task per worker, the 503
 stand-ins and the monitor run there, so signals are still answered during a graceful stop. The inner
-one holds the jobs (and the reload loop) and is cancelled when a stop begins; then every worker is
-drained, and what is left is cancelled.
+one holds the jobs, the reload loop and the active health checks, and is cancelled when a stop
+begins; then every worker is drained, and what is left is cancelled.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from llmrelay.config.load import Overrides, load_config
 from llmrelay.config.resolved import RelayConfig
 from llmrelay.control import EXIT_BOOT_FAILED, EXIT_OK
 from supervisor.arbiter import SIGNALS, Arbiter
+from supervisor.checks import ActiveChecks
 from supervisor.health import HealthBoard
 from supervisor.jobs import Jobs
 from supervisor.monitor import monitor
@@ -108,19 +110,20 @@ def _take_pid_file(path: Path | None, optional: bool) -> PidFile | None:
 
 
 async def _run_parts(table: SlotTable, status: StatusFile, config_path: Path | None, overrides: Overrides) -> None:
-    board = HealthBoard(table.config.server.failing_retry_interval)
-    board.sync_endpoints([e.name for e in table.config.endpoints])
+    board = HealthBoard(table.config)
     watcher = Watcher(table, board)
+    checks = ActiveChecks(board, watcher.apply, table.config)
     load = functools.partial(load_config, config_path, overrides)
     with trio.open_signal_receiver(*SIGNALS) as signals:
         async with trio.open_nursery() as nursery:  # signals, worker tasks, 503 stand-ins: past the final drain
             rollout = Rollout(table, watcher, nursery)
-            async with trio.open_nursery() as changes:  # jobs and reloads: cancelled when a stop begins
+            async with trio.open_nursery() as changes:  # jobs, reloads, checks: cancelled when a stop begins
                 jobs = Jobs(table, changes)
-                reloads = Reloads(load, table, jobs, rollout, watcher, status)
+                reloads = Reloads(load, table, jobs, rollout, watcher, status, checks)
                 arbiter = Arbiter(table, rollout, jobs, reloads, status)
                 nursery.start_soon(arbiter.run, signals)
                 changes.start_soon(reloads.run)
+                changes.start_soon(checks.run)
                 await rollout.start_all()
                 nursery.start_soon(monitor, table, jobs, rollout, watcher)
                 await arbiter.stop_requested.wait()

@@ -11,8 +11,11 @@ the reload is rejected and, when some had applied it, every worker is sent the p
 as a generation of its own, so that all of them serve the same config (and respawned workers get it
 too). Only then do listener moves and worker-count changes follow.
 
-A reload sees the rest of the supervisor through two narrow interfaces: `Fleet` (replace a slot's
-worker, add or remove a slot) and `Health` (the health board and its broadcast).
+A reload sees the rest of the supervisor through three narrow interfaces: `Fleet` (replace a slot's
+worker, add or remove a slot), `Health` (the health board and its broadcast) and `Checks` (the
+active health checks). An applied config is followed by the board (an upstream whose endpoint, name
+and target are unchanged keeps its health) and the checks restart with it; a rejected one changes
+neither.
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ class Health(Protocol):
     async def broadcast_health(self) -> None: ...
 
 
+class Checks(Protocol):
+    """The active health checks (in the supervisor: `checks.ActiveChecks`)."""
+
+    def restart(self, config: RelayConfig) -> None: ...
+
+
 @dataclass(eq=False)
 class Reloads:
     load: Callable[[], RelayConfig]  # reads and validates the config file; ConfigError when it is bad
@@ -66,6 +75,7 @@ class Reloads:
     fleet: Fleet
     health: Health
     status: StatusFile
+    checks: Checks
     _wanted: trio.Event = field(default_factory=trio.Event, init=False)
 
     def request(self) -> None:
@@ -120,8 +130,8 @@ class Reloads:
         before = {e.name: e for e in previous.endpoints}
         after = {e.name: e for e in config.endpoints}
         changed = sum(1 for name in before.keys() & after.keys() if before[name] != after[name])
-        self.health.board.sync_endpoints(list(after))
-        self.health.board.retry_interval = new.failing_retry_interval
+        self.health.board.sync(config)
+        self.checks.restart(config)
         summary = (
             f"generation {generation}: {len(after.keys() - before.keys())} endpoints added,"
             f" {len(before.keys() - after.keys())} removed, {changed} changed"

@@ -6,9 +6,10 @@ worker message coming back is logged and ignored. Then it reaps the process: one
 pipe but does not exit within `STOP_GRACE` is killed. What follows an exit (a respawn) is the
 caller's (see `rollout`).
 
-The watcher also keeps the shared health view: passive upstream reports are merged into the
-`HealthBoard`, and `broadcast_health` sends its table, with every worker's state, to the workers
-that are ready.
+The watcher also keeps the shared health view: the workers' passive upstream and key reports are
+merged into the `HealthBoard`, `apply` logs what a report changed and broadcasts the table when a
+worker's decisions depend on the change, and `broadcast_health` sends the table, with every worker's
+state, to the workers that are ready.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from llmrelay.control import (
     ConfigApplied,
     ConfigRejected,
     Heartbeat,
+    KeyEvent,
     Message,
     Ready,
     Stopped,
     UpstreamEvent,
 )
-from supervisor.health import HealthBoard
+from supervisor.health import HealthBoard, Update
 from supervisor.slots import Slot, SlotTable
 from supervisor.workers import SEND_TIMEOUT, STOP_GRACE, WorkerProcess
 
@@ -46,6 +48,7 @@ class Watcher:
         self._handlers: dict[type[Message], Handler[Any]] = {}
         self._on(Heartbeat, self._heartbeat)
         self._on(UpstreamEvent, self._upstream_event)
+        self._on(KeyEvent, self._key_event)
         self._on(Ready, self._ready)
         self._on(ConfigApplied, self._config_applied)
         self._on(ConfigRejected, self._config_rejected)
@@ -76,11 +79,18 @@ class Watcher:
 
     async def broadcast_health(self) -> None:
         workers = sorted(self.table.workers, key=lambda w: (w.slot, w.started))
-        table = self.board.table(self.table.generation, [w.info() for w in workers])
+        table = self.board.table(self.table.generation, [w.info() for w in workers], time.time())
         for worker in workers:
             if worker.ready.is_set():
                 with trio.move_on_after(SEND_TIMEOUT):
                     await worker.send(table)
+
+    async def apply(self, update: Update) -> None:
+        """Log what a health report changed; broadcast the table when workers decide on the change."""
+        for line in update.lines:
+            log.log(line.level, "%s", line.text)
+        if update.changed:
+            await self.broadcast_health()
 
     # -- one handler per message type -------------------------------------------------------------
     async def _heartbeat(self, worker: WorkerProcess, slot: Slot, message: Heartbeat) -> None:
@@ -88,10 +98,10 @@ class Watcher:
         worker.stats = message.stats
 
     async def _upstream_event(self, worker: WorkerProcess, slot: Slot, message: UpstreamEvent) -> None:
-        change = self.board.observe(message)
-        if change:
-            log.warning("%s", change)
-            await self.broadcast_health()
+        await self.apply(self.board.observe(message, time.time()))
+
+    async def _key_event(self, worker: WorkerProcess, slot: Slot, message: KeyEvent) -> None:
+        await self.apply(self.board.key_event(message, time.time()))
 
     async def _ready(self, worker: WorkerProcess, slot: Slot, message: Ready) -> None:
         worker.version = message.version

@@ -3,7 +3,7 @@ wrong: a later deadline always wins, every failure class counts, one transient f
 
 from __future__ import annotations
 
-from supervisor.breaker import FIRST_COOLDOWN, MAX_COOLDOWN, Breaker, BreakerState, KeyState
+from supervisor.breaker import FIRST_COOLDOWN, MAX_COOLDOWN, Breaker, BreakerState, CheckVerdict, KeyState
 
 
 def test_threshold_failures_in_a_row_eject_and_a_success_resets_the_count() -> None:
@@ -76,3 +76,14 @@ def test_key_cool_downs_keep_the_later_deadline_and_disables_last_until_reload()
     assert key.cooling_until == 12.0 and not key.usable(11.9) and key.usable(12.0)
     assert key.disable() is True and key.disable() is False  # logged once
     assert not key.usable(1e9)
+
+
+def test_the_check_verdict_turns_only_after_its_thresholds_in_a_row() -> None:
+    verdict = CheckVerdict(healthy_threshold=2, unhealthy_threshold=3)
+    assert verdict.ok  # healthy until proven otherwise
+    assert [verdict.result(False) for _ in range(2)] == [False, False]
+    assert verdict.result(True) is False and verdict.ok  # a pass breaks the run of failures
+    assert [verdict.result(False) for _ in range(3)] == [False, False, True] and not verdict.ok
+    assert verdict.result(False) is False  # already unhealthy: turns once
+    assert verdict.result(True) is False and verdict.result(False) is False and not verdict.ok
+    assert [verdict.result(True) for _ in range(2)] == [False, True] and verdict.ok
