@@ -24,6 +24,23 @@ Request headers steer single requests:
 ``x-mock-garbage: 1``
     Write ``b"this is not http\\r\\n\\r\\n"`` and close.
 
+``x-mock-reset-after: N``
+    In an SSE answer, write N events, then abort the connection with a TCP RST
+    (the stream never ends cleanly).
+
+Attributes steer one mock (for tests with several mocks behind one relay,
+where a request header would reach whichever mock the relay picks):
+
+``answer(status, key=..., path=..., retry_after=...)``
+    Answer a fixed status to the requests that match (all of them, or those
+    presenting a given key, or on a given path); ``clear_rules()`` ends it.
+``reset_after_events``
+    Like ``x-mock-reset-after`` for every SSE answer.
+``kill()`` / ``revive()``
+    Close the listening socket (connects are refused), finish the responses
+    under way, drop the idle connections and reset any request still
+    arriving; then listen again on the same port.
+
 Every response carries ``x-mock-request-index``, the index of the request in
 ``MockProvider.requests``.  The ``time.monotonic()`` at which each SSE event
 (``[DONE]`` included, the closing zero-length chunk not) is written is kept
@@ -44,13 +61,14 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["MockProvider", "RecordedRequest"]
+__all__ = ["MockProvider", "RecordedRequest", "Rule"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +82,7 @@ POLL_STEP = 0.01  # seconds between peer-closed checks while sleeping
 GARBAGE = b"this is not http\r\n\r\n"
 _MSG_PEEK_NOWAIT = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 _TRUE = frozenset({"1", "true", "yes", "on"})
+RESET_PAUSE = 0.1  # seconds between the last event written and the RST of a cut stream
 
 
 @dataclass
@@ -76,9 +95,50 @@ class RecordedRequest:
     raw_headers: list[tuple[str, str]]  # as received, in order
     body: bytes
     peer: tuple[str, int]
+    at: float = field(default_factory=time.monotonic)  # when it was recorded (body read)
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+    @property
+    def key(self) -> str | None:
+        """The credential it presented (Bearer token, x-api-key, x-goog-api-key or ?key=)."""
+        return _presented_key(self.headers, self.path)
+
+    @property
+    def route_path(self) -> str:
+        """The path of the request target, without its query."""
+        return urlsplit(self.path).path
+
+
+def _presented_key(headers: dict[str, str], target: str) -> str | None:
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else authorization
+    for name in ("x-api-key", "x-goog-api-key"):
+        if name in headers:
+            return headers[name].strip()
+    found = parse_qs(urlsplit(target).query).get("key")
+    return found[0] if found else None
+
+
+@dataclass
+class Rule:
+    """A fixed answer for the requests that match every set condition."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    key: str | None = None  # the presented credential (see RecordedRequest.key)
+    path: str | None = None  # the path without its query, exactly
+    method: str | None = None
+
+    def matches(self, request: RecordedRequest) -> bool:
+        return (
+            (self.key is None or request.key == self.key)
+            and (self.path is None or request.route_path == self.path)
+            and (self.method is None or request.method == self.method)
+        )
 
 
 class MockProvider:
@@ -98,6 +158,9 @@ class MockProvider:
         self.stream_bodies: dict[int, bytearray] = {}  # the SSE bytes sent, per request index
         self.stream_disconnects = 0  # SSE streams whose client left early
         self.disconnects = 0  # all detected client departures (streams, hangs, delays)
+        self.rules: list[Rule] = []  # fixed answers, the first match wins
+        self.reset_after_events: int | None = None  # cut every SSE answer after this many events
+        self.resets_while_dead = 0  # requests that arrived on an old connection after kill()
         self._lock = threading.Lock()
         self._disconnected = threading.Event()
         self._stopping = threading.Event()
@@ -138,6 +201,90 @@ class MockProvider:
         if thread is not None:
             thread.join(timeout=5)
 
+    def kill(self) -> None:
+        """Stop listening (new connects are refused) and drop every connection once idle.
+
+        A response under way is finished, then its connection closed; an idle keep-alive
+        connection is shut down at once; a request that still arrives on an old connection gets
+        a TCP RST and no answer (counted in `resets_while_dead`). `revive()` listens again on the
+        same port."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._server = self._thread = None
+        server.start_dying()
+        server.shutdown()
+        server.server_close()
+        server.close_idle_connections()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def revive(self) -> MockProvider:
+        """Listen again on the same port after `kill()` (or `stop()`)."""
+        return self.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._server is not None
+
+    # -- steering ---------------------------------------------------------------
+
+    def answer(
+        self,
+        status: int,
+        *,
+        key: str | None = None,
+        path: str | None = None,
+        method: str | None = None,
+        retry_after: str | int | float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Rule:
+        """Answer `status` (an error body in the route's provider shape from 400 on) to the
+        requests that match; returns the rule (`remove_rule` it, or `clear_rules()`)."""
+        extra = dict(headers or {})
+        if retry_after is not None:
+            extra["Retry-After"] = str(retry_after)
+        rule = Rule(status, extra, key, path, method)
+        with self._lock:
+            self.rules = [*self.rules, rule]
+        return rule
+
+    def remove_rule(self, rule: Rule) -> None:
+        with self._lock:
+            self.rules = [r for r in self.rules if r is not rule]
+
+    def clear_rules(self) -> None:
+        with self._lock:
+            self.rules = []
+
+    # -- reading what was received ------------------------------------------------
+
+    def received(
+        self, path: str | None = None, method: str | None = None, key: str | None = None, since: int = 0
+    ) -> list[RecordedRequest]:
+        """The recorded requests from index `since` on that match every given condition."""
+        with self._lock:
+            requests = self.requests[since:]
+        return [
+            r for r in requests
+            if (path is None or r.route_path == path)
+            and (method is None or r.method == method)
+            and (key is None or r.key == key)
+        ]
+
+    def count(self, path: str | None = None, method: str | None = None, key: str | None = None, since: int = 0) -> int:
+        return len(self.received(path, method, key, since))
+
+    def path_counts(self) -> Counter[str]:
+        """How many requests each path (without its query) received."""
+        with self._lock:
+            return Counter(r.route_path for r in self.requests)
+
+    def key_counts(self, since: int = 0) -> Counter[str | None]:
+        """How many requests presented each credential."""
+        with self._lock:
+            return Counter(r.key for r in self.requests[since:])
+
     def __enter__(self) -> MockProvider:
         return self.start()
 
@@ -175,6 +322,12 @@ class MockProvider:
 
     # -- used by the handler threads -------------------------------------
 
+    def _rule_for(self, request: RecordedRequest) -> Rule | None:
+        for rule in self.rules:
+            if rule.matches(request):
+                return rule
+        return None
+
     def _record(self, request: RecordedRequest) -> int:
         with self._lock:
             index = len(self.requests)
@@ -198,7 +351,9 @@ class _Server(ThreadingHTTPServer):
         self.mock = mock
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._conns: set[socket.socket] = set()
+        self._busy: set[socket.socket] = set()  # connections with a request being answered
         self._conns_lock = threading.Lock()
+        self.dying = False
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -243,6 +398,33 @@ class _Server(ThreadingHTTPServer):
         with self._conns_lock:
             self._conns.discard(conn)
 
+    def begin_request(self, conn: socket.socket) -> bool:
+        """Mark a connection busy; False once the mock was killed (the request gets no answer)."""
+        with self._conns_lock:
+            if self.dying:
+                return False
+            self._busy.add(conn)
+            return True
+
+    def end_request(self, conn: socket.socket) -> bool:
+        """Mark a connection idle again; True if it must be closed now (the mock was killed)."""
+        with self._conns_lock:
+            self._busy.discard(conn)
+            return self.dying
+
+    def start_dying(self) -> None:
+        with self._conns_lock:
+            self.dying = True
+
+    def close_idle_connections(self) -> None:
+        with self._conns_lock:
+            idle = list(self._conns - self._busy)
+        for conn in idle:
+            try:
+                socket.socket.shutdown(conn, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close_connections(self) -> None:
         """Shut down open connections so idle keep-alive threads exit."""
         with self._conns_lock:
@@ -270,6 +452,7 @@ class _Controls:
     hang: bool = False
     reset: bool = False
     garbage: bool = False
+    reset_after: int | None = None
 
     @classmethod
     def from_headers(cls, headers: dict[str, str]) -> _Controls:
@@ -280,14 +463,15 @@ class _Controls:
             delay = float(headers.get("x-mock-delay", "0"))
             events = int(headers["x-mock-events"]) if "x-mock-events" in headers else None
             status = int(headers["x-mock-status"]) if "x-mock-status" in headers else None
+            reset_after = int(headers["x-mock-reset-after"]) if "x-mock-reset-after" in headers else None
         except ValueError as exc:
             raise _BadRequest(f"bad x-mock-* header: {exc}") from None
-        if delay < 0 or (events is not None and events < 0):
-            raise _BadRequest("x-mock-delay and x-mock-events must not be negative")
+        if delay < 0 or (events is not None and events < 0) or (reset_after is not None and reset_after < 0):
+            raise _BadRequest("x-mock-delay, x-mock-events and x-mock-reset-after must not be negative")
         if status is not None and not 200 <= status <= 599:
             raise _BadRequest("x-mock-status must be within 200..599")
         return cls(
-            delay, events, status, flag("x-mock-hang"), flag("x-mock-reset"), flag("x-mock-garbage")
+            delay, events, status, flag("x-mock-hang"), flag("x-mock-reset"), flag("x-mock-garbage"), reset_after
         )
 
 
@@ -477,6 +661,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     _index: int | None = None
     _chunked = False
+    _cut_after: int | None = None
 
     def setup(self) -> None:
         super().setup()
@@ -497,6 +682,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self._index = None
+        if not self.server.begin_request(self.connection):
+            with self.server.mock._lock:
+                self.server.mock.resets_while_dead += 1
+            self._reset()
+            return
         try:
             self._serve()
         except _Stopping:
@@ -507,6 +697,9 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("mock: unexpected error while serving %s %s", self.command, self.path)
             self.close_connection = True
+        finally:
+            if self.server.end_request(self.connection):
+                self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 
@@ -536,12 +729,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send_json(400, _error_body("openai", 400, bad))
             return
+        rule = mock._rule_for(mock.requests[self._index])
+        if rule is not None:
+            self._send_rule(rule)
+            return
 
         try:
             controls = _Controls.from_headers(headers)
         except _BadRequest as exc:
             self._send_json(400, _error_body("openai", 400, str(exc)))
             return
+        self._cut_after = controls.reset_after if controls.reset_after is not None else mock.reset_after_events
         if controls.reset:
             log.debug("mock: request %d: resetting the connection", self._index)
             self._reset()
@@ -695,12 +893,25 @@ class _Handler(BaseHTTPRequestHandler):
         if not no_body and self.command != "HEAD":
             self.wfile.write(data)
 
+    def _send_rule(self, rule: Rule) -> None:
+        status = rule.status
+        extra = list(rule.headers.items())
+        if status >= 400:
+            route = _route(self.command, urlsplit(self.path).path)
+            provider = _provider(route[0] if route else None)
+            data = json.dumps(_error_body(provider, status, f"mock error {status}")).encode()
+        else:
+            data = b'{"ok": true}'
+        self._send_bytes(status, data, "application/json", extra)
+
     def _send_json(self, status: int, obj: Any) -> None:
         self._send_bytes(status, json.dumps(obj).encode(), "application/json")
 
     def _send_stream(self, events: Iterable[bytes], delay: float, content_type: str) -> None:
-        """Send events one by one, each in its own chunk, noting disconnects."""
+        """Send events one by one, each in its own chunk, noting disconnects; with
+        `x-mock-reset-after: N` (or `reset_after_events`) a TCP RST follows the N-th event."""
         mock = self.server.mock
+        cut_after = self._cut_after
         assert self._index is not None
         times = mock.event_times[self._index]
         sent = mock.stream_bodies.setdefault(self._index, bytearray())
@@ -729,6 +940,11 @@ class _Handler(BaseHTTPRequestHandler):
                     times.pop()
                     raise
                 sent += event
+                if cut_after is not None and len(times) >= cut_after:
+                    time.sleep(RESET_PAUSE)  # the events reach the client before the RST
+                    log.debug("mock: stream %s: reset after %d events", self._index, cut_after)
+                    self._reset()
+                    return
         except OSError:
             log.debug("mock: stream %s: client disconnected", self._index, exc_info=True)
             self.close_connection = True
@@ -989,7 +1205,64 @@ def _self_check() -> None:
         head, _, rest = received.partition(b"\r\n\r\n")
         assert b"chunked" not in head.lower() and rest.endswith(b"data: [DONE]\n\n"), received
 
+    _self_check_steering()
     print("mock ok")
+
+
+def _self_check_steering() -> None:
+    import httpx
+
+    chat: Any = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with MockProvider() as mock:
+        with httpx.Client(base_url=mock.base_url, timeout=10) as http:
+            # Rules: by key (with Retry-After), by path, for everything; the first match wins.
+            rule = mock.answer(429, key="sk-a", retry_after=2)
+            mock.answer(204, path="/v1/healthz")
+            limited = http.post("/v1/chat/completions", json=chat, headers={"authorization": "Bearer sk-a"})
+            assert limited.status_code == 429 and limited.headers["retry-after"] == "2"
+            assert limited.json()["error"]["type"] == "rate_limit_error"
+            fine = http.post("/v1/chat/completions", json=chat, headers={"authorization": "Bearer sk-b"})
+            assert fine.status_code == 200
+            assert http.get("/v1/healthz").status_code == 204
+            mock.remove_rule(rule)
+            assert http.post("/v1/chat/completions", json=chat, headers={"x-api-key": "sk-a"}).status_code == 200
+            assert mock.key_counts() == {"sk-a": 2, "sk-b": 1, None: 1}
+            assert mock.count(path="/v1/chat/completions") == 3 and mock.count(key="sk-a") == 2
+            assert mock.path_counts() == {"/v1/chat/completions": 3, "/v1/healthz": 1}
+            mock.clear_rules()
+            assert http.get("/v1/healthz").status_code == 404
+
+            # A stream cut by a RST after N events.
+            stream: Any = {**chat, "stream": True}
+            lines: list[str] = []
+            try:
+                with http.stream("POST", "/v1/chat/completions", json=stream, headers={"x-mock-reset-after": "3"}) as resp:
+                    lines.extend(line for line in resp.iter_lines() if line)
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                pass
+            else:
+                raise AssertionError("a cut stream ended cleanly")
+            assert len(lines) == 3, lines
+
+        # kill(): refused connects and a reset on an old keep-alive connection; revive() on the same port.
+        port = mock.port
+        old = socket.create_connection(("127.0.0.1", port), timeout=5)
+        mock.kill()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except ConnectionRefusedError:
+            pass
+        else:
+            raise AssertionError("a killed mock accepted a connection")
+        try:
+            old.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert old.recv(100) == b""
+        except OSError:
+            pass
+        old.close()
+        mock.revive()
+        assert mock.port == port
+        assert httpx.get(mock.base_url + "/v1/models", timeout=5).status_code == 200
 
 
 if __name__ == "__main__":

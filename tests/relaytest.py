@@ -163,3 +163,107 @@ def toml_value(value: object) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     return str(value)
+
+
+# -- several upstreams per endpoint -----------------------------------------------------------------
+
+
+def upstreams_config(endpoint: str, upstreams: list[dict[str, object]], **keys: object) -> str:
+    """`[endpoints.ENDPOINT]` with `keys`, then one `[[endpoints.ENDPOINT.upstreams]]` table per dict."""
+    lines = [f"[endpoints.{endpoint}]"] + [f"{key} = {toml_value(value)}" for key, value in keys.items()]
+    for entry in upstreams:
+        lines += ["", f"[[endpoints.{endpoint}.upstreams]]"]
+        lines += [f"{key} = {toml_value(value)}" for key, value in entry.items() if value is not None]
+    return "\n".join(lines) + "\n"
+
+
+def wait_until(predicate, timeout: float, step: float = 0.02):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it returns something true (returned) or `timeout` passes (its last value)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(step)
+
+
+ACCESS_LOGGER = "llmrelay.access:"
+
+
+def access_records(relay: RelayProcess) -> list[dict[str, str]]:
+    """The `key=value` fields of every access log line the relay wrote so far (`pid` added)."""
+    records = []
+    for line in relay.logs().splitlines():
+        head, found, rest = line.partition(ACCESS_LOGGER)
+        if not found:
+            continue
+        fields: dict[str, str] = {}
+        pid = head.rsplit("[", 1)[-1].split("]", 1)[0]
+        if pid.isdigit():
+            fields["pid"] = pid
+        for token in rest.split():
+            name, equals, value = token.partition("=")
+            if equals and name.isidentifier():
+                fields[name] = value
+        records.append(fields)
+    return records
+
+
+def access_record(relay: RelayProcess, request_id: str, timeout: float = 5.0) -> dict[str, str]:
+    """The access log fields of the request sent with `x-request-id: request_id` (waits for the line)."""
+
+    def find() -> dict[str, str] | None:
+        for record in access_records(relay):
+            if record.get("rid") == request_id:
+                return record
+        return None
+
+    record = wait_until(find, timeout)
+    if record is None:
+        raise AssertionError(f"no access log line with rid={request_id}:\n{relay.logs()[-4000:]}")
+    return record
+
+
+def get_health(relay: RelayProcess, client: httpx.Client | None = None) -> tuple[int, dict, int]:
+    """(status code, JSON payload, pid of the worker that answered) of `GET /health`; without a
+    client, over a new connection (so any worker may answer)."""
+    if client is None:
+        with httpx.Client(timeout=5) as fresh:
+            response = fresh.get(relay.url("/health"))
+    else:
+        response = client.get(relay.url("/health"))
+    return response.status_code, response.json(), int(response.headers["x-llmrelay-worker"])
+
+
+def upstream_health(relay: RelayProcess, endpoint: str, upstream: str) -> dict:
+    return get_health(relay)[1]["endpoints"][endpoint]["upstreams"][upstream]
+
+
+def run_load(send, count: int, concurrency: int, timeout: float = 60.0) -> list:  # type: ignore[no-untyped-def]
+    """Call `send(client, index)` for index in range(count) from `concurrency` threads, each with its
+    own keep-alive `httpx.Client`; the results (or the exceptions raised) in index order. Stops handing
+    out work after `timeout` seconds (the missing results are `TimeoutError`s)."""
+    results: list = [TimeoutError("not sent")] * count
+    lock = threading.Lock()
+    next_index = [0]
+    deadline = time.monotonic() + timeout
+
+    def worker() -> None:
+        with httpx.Client(timeout=10) as client:
+            while time.monotonic() < deadline:
+                with lock:
+                    index = next_index[0]
+                    if index >= count:
+                        return
+                    next_index[0] += 1
+                try:
+                    results[index] = send(client, index)
+                except Exception as exc:  # noqa: BLE001 - reported to the caller
+                    results[index] = exc
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()) + 15)
+    return results
