@@ -411,7 +411,9 @@ def _resolve_upstream(
     provider = upstream.provider or endpoint.provider or infer_provider(target.host)
     check_value = upstream.health_check if upstream.health_check is not None else endpoint.health_check
     check_path = f"{path}.health_check" if upstream.health_check is not None else f"{context.path}.health_check"
-    check = _resolve_health_check(check_value, provider, check_path, errors)
+    check_errors: list[str] = []  # an endpoint's check is resolved once per upstream: report it once
+    check = _resolve_health_check(check_value, provider, check_path, check_errors)
+    errors += [error for error in check_errors if error not in errors]
 
     def chosen(own: float | None, default: float) -> float:
         return default if own is None else own
