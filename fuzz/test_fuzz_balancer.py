@@ -41,7 +41,9 @@ def test_the_choice_is_always_a_usable_upstream_of_the_best_tier(
 
     def eligible(index: int) -> bool:
         scope = cands[index].scope
-        return health[index] and index not in tried and (scope is None or (key is not None and key in scope))
+        parked = cands[index].weight == 0 and not cands[index].fallback  # weight 0: only as a fallback
+        in_scope = scope is None or (key is not None and key in scope)
+        return health[index] and index not in tried and in_scope and not parked
 
     primaries = [i for i in range(len(cands)) if eligible(i) and not cands[i].fallback]
     group = primaries or [i for i in range(len(cands)) if eligible(i) and cands[i].fallback]

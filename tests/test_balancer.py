@@ -37,6 +37,13 @@ def test_a_zero_weight_is_never_chosen_beside_a_weighted_member() -> None:
     assert 0 not in {selector.choose(None, always) for _ in range(300)}
 
 
+def test_a_parked_zero_weight_primary_is_never_chosen_even_alone() -> None:
+    selector = Selector([Candidate("parked", 0), Candidate("one", 1)])
+    assert selector.choose(None, lambda i: i != 1) is None  # weight 0 without fallback: parked
+    selector = Selector([Candidate("parked", 0), Candidate("spare", 0, fallback=True)])
+    assert {selector.choose(None, always) for _ in range(4)} == {1}
+
+
 def test_a_tier_of_only_zero_weights_is_served_in_turn() -> None:
     rotation = SmoothWeighted([0, 0, 0])
     assert [rotation.pick([0, 1, 2]) for _ in range(6)] == [0, 1, 2, 0, 1, 2]

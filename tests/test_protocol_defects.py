@@ -50,7 +50,7 @@ from test_upstream_pool import fetch, make_pool, request
 LIMITS = HeadLimits()
 ACCESS_LINE = re.compile(
     r'.* llmrelay\.access: (?P<client>\S+) "(?P<method>\S+) (?P<path>\S+)" endpoint=(?P<endpoint>\S+) '
-    r"status=(?P<status>\d+) in=\d+ out=\d+ duration_ms=[0-9.]+ ttfb_ms=(?:-|[0-9.]+) streamed=(?:yes|no) "
+    r"attempts=\d+ upstream=\S+ status=(?P<status>\d+) in=\d+ out=\d+ duration_ms=[0-9.]+ ttfb_ms=(?:-|[0-9.]+) streamed=(?:yes|no) "
     r"outcome=(?P<outcome>\S+) rid=(?P<rid>\S+)"
 )
 

@@ -19,6 +19,8 @@ class AccessRecord:
     __slots__ = (
         "method",
         "endpoint",
+        "upstream",
+        "attempts",
         "path",
         "status",
         "bytes_in",
@@ -36,6 +38,8 @@ class AccessRecord:
         self.method = method
         self.path = path.split("?", 1)[0][:256]
         self.endpoint = "-"
+        self.upstream = "-"  # the upstream of the last attempt
+        self.attempts = 0
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -56,7 +60,8 @@ class AccessRecord:
             client, method, path = field(client), field(method), field(path)
             endpoint, outcome, request_id = field(endpoint), field(outcome), field(request_id)
         return (
-            f'{client} "{method} {path}" endpoint={endpoint} status={self.status} '
+            f'{client} "{method} {path}" endpoint={endpoint} attempts={self.attempts} upstream={self.upstream} '
+            f"status={self.status} "
             f"in={self.bytes_in} out={self.bytes_out} duration_ms={duration:.1f} ttfb_ms={ttfb} "
             f"streamed={'yes' if self.streamed else 'no'} outcome={outcome} rid={request_id}"
         )

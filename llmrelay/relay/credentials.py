@@ -1,9 +1,10 @@
-"""Relay keys: reading the one a client presents, checking it in constant time, picking provider keys.
+"""Relay keys: reading the one a client presents, checking it in constant time, telling which it is.
 
 A client presents its relay key where its SDK puts a provider key: `Authorization: Bearer`,
 `x-api-key`, `x-goog-api-key` or `?key=`. The check hashes the presented key and every accepted key
 and compares digests with `hmac.compare_digest`, visiting every accepted key, so neither the position
-of a match nor the length of a key shows in the timing.
+of a match nor the length of a key shows in the timing. Which key matched (its index) decides which
+of an endpoint's key-scoped upstreams the client may use.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import hmac
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, unquote_plus
 
-from llmrelay.config.resolved import WeightedKey
 from llmrelay.proto.messages import Headers
-from llmrelay.upstream.balancer import SmoothWeighted
 
 
 def _digest(value: bytes) -> bytes:
@@ -33,13 +32,18 @@ class KeyRing:
         return bool(self._digests)
 
     def accepts(self, presented: bytes | None) -> bool:
+        return self.identify(presented) is not None
+
+    def identify(self, presented: bytes | None) -> int | None:
+        """The index of the accepted key `presented` is, or None (every key compared, whatever matches)."""
         if presented is None:
             presented = b""
         candidate = _digest(presented)
-        matched = False
-        for digest in self._digests:
-            matched |= hmac.compare_digest(candidate, digest)
-        return matched and bool(presented)
+        found = -1
+        for index, digest in enumerate(self._digests):
+            if hmac.compare_digest(candidate, digest):
+                found = index
+        return found if found >= 0 and presented else None
 
 
 def presented_keys(headers: Headers, query: str) -> list[bytes]:
@@ -63,10 +67,15 @@ def presented_keys(headers: Headers, query: str) -> list[bytes]:
 
 def check_relay_key(ring: KeyRing, headers: Headers, query: str) -> bool:
     """True when the client presented exactly one distinct credential and the ring accepts it."""
+    return identify_relay_key(ring, headers, query) is not None
+
+
+def identify_relay_key(ring: KeyRing, headers: Headers, query: str) -> int | None:
+    """The index of the ring's key the client presented (exactly one distinct credential), else None."""
     keys = set(presented_keys(headers, query))
     if len(keys) != 1:
-        return False
-    return ring.accepts(next(iter(keys)))
+        return None
+    return ring.identify(next(iter(keys)))
 
 
 def _is_key_parameter(pair: str) -> bool:
@@ -80,24 +89,3 @@ def strip_query_key(query: str) -> str:
     if not query:
         return query
     return "&".join(pair for pair in query.split("&") if not _is_key_parameter(pair))
-
-
-class KeyPicker:
-    """An endpoint's provider keys in smooth weighted round-robin (`upstream.balancer`): over any run
-    of requests each key's share follows its weight, interleaved; weight 0 is never used."""
-
-    def __init__(self, keys: Sequence[WeightedKey]) -> None:
-        usable = [k for k in keys if k.weight > 0]
-        self._keys = [k.key for k in usable]
-        self._rotation = SmoothWeighted([k.weight for k in usable])
-        self._every = list(range(len(self._keys)))
-
-    def __bool__(self) -> bool:
-        return bool(self._keys)
-
-    def pick(self) -> str:
-        if len(self._keys) == 1:
-            return self._keys[0]
-        index = self._rotation.pick(self._every)
-        assert index is not None  # (never empty: an endpoint without keys does not pick)
-        return self._keys[index]

@@ -1,16 +1,25 @@
 """The relay itself: one exchange in, one upstream request out, the answer streamed back.
 
-route -> authenticate -> size check -> rewrite headers and inject the provider key -> upstream pool
--> stream the response back chunk by chunk (an SSE event leaves as soon as it arrives) -> access log.
-The upstream response is always closed when this function leaves, however it leaves; a client that
-goes away cancels the exchange, which closes the upstream request at once.
+route -> authenticate (which relay key) -> size check -> choose an upstream and a key -> rewrite
+headers and inject the provider key -> upstream pool -> stream the response back chunk by chunk (an
+SSE event leaves as soon as it arrives) -> access log.
+
+An attempt that fails before anything of the response reached the client (connect error, reset,
+timeout to the first byte, a 429 or 5xx, a refused key) is made again on the next choice, up to the
+endpoint's `retries` and `retry_deadline`, when the body can be replayed (`replay`); once the response
+has started, a failure ends it honestly instead. Every attempt's outcome is reported to the
+supervisor (`observer`), which decides on ejections and key cool-downs for every worker.
+
+The upstream response is always closed when an attempt leaves, however it leaves; a client that goes
+away cancels the exchange, which closes the upstream request at once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import msgspec
 import trio
@@ -21,17 +30,22 @@ from llmrelay.server.exchange import Exchange, Refusal
 from llmrelay.io.logsafe import one_line
 from llmrelay.io.timers import TimerReason
 from llmrelay.relay import accesslog
-from llmrelay.relay.credentials import check_relay_key, strip_query_key
+from llmrelay.proto.retry_after import retry_after_seconds
+from llmrelay.relay.credentials import identify_relay_key, strip_query_key
 from llmrelay.relay.headers import client_response_headers, request_id_for, upstream_request_headers
 from llmrelay.relay.observer import FAILURE_STATUSES, UpstreamObserver
 from llmrelay.relay.providers import error_format, error_response, inject_key, sse_error_event
 from llmrelay.relay.routing import join_path
+from llmrelay.relay.replay import ReplayableBody
 from llmrelay.relay.runtime import EndpointRuntime, RelayRuntime
 from llmrelay.relay.streams import ActiveResponse, ResponseRegistry
+from llmrelay.relay.upstreams import UpstreamRuntime
 from llmrelay.upstream.errors import UpstreamError, UpstreamProtocolError
-from llmrelay.upstream.pool import UpstreamExchange, UpstreamRequest
+from llmrelay.upstream.pool import UpstreamExchange, UpstreamRequest, UpstreamResponse
 
 WHOLE_BODY_LIMIT = 65536  # request bodies up to this size (with a Content-Length) are read whole
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})  # answers another upstream may do better
+KEY_REFUSED = frozenset({401, 403})  # the injected key is refused: another key may do
 
 log = logging.getLogger("llmrelay.relay")
 
@@ -128,26 +142,106 @@ class Relay:
             await self._send_error(exchange, endpoint.provider, 501, message, record)
             return
         path, _, query = route.rest.partition("?")
-        if endpoint.needs_relay_key and not check_relay_key(endpoint.relay_keys, head.headers, query):
-            record.outcome = "bad_relay_key"
-            await self._send_error(exchange, endpoint.provider, 401, "invalid or missing relay key", record)
-            return
+        relay_key: int | None = None
+        if endpoint.needs_relay_key:
+            relay_key = identify_relay_key(endpoint.relay_keys, head.headers, query)
+            if relay_key is None:
+                record.outcome = "bad_relay_key"
+                await self._send_error(exchange, endpoint.provider, 401, "invalid or missing relay key", record)
+                return
         limit = endpoint.max_body_size
         if head.body_length is not None and head.body_length > limit:
             record.outcome = "body_too_large"
             await self._send_error(exchange, endpoint.provider, 413, f"request body exceeds {limit} bytes", record)
             return
-        await self._forward(exchange, endpoint, path, query, record)
+        await self._forward(exchange, endpoint, path, query, record, relay_key)
 
     async def _forward(
-        self, exchange: Exchange, endpoint: EndpointRuntime, path: str, query: str, record: accesslog.AccessRecord
+        self,
+        exchange: Exchange,
+        endpoint: EndpointRuntime,
+        path: str,
+        query: str,
+        record: accesslog.AccessRecord,
+        relay_key: int | None,
     ) -> None:
         head = exchange.head
-        replace_credentials = endpoint.replaces_credentials
+        upstreams = endpoint.upstreams
+        now = time.time()
+        upstream = upstreams.choose(relay_key, now)
+        if upstream is None:
+            await self._nothing_usable(exchange, endpoint, relay_key, now, record)
+            return
+        body: bytes | ReplayableBody = b""
+        if head.has_body:
+            if head.body_length is not None and head.body_length <= WHOLE_BODY_LIMIT:
+                body = await self._whole_body(exchange, record)  # one send upstream, and replayable
+            else:
+                body = ReplayableBody(exchange, record, endpoint.retry_body_limit)
+        retry_until = time.monotonic() + endpoint.retry_deadline
+        tried: list[int] = []
+        active = ActiveResponse(exchange)
+        self._responses.add(active)
+        try:
+            while True:
+                record.attempts += 1
+                record.upstream = upstream.name
+                key = upstream.pick_key(now)
+                upstream.start_attempt(now)
+                request = self._upstream_request(exchange, endpoint, upstream, key, path, query, record, body)
+                try:
+                    call = upstream.pool.stream(request)
+                    active.interrupt = call.interrupt  # a drain cut closes the upstream connection
+                    async with call as response:
+                        status = response.status
+                        self._judge(endpoint, upstream, key, status, response.headers, now)
+                        if status in RETRY_STATUSES or (status in KEY_REFUSED and key is not None):
+                            retry = self._retry_on(endpoint, upstream, key, status, relay_key, tried, body, retry_until)
+                            if retry is not None and exchange.phase is ResponsePhase.PENDING:
+                                self._log_retry(endpoint, upstream, record, f"status {status}", retry)
+                                upstream, now = retry, time.time()
+                                continue  # (leaving the block closes this response)
+                        await self._exchange_with_upstream(exchange, upstream, call, response, active, record)
+                        return
+                except UpstreamError as exc:
+                    if active.cut_by_drain:
+                        await self._cut_at_deadline(exchange, endpoint, active, record)
+                        return
+                    now = time.time()
+                    if exc.counts_against_upstream:
+                        upstream.attempt_failed(now)
+                        self._observer.failure(endpoint.name, upstream.name, exc.message)
+                    if exchange.phase is ResponsePhase.PENDING:
+                        retry = self._retry_on(endpoint, upstream, None, 0, relay_key, tried, body, retry_until)
+                        if retry is not None:
+                            self._log_retry(endpoint, upstream, record, exc.message, retry)
+                            upstream = retry
+                            continue
+                    await self._failed(exchange, endpoint, upstream, active, record, exc)
+                    return
+                finally:
+                    if isinstance(body, ReplayableBody):
+                        await body.finish_attempt()
+        finally:
+            self._responses.discard(active)
+
+    def _upstream_request(
+        self,
+        exchange: Exchange,
+        endpoint: EndpointRuntime,
+        upstream: UpstreamRuntime,
+        key: int | None,
+        path: str,
+        query: str,
+        record: accesslog.AccessRecord,
+        body: bytes | ReplayableBody,
+    ) -> UpstreamRequest:
+        head = exchange.head
+        replace_credentials = endpoint.needs_relay_key or upstream.injects_key
         chunked = head.body_length is None
         headers = upstream_request_headers(
             head.headers,
-            upstream_host=endpoint.upstream_host,
+            upstream_host=upstream.upstream_host,
             client_ip=head.client[0],
             scheme=head.scheme,
             request_id=record.request_id,
@@ -157,49 +251,134 @@ class Relay:
         )
         if replace_credentials and query:
             query = strip_query_key(query)
-        if endpoint.injects_key:
-            inject_key(endpoint.provider, headers, endpoint.provider_keys.pick())
-        upstream_target = join_path(endpoint.base_path, path) + ("?" + query if query else "")
-        body: AsyncIterator[bytes] | bytes = b""
-        if head.has_body:
-            if head.body_length is not None and head.body_length <= WHOLE_BODY_LIMIT:
-                body = await self._whole_body(exchange, record)  # one send upstream, and replayable
-            else:
-                body = self._request_body(exchange, endpoint.max_body_size, record)
-        request = UpstreamRequest(
+        if key is not None:
+            inject_key(upstream.provider, headers, upstream.keys[key])
+        upstream_target = join_path(upstream.base_path, path) + ("?" + query if query else "")
+        return UpstreamRequest(
             method=head.method,
             target=upstream_target.encode("latin-1"),
             headers=headers,
-            body=body,
+            body=body if isinstance(body, bytes) else body.for_attempt(upstream.max_body_size),
             chunked=chunked,
         )
-        active = ActiveResponse(exchange)
-        self._responses.add(active)
-        try:
-            upstream = endpoint.pool.stream(request)
-            active.interrupt = upstream.interrupt  # a drain cut closes the upstream connection
-            await self._exchange_with_upstream(exchange, endpoint, upstream, active, record)
-        except UpstreamError as exc:
-            if active.cut_by_drain:
-                await self._cut_at_deadline(exchange, endpoint, active, record)
-                return
-            record.outcome = exc.reason
-            if exc.counts_against_upstream:
-                self._observer.failure(endpoint.name, exc.message)
-            log.warning(
-                "upstream failure endpoint=%s rid=%s status=%d reason=%s: %s",
-                endpoint.name,
-                record.request_id,
-                exc.status,
-                exc.reason,
-                one_line(exc.message),
-            )
-            if exchange.phase is ResponsePhase.PENDING:
-                await self._send_error(exchange, endpoint.provider, exc.status, exc.message, record)
-            else:
-                await self._cut(exchange, endpoint.provider, active, exc.message)
-        finally:
-            self._responses.discard(active)
+
+    def _judge(
+        self,
+        endpoint: EndpointRuntime,
+        upstream: UpstreamRuntime,
+        key: int | None,
+        status: int,
+        headers: Headers,
+        now: float,
+    ) -> None:
+        """Report what an upstream's answer says of its health and of the key it was given."""
+        if status in FAILURE_STATUSES:
+            upstream.attempt_failed(now)
+            self._observer.failure(endpoint.name, upstream.name, f"status {status}")
+            return
+        upstream.attempt_succeeded()
+        self._observer.success(endpoint.name, upstream.name)
+        if key is None:
+            return
+        if status == 429:
+            retry_after = None
+            for name, value in headers:
+                if name == b"retry-after":
+                    retry_after = value
+            until = now + retry_after_seconds(retry_after, now)
+            upstream.cool_key(key, until)
+            self._observer.key_refused(endpoint.name, upstream.name, key, status, False, until)
+        elif status in KEY_REFUSED:
+            if upstream.disable_key(key):
+                self._observer.key_refused(endpoint.name, upstream.name, key, status, True, 0.0)
+
+    def _retry_on(
+        self,
+        endpoint: EndpointRuntime,
+        upstream: UpstreamRuntime,
+        key: int | None,
+        status: int,
+        relay_key: int | None,
+        tried: list[int],
+        body: bytes | ReplayableBody,
+        retry_until: float,
+    ) -> UpstreamRuntime | None:
+        """Where the next attempt goes, or None when this request gets no further attempt: retries
+        used up, past `retry_deadline`, a body too large to replay, or nothing usable left. A refused
+        key is retried on another key of the same upstream when it has one."""
+        if len(tried) >= endpoint.retries or time.monotonic() >= retry_until:
+            return None
+        if isinstance(body, ReplayableBody):
+            if not body.replayable:
+                return None
+        elif len(body) > endpoint.retry_body_limit:
+            return None
+        now = time.time()
+        if key is not None and (status == 429 or status in KEY_REFUSED) and upstream.usable(now):
+            tried.append(-1)  # (counts as an attempt; the same upstream stays eligible)
+            return upstream
+        tried.append(upstream.index)
+        return endpoint.upstreams.choose(relay_key, now, tried)
+
+    def _log_retry(
+        self,
+        endpoint: EndpointRuntime,
+        upstream: UpstreamRuntime,
+        record: accesslog.AccessRecord,
+        reason: str,
+        retry: UpstreamRuntime,
+    ) -> None:
+        log.warning(
+            "upstream attempt failed endpoint=%s upstream=%s rid=%s attempt=%d: %s; retrying on %s",
+            endpoint.name,
+            upstream.name,
+            record.request_id,
+            record.attempts,
+            one_line(reason),
+            retry.name,
+        )
+
+    async def _failed(
+        self,
+        exchange: Exchange,
+        endpoint: EndpointRuntime,
+        upstream: UpstreamRuntime,
+        active: ActiveResponse,
+        record: accesslog.AccessRecord,
+        exc: UpstreamError,
+    ) -> None:
+        """The last attempt failed (or a response failed after it started): the error goes back."""
+        record.outcome = exc.reason
+        log.warning(
+            "upstream failure endpoint=%s upstream=%s rid=%s attempts=%d status=%d reason=%s: %s",
+            endpoint.name,
+            upstream.name,
+            record.request_id,
+            record.attempts,
+            exc.status,
+            exc.reason,
+            one_line(exc.message),
+        )
+        if exchange.phase is ResponsePhase.PENDING:
+            extra = [(b"x-llmrelay-upstream", upstream.name_bytes)]
+            await self._send_error(exchange, endpoint.provider, exc.status, exc.message, record, extra)
+        else:
+            await self._cut(exchange, upstream.provider, active, exc.message)
+
+    async def _nothing_usable(
+        self,
+        exchange: Exchange,
+        endpoint: EndpointRuntime,
+        relay_key: int | None,
+        now: float,
+        record: accesslog.AccessRecord,
+    ) -> None:
+        """503 with the soonest moment something may be usable again: never a hang."""
+        record.outcome = "no_usable_upstream"
+        wait = math.ceil(endpoint.upstreams.retry_after(relay_key, now))
+        message = "no upstream of this endpoint is available now (ejected, failing health checks or keys cooling down)"
+        extra = [(b"retry-after", str(wait).encode())]
+        await self._send_error(exchange, endpoint.provider, 503, message, record, extra)
 
     async def _cut_at_deadline(
         self, exchange: Exchange, endpoint: EndpointRuntime, active: ActiveResponse, record: accesslog.AccessRecord
@@ -215,35 +394,32 @@ class Relay:
     async def _exchange_with_upstream(
         self,
         exchange: Exchange,
-        endpoint: EndpointRuntime,
-        upstream: UpstreamExchange,
+        upstream: UpstreamRuntime,
+        call: UpstreamExchange,
+        response: UpstreamResponse,
         active: ActiveResponse,
         record: accesslog.AccessRecord,
     ) -> None:
-        async with upstream as response:
-            record.first_byte = time.perf_counter()
-            record.status = response.status
-            if response.status in FAILURE_STATUSES:
-                self._observer.failure(endpoint.name, f"status {response.status}")
-            else:
-                self._observer.success(endpoint.name)
-            out_headers, sse, has_length = client_response_headers(response.headers, record.request_id)
-            active.sse = sse
-            record.streamed = sse or not has_length
-            try:
-                await exchange.send_head(response.status, out_headers)
-            except InvalidResponseHead as exc:
-                raise UpstreamProtocolError(str(exc)) from None
-            if not response.body_ready:
-                await exchange.flush()  # the head leaves now; the body may take a while
-            while True:
-                chunk = await response.read_chunk()
-                record.bytes_out += len(chunk)
-                if response.complete:
-                    await exchange.end(chunk)  # the last bytes and the end leave together
-                    return
-                if chunk:
-                    await active.send(chunk)
+        record.first_byte = time.perf_counter()
+        record.status = response.status
+        out_headers, sse, has_length = client_response_headers(response.headers, record.request_id)
+        out_headers.append((b"x-llmrelay-upstream", upstream.name_bytes))
+        active.sse = sse
+        record.streamed = sse or not has_length
+        try:
+            await exchange.send_head(response.status, out_headers)
+        except InvalidResponseHead as exc:
+            raise UpstreamProtocolError(str(exc)) from None
+        if not response.body_ready:
+            await exchange.flush()  # the head leaves now; the body may take a while
+        while True:
+            chunk = await response.read_chunk()
+            record.bytes_out += len(chunk)
+            if response.complete:
+                await exchange.end(chunk)  # the last bytes and the end leave together
+                return
+            if chunk:
+                await active.send(chunk)
 
     async def _cut(self, exchange: Exchange, provider: str, active: ActiveResponse, message: str) -> None:
         """End a response that already started, honestly: an SSE error event when the stream is at
@@ -269,23 +445,17 @@ class Relay:
             if not chunk:
                 raise ClientDisconnected("request body ended early")
 
-    async def _request_body(
-        self, exchange: Exchange, limit: int, record: accesslog.AccessRecord
-    ) -> AsyncIterator[bytes]:
-        while True:
-            chunk = await exchange.receive_body()
-            if not chunk:
-                return
-            record.bytes_in += len(chunk)
-            if record.bytes_in > limit:
-                raise RequestRejected(413, f"request body exceeds {limit} bytes")
-            yield chunk
-
     async def _send_error(
-        self, exchange: Exchange, provider: str, status: int, message: str, record: accesslog.AccessRecord
+        self,
+        exchange: Exchange,
+        provider: str,
+        status: int,
+        message: str,
+        record: accesslog.AccessRecord,
+        extra_headers: Headers = [],
     ) -> None:
         headers, body = error_response(provider, status, message)
-        await self._send_whole(exchange, status, headers, body, record)
+        await self._send_whole(exchange, status, headers + extra_headers, body, record)
 
     async def _send_json(
         self,

@@ -1,16 +1,18 @@
-"""Passive upstream health, as one worker sees it: failures and recoveries, queued for the supervisor.
+"""Passive upstream health, as one worker sees it: failures, recoveries and refused keys, queued for
+the supervisor.
 
-The relay calls `failure()` when an upstream request fails (cannot connect, times out, answers
-garbage or a 5xx) and `success()` otherwise. Only failures and the first success after a failure
-become events, so a healthy endpoint costs nothing on the control pipe. The supervisor merges the
-events of every worker into one table (see `supervisor.health`).
+The relay calls `failure()` when an attempt on an upstream fails (cannot connect, times out, answers
+garbage or a 5xx, a stream cut) and `success()` otherwise; `key_refused()` when the provider refused
+the injected key (429 cooling it, 401/403 disabling it). Only failures, refused keys and the first
+success after a failure become events, so a healthy upstream costs nothing on the control pipe. The
+supervisor merges the events of every worker into one table (see `supervisor.health`).
 """
 
 from __future__ import annotations
 
 import trio
 
-from llmrelay.control import UpstreamEvent
+from llmrelay.control import KeyEvent, UpstreamEvent
 
 FAILURE_STATUSES = frozenset({500, 502, 503, 504, 529})
 QUEUE_SIZE = 1024
@@ -18,23 +20,27 @@ QUEUE_SIZE = 1024
 
 class UpstreamObserver:
     def __init__(self) -> None:
-        self._send, self.events = trio.open_memory_channel[UpstreamEvent](QUEUE_SIZE)
-        self._failing: set[str] = set()  # failed here since the last success, or failing in the shared view
+        self._send, self.events = trio.open_memory_channel[UpstreamEvent | KeyEvent](QUEUE_SIZE)
+        # (endpoint, upstream) that failed here since their last success, or not ok in the shared view
+        self._failing: set[tuple[str, str]] = set()
 
-    def failure(self, endpoint: str, reason: str) -> None:
-        self._failing.add(endpoint)
-        self._offer(UpstreamEvent(endpoint=endpoint, ok=False, reason=reason))
+    def failure(self, endpoint: str, upstream: str, reason: str) -> None:
+        self._failing.add((endpoint, upstream))
+        self._offer(UpstreamEvent(endpoint=endpoint, upstream=upstream, ok=False, reason=reason))
 
-    def success(self, endpoint: str) -> None:
-        if endpoint in self._failing:
-            self._failing.discard(endpoint)
-            self._offer(UpstreamEvent(endpoint=endpoint, ok=True))
+    def success(self, endpoint: str, upstream: str) -> None:
+        if self._failing and (endpoint, upstream) in self._failing:
+            self._failing.discard((endpoint, upstream))
+            self._offer(UpstreamEvent(endpoint=endpoint, upstream=upstream, ok=True))
 
-    def shared_view(self, failing: set[str]) -> None:
-        """The supervisor's table counts failures for these endpoints: report the next success."""
+    def key_refused(self, endpoint: str, upstream: str, key: int, status: int, disabled: bool, until: float) -> None:
+        self._offer(KeyEvent(endpoint=endpoint, upstream=upstream, key=key, status=status, disabled=disabled, until=until))
+
+    def shared_view(self, failing: set[tuple[str, str]]) -> None:
+        """The supervisor's table counts failures for these upstreams: report the next success."""
         self._failing |= failing
 
-    def _offer(self, event: UpstreamEvent) -> None:
+    def _offer(self, event: UpstreamEvent | KeyEvent) -> None:
         try:
             self._send.send_nowait(event)
         except trio.WouldBlock:

@@ -1,4 +1,4 @@
-"""A config generation as the worker runs it: endpoints with their pools, key rings and router.
+"""A config generation as the worker runs it: endpoints with their upstreams, key rings and router.
 
 When a new config arrives, requests already running keep the generation they started on; the old
 generation's pools are closed once its last request has finished.
@@ -11,9 +11,10 @@ import logging
 import trio
 
 from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint
-from llmrelay.relay.credentials import KeyPicker, KeyRing
+from llmrelay.control import HealthTable
+from llmrelay.relay.credentials import KeyRing
 from llmrelay.relay.routing import Router
-from llmrelay.upstream.pool import UpstreamPool
+from llmrelay.relay.upstreams import EndpointUpstreams
 
 log = logging.getLogger("llmrelay.runtime")
 
@@ -23,37 +24,29 @@ class EndpointRuntime:
         "config",
         "name",
         "provider",
-        "pool",
         "relay_keys",
-        "provider_keys",
         "needs_relay_key",
-        "injects_key",
-        "replaces_credentials",
-        "upstream_host",
-        "scheme",
-        "host",
-        "port",
-        "base_path",
+        "upstreams",
         "max_body_size",
         "forwarded",
+        "retries",
+        "retry_deadline",
+        "retry_body_limit",
     )
 
     def __init__(self, config: ResolvedEndpoint) -> None:
         self.config = config
         self.name = config.name
         self.provider = config.provider
-        self.pool = UpstreamPool(config)
         self.relay_keys = KeyRing(config.auth_keys)
-        self.provider_keys = KeyPicker(config.api_keys)
-        # Constants of every request to this endpoint, computed once per config generation.
         self.needs_relay_key = self.relay_keys.required
-        self.injects_key = bool(self.provider_keys)
-        self.replaces_credentials = self.needs_relay_key or self.injects_key
-        target = config.target
-        self.upstream_host = target.host_header.encode("ascii")
-        self.base_path = target.base_path
+        self.upstreams = EndpointUpstreams(config)
+        # Constants of every request to this endpoint, computed once per config generation.
         self.max_body_size = config.max_body_size
         self.forwarded = config.forwarded_headers
+        self.retries = config.retries
+        self.retry_deadline = config.retry_deadline
+        self.retry_body_limit = config.retry_body_limit
 
 
 class RelayRuntime:
@@ -69,6 +62,13 @@ class RelayRuntime:
         self._users = 0
         self._retired = False
         self._closed = trio.Event()
+
+    def apply_health(self, table: HealthTable | None, now: float) -> None:
+        """Take the supervisor's view of every upstream and key (see `upstreams`); the keys only from a
+        table of this generation (another generation's key indexes may name other keys)."""
+        keys = table is not None and table.generation == self.generation
+        for name, endpoint in self.endpoints.items():
+            endpoint.upstreams.apply(table.endpoints.get(name) if table else None, now, keys)
 
     def acquire(self) -> None:
         self._users += 1
@@ -90,5 +90,5 @@ class RelayRuntime:
         self._closed.set()
         with trio.CancelScope(shield=True):
             for endpoint in self.endpoints.values():
-                await endpoint.pool.aclose()
+                await endpoint.upstreams.aclose()
         log.debug("config generation %d closed", self.generation)

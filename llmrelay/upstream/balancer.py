@@ -7,8 +7,10 @@ Order, as an endpoint's `upstreams` are configured:
 2. non-fallback upstreams before fallback ones;
 3. among those, the highest `priority` tier that has any candidate;
 4. within the tier, smooth weighted round-robin (nginx's algorithm): over any run of picks each
-   member's share follows its weight, evenly interleaved rather than in bursts. A weight of 0 is never
-   chosen while a member with weight is there; a tier of only zero weights is served in turn.
+   member's share follows its weight, evenly interleaved rather than in bursts.
+
+A weight of 0 takes no share: a non-fallback upstream of weight 0 is never chosen (it is parked), a
+fallback one is chosen when no fallback with weight is usable in its tier (zero weights in turn).
 
 Keys within an upstream use the same `SmoothWeighted`, so their split is as even.
 """
@@ -66,12 +68,13 @@ class Candidate(msgspec.Struct, frozen=True):
 class Selector:
     """The per-worker choice among one endpoint's upstreams."""
 
-    __slots__ = ("candidates", "_rotation", "_scoped")
+    __slots__ = ("candidates", "_rotation", "_scoped", "_parked")
 
     def __init__(self, candidates: Sequence[Candidate]) -> None:
         self.candidates = list(candidates)
         self._rotation = SmoothWeighted([candidate.weight for candidate in self.candidates])
         self._scoped = any(candidate.scope is not None for candidate in self.candidates)
+        self._parked = [c.weight == 0 and not c.fallback for c in self.candidates]
 
     def choose(
         self, relay_key: str | None, usable: Callable[[int], bool], tried: Container[int] = ()
@@ -84,11 +87,12 @@ class Selector:
         """
         candidates = self.candidates
         scoped = self._scoped
+        parked = self._parked
         for fallback in (False, True):
             tier: int | None = None
             members: list[int] = []
             for index, candidate in enumerate(candidates):
-                if candidate.fallback is not fallback or index in tried:
+                if candidate.fallback is not fallback or index in tried or parked[index]:
                     continue
                 if scoped and candidate.scope is not None and (relay_key is None or relay_key not in candidate.scope):
                     continue

@@ -1,16 +1,19 @@
 """What `GET /health` answers: the supervisor's shared table seen through this worker's config.
 
 Sans-IO: the worker passes its runtime, the last table the supervisor broadcast, and its own info
-(used before the first table arrives); this returns the status code and the JSON payload.
+(used before the first table arrives); this returns the status code and the JSON payload. Everything
+shown comes from the table (never from this worker's own observations), so every worker answers the
+same.
 
-An endpoint is usable unless its upstream is `failing` and its last failure is more recent than
-`server.failing_retry_interval` (each endpoint has one upstream, so a failing one leaves nothing to
-send its requests to; after the interval it is tried again). `status` is `ok` when every endpoint is
-ok with no recent failure, `degraded` when some endpoint has recent failures but every one is usable,
-and `unavailable` when some endpoint has nothing usable: 200 for the first two, 503 for the last, so
-that a load balancer's readiness probe says whether this relay can serve every route it has.
-`GET /health?endpoint=NAME` answers for one endpoint: 200 when it is usable, 503 when it has nothing
-usable, 404 when there is no such endpoint.
+Each endpoint lists its upstreams, and each upstream its provider keys (by name or index, never the
+value), with a `state`: an upstream is `unhealthy` (failing its active check), `ejected` (passive
+health; past `ejected_until` it is half-open and usable again for a probe), `disabled` (every key
+refused with 401/403), `cooling` (every key cooling down after a 429) or `ok`; a key is `ok`,
+`cooling` or `disabled`. `status` is `failing` when some endpoint has no usable upstream at all
+(answered with 503, so that a load balancer's readiness probe takes this relay out), `degraded` when
+some upstream or key is not ok or has failed recently, else `ok`.
+`GET /health?endpoint=NAME` answers for one endpoint: 200 when something is usable, 503 when nothing
+is, 404 when there is no such endpoint.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from collections.abc import Callable
 import msgspec
 
 from llmrelay import __version__
-from llmrelay.control import HealthTable, WorkerInfo
+from llmrelay.config.resolved import ResolvedUpstream
+from llmrelay.control import HealthTable, KeyHealth, UpstreamHealth, WorkerInfo
 from llmrelay.relay.runtime import RelayRuntime
+
+_OK = UpstreamHealth()
 
 
 def health_view(
@@ -36,24 +42,23 @@ def health_view(
     this worker alone until the supervisor's first table arrives."""
     endpoints: dict[str, object] = {}
     unusable: set[str] = set()
-    recent_failures = False
+    degraded = False
     now = time.time()
     if runtime is not None:
         for name, endpoint in runtime.endpoints.items():
             shared = table.endpoints.get(name) if table else None
-            if shared is not None and not shared.usable(now):
+            upstreams: dict[str, object] = {}
+            any_usable = False
+            for config in endpoint.config.upstreams:
+                health = shared.upstreams.get(config.name, _OK) if shared else _OK
+                entry = _upstream_entry(config, health, now)
+                upstreams[config.name] = entry
+                any_usable |= bool(entry["usable"])
+                degraded |= entry["state"] != "ok" or health.consecutive_failures > 0
+            if not any_usable:
                 unusable.add(name)
-            elif shared is not None and shared.consecutive_failures:
-                recent_failures = True
-            endpoints[name] = {
-                "provider": endpoint.provider,
-                "target": str(endpoint.config.target),
-                "status": shared.status if shared else "ok",
-                "consecutive_failures": shared.consecutive_failures if shared else 0,
-                "last_error": shared.last_error if shared else "",
-                "usable": name not in unusable,
-            }
-    overall = "unavailable" if unusable else "degraded" if recent_failures else "ok"
+            endpoints[name] = {"provider": endpoint.provider, "usable": any_usable, "upstreams": upstreams}
+    overall = "failing" if unusable else "degraded" if degraded else "ok"
     code = 503 if unusable else 200
     asked = _endpoint_asked(target)
     if asked is not None:
@@ -67,6 +72,59 @@ def health_view(
         "workers": [msgspec.structs.asdict(w) for w in workers],
     }
     return code, payload
+
+
+def _key_state(key: KeyHealth | None, now: float) -> str:
+    if key is None:
+        return "ok"
+    if key.state == "cooling" and key.cooling_until <= now:
+        return "ok"
+    return key.state
+
+
+def _upstream_entry(config: ResolvedUpstream, health: UpstreamHealth, now: float) -> dict[str, object]:
+    shared_keys = {key.name: key for key in health.keys}
+    keys: dict[str, object] = {}
+    in_use: list[str] = []  # the states of the keys with weight (the ones requests may get)
+    for entry in config.api_keys:
+        shared = shared_keys.get(entry.name)
+        state = _key_state(shared, now)
+        keys[entry.name] = {
+            "state": state,
+            "weight": entry.weight,
+            "cooling_until": shared.cooling_until if shared and state == "cooling" else 0.0,
+        }
+        if entry.weight > 0:
+            in_use.append(state)
+    ejected = health.state == "ejected" and health.ejected_until > 0
+    if not health.check_ok:
+        state = "unhealthy"
+    elif ejected:
+        state = "ejected"
+    elif in_use and all(s == "disabled" for s in in_use):
+        state = "disabled"
+    elif in_use and "ok" not in in_use:
+        state = "cooling"
+    else:
+        state = "ok"
+    usable = health.check_ok and not (ejected and now < health.ejected_until) and (not in_use or "ok" in in_use)
+    return {
+        "provider": config.provider,
+        "target": str(config.target),
+        "weight": config.weight,
+        "priority": config.priority,
+        "fallback": config.fallback,
+        "state": state,
+        "usable": usable,
+        "consecutive_failures": health.consecutive_failures,
+        "last_error": health.last_error,
+        "ejected_until": health.ejected_until if ejected else 0.0,
+        "health_check": health.checked,
+        "last_check": health.last_check,
+        "last_check_ms": health.last_check_ms,
+        "last_check_error": health.last_check_error,
+        "keys": keys,
+    }
 
 
 def _endpoint_asked(target: str) -> str | None:

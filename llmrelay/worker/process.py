@@ -109,6 +109,7 @@ class Worker:
             await self._send(ConfigRejected(generation=message.generation, error=error))
             return False
         previous = self._runtime
+        runtime.apply_health(self._table, time.time())  # (a table of an older generation: names that stayed)
         self._runtime = runtime
         self._settings = message.config.client
         self.responses.keepalive_interval = message.config.server.drain_keepalive_interval
@@ -124,7 +125,16 @@ class Worker:
 
     def _apply_health(self, table: HealthTable) -> None:
         self._table = table
-        self.observer.shared_view({name for name, h in table.endpoints.items() if h.consecutive_failures})
+        if self._runtime is not None:
+            self._runtime.apply_health(table, time.time())
+        self.observer.shared_view(
+            {
+                (endpoint, upstream)
+                for endpoint, shared in table.endpoints.items()
+                for upstream, health in shared.upstreams.items()
+                if health.consecutive_failures or health.state == "ejected"
+            }
+        )
 
     def _own_info(self) -> WorkerInfo:
         stats = self.stats()
