@@ -5,7 +5,10 @@ requests it relayed (`observe`: passive health through a `Breaker` per upstream;
 cools a key down, a 401/403 disables it until reload) and the results of the supervisor's active
 checks (`check_result`, through a `CheckVerdict`; a passing check also ends an ejection). `table`
 builds the `HealthTable` the supervisor broadcasts, from which every worker decides per request which
-upstream and key to use, and which `GET /health` shows.
+upstream and key to use, and which `GET /health` shows. An upstream's state there is the first that
+holds of: `unhealthy` (its check's verdict), `ejected` (by its breaker, half-open included until a
+success), `disabled` (every key with a weight), `cooling` (every key with a weight cooling or
+disabled), `ok`.
 
 Each of those methods answers with an `Update`: the log lines to write (one per change of state,
 never a key's value) and whether anything a worker decides on changed, so that the caller broadcasts
@@ -46,6 +49,11 @@ class Update:
 def cap(text: str) -> str:
     """An error text fit for the table and a log line: bounded, on one line."""
     return one_line(text[:ERROR_LIMIT])
+
+
+def count(number: int, noun: str) -> str:
+    """`1 failure`, `3 failures`."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def seconds(value: float) -> str:
@@ -195,7 +203,7 @@ class HealthBoard:
         if breaker.state is BreakerState.EJECTED and was is not BreakerState.EJECTED:
             line = (
                 f"upstream {track.label} ejected for {seconds(breaker.cooldown)} s: "
-                f"{breaker.failures} failures in a row, last: {reason}"
+                f"{count(breaker.failures, 'failure')} in a row, last: {reason}"
             )
             return Update([LogLine(logging.WARNING, line)], True)
         return Update(changed=breaker.until != until or failures == 0)
@@ -214,9 +222,8 @@ class HealthBoard:
             lines = [LogLine(logging.WARNING, f"{where} disabled until reload: the provider answered {event.status}")]
             used = [other for other in track.keys if other.weight > 0]
             if key.weight > 0 and all(other.state.disabled for other in used):
-                lines.append(
-                    LogLine(logging.WARNING, f"upstream {track.label} has no usable key left: all disabled until reload")
-                )
+                text = f"upstream {track.label} has no usable key left: all disabled until reload"
+                lines.append(LogLine(logging.WARNING, text))
             return Update(lines, True)
         if key.state.disabled or event.until <= max(now, key.state.cooling_until):
             return Update()  # nothing changes: disabled already, or a deadline no later than the one held
@@ -240,14 +247,12 @@ class HealthBoard:
         if verdict.result(ok):
             update.changed = True
             if ok:
-                update.lines.append(LogLine(logging.INFO, f"upstream {track.label} healthy again: {verdict.passes} passed checks"))
+                text = f"upstream {track.label} healthy again: {count(verdict.passes, 'passed check')}"
+                update.lines.append(LogLine(logging.INFO, text))
             else:
-                update.lines.append(
-                    LogLine(
-                        logging.WARNING,
-                        f"upstream {track.label} unhealthy: {verdict.failures} failed checks, last: {track.last_check_error}",
-                    )
-                )
+                failed = count(verdict.failures, "failed check")
+                text = f"upstream {track.label} unhealthy: {failed}, last: {track.last_check_error}"
+                update.lines.append(LogLine(logging.WARNING, text))
         if ok and track.breaker.state is not BreakerState.OK:  # (a passing check does not hide passive failures)
             track.breaker.success()
             update.changed = True
