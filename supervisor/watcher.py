@@ -101,6 +101,8 @@ class Watcher:
         await self.apply(self.board.observe(message, time.time()))
 
     async def _key_event(self, worker: WorkerProcess, slot: Slot, message: KeyEvent) -> None:
+        if message.generation != self.table.generation:
+            return  # a worker still on another config: its key index may name another key now
         await self.apply(self.board.key_event(message, time.time()))
 
     async def _ready(self, worker: WorkerProcess, slot: Slot, message: Ready) -> None:

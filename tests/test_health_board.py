@@ -194,17 +194,17 @@ def test_a_failing_check_does_not_count_as_a_passive_failure() -> None:
 
 def test_a_429_cools_the_key_to_the_later_deadline_logged_at_info_once() -> None:
     board = HealthBoard(config())
-    first = board.key_event(KeyEvent("chat", "openai-us", 0, 429, until=130.0), 100.0)
+    first = board.key_event(KeyEvent("chat", "openai-us", 0, 429, 1, until=130.0), 100.0)
     assert first.changed and first.lines[0].level == logging.INFO
     assert texts(first) == ["upstream chat/openai-us key main cooling down for 30 s: the provider answered 429"]
-    assert board.key_event(KeyEvent("chat", "openai-us", 0, 429, until=120.0), 101.0) == Update()
-    later = board.key_event(KeyEvent("chat", "openai-us", 0, 429, until=140.0), 102.0)
+    assert board.key_event(KeyEvent("chat", "openai-us", 0, 429, 1, until=120.0), 101.0) == Update()
+    later = board.key_event(KeyEvent("chat", "openai-us", 0, 429, 1, until=140.0), 102.0)
     assert later.changed and not later.lines  # extended, already cooling: no new line
     key = health(board, "openai-us", 103.0).keys[0]
     assert (key.name, key.state, key.cooling_until, key.last_status) == ("main", "cooling", 140.0, 429)
     assert health(board, "openai-us", 103.0).state == "ok"  # the other key still serves
     assert health(board, "openai-us", 140.0).keys[0].state == "ok"
-    again = board.key_event(KeyEvent("chat", "openai-us", 0, 429, until=150.0), 141.0)
+    again = board.key_event(KeyEvent("chat", "openai-us", 0, 429, 1, until=150.0), 141.0)
     assert len(again.lines) == 1  # a new cool-down once the last one is over
 
 
@@ -212,10 +212,10 @@ def test_a_disabled_key_is_logged_once_and_no_line_ever_holds_a_key_value() -> N
     board = HealthBoard(config())
     lines: list[str] = []
     for _ in range(3):
-        update = board.key_event(KeyEvent("chat", "openai-us", 1, 401, disabled=True), 5.0)
+        update = board.key_event(KeyEvent("chat", "openai-us", 1, 401, 1, disabled=True), 5.0)
         lines += texts(update)
     assert lines == ["upstream chat/openai-us key 1 disabled until reload: the provider answered 401"]
-    both = board.key_event(KeyEvent("chat", "openai-us", 0, 403, disabled=True), 6.0)
+    both = board.key_event(KeyEvent("chat", "openai-us", 0, 403, 1, disabled=True), 6.0)
     lines += texts(both)
     assert texts(both) == [
         "upstream chat/openai-us key main disabled until reload: the provider answered 403",
@@ -228,15 +228,15 @@ def test_a_disabled_key_is_logged_once_and_no_line_ever_holds_a_key_value() -> N
     row = health(board, "openai-us", 7.0)
     assert row.state == "disabled" and [k.state for k in row.keys] == ["disabled", "disabled"]
     assert [k.last_status for k in row.keys] == [403, 401]
-    assert board.key_event(KeyEvent("chat", "openai-us", 0, 429, until=99.0), 8.0) == Update()  # disabled stays
+    assert board.key_event(KeyEvent("chat", "openai-us", 0, 429, 1, until=99.0), 8.0) == Update()  # disabled stays
 
 
 def test_events_about_unknown_upstreams_or_keys_are_ignored() -> None:
     board = HealthBoard(config())
     assert board.observe(UpstreamEvent("gone", "x", False, "reset"), 1.0) == Update()
     assert board.observe(UpstreamEvent("chat", "gone", False, "reset"), 1.0) == Update()
-    assert board.key_event(KeyEvent("chat", "openai-us", 7, 401, disabled=True), 1.0) == Update()
-    assert board.key_event(KeyEvent("chat", "openai-eu", 0, 401, disabled=True), 1.0) == Update()  # no keys
+    assert board.key_event(KeyEvent("chat", "openai-us", 7, 401, 1, disabled=True), 1.0) == Update()
+    assert board.key_event(KeyEvent("chat", "openai-eu", 0, 401, 1, disabled=True), 1.0) == Update()  # no keys
     assert board.check_result("chat", "openai-us", False, 1.0, "x", 1.0) == Update()  # no check of its own
 
 
@@ -251,13 +251,13 @@ def test_error_texts_are_capped_and_kept_on_one_line() -> None:
 def test_the_table_state_precedence() -> None:
     board = HealthBoard(config())
     assert health(board, "openai-us", 0.0).state == "ok"
-    board.key_event(KeyEvent("chat", "openai-us", 0, 429, until=50.0), 0.0)
-    board.key_event(KeyEvent("chat", "openai-us", 1, 429, until=60.0), 0.0)
+    board.key_event(KeyEvent("chat", "openai-us", 0, 429, 1, until=50.0), 0.0)
+    board.key_event(KeyEvent("chat", "openai-us", 1, 429, 1, until=60.0), 0.0)
     assert health(board, "openai-us", 1.0).state == "cooling"
     assert health(board, "openai-us", 55.0).state == "ok"  # key main's cool-down is over
-    board.key_event(KeyEvent("chat", "openai-us", 1, 401, disabled=True), 1.0)
+    board.key_event(KeyEvent("chat", "openai-us", 1, 401, 1, disabled=True), 1.0)
     assert health(board, "openai-us", 2.0).state == "cooling"  # one cooling, one disabled
-    board.key_event(KeyEvent("chat", "openai-us", 0, 401, disabled=True), 2.0)
+    board.key_event(KeyEvent("chat", "openai-us", 0, 401, 1, disabled=True), 2.0)
     assert health(board, "openai-us", 3.0).state == "disabled"
     for now in (3.0, 3.1, 3.2):
         fail(board, "openai-us", now)
@@ -272,7 +272,7 @@ def test_the_table_state_precedence() -> None:
 def test_a_key_of_weight_zero_does_not_keep_an_upstream_usable() -> None:
     text = CHAT.replace('{ key = "' + KEY_B + '" }', '{ key = "' + KEY_B + '", weight = 0 }')
     board = HealthBoard(config(text))
-    board.key_event(KeyEvent("chat", "openai-us", 0, 401, disabled=True), 1.0)
+    board.key_event(KeyEvent("chat", "openai-us", 0, 401, 1, disabled=True), 1.0)
     assert health(board, "openai-us", 1.0).state == "disabled"
 
 
@@ -283,9 +283,9 @@ def test_a_reload_keeps_what_is_unchanged_and_forgets_the_rest() -> None:
             fail(board, name, now)
     for now in (1.0, 2.0, 3.0):
         check(board, "openai-eu", False, now)
-    board.key_event(KeyEvent("chat", "openai-us", 0, 429, until=90.0), 1.0)
-    board.key_event(KeyEvent("chat", "openai-us", 1, 429, until=95.0), 1.0)
-    board.key_event(KeyEvent("chat", "openai-us", 1, 401, disabled=True), 1.0)
+    board.key_event(KeyEvent("chat", "openai-us", 0, 429, 1, until=90.0), 1.0)
+    board.key_event(KeyEvent("chat", "openai-us", 1, 429, 1, until=95.0), 1.0)
+    board.key_event(KeyEvent("chat", "openai-us", 1, 401, 1, disabled=True), 1.0)
     reloaded = (
         CHAT.replace(f'{{ key = "{KEY_B}" }}', '{ key = "sk-charlie-new" }')  # key 1 replaced
         .replace("https://backup.example.com/v1", "https://backup2.example.com/v1")  # a new target
@@ -305,7 +305,7 @@ def test_a_reload_keeps_what_is_unchanged_and_forgets_the_rest() -> None:
 
 def test_a_reload_resets_disables_of_an_unchanged_key_and_follows_a_removed_check() -> None:
     board = HealthBoard(config())
-    board.key_event(KeyEvent("chat", "openai-us", 0, 401, disabled=True), 1.0)
+    board.key_event(KeyEvent("chat", "openai-us", 0, 401, 1, disabled=True), 1.0)
     for now in (1.0, 2.0, 3.0):
         check(board, "openai-eu", False, now)
     board.sync(config(CHAT.replace("health_check = { healthy_threshold = 2, unhealthy_threshold = 3 }", "")))

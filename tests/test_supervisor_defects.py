@@ -350,31 +350,35 @@ def test_a_removed_slot_is_never_respawned(mock: MockProvider, start_relay) -> N
 
 def test_health_answers_503_when_an_endpoint_has_nothing_usable(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
     dead = f'[endpoints.dead]\ntarget_base = "http://127.0.0.1:{free_port()}/v1"\nprovider = "openai"\n'
-    relay = start_relay(
-        "[server]\nheartbeat_interval = 0.3\nfailing_retry_interval = 2\n" + endpoint_config("oai", mock) + dead
-    )
+    relay = start_relay("[server]\nheartbeat_interval = 0.3\n" + endpoint_config("oai", mock) + dead)
     assert httpx.get(relay.url("/health"), timeout=5).json()["status"] == "ok"
-    # One failure: the endpoint is still usable (it is tried), the relay is degraded but ready.
+    # One failure: the upstream is still usable (it is tried), the relay is degraded but ready.
     assert httpx.post(relay.url("/dead/v1/chat/completions"), json={}, timeout=5).status_code == 502
     assert wait_until(lambda: httpx.get(relay.url("/health"), timeout=5).json()["status"] == "degraded", 5)
     assert httpx.get(relay.url("/health"), timeout=5).status_code == 200
     for _ in range(2):
         assert httpx.post(relay.url("/dead/v1/chat/completions"), json={}, timeout=5).status_code == 502
-    wait_for_log(relay, "endpoint dead is failing")
-    assert wait_until(lambda: httpx.get(relay.url("/health"), timeout=5).status_code == 503, 5)
-    body = httpx.get(relay.url("/health"), timeout=5).json()
-    assert body["status"] == "unavailable" and body["endpoints"]["dead"]["status"] == "failing"
-    assert body["endpoints"]["oai"]["status"] == "ok"
-    assert httpx.get(relay.url("/health?endpoint=dead"), timeout=5).status_code == 503
-    assert httpx.get(relay.url("/health?endpoint=oai"), timeout=5).status_code == 200
-    assert httpx.get(relay.url("/health?endpoint=nosuch"), timeout=5).status_code == 404
-    # failing_retry_interval after the last failure the endpoint is tried again: ready, degraded.
+    wait_for_log(relay, "upstream dead/dead#0 ejected for 1 s: 3 failures in a row")
+    # Past the first (1 s) ejection it is half-open: usable for one probe, the relay degraded but ready.
     assert wait_until(lambda: httpx.get(relay.url("/health"), timeout=5).status_code == 200, 5)
     body = httpx.get(relay.url("/health"), timeout=5).json()
     assert body["status"] == "degraded" and body["endpoints"]["dead"]["usable"] is True
-    # One more failure holds it again.
+    # The probe fails: ejected again, twice as long, and the relay says it cannot serve every route.
     assert httpx.post(relay.url("/dead/v1/chat/completions"), json={}, timeout=5).status_code == 502
-    assert wait_until(lambda: httpx.get(relay.url("/health"), timeout=5).status_code == 503, 5)
+    wait_for_log(relay, "upstream dead/dead#0 ejected for 2 s")
+    response = httpx.get(relay.url("/health"), timeout=5)
+    body = response.json()
+    assert response.status_code == 503 and body["status"] == "failing"
+    assert body["endpoints"]["dead"]["usable"] is False
+    assert body["endpoints"]["dead"]["upstreams"]["dead#0"]["state"] == "ejected"
+    assert body["endpoints"]["oai"]["usable"] is True
+    assert httpx.get(relay.url("/health?endpoint=dead"), timeout=5).status_code == 503
+    assert httpx.get(relay.url("/health?endpoint=oai"), timeout=5).status_code == 200
+    assert httpx.get(relay.url("/health?endpoint=nosuch"), timeout=5).status_code == 404
+    # While ejected, a request is answered at once: 503 in the provider's shape, with Retry-After.
+    refused = httpx.post(relay.url("/dead/v1/chat/completions"), json={}, timeout=5)
+    assert refused.status_code == 503 and 1 <= int(refused.headers["retry-after"]) <= 2
+    assert refused.json()["error"]["type"] == "service_unavailable"
 
 
 def test_start_up_line_says_worker_in_the_singular(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]

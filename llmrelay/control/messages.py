@@ -122,12 +122,14 @@ class UpstreamEvent(Message, frozen=True):
 
 class KeyEvent(Message, frozen=True):
     """A provider key of `endpoint`'s `upstream` (its index in `api_keys`) was refused: `disabled`
-    (401/403: until the config is reloaded) or cooling down until `until` (429; unix time)."""
+    (401/403: until the config is reloaded) or cooling down until `until` (429; unix time). The
+    index means a key of config `generation`; a report about another generation is ignored."""
 
     endpoint: str
     upstream: str
     key: int
     status: int
+    generation: int
     disabled: bool = False
     until: float = 0.0
 

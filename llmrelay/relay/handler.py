@@ -287,10 +287,10 @@ class Relay:
                     retry_after = value
             until = now + retry_after_seconds(retry_after, now)
             upstream.cool_key(key, until)
-            self._observer.key_refused(endpoint.name, upstream.name, key, status, False, until)
+            self._observer.key_refused(endpoint.generation, endpoint.name, upstream.name, key, status, False, until)
         elif status in KEY_REFUSED:
             if upstream.disable_key(key):
-                self._observer.key_refused(endpoint.name, upstream.name, key, status, True, 0.0)
+                self._observer.key_refused(endpoint.generation, endpoint.name, upstream.name, key, status, True, 0.0)
 
     def _retry_on(
         self,

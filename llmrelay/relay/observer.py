@@ -33,8 +33,20 @@ class UpstreamObserver:
             self._failing.discard((endpoint, upstream))
             self._offer(UpstreamEvent(endpoint=endpoint, upstream=upstream, ok=True))
 
-    def key_refused(self, endpoint: str, upstream: str, key: int, status: int, disabled: bool, until: float) -> None:
-        self._offer(KeyEvent(endpoint=endpoint, upstream=upstream, key=key, status=status, disabled=disabled, until=until))
+    def key_refused(
+        self, generation: int, endpoint: str, upstream: str, key: int, status: int, disabled: bool, until: float
+    ) -> None:
+        self._offer(
+            KeyEvent(
+                endpoint=endpoint,
+                upstream=upstream,
+                key=key,
+                status=status,
+                generation=generation,
+                disabled=disabled,
+                until=until,
+            )
+        )
 
     def shared_view(self, failing: set[tuple[str, str]]) -> None:
         """The supervisor's table counts failures for these upstreams: report the next success."""

@@ -32,10 +32,12 @@ class EndpointRuntime:
         "retries",
         "retry_deadline",
         "retry_body_limit",
+        "generation",
     )
 
-    def __init__(self, config: ResolvedEndpoint) -> None:
+    def __init__(self, config: ResolvedEndpoint, generation: int) -> None:
         self.config = config
+        self.generation = generation
         self.name = config.name
         self.provider = config.provider
         self.relay_keys = KeyRing(config.auth_keys)
@@ -55,7 +57,7 @@ class RelayRuntime:
     def __init__(self, config: RelayConfig, generation: int) -> None:
         self.config = config
         self.generation = generation
-        self.endpoints = {e.name: EndpointRuntime(e) for e in config.endpoints}
+        self.endpoints = {e.name: EndpointRuntime(e, generation) for e in config.endpoints}
         self.router: Router[EndpointRuntime] = Router(
             (name, rt.config.hosts, rt) for name, rt in self.endpoints.items()
         )
