@@ -4,13 +4,16 @@ An operator's config file is decoded key by key so that every mistake is reporte
 `key.path: problem` line; a crash with a traceback instead, or a line that does not say which key is
 wrong, is a failed deploy that is hard to diagnose. Documents are generated as Python dicts of right
 and wrong shapes for `[server]`, `[endpoints.NAME]` and `auth_keys` (mostly plausible values, some of
-any TOML type, unknown keys, bad endpoint names), serialized to TOML by a small serializer here (as
+any TOML type, unknown keys, bad endpoint names; `[[endpoints.NAME.upstreams]]` with their health
+checks), serialized to TOML by a small serializer here (as
 tables or as inline tables), and loaded with `environ={}` and random CLI overrides. The property:
 the result is a RelayConfig (whose endpoints are the file's, and which survives the control pipe), or
 a ConfigError whose every error starts with a key path of the document or schema followed by ": ",
 never any other exception; and a document built valid always loads. Field strategies are derived from
 the schema, so a field added to it is fuzzed without a change here. No value ever contains `$(`, so no
-key-source command is run. Regression tests pin two former bugs: error entries that spanned several
+key-source command is run. Valid documents mix the one-upstream shorthand (flat keys) with
+lists of upstreams that inherit the endpoint's keys, scope relay keys, and carry health checks.
+Regression tests pin two former bugs: error entries that spanned several
 lines, and endpoint names with a trailing newline that passed the name check.
 """
 
@@ -36,7 +39,7 @@ from llmrelay.config.decode import printable
 from llmrelay.config.errors import ConfigError
 from llmrelay.config.load import Overrides, load_config_text
 from llmrelay.config.resolved import RelayConfig
-from llmrelay.config.schema import ApiKeyEntry, EndpointSection, ServerSection
+from llmrelay.config.schema import ApiKeyEntry, EndpointSection, HealthCheckSection, ServerSection, UpstreamSection
 from llmrelay.config.secrets import is_command
 from llmrelay.control import Config, FrameReader, encode_frame
 
@@ -192,6 +195,8 @@ def plausible(tp: Any) -> st.SearchStrategy[Any]:
         return st.one_of([plausible(arg) for arg in args if arg is not type(None)])
     if origin is list:
         return st.lists(plausible(args[0]), max_size=3)
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):  # a nested table: its own fields
+        return sections(schema_fields(tp, {}))
     if tp is bool:
         return st.booleans()
     if tp is int:
@@ -219,7 +224,31 @@ SERVER_FIELDS = schema_fields(
         "target_base": urls,
     },
 )
-API_KEY_ENTRY_FIELDS = schema_fields(ApiKeyEntry, {"key": key_sources})
+API_KEY_ENTRY_FIELDS = schema_fields(
+    ApiKeyEntry, {"key": key_sources, "name": st.one_of(st.sampled_from(["k0", "0", "a b", ""]), safe_text)}
+)
+HEALTH_CHECK_FIELDS = schema_fields(
+    HealthCheckSection,
+    {
+        "method": st.one_of(st.sampled_from(["GET", "HEAD", "POST", "get", "", "G T"]), safe_text),
+        "path": st.one_of(st.sampled_from(["/v1/models", "/", "v1/models", "", "/a b"]), safe_text),
+        "headers": st.dictionaries(
+            st.one_of(st.sampled_from(["x-probe", "bad name", ""]), keys_text), st.one_of(st.just("1"), safe_text), max_size=2
+        ),
+        "expected_status": st.lists(st.integers(0, 700), max_size=3),
+    },
+)
+health_checks = st.one_of(st.booleans(), sections(HEALTH_CHECK_FIELDS))
+UPSTREAM_SPECIAL: dict[str, st.SearchStrategy[Any]] = {
+    "name": st.one_of(st.sampled_from(["a", "b", "x#0", "a b", "", "-a"]), safe_text),
+    "target_base": urls,
+    "proxy_url": urls,
+    "auth_keys": st.lists(key_sources, max_size=3),
+    "api_key": key_sources,
+    "api_keys": st.lists(_sometimes(sections(API_KEY_ENTRY_FIELDS)), max_size=3),
+    "health_check": health_checks,
+}
+UPSTREAM_FIELDS = schema_fields(UpstreamSection, UPSTREAM_SPECIAL)
 ENDPOINT_FIELDS = schema_fields(
     EndpointSection,
     {
@@ -229,6 +258,8 @@ ENDPOINT_FIELDS = schema_fields(
         "auth_keys": st.lists(key_sources, max_size=3),
         "api_key": key_sources,
         "api_keys": st.lists(_sometimes(sections(API_KEY_ENTRY_FIELDS)), max_size=3),
+        "health_check": health_checks,
+        "upstreams": st.lists(_sometimes(sections(UPSTREAM_FIELDS)), max_size=3),
     },
 )
 
@@ -305,10 +336,99 @@ VALID_ENDPOINT_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "pool_timeout": positive,
     "max_body_size": st.integers(1, 2**40),
 }
+interval_and_timeout = st.tuples(st.integers(1, 3600), st.floats(1e-3, 1)).map(
+    lambda pair: {"interval": pair[0], "timeout": pair[0] * pair[1]}
+)
+
+
+@st.composite
+def valid_health_checks(draw: st.DrawFn) -> bool | dict[str, Any]:
+    """`true`, `false`, or a table whose every field is valid (timeout within interval)."""
+    if draw(st.booleans()):
+        return draw(st.booleans())
+    fields: dict[str, st.SearchStrategy[Any]] = {
+        "method": st.sampled_from(["GET", "HEAD", "POST"]),
+        "path": st.sampled_from(["/v1/models", "/health", "/", "/v1beta/models"]),
+        "expected_status": st.lists(st.integers(100, 599), min_size=1, max_size=3),
+        "healthy_threshold": st.integers(1, 10),
+        "unhealthy_threshold": st.integers(1, 10),
+        "headers": st.dictionaries(st.sampled_from(["x-probe", "X-Check", "accept"]), st.sampled_from(["1", "a b", ""])),
+        "body": st.sampled_from(["", "{}"]),
+    }
+    chosen = draw(st.lists(st.sampled_from(sorted(fields)), unique=True))
+    table = {name: draw(fields[name]) for name in chosen}
+    if draw(st.booleans()):
+        table.update(draw(interval_and_timeout))
+    return table
+
+
+VALID_ENDPOINT_FIELDS |= {
+    "retries": st.integers(0, 10),
+    "retry_deadline": positive,
+    "retry_body_limit": st.integers(0, 2**40),
+    "health_check": valid_health_checks(),
+}
+# What an upstream may set for itself (the endpoint's value is the default).
+VALID_UPSTREAM_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    name: VALID_ENDPOINT_FIELDS[name]
+    for name in (
+        "proxy_url",
+        "provider",
+        "connect_timeout",
+        "first_byte_timeout",
+        "idle_timeout",
+        "ca_file",
+        "max_connections",
+        "keepalive_expiry",
+        "pool_timeout",
+        "max_body_size",
+        "health_check",
+    )
+} | {
+    "weight": st.one_of(st.floats(0, 100), st.integers(0, 10)),
+    "priority": st.integers(-5, 5),
+    "fallback": st.booleans(),
+}
 literal_keys = st.text(alphabet=ALNUM + "-_", min_size=1, max_size=12)
 valid_names = st.builds(str.__add__, st.sampled_from(ALNUM), st.text(alphabet=ALNUM + "_.~-", max_size=8)).filter(
     lambda name: name != "health"
 )
+
+
+@st.composite
+def valid_provider_keys(draw: st.DrawFn) -> dict[str, Any]:
+    """Nothing, an `api_key`, or `api_keys` (at least one with a weight; names, when given, unique)."""
+    injects = draw(st.sampled_from(["none", "api_key", "api_keys"]))
+    if injects == "api_key":
+        return {"api_key": draw(literal_keys)}
+    if injects == "api_keys":
+        weights = draw(st.lists(st.floats(0, 100), min_size=1, max_size=3))
+        entries: list[dict[str, Any]] = [{"key": draw(literal_keys), "weight": w} for w in weights] + [{"key": "k"}]
+        for index, entry in enumerate(entries):
+            if draw(st.booleans()):
+                entry["name"] = f"key-{index}"
+        return {"api_keys": entries}
+    return {}
+
+
+@st.composite
+def valid_upstreams(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """One to four `[[upstreams]]` tables: unique names (or none: the default), own keys or not."""
+    upstreams: list[dict[str, Any]] = []
+    names = draw(st.lists(valid_names, min_size=4, max_size=4, unique=True))
+    for index in range(draw(st.integers(1, 4))):
+        fields = draw(st.lists(st.sampled_from(sorted(VALID_UPSTREAM_FIELDS)), unique=True, max_size=5))
+        upstream = {field: draw(VALID_UPSTREAM_FIELDS[field]) for field in fields}
+        upstream["target_base"] = draw(valid_targets)
+        if draw(st.booleans()):
+            upstream["name"] = names[index]
+        if draw(st.booleans()):
+            upstream["auth_keys"] = draw(st.lists(literal_keys, min_size=1, max_size=2))
+        if draw(st.booleans()):
+            upstream |= draw(valid_provider_keys())
+        order = draw(st.permutations(list(upstream)))
+        upstreams.append({key: upstream[key] for key in order})
+    return upstreams
 
 
 @st.composite
@@ -324,21 +444,22 @@ def valid_documents(draw: st.DrawFn) -> dict[str, Any]:
     for index, name in enumerate(draw(st.lists(valid_names, min_size=1, max_size=3, unique=True))):
         fields = draw(st.lists(st.sampled_from(sorted(VALID_ENDPOINT_FIELDS)), unique=True, max_size=4))
         section = {field: draw(VALID_ENDPOINT_FIELDS[field]) for field in fields}
-        if "target_base" not in server or draw(st.booleans()):
+        several = draw(st.booleans())
+        if several:
+            section["upstreams"] = draw(valid_upstreams())
+        elif "target_base" not in server or draw(st.booleans()):
             section["target_base"] = draw(valid_targets)
         section["hosts"] = [f"h{index}-{n}.example.com" for n in range(draw(st.integers(0, 2)))]
         if draw(st.booleans()):
             section["hosts"].append(draw(st.sampled_from([f"h{index}.example.com:8443", f"[::{index + 1}]", f"::{index + 1}:7"])))
         if draw(st.booleans()):
             section["auth_keys"] = draw(st.lists(literal_keys, min_size=1, max_size=2))
-        injects = draw(st.sampled_from(["none", "api_key", "api_keys"]))
-        if injects == "api_key":
-            section["api_key"] = draw(literal_keys)
-        elif injects == "api_keys":
-            weights = draw(st.lists(st.floats(0, 100), min_size=1, max_size=3))
-            section["api_keys"] = [{"key": draw(literal_keys), "weight": w} for w in weights] + [{"key": "k"}]
-        if injects != "none" and "auth_keys" not in section and "auth_keys" not in document:
-            section["public"] = True
+        section |= draw(valid_provider_keys())
+        upstreams = section.get("upstreams", [section])
+        injects = any("api_key" in u or "api_keys" in u for u in [section, *upstreams])
+        scoped = any("auth_keys" in u for u in upstreams)
+        if injects and "auth_keys" not in section and "auth_keys" not in document and not scoped:
+            section["public"] = True  # else an open relay on a non-loopback listener
         document["endpoints"][name] = section
     return document
 
@@ -348,9 +469,17 @@ def faulty_documents(draw: st.DrawFn) -> dict[str, Any]:
     """A valid document with one to three faults: a bad or misshapen value, an unknown key, a bad name."""
     document = draw(valid_documents())
     for _ in range(draw(st.integers(1, 3))):
-        fault = draw(st.sampled_from(["server value", "endpoint value", "unknown key", "endpoint name"]))
+        fault = draw(st.sampled_from(["server value", "endpoint value", "upstream value", "unknown key", "endpoint name"]))
         endpoint = document["endpoints"][draw(st.sampled_from(sorted(document["endpoints"])))]
-        if fault == "server value":
+        upstreams = endpoint.get("upstreams")
+        if fault == "upstream value" and isinstance(upstreams, list) and upstreams:
+            upstream = draw(st.sampled_from(upstreams))
+            if isinstance(upstream, dict):
+                field = draw(st.sampled_from(sorted(UPSTREAM_FIELDS)))
+                upstream[field] = draw(_sometimes(UPSTREAM_FIELDS[field]))
+        elif fault == "upstream value":
+            endpoint["upstreams"] = draw(_sometimes(ENDPOINT_FIELDS["upstreams"]))
+        elif fault == "server value":
             field = draw(st.sampled_from(sorted(SERVER_FIELDS)))
             document["server"][field] = draw(_sometimes(SERVER_FIELDS[field]))
         elif fault == "endpoint value":
@@ -422,11 +551,32 @@ def key_paths(document: dict[str, Any]) -> set[str]:
     if isinstance(endpoints, dict):
         for name, section in endpoints.items():
             base = f"endpoints.{printable(name)}"
-            paths |= {base} | {f"{base}.{field.name}" for field in msgspec.structs.fields(EndpointSection)}
-            entries = section.get("api_keys") if isinstance(section, dict) else None
-            for index in range(len(entries) if isinstance(entries, list) else 0):
-                paths |= {f"{base}.api_keys[{index}].key", f"{base}.api_keys[{index}].weight"}
+            paths |= {base} | _schema_paths(EndpointSection, base)
+            if not isinstance(section, dict):
+                continue
+            paths |= _schema_paths(HealthCheckSection, f"{base}.health_check")
+            paths |= _api_key_paths(section, base)
+            upstreams = section.get("upstreams")
+            for index, upstream in enumerate(upstreams if isinstance(upstreams, list) else []):
+                where = f"{base}.upstreams[{index}]"
+                paths |= {where} | _schema_paths(UpstreamSection, where)
+                paths |= _schema_paths(HealthCheckSection, f"{where}.health_check")
+                if isinstance(upstream, dict):
+                    paths |= _api_key_paths(upstream, where)
     return paths
+
+
+def _schema_paths(section: type[msgspec.Struct], base: str) -> set[str]:
+    return {f"{base}.{field.name}" for field in msgspec.structs.fields(section)}
+
+
+def _api_key_paths(table: dict[str, Any], base: str) -> set[str]:
+    entries = table.get("api_keys")
+    return {
+        path
+        for index in range(len(entries) if isinstance(entries, list) else 0)
+        for path in _schema_paths(ApiKeyEntry, f"{base}.api_keys[{index}]")
+    }
 
 
 def _listenable(host: str) -> bool:
@@ -469,6 +619,11 @@ def test_load_returns_a_config_or_errors_that_name_their_key(
     assert isinstance(config, RelayConfig)
     assert [endpoint.name for endpoint in config.endpoints] == list(document["endpoints"])
     assert all(DOCUMENTED_NAME.fullmatch(endpoint.name) for endpoint in config.endpoints)
+    for endpoint in config.endpoints:  # the flat keys are one upstream, else one per [[upstreams]] table
+        tables = document["endpoints"][endpoint.name].get("upstreams") or [{}]
+        names = [table.get("name", f"{endpoint.name}#{index}") for index, table in enumerate(tables)]
+        assert [upstream.name for upstream in endpoint.upstreams] == names
+        assert len(set(names)) == len(names)
     server = document.get("server", {})
     assert config.server.port == (cli.port if cli.port is not None else server.get("port", 8811))
     message = Config(config=config, generation=1)
