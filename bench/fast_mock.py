@@ -28,8 +28,12 @@ Request headers steer single requests:
 ``GET /_mock/stats`` answers the counters of all processes together: streams in progress
 (``active_streams``), streams and requests since start.
 
-Run it: ``python bench/fast_mock.py --port 9100 --processes 2`` prints ``ready PORT`` once every
-process listens, and stops on SIGTERM/SIGINT (or after ``--lifetime`` seconds, or when its parent
+``--ports N`` makes every process listen on N ports (the first one ``--port``, the others free ones)
+and answer the same on each: N upstreams of one endpoint served by the same processes, so that a
+relay with several upstreams is measured against the same mock as a relay with one.
+
+Run it: ``python bench/fast_mock.py --port 9100 --processes 2`` prints ``ready PORT`` (``ready PORT
+PORT2 ...`` with ``--ports``) once every process listens, and stops on SIGTERM/SIGINT (or after ``--lifetime`` seconds, or when its parent
 dies). ``python bench/fast_mock.py --selftest`` starts it and measures its own ceiling with wrk.
 """
 
@@ -456,12 +460,12 @@ def listen_socket(host: str, port: int, listen: bool = True) -> socket.socket:
     return sock
 
 
-async def _serve(host: str, port: int, ready_fd: int, parent: int) -> None:
+async def _serve(host: str, ports: list[int], ready_fd: int, parent: int) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    server = await loop.create_server(MockProtocol, sock=listen_socket(host, port), backlog=BACKLOG)
+    servers = [await loop.create_server(MockProtocol, sock=listen_socket(host, port), backlog=BACKLOG) for port in ports]
     os.write(ready_fd, b"1")
     os.close(ready_fd)
     while not stop.is_set() and os.getppid() == parent:  # ends with the launcher, at the latest
@@ -469,15 +473,16 @@ async def _serve(host: str, port: int, ready_fd: int, parent: int) -> None:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         except TimeoutError:
             pass
-    server.close()
+    for server in servers:
+        server.close()
 
 
-def _child(host: str, port: int, ready_fd: int, parent: int, slot: int) -> None:
+def _child(host: str, ports: list[int], ready_fd: int, parent: int, slot: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     COUNTERS.slot = slot
     code = 0
     try:
-        asyncio.run(_serve(host, port, ready_fd, parent))
+        asyncio.run(_serve(host, ports, ready_fd, parent))
     except BaseException:  # noqa: BLE001 - report and exit the forked child, never return into the parent's code
         import traceback
 
@@ -487,10 +492,13 @@ def _child(host: str, port: int, ready_fd: int, parent: int, slot: int) -> None:
         os._exit(code)
 
 
-def serve(host: str, port: int, processes: int, lifetime: float, announce: Callable[[int], None]) -> int:
-    """Fork `processes` servers on `host:port` (0: a free port), announce the port, wait; exit status."""
-    placeholder = listen_socket(host, port, listen=False)  # holds the port; never accepts
-    port = placeholder.getsockname()[1]
+def serve(
+    host: str, port: int, processes: int, lifetime: float, announce: Callable[[list[int]], None], ports: int = 1
+) -> int:
+    """Fork `processes` servers on `host:port` (0: a free port) and `ports - 1` more free ports,
+    announce the ports, wait; exit status."""
+    placeholders = [listen_socket(host, port if index == 0 else 0, listen=False) for index in range(max(1, ports))]
+    numbers = [sock.getsockname()[1] for sock in placeholders]  # held by the placeholders; never accepted on
     parent = os.getpid()
     launcher_parent = os.getppid()
     read_fd, write_fd = os.pipe()
@@ -510,7 +518,7 @@ def serve(host: str, port: int, processes: int, lifetime: float, announce: Calla
             pid = os.fork()
             if pid == 0:
                 os.close(read_fd)
-                _child(host, port, write_fd, parent, slot)
+                _child(host, numbers, write_fd, parent, slot)
             children.append(pid)
         os.close(write_fd)
         ready = b""
@@ -526,7 +534,7 @@ def serve(host: str, port: int, processes: int, lifetime: float, announce: Calla
         if len(ready) < processes:
             print(f"fast_mock: only {len(ready)} of {processes} processes started", file=sys.stderr)
             return 1
-        announce(port)
+        announce(numbers)
         deadline = time.monotonic() + lifetime
         while not stopping and time.monotonic() < deadline and os.getppid() == launcher_parent:
             pid, _status = os.waitpid(-1, os.WNOHANG)
@@ -538,7 +546,8 @@ def serve(host: str, port: int, processes: int, lifetime: float, announce: Calla
         return 0
     finally:
         _stop_children(children)
-        placeholder.close()
+        for sock in placeholders:
+            sock.close()
 
 
 def _stop_children(children: list[int]) -> None:
@@ -609,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ports", type=int, default=1, help="listen on this many ports (--port and free ones)")
     parser.add_argument("--lifetime", type=float, default=6 * 3600.0, help="exit after this many seconds")
     parser.add_argument("--selftest", action="store_true", help="measure the mock's own ceiling with wrk")
     parser.add_argument("--duration", type=int, default=5, help="--selftest: seconds per measurement")
@@ -618,10 +628,10 @@ def main(argv: list[str] | None = None) -> int:
         counts = sorted({1, max(1, args.processes)})
         return selftest(counts, args.duration, args.connections)
 
-    def announce(port: int) -> None:
-        print(f"ready {port}", flush=True)
+    def announce(ports: list[int]) -> None:
+        print("ready " + " ".join(str(port) for port in ports), flush=True)
 
-    return serve(args.host, args.port, max(1, args.processes), args.lifetime, announce)
+    return serve(args.host, args.port, max(1, args.processes), args.lifetime, announce, max(1, args.ports))
 
 
 if __name__ == "__main__":

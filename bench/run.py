@@ -6,6 +6,11 @@ then runs them interleaved (A B C ... A B C ..., `--rounds` rounds) and reports 
 rounds. Scenarios:
 
 1. `json`: non-streamed chat completion, HTTP/1.1 keep-alive, wrk at concurrency 16 and 64;
+   `json3` adds, to the case at the highest concurrency (64), `llmrelay Nw ×3 upstreams`: the same
+   relay whose endpoint has three upstreams of weights 1, 2 and 3 (three ports of the same mock),
+   measured in the same rounds, and a table of proxy CPU per request with one upstream and with three
+   (and, with `--baseline`, the baseline's one-upstream figure: the baseline gets no three-upstream
+   target);
 2. `sse`: SSE completion of 20 events without delay, wrk at concurrency 16 and 64;
 3. `latency`: streams of 20 events 20 ms apart from 8 sequential clients: time to first byte, and
    each event's one-way delay (mock's write -> client's read), through the proxy against direct;
@@ -17,7 +22,7 @@ rounds. Scenarios:
 comes from /proc (supervisor and workers, or nginx master and workers). Prints one markdown table
 and writes it, with the per-round figures, to bench/results/latest.md.
 
-Run from the repository root: `python bench/run.py [--quick] [--long] [--only json,latency]
+Run from the repository root: `python bench/run.py [--quick] [--long] [--only json,json3,latency]
 [--duration S] [--rounds R] [--workers 1,2] [--profile]` (or `python -m bench ...`).
 """
 
@@ -62,8 +67,9 @@ from bench.wrk import CHAT_BODY, STREAM_BODY, WrkScript, have_wrk, run_wrk  # no
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PATH = "/v1/chat/completions"
-SCENARIOS = ("json", "sse", "latency", "long")
-ALIASES = {"1": "json", "2": "sse", "3": "latency", "4": "long", "5": "scaling", "scaling": "scaling"}
+SCENARIOS = ("json", "json3", "sse", "latency", "long")
+ALIASES = {"1": "json", "2": "sse", "3": "latency", "4": "long", "5": "scaling", "scaling": "scaling", "upstreams": "json3"}
+UPSTREAMS = 3  # scenario json3: upstreams of weights 1, 2, 3
 BACKGROUND_WARN = 0.15  # CPUs used by other processes during a run before the figures are flagged
 
 
@@ -83,6 +89,7 @@ class Case:
     delay_ms: float = 0.0
     rounds: int | None = None  # None: --rounds
     open_rate: float = 200.0  # "hold": connections opened per second
+    upstreams: int = 1  # > 1: the relays of this tree are measured with that many upstreams too
 
 
 @dataclass
@@ -119,8 +126,24 @@ class Row:
 
 
 @dataclass
+class UpstreamsRow:
+    """One worker count of a case with several upstreams: proxy CPU µs per request."""
+
+    scenario: str
+    workers: int
+    upstreams: int
+    one: float | None  # this tree, one upstream
+    several: float | None  # this tree, `upstreams` upstreams
+    base: float | None  # the baseline (one upstream), when --baseline
+    one_rps: float | None
+    several_rps: float | None
+    round_ratios: list[float] = field(default_factory=list)  # several/one, round by round
+
+
+@dataclass
 class Report:
     rows: list[Row] = field(default_factory=list)
+    upstreams: list[UpstreamsRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # make the exit status 1 (for CI)
@@ -131,9 +154,13 @@ def build_cases(args: argparse.Namespace, scenarios: list[str], wrk: bool) -> tu
     skipped: list[str] = []
     duration = args.duration
     stream_headers = {"x-mock-events": "20"}
-    if "json" in scenarios:
+    if "json" in scenarios or "json3" in scenarios:
+        several = max(args.concurrency)  # json3: the highest concurrency (64 by default)
         for connections in args.concurrency:
-            cases.append(Case("json", f"1 JSON c={connections}", "wrk", connections, duration))
+            if "json" not in scenarios and connections != several:
+                continue
+            upstreams = UPSTREAMS if "json3" in scenarios and connections == several else 1
+            cases.append(Case("json", f"1 JSON c={connections}", "wrk", connections, duration, upstreams=upstreams))
     if "sse" in scenarios:
         for connections in args.concurrency:
             cases.append(
@@ -182,10 +209,12 @@ def build_cases(args: argparse.Namespace, scenarios: list[str], wrk: bool) -> tu
 
 
 def make_targets(
-    mock: MockServer, workers: list[int], nginx: bool, workdir: Path, baseline: Path | None = None
+    mock: MockServer, workers: list[int], nginx: bool, workdir: Path, baseline: Path | None = None, upstreams: int = 1
 ) -> list[Target]:
     targets: list[Target] = [Direct(mock)]
     targets += [Relay(mock, count, workdir) for count in workers]
+    if upstreams > 1:  # this tree only: a baseline may predate several upstreams per endpoint
+        targets += [Relay(mock, count, workdir, upstreams=upstreams) for count in workers]
     if baseline is not None:
         targets += [Relay(mock, count, workdir, source=baseline) for count in workers]
     if nginx:
@@ -308,7 +337,7 @@ def warm_up(target: Target, case: Case, mock: MockServer, threads: int, quick: b
 def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool, report: Report) -> None:
     rounds = case.rounds if case.rounds is not None else args.rounds
     workdir = new_workdir()
-    targets = make_targets(mock, args.workers, nginx, workdir, args.baseline)
+    targets = make_targets(mock, args.workers, nginx, workdir, args.baseline, case.upstreams)
     failures = len(report.failures)
     results: dict[str, list[Measurement]] = {target.name: [] for target in targets}
     live: list[Target] = []
@@ -343,6 +372,8 @@ def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool
         else:
             report.notes.append(f"{case.label}: configs and logs kept in {workdir}")
     report.rows.extend(summarise(case, results, report))
+    if case.upstreams > 1:
+        report.upstreams.extend(compare_upstreams(case, results, args.workers))
 
 
 def summarise(case: Case, results: dict[str, list[Measurement]], report: Report) -> list[Row]:
@@ -422,6 +453,70 @@ def summarise(case: Case, results: dict[str, list[Measurement]], report: Report)
             )
         )
     return rows
+
+
+def compare_upstreams(case: Case, results: dict[str, list[Measurement]], workers: list[int]) -> list[UpstreamsRow]:
+    """Proxy CPU per request of this tree with one upstream and with several (and of the baseline)."""
+    rows = []
+
+    def cpu(name: str) -> float | None:
+        values = [m.cpu_us for m in results.get(name, []) if m.cpu_us is not None]
+        return statistics.median(values) if values else None
+
+    def rps(name: str) -> float | None:
+        runs = results.get(name, [])
+        return statistics.median(m.rps for m in runs) if runs else None
+
+    for count in workers:
+        one_name = f"llmrelay {count}w"
+        several_name = f"{one_name} ×{case.upstreams} upstreams"
+        pairs = zip(results.get(one_name, []), results.get(several_name, []), strict=False)
+        ratios = [b.cpu_us / a.cpu_us for a, b in pairs if a.cpu_us and b.cpu_us]
+        rows.append(
+            UpstreamsRow(
+                scenario=case.label,
+                workers=count,
+                upstreams=case.upstreams,
+                one=cpu(one_name),
+                several=cpu(several_name),
+                base=cpu(f"llmrelay@base {count}w"),
+                one_rps=rps(one_name),
+                several_rps=rps(several_name),
+                round_ratios=ratios,
+            )
+        )
+    return rows
+
+
+def render_upstreams(rows: list[UpstreamsRow]) -> str:
+    """The json3 table: proxy CPU µs per request, one upstream against several, and the ratios."""
+    baseline = any(row.base is not None for row in rows)
+    head = ["scenario", "workers", "one upstream µs/req", "N upstreams µs/req", "N/one", "N/one per round"]
+    if baseline:
+        head += ["base one upstream µs/req", "one/base", "N/base"]
+    head += ["req/s one", "req/s N"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
+
+    def num(value: float | None, spec: str = ",.0f") -> str:
+        return "—" if value is None else format(value, spec)
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return "—" if a is None or not b else f"{a / b:.3f}"
+
+    for row in rows:
+        cells = [
+            f"{row.scenario}, {row.upstreams} upstreams (weights {'/'.join(str(i + 1) for i in range(row.upstreams))})",
+            f"{row.workers}",
+            num(row.one),
+            num(row.several),
+            ratio(row.several, row.one),
+            " / ".join(f"{value:.3f}" for value in row.round_ratios) or "—",
+        ]
+        if baseline:
+            cells += [num(row.base), ratio(row.one, row.base), ratio(row.several, row.base)]
+        cells += [num(row.one_rps), num(row.several_rps)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _latency_rows(case: Case, name: str, m: Measurement, direct: Measurement | None, errors: int, rss: float | None) -> list[Row]:
@@ -513,7 +608,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 2 s per run, scenarios 1 and 3")
     parser.add_argument("--long", action="store_true", help="add scenario 4 (long-lived streams; minutes)")
-    parser.add_argument("--only", default="", help="comma-separated scenarios: json,sse,latency,long,scaling or 1-5")
+    parser.add_argument(
+        "--only", default="", help="comma-separated scenarios: json,json3,sse,latency,long,scaling or 1-5 (upstreams = json3)"
+    )
     parser.add_argument("--duration", type=int, default=None, help="seconds per measured run (default 5; --quick 2)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; --quick 1)")
     parser.add_argument("--workers", default="1,2", help="llmrelay and nginx worker counts (default 1,2)")
@@ -548,12 +645,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             elif name in SCENARIOS:
                 wanted.add(name)
             else:
-                parser.error(f"unknown scenario {part!r} (one of {', '.join(SCENARIOS)}, scaling, 1-5)")
+                parser.error(f"unknown scenario {part!r} (one of {', '.join(SCENARIOS)}, upstreams, scaling, 1-5)")
         args.scenarios = [name for name in SCENARIOS if name in wanted]
     elif args.quick:
         args.scenarios = ["json", "latency"]
     else:
-        args.scenarios = ["json", "sse", "latency"] + (["long"] if args.long else [])
+        args.scenarios = ["json", "json3", "sse", "latency"] + (["long"] if args.long else [])
     return args
 
 
@@ -580,11 +677,15 @@ def main(argv: list[str] | None = None) -> int:
     cases, skipped = build_cases(args, args.scenarios, wrk)
     for label in skipped:
         report.notes.append(f"{label}: skipped (no wrk)")
-    with MockServer(processes=args.mock_processes) as mock:
+    ports = max((case.upstreams for case in cases), default=1)
+    with MockServer(processes=args.mock_processes, ports=ports) as mock:
         for case in cases:
             run_case(case, mock, args, nginx, report)
     elapsed = time.monotonic() - started
     table = render_table(report.rows, nginx)
+    if report.upstreams:
+        table += "\n\nProxy CPU per request with one upstream and with several (same case, same rounds; medians):\n\n"
+        table += render_upstreams(report.upstreams)
     print(table)
     if report.notes or report.failures:
         print()

@@ -30,6 +30,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 NOFILE_WANTED = 65_536
 RELAY_ROUTE = "/oai"  # llmrelay's endpoint name and nginx's location: /oai/v1/... -> mock /v1/...
+UPSTREAM_NAMES = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 class TargetError(RuntimeError):
@@ -129,16 +130,23 @@ def _stop_process(process: subprocess.Popen[bytes], extra_pids: list[int], sig: 
 
 
 class MockServer:
-    """bench/fast_mock.py in a subprocess (a context manager)."""
+    """bench/fast_mock.py in a subprocess (a context manager).
 
-    def __init__(self, processes: int = 2) -> None:
+    With `ports` > 1 the same processes listen on that many ports (`ports`), the first one `port`:
+    the upstreams of a several-upstream endpoint, each its own address, all served alike.
+    """
+
+    def __init__(self, processes: int = 2, ports: int = 1) -> None:
         self.processes = processes
+        self.port_count = max(1, ports)
         self.port = 0
+        self.ports: list[int] = []
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> MockServer:
         self._process = subprocess.Popen(
-            [sys.executable, str(FAST_MOCK), "--port", "0", "--processes", str(self.processes)],
+            [sys.executable, str(FAST_MOCK), "--port", "0", "--processes", str(self.processes)]
+            + ["--ports", str(self.port_count)],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
         )
@@ -156,7 +164,11 @@ class MockServer:
         if not line.startswith(b"ready "):
             self.stop()
             raise TargetError(f"fast_mock did not start (said {line!r})")
-        self.port = int(line.split()[1])
+        self.ports = [int(part) for part in line.split()[1:]]
+        if len(self.ports) != self.port_count:
+            self.stop()
+            raise TargetError(f"fast_mock listens on {len(self.ports)} ports, not {self.port_count} (said {line!r})")
+        self.port = self.ports[0]
         return self
 
     def url(self, path: str) -> str:
@@ -239,7 +251,12 @@ class Direct(Target):
 
 
 class Relay(Target):
-    """`python -m llmrelay serve` with `workers` workers and one endpoint `oai` -> the mock."""
+    """`python -m llmrelay serve` with `workers` workers and one endpoint `oai` -> the mock.
+
+    With `upstreams` = N > 1 the endpoint has N upstreams `one`, `two`, ... of weights 1, 2, ... N,
+    each on its own port of the mock (`MockServer(ports=N)`). Only the current tree understands
+    `[[endpoints.X.upstreams]]`: a `source` checkout gets the one-upstream form.
+    """
 
     kind = "llmrelay"
 
@@ -250,31 +267,53 @@ class Relay(Target):
         workdir: Path,
         env: dict[str, str] | None = None,
         source: Path | None = None,
+        upstreams: int = 1,
     ) -> None:
         super().__init__(mock, workers)
+        if upstreams > 1 and len(mock.ports) < upstreams:
+            raise ValueError(f"{upstreams} upstreams need a mock on {upstreams} ports (it has {len(mock.ports)})")
+        if not 1 <= upstreams <= len(UPSTREAM_NAMES):
+            raise ValueError(f"1 to {len(UPSTREAM_NAMES)} upstreams, not {upstreams}")
+        self.upstreams = upstreams
         self.env = dict(env or {})  # extra environment variables for the supervisor (and so its workers)
         if source is not None:
             # Another checkout of llmrelay (an earlier commit, say), measured in the same run: its
             # packages come first on the import path of the supervisor and of every worker it starts.
             self.kind = "llmrelay@base"
             self.env["PYTHONPATH"] = str(source.resolve())
-        self.workdir = workdir / f"{self.kind}-{workers}w"
+        self.workdir = workdir / (f"{self.kind}-{workers}w" + (f"-{upstreams}up" if upstreams > 1 else ""))
         self._process: subprocess.Popen[bytes] | None = None
         self._children: list[int] = []
+
+    @property
+    def name(self) -> str:
+        base = super().name
+        return f"{base} ×{self.upstreams} upstreams" if self.upstreams > 1 else base
 
     def config_text(self) -> str:
         # Connection limits are raised above every scenario's concurrency (10,000 streams through one
         # worker in scenario 4) so that the relay's code is measured, not its default limits.
-        return (
+        endpoint = RELAY_ROUTE.strip("/")
+        text = (
             "[server]\n"
             "access_log = false\n"
             'log_level = "warning"\n'
             "max_connections = 30000\n"
-            f"[endpoints.{RELAY_ROUTE.strip('/')}]\n"
-            f'target_base = "http://127.0.0.1:{self.mock.port}/v1"\n'
+            f"[endpoints.{endpoint}]\n"
             'provider = "openai"\n'
             "max_connections = 30000\n"
         )
+        if self.upstreams == 1:
+            return text + f'target_base = "http://127.0.0.1:{self.mock.port}/v1"\n'
+        # Several upstreams inherit the endpoint's provider and limits; weights 1, 2, 3, ...
+        for index in range(self.upstreams):
+            text += (
+                f"[[endpoints.{endpoint}.upstreams]]\n"
+                f'name = "{UPSTREAM_NAMES[index]}"\n'
+                f'target_base = "http://127.0.0.1:{self.mock.ports[index]}/v1"\n'
+                f"weight = {index + 1}\n"
+            )
+        return text
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{RELAY_ROUTE}{path}"

@@ -42,3 +42,33 @@ def test_bench_smoke_run_prints_its_table(tmp_path) -> None:  # type: ignore[no-
     assert "llmrelay 1w" in table and "direct" in table
     assert "event delay" in table and "TTFB" in table
     assert "| scenario | target |" in done.stdout
+
+
+def test_bench_three_upstreams_scenario_is_selectable_and_its_config_is_valid(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`--only json3`: one JSON case at the highest concurrency whose relays also run with three
+    upstreams (weights 1/2/3, one mock port each); the config it writes passes check-config."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from bench import run
+    from bench.targets import MockServer, Relay
+
+    args = run.parse_args(["--only", "json3", "--workers", "1", "--baseline", str(tmp_path)])
+    cases, _ = run.build_cases(args, args.scenarios, wrk=True)
+    assert [(case.label, case.upstreams) for case in cases] == [("1 JSON c=64", 3)]
+    both = run.parse_args(["--only", "json,upstreams"])
+    cases, _ = run.build_cases(both, both.scenarios, wrk=True)
+    assert [(case.label, case.upstreams) for case in cases] == [("1 JSON c=16", 1), ("1 JSON c=64", 3)]
+
+    mock = MockServer(ports=3)
+    mock.ports, mock.port = [9101, 9102, 9103], 9101  # not started: only the config is checked
+    names = [target.name for target in run.make_targets(mock, [1], False, tmp_path, tmp_path, upstreams=3)]
+    assert names == ["direct", "llmrelay 1w", "llmrelay 1w ×3 upstreams", "llmrelay@base 1w"]
+    config = tmp_path / "three.toml"
+    config.write_text(Relay(mock, 1, tmp_path, upstreams=3).config_text())
+    done = subprocess.run(
+        [sys.executable, "-m", "llmrelay", "check-config", str(config)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name, port, weight in (("one", 9101, 1), ("two", 9102, 2), ("three", 9103, 3)):
+        assert f"upstream {name}  provider=openai  target=http://127.0.0.1:{port}/v1" in done.stdout
+        assert f"weight={weight}  " in done.stdout
