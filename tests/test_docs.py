@@ -1,10 +1,18 @@
-"""The README stays the one config reference: every schema key has a row, every example loads."""
+"""The README stays the one config reference: every schema key has a row, every TOML block in it
+loads, and its check-config command for the multi-upstream example works as written."""
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import subprocess
+import sys
+
 import msgspec
 
-from llmrelay.config.schema import ConfigFile, EndpointSection, ServerSection
+from llmrelay.config import load_config_text
+from llmrelay.config.schema import ApiKeyEntry, ConfigFile, EndpointSection, HealthCheckSection, ServerSection, UpstreamSection
 from relaytest import ROOT
 
 
@@ -26,3 +34,52 @@ def test_readme_quick_start_has_the_two_commands() -> None:
     test_command = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest"
     assert test_command in quick_start
     assert test_command in (ROOT / ".ci" / "run").read_text()  # CI runs the README's command verbatim
+
+
+def _section(readme: str, heading: str) -> str:
+    return readme.split(heading + "\n", 1)[1].split("\n#", 1)[0]
+
+
+def _documented_keys(section: str) -> set[str]:
+    """The keys named in the first cell of a reference table's rows (a row may name several)."""
+    keys: set[str] = set()
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            keys |= set(re.findall(r"`([a-z_]+)`", line.split(" | ", 1)[0]))
+    return keys
+
+
+def test_every_upstream_and_health_check_key_is_documented() -> None:
+    readme = (ROOT / "README.md").read_text()
+    upstream_keys = _documented_keys(_section(readme, "### `[[endpoints.NAME.upstreams]]`"))
+    check_keys = _documented_keys(_section(readme, "### `health_check`"))
+    for section, documented in ((UpstreamSection, upstream_keys), (HealthCheckSection, check_keys)):
+        for field in msgspec.structs.fields(section):
+            assert field.name in documented, f"{section.__name__}.{field.name} is not in the README"
+    api_keys_row = next(line for line in readme.splitlines() if line.startswith("| `api_keys` |"))
+    for field in msgspec.structs.fields(ApiKeyEntry):
+        assert f"{field.name} = " in api_keys_row, f"ApiKeyEntry.{field.name} is not in the README"
+    assert "deprecated" in next(line for line in readme.splitlines() if line.startswith("| `failing_retry_interval` |"))
+
+
+def test_every_toml_block_in_the_readme_loads() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
+    assert len(blocks) >= 2
+    for block in blocks:
+        environ = {name: f"value-of-{name}" for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", block)}
+        assert load_config_text(block, "README.md", environ=environ).endpoints
+
+
+def test_the_readmes_check_config_command_for_the_example_works() -> None:
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [line for line in readme.splitlines() if "llmrelay check-config examples/" in line]
+    *assignments, program, command, path = shlex.split(line)
+    assert (program, command) == (".venv/bin/llmrelay", "check-config")
+    env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_PATH", "PORT")}
+    env.update(assignment.split("=", 1) for assignment in assignments)  # type: ignore[misc]
+    result = subprocess.run(
+        [sys.executable, "-m", "llmrelay", command, path], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok") and "upstream compat-eu" in result.stdout
