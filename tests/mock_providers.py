@@ -34,6 +34,8 @@ where a request header would reach whichever mock the relay picks):
 ``answer(status, key=..., path=..., retry_after=...)``
     Answer a fixed status to the requests that match (all of them, or those
     presenting a given key, or on a given path); ``clear_rules()`` ends it.
+``hang(key=..., path=...)``
+    Never answer the requests that match.
 ``reset_after_events``
     Like ``x-mock-reset-after`` for every SSE answer.
 ``kill()`` / ``revive()``
@@ -132,6 +134,7 @@ class Rule:
     key: str | None = None  # the presented credential (see RecordedRequest.key)
     path: str | None = None  # the path without its query, exactly
     method: str | None = None
+    hang: bool = False  # never answer (like x-mock-hang) instead of `status`
 
     def matches(self, request: RecordedRequest) -> bool:
         return (
@@ -245,6 +248,13 @@ class MockProvider:
         if retry_after is not None:
             extra["Retry-After"] = str(retry_after)
         rule = Rule(status, extra, key, path, method)
+        with self._lock:
+            self.rules = [*self.rules, rule]
+        return rule
+
+    def hang(self, *, key: str | None = None, path: str | None = None, method: str | None = None) -> Rule:
+        """Never answer the requests that match (like `x-mock-hang`); returns the rule."""
+        rule = Rule(0, {}, key, path, method, hang=True)
         with self._lock:
             self.rules = [*self.rules, rule]
         return rule
@@ -894,6 +904,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _send_rule(self, rule: Rule) -> None:
+        if rule.hang:
+            self.close_connection = True
+            if not self._pause(HANG_LIMIT):
+                self.server.mock._note_disconnect(stream=False)
+            return
         status = rule.status
         extra = list(rule.headers.items())
         if status >= 400:
@@ -1231,6 +1246,15 @@ def _self_check_steering() -> None:
             assert mock.path_counts() == {"/v1/chat/completions": 3, "/v1/healthz": 1}
             mock.clear_rules()
             assert http.get("/v1/healthz").status_code == 404
+            mock.hang(path="/v1/models")
+            try:
+                http.get("/v1/models", timeout=0.3)
+            except httpx.ReadTimeout:
+                pass
+            else:
+                raise AssertionError("a hang rule answered")
+            assert mock.wait_for_disconnect(2)
+            mock.clear_rules()
 
             # A stream cut by a RST after N events.
             stream: Any = {**chat, "stream": True}

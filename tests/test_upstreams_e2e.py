@@ -35,6 +35,7 @@ from relaytest import (
     access_record,
     access_records,
     free_port,
+    fresh_connections,
     get_health,
     run_load,
     upstream_health,
@@ -78,9 +79,7 @@ def post_chat(relay: RelayProcess, endpoint: str = "chat", key: str = TEAM, clie
     """A chat completion through the relay; without a client, over a new connection."""
     headers = {"authorization": f"Bearer {key}", **kwargs.pop("headers", {})}  # type: ignore[dict-item]
     url = relay.url(f"/{endpoint}{CHAT_PATH}")
-    if client is None:
-        return httpx.post(url, json=CHAT, headers=headers, timeout=TIMEOUT, **kwargs)  # type: ignore[arg-type]
-    return client.post(url, json=CHAT, headers=headers, **kwargs)  # type: ignore[arg-type]
+    return (client or fresh_connections()).post(url, json=CHAT, headers=headers, **kwargs)  # type: ignore[arg-type]
 
 
 def served_by(responses: list[httpx.Response]) -> Counter[str]:
@@ -386,8 +385,8 @@ def test_body_is_replayed_byte_for_byte_on_the_next_upstream(mocks, start_relay)
     relay = start_relay(config, workers=1)
 
     def echo(endpoint: str, body: object, rid: str) -> httpx.Response:
-        return httpx.post(relay.url(f"/{endpoint}/v1/echo"), content=body, timeout=TIMEOUT,  # type: ignore[arg-type]
-                          headers={**AUTH, "x-request-id": rid, "content-type": "application/octet-stream"})
+        return fresh_connections().post(relay.url(f"/{endpoint}/v1/echo"), content=body,  # type: ignore[arg-type]
+                                        headers={**AUTH, "x-request-id": rid, "content-type": "application/octet-stream"})
 
     def expected(blob: bytes) -> str:
         return f"{hashlib.sha256(blob).hexdigest()}\n{len(blob)}"
@@ -620,3 +619,76 @@ def test_failover_shows_in_the_header_and_the_access_log(mocks, start_relay) -> 
     assert (record["attempts"], record["upstream"], record["status"]) == ("2", "second", "200")
     line = next(line for line in relay.logs().splitlines() if "llmrelay.access" in line and "rid=failover-1" in line)
     assert "attempts=2 upstream=second" in line
+
+
+# -- which failures move a request, and how far ----------------------------------------------------------
+
+
+def test_failover_on_5xx_429_and_first_byte_timeout_but_not_on_4xx_within_retries_and_deadline(mocks, start_relay) -> None:  # type: ignore[no-untyped-def]
+    flaky, steady, never, stuck, spare = mocks(5)
+    stuck.hang()
+    config = (
+        upstreams_config(
+            "chat", [up("flaky", flaky, priority=1, api_key="sk-flaky-17"), up("steady", steady)],
+            auth_keys=[TEAM], first_byte_timeout=1.0,
+        )
+        + upstreams_config(
+            "short", [up("gone-1", None, priority=2), up("gone-2", None, priority=1), up("never", never)],
+            auth_keys=[TEAM], retries=1,
+        )
+        + upstreams_config(
+            "deadline", [up("stuck", stuck, priority=1), up("spare", spare)],
+            auth_keys=[TEAM], first_byte_timeout=1.5, retry_deadline=1.0,
+        )
+    )
+    relay = start_relay(config, workers=1)
+
+    def attempt(endpoint: str, rid: str) -> tuple[httpx.Response, dict[str, str]]:
+        response = post_chat(relay, endpoint, headers={"x-request-id": rid})
+        return response, access_record(relay, rid)
+
+    for status in (500, 502, 503, 504):
+        rule = flaky.answer(status)
+        response, record = attempt("chat", f"status-{status}")
+        assert response.status_code == 200 and response.headers["x-llmrelay-upstream"] == "steady", (status, response.text)
+        assert (record["attempts"], record["upstream"]) == ("2", "steady"), (status, record)
+        flaky.remove_rule(rule)
+        response, record = attempt("chat", f"after-{status}")  # a success ends the failures in a row
+        assert response.headers["x-llmrelay-upstream"] == "flaky" and record["attempts"] == "1", record
+
+    # A 4xx other than 429 is the client's business: sent back as it is, never retried.
+    rule = flaky.answer(400)
+    before = steady.count()
+    response, record = attempt("chat", "status-400")
+    assert response.status_code == 400 and response.json()["error"]["message"] == "mock error 400"
+    assert response.headers["x-llmrelay-upstream"] == "flaky"
+    assert (record["attempts"], record["upstream"]) == ("1", "flaky") and steady.count() == before
+    flaky.remove_rule(rule)
+
+    # No response head within first_byte_timeout: the next upstream.
+    rule = flaky.hang()
+    started = time.monotonic()
+    response, record = attempt("chat", "first-byte-timeout")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200 and response.headers["x-llmrelay-upstream"] == "steady"
+    assert 0.9 < elapsed < 3, elapsed
+    assert (record["attempts"], record["upstream"]) == ("2", "steady")
+    assert flaky.wait_for_disconnect(2)  # the hung attempt was closed
+    flaky.remove_rule(rule)
+
+    # A 429 on the upstream's only key: the request moves to the other upstream.
+    flaky.answer(429, key="sk-flaky-17", retry_after=1)
+    response, record = attempt("chat", "status-429")
+    assert response.status_code == 200 and (record["attempts"], record["upstream"]) == ("2", "steady")
+
+    # retries = 1: two attempts at most, the third upstream is never called.
+    response, record = attempt("short", "two-dead")
+    assert response.status_code == 502, response.text
+    assert record["attempts"] == "2" and never.count() == 0, record
+
+    # retry_deadline = 1 s passed during the first attempt (a 1.5 s first-byte timeout): no second one.
+    started = time.monotonic()
+    response, record = attempt("deadline", "past-deadline")
+    assert response.status_code == 504, response.text
+    assert 1.4 < time.monotonic() - started < 3
+    assert record["attempts"] == "1" and spare.count() == 0, record
