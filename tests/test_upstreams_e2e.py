@@ -187,9 +187,11 @@ def test_priority_tiers_and_fallback_follow_health(mocks, start_relay) -> None: 
 
     primary.revive()
     secondary.revive()
-    # The active check (every second, one pass is enough) brings the primary back.
-    assert wait_until(lambda: post_chat(relay).headers.get("x-llmrelay-upstream") == "primary", 8, step=0.1)
-    wait_for_state(relay, "chat", "primary", ("ok",), 5)
+    # The active check (every second, one pass is enough) brings the primary back, with no request
+    # sent meanwhile (so no passive probe either).
+    health = wait_for_state(relay, "chat", "primary", ("ok",), 5)
+    assert health["usable"] is True and health["last_check"] > 0, health
+    assert chats(primary) == 30
     seen_secondary, seen_backup = chats(secondary), chats(backup)
     assert batch() == {"primary": 30}
     assert (chats(secondary), chats(backup)) == (seen_secondary, seen_backup)
@@ -415,6 +417,7 @@ def test_body_is_replayed_byte_for_byte_on_the_next_upstream(mocks, start_relay)
     response = echo("big", big, "big-once")
     assert response.status_code == 503, response.text
     assert response.json()["error"]["message"] == "mock error 503"  # the upstream's own answer
+    assert response.headers["x-llmrelay-upstream"] == "flaky"
     assert flaky.last().body == big
     assert spare.count() == 0
     record = access_record(relay, "big-once")
@@ -459,10 +462,11 @@ def test_stream_cut_after_three_events_is_not_retried(mocks, start_relay) -> Non
     # The OpenAI SDK sees the text of the first events, then an error.
     client = openai.OpenAI(base_url=relay.url("/chat/v1"), api_key=TEAM, max_retries=0, timeout=TIMEOUT)
     text = []
-    with pytest.raises((openai.APIError, httpx.HTTPError)):
+    with pytest.raises(openai.APIError) as raised:  # from the error event, before the cut
         for chunk in client.chat.completions.create(model="m", messages=CHAT["messages"], stream=True,  # type: ignore[arg-type]
                                                     extra_headers={"x-mock-events": "10"}):
-            text.append(chunk.choices[0].delta.content or "")
+            text.append(chunk.choices[0].delta.content or "")  # type: ignore[union-attr]
+    assert raised.value.message
     assert "".join(text) == "w0 w1 "  # the role chunk, "w0 ", "w1 ": the three events before the cut
     assert other.count() == 0
 
