@@ -98,12 +98,12 @@ def _check_value(tp: Any, value: Any, path: str, errors: list[str]) -> None:
         return
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin is dict and len(args) == 2 and _struct_type(args[1]) and isinstance(value, dict):
+    if origin is dict and len(args) == 2 and isinstance(value, dict):  # each value named by its key
         for key, item in value.items():
             if not isinstance(key, str):
                 errors.append(f"{path}: keys must be strings")
                 continue
-            check_struct(args[1], item, _join(path, key), errors)
+            _check_value(args[1], item, _join(path, key), errors)
         return
     if origin is list and args and _struct_type(args[0]) and isinstance(value, list):
         for index, item in enumerate(value):
