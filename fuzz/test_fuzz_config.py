@@ -27,6 +27,7 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 import certifi
@@ -591,6 +592,18 @@ def _listenable(host: str) -> bool:
 DOCUMENTED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~-]*")  # "letters, digits, '_', '.', '~', '-'"
 
 # -- properties ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ca_files_loaded_once() -> Iterator[None]:
+    """A CA file's check is memoized for this module: the valid documents name certifi's bundle on
+    endpoints and upstreams alike, and loading it (about 70 ms each time) would take most of the run."""
+    import llmrelay.config.files as files
+    import llmrelay.config.resolved as resolved
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(resolved, "ca_file_problem", functools.lru_cache(maxsize=None)(files.ca_file_problem))
+        yield
 
 
 @given(document_validity=documents, inline=st.booleans(), cli=overrides)

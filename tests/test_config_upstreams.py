@@ -401,6 +401,18 @@ def test_an_endpoints_check_inherited_by_several_upstreams_is_reported_once() ->
     assert errors_of(text) == ["endpoints.x.health_check.path: must start with '/', got 'models'"]
 
 
+def test_a_bad_check_header_is_named_by_its_header() -> None:
+    text = f'[endpoints.x]\n{UP0}health_check = {{ headers = {{ "x-probe" = 1, "bad name" = "v", ok = "a\\u0001" }} }}\n'
+    assert sorted(errors_of(text)) == [
+        "endpoints.x.upstreams[0].health_check.headers.x-probe: expected `str`, got `int`",
+    ]
+    text = text.replace('"x-probe" = 1, ', "")
+    assert sorted(errors_of(text)) == [
+        "endpoints.x.upstreams[0].health_check.headers.ok: control characters are not allowed",
+        "endpoints.x.upstreams[0].health_check.headers: 'bad name' is not a header name",
+    ]
+
+
 def test_retry_keys_are_checked() -> None:
     errors = errors_of(f"[endpoints.x]\nretries = -1\nretry_deadline = 0\nretry_body_limit = -1\n{OPENAI}")
     assert errors == [
