@@ -2,8 +2,9 @@
 
 Targets: `direct` (load generator -> fast mock), `llmrelay Nw` (-> relay with N workers -> mock) and,
 when nginx is installed, `nginx Nw`. Each scenario case starts its own set of targets, warms each up,
-then runs them interleaved (A B C ... A B C ..., `--rounds` rounds) and reports the median of the
-rounds. Scenarios:
+then runs them interleaved (A B C, B C A, C A B, ...: each round starts one target later, so that no
+target always runs in the same place or after the same one; `--rounds` rounds) and reports the median
+of the rounds. Scenarios:
 
 1. `json`: non-streamed chat completion, HTTP/1.1 keep-alive, wrk at concurrency 16 and 64;
    `json3` adds, to the case at the highest concurrency (64), `llmrelay Nw ×3 upstreams`: the same
@@ -138,6 +139,7 @@ class UpstreamsRow:
     one_rps: float | None
     several_rps: float | None
     round_ratios: list[float] = field(default_factory=list)  # several/one, round by round
+    round_base_ratios: list[float] = field(default_factory=list)  # one/base, round by round
 
 
 @dataclass
@@ -353,7 +355,10 @@ def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool
         for target in live:
             warm_up(target, case, mock, args.wrk_threads, args.quick)
         for round_index in range(rounds):
-            for target in live:
+            # Rotated: a target's place in the round (what ran just before it, how long the machine
+            # has been under load) changes from round to round instead of biasing the same target.
+            shift = round_index % len(live) if live else 0
+            for target in live[shift:] + live[:shift]:
                 _log(f"{case.label}: round {round_index + 1}/{rounds}, {target.name}")
                 try:
                     results[target.name].append(measure(target, case, mock, args.wrk_threads))
@@ -472,6 +477,8 @@ def compare_upstreams(case: Case, results: dict[str, list[Measurement]], workers
         several_name = f"{one_name} ×{case.upstreams} upstreams"
         pairs = zip(results.get(one_name, []), results.get(several_name, []), strict=False)
         ratios = [b.cpu_us / a.cpu_us for a, b in pairs if a.cpu_us and b.cpu_us]
+        base_pairs = zip(results.get(f"llmrelay@base {count}w", []), results.get(one_name, []), strict=False)
+        base_ratios = [b.cpu_us / a.cpu_us for a, b in base_pairs if a.cpu_us and b.cpu_us]
         rows.append(
             UpstreamsRow(
                 scenario=case.label,
@@ -483,6 +490,7 @@ def compare_upstreams(case: Case, results: dict[str, list[Measurement]], workers
                 one_rps=rps(one_name),
                 several_rps=rps(several_name),
                 round_ratios=ratios,
+                round_base_ratios=base_ratios,
             )
         )
     return rows
@@ -493,7 +501,7 @@ def render_upstreams(rows: list[UpstreamsRow]) -> str:
     baseline = any(row.base is not None for row in rows)
     head = ["scenario", "workers", "one upstream µs/req", "N upstreams µs/req", "N/one", "N/one per round"]
     if baseline:
-        head += ["base one upstream µs/req", "one/base", "N/base"]
+        head += ["base one upstream µs/req", "one/base", "one/base per round", "N/base"]
     head += ["req/s one", "req/s N"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
 
@@ -513,7 +521,8 @@ def render_upstreams(rows: list[UpstreamsRow]) -> str:
             " / ".join(f"{value:.3f}" for value in row.round_ratios) or "—",
         ]
         if baseline:
-            cells += [num(row.base), ratio(row.one, row.base), ratio(row.several, row.base)]
+            per_round = " / ".join(f"{value:.3f}" for value in row.round_base_ratios) or "—"
+            cells += [num(row.base), ratio(row.one, row.base), per_round, ratio(row.several, row.base)]
         cells += [num(row.one_rps), num(row.several_rps)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
