@@ -5,16 +5,15 @@ An operator's config file is decoded key by key so that every mistake is reporte
 wrong, is a failed deploy that is hard to diagnose. Documents are generated as Python dicts of right
 and wrong shapes for `[server]`, `[endpoints.NAME]` and `auth_keys` (mostly plausible values, some of
 any TOML type, unknown keys, bad endpoint names; `[[endpoints.NAME.upstreams]]` with their health
-checks), serialized to TOML by a small serializer here (as
-tables or as inline tables), and loaded with `environ={}` and random CLI overrides. The property:
-the result is a RelayConfig (whose endpoints are the file's, and which survives the control pipe), or
-a ConfigError whose every error starts with a key path of the document or schema followed by ": ",
-never any other exception; and a document built valid always loads. Field strategies are derived from
-the schema, so a field added to it is fuzzed without a change here. No value ever contains `$(`, so no
-key-source command is run. Valid documents mix the one-upstream shorthand (flat keys) with
-lists of upstreams that inherit the endpoint's keys, scope relay keys, and carry health checks.
-Regression tests pin two former bugs: error entries that spanned several
-lines, and endpoint names with a trailing newline that passed the name check.
+checks), serialized to TOML by a small serializer here (as tables or as inline tables), and loaded
+with `environ={}` and random CLI overrides. The property: the result is a RelayConfig (whose endpoints
+are the file's, and which survives the control pipe), or a ConfigError whose every error starts with a
+key path of the document or schema followed by ": ", never any other exception; and a document built
+valid always loads. Field strategies are derived from the schema, so a field added to it is fuzzed
+without a change here. No value ever contains `$(`, so no key-source command is run. Valid documents
+mix the one-upstream shorthand (flat keys) with lists of upstreams that inherit the endpoint's keys,
+scope relay keys, and carry health checks. Regression tests pin two former bugs: error entries that
+spanned several lines, and endpoint names with a trailing newline that passed the name check.
 """
 
 from __future__ import annotations
