@@ -146,7 +146,7 @@ def test_provider_keys_are_named_by_their_name_else_their_index() -> None:
     text = f'[endpoints.a]\n{OPENAI}api_keys = [{{ key = "k1", name = "primary" }}, {{ key = "k2" }}]\n'
     assert [k.name for k in only_endpoint(text).upstreams[0].api_keys] == ["primary", "1"]
     text = f'[endpoints.a]\n{OPENAI}api_keys = [{{ key = "k1", name = "x" }}, {{ key = "k2", name = "x" }}]\n'
-    assert errors_of(text) == ["endpoints.a.api_keys: the key name 'x' is used twice"]
+    assert errors_of(text) == ["endpoints.a.api_keys: the key name 'x' is used twice (a key without a name is named by its index)"]
 
 
 # -- defaults and inheritance ----------------------------------------------------------------------------
@@ -376,6 +376,26 @@ REFUSED = {
     "an inherited injected key on a non-loopback listener": (
         f'[server]\nhost = "0.0.0.0"\n[endpoints.x]\napi_keys = [{{ key = "sk-injected" }}]\n{UP0}',
         "endpoints.x.upstreams[0]: injects an api_key on non-loopback listener 0.0.0.0 without auth_keys",
+    ),
+    "an infinite weight": (
+        f"[endpoints.x]\n{UP0}weight = inf\n",
+        "endpoints.x.upstreams[0].weight: expected `float` <= 1000000.0",
+    ),
+    "only parked upstreams": (
+        f"[endpoints.x]\n{UP0}weight = 0\n{UP1}weight = 0\n",
+        "endpoints.x.upstreams: every upstream has weight 0 and none is a fallback",
+    ),
+    "a key name that is another key's index": (
+        f'[endpoints.x]\n{UP0}api_keys = [{{ key = "sk-injected", name = "1" }}, {{ key = "sk-2" }}]\n',
+        "endpoints.x.upstreams[0].api_keys: the key name '1' is used twice",
+    ),
+    "an invalid key name": (
+        f'[endpoints.x]\n{UP0}api_keys = [{{ key = "sk-injected", name = "a b" }}]\n',
+        "endpoints.x.upstreams[0].api_keys[0].name: invalid key name 'a b'",
+    ),
+    "a bad endpoint check that every upstream overrides": (
+        f'[endpoints.x]\nhealth_check = {{ path = "models" }}\n{UP0}health_check = true\n',
+        "endpoints.x.health_check.path: must start with '/'",
     ),
     "bad retry keys": (
         f"[endpoints.x]\nretries = -1\n{UP0}",

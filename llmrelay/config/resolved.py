@@ -281,9 +281,12 @@ def _resolve_api_keys(
             errors.append(f"{path}.api_keys[{index}].key: {exc}")
     if api_keys and not any(entry.weight > 0 for entry in api_keys):
         errors.append(f"{path}.api_keys: at least one key needs a weight > 0")
-    names = [entry.name for entry in api_keys if entry.name is not None]
+    names = [entry.name if entry.name is not None else str(index) for index, entry in enumerate(api_keys)]
+    for index, entry in enumerate(api_keys):
+        if entry.name is not None and not UPSTREAM_NAME.fullmatch(entry.name):
+            errors.append(f"{path}.api_keys[{index}].name: invalid key name {printable(entry.name)!r} (letters, digits, '_', '.', '~', '#', '-')")
     for name in sorted({name for name in names if names.count(name) > 1}):
-        errors.append(f"{path}.api_keys: the key name {printable(name)!r} is used twice")
+        errors.append(f"{path}.api_keys: the key name {printable(name)!r} is used twice (a key without a name is named by its index)")
     return keys
 
 
@@ -411,9 +414,8 @@ def _resolve_upstream(
     provider = upstream.provider or endpoint.provider or infer_provider(target.host)
     check_value = upstream.health_check if upstream.health_check is not None else endpoint.health_check
     check_path = f"{path}.health_check" if upstream.health_check is not None else f"{context.path}.health_check"
-    check_errors: list[str] = []  # an endpoint's check is resolved once per upstream: report it once
-    check = _resolve_health_check(check_value, provider, check_path, check_errors)
-    errors += [error for error in check_errors if error not in errors]
+    # (an endpoint's own check was judged once, with the endpoint: its mistakes are reported there)
+    check = _resolve_health_check(check_value, provider, check_path, errors if upstream.health_check is not None else [])
 
     def chosen(own: float | None, default: float) -> float:
         return default if own is None else own
@@ -470,6 +472,8 @@ def _resolve_endpoint(
         auth_source = "endpoint" if section.auth_keys else "none"
     _check_ca_files((("ca_file", section.ca_file), ("proxy_ca_file", section.proxy_ca_file)), path, errors)
     default_keys = _resolve_api_keys(section.api_key, section.api_keys, path, errors, environ)
+    if isinstance(section.health_check, HealthCheckSection):  # judged here once, whoever inherits it
+        _resolve_health_check(section.health_check, section.provider or "openai", f"{path}.health_check", errors)
     context = _EndpointContext(name=name, path=path, section=section, default_keys=default_keys)
     upstreams: list[ResolvedUpstream] = []
     paths: list[str] = []
@@ -493,6 +497,11 @@ def _resolve_endpoint(
                     f"{upstream_path}: injects an api_key on non-loopback listener {printable(server.host)} without "
                     "auth_keys; that is an open relay spending your key (set auth_keys, or public = true to allow it)"
                 )
+    if upstreams and not any(u.weight > 0 or u.fallback for u in upstreams):
+        errors.append(
+            f"{path}.upstreams: every upstream has weight 0 and none is a fallback, so no request could be served "
+            "(weight 0 parks an upstream; give one a weight, or make it a fallback)"
+        )
     if len(errors) > before or not upstreams:
         return None
     if accepted and auth_source == "none":

@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
+Weight = Annotated[float, Meta(ge=0, le=1_000_000)]  # finite: the balancer adds them up
 PositiveFloat = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -34,7 +35,7 @@ class ApiKeyEntry(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     """One provider key with its share of the traffic."""
 
     key: str
-    weight: NonNegativeFloat = 1.0
+    weight: Weight = 1.0
     name: str | None = None  # how /health and the logs name it (default: its index)
 
 
@@ -58,7 +59,7 @@ class UpstreamSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     name: str | None = None  # None: "<endpoint>#<index>"
     target_base: str
     provider: ProviderName | None = None
-    weight: NonNegativeFloat = 1.0
+    weight: Weight = 1.0
     priority: int = 0
     fallback: bool = False
     auth_keys: list[str] | None = None  # None: every key the endpoint accepts; a list: only these
