@@ -66,14 +66,16 @@ class RelayProcess:
     def url(self, path: str) -> str:
         return self.base_url + path
 
-    def wait_ready(self, timeout: float = 20.0, workers: int = 1) -> None:
+    def wait_ready(self, timeout: float = 20.0, workers: int = 1, statuses: tuple[int, ...] = (200,)) -> None:
+        """Wait until `workers` workers said they are ready and `/health` answers one of `statuses`
+        (add 503 for a relay with an endpoint that has nothing usable)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"relay exited with {self.process.returncode}:\n{self.logs()}")
             if self.logs().count("ready (pid") >= workers:
                 try:
-                    if httpx.get(self.url("/health"), timeout=2).status_code == 200:
+                    if httpx.get(self.url("/health"), timeout=2).status_code in statuses:
                         return
                 except httpx.HTTPError:
                     pass

@@ -560,6 +560,7 @@ def shared_health(relay: RelayProcess, timeout: float = 5.0) -> tuple[int, dict]
     once they agree; fails if they never do within `timeout`."""
     deadline = time.monotonic() + timeout
     last: dict[int, tuple[int, dict]] = {}
+    differing: dict[int, tuple[int, dict]] = {}
     while time.monotonic() < deadline:
         code, payload, pid = get_health(relay)
         payload.pop("workers", None)  # each worker's own fields
@@ -568,39 +569,43 @@ def shared_health(relay: RelayProcess, timeout: float = 5.0) -> tuple[int, dict]
             answers = list(last.values())
             if all(answer == answers[0] for answer in answers):
                 return answers[0]
+            differing = dict(last)
             last = {pid: (code, payload)}
-    raise AssertionError(f"the workers' /health answers differ: {last}")
+    raise AssertionError(f"the workers' /health answers differ: {differing or last}")
 
 
 def test_health_is_the_same_table_from_every_worker(mocks, start_relay) -> None:  # type: ignore[no-untyped-def]
     (live,) = mocks(1)
+    failing_check = {"path": "/v1/models", "interval": 1, "timeout": 1, "unhealthy_threshold": 1, "healthy_threshold": 1}
     config = upstreams_config("chat", [up("live", live), up("gone", None)], auth_keys=[TEAM]) + upstreams_config(
-        "solo", [up("lost", None)], auth_keys=[TEAM]
+        "solo", [up("lost", None, health_check=failing_check)], auth_keys=[TEAM]
     )
-    relay = start_relay(config, workers=2)
+    relay = start_relay(config, workers=2, wait=False)
+    relay.wait_ready(workers=2, statuses=(200, 503))  # "solo" may fail its first check at once
 
     code, health = shared_health(relay)
-    assert code == 200 and health["status"] == "ok", health
     gone = health["endpoints"]["chat"]["upstreams"]["gone"]
     assert gone["state"] == "ok" and gone["usable"] is True and gone["consecutive_failures"] == 0, gone
 
-    # Eject "gone" (the requests fail over to "live") and "lost" (nothing else: 502, then 503).
+    # "gone" ejected by passive health (the requests fail over to "live"): the same table everywhere.
     assert served_by([post_chat(relay) for _ in range(12)]) == {"live": 12}
-    statuses = [post_chat(relay, "solo").status_code for _ in range(3)]
-    assert statuses == [502, 502, 502], statuses
+    code, health = shared_health(relay)
+    gone = health["endpoints"]["chat"]["upstreams"]["gone"]
+    assert gone["state"] == "ejected" and gone["consecutive_failures"] >= 3 and gone["ejected_until"] > 0, gone
+    assert gone["last_error"].startswith("cannot connect"), gone
+    assert health["endpoints"]["chat"]["upstreams"]["live"]["state"] == "ok", health
+    assert health["endpoints"]["chat"]["usable"] is True
+
+    # "lost", the only upstream of "solo", fails its active check: nothing usable, the relay failing.
+    wait_for_state(relay, "solo", "lost", ("unhealthy",), 5)
     code, health = shared_health(relay)
     lost = health["endpoints"]["solo"]["upstreams"]["lost"]
-    assert lost["state"] == "ejected" and lost["usable"] is False, lost
-    assert lost["consecutive_failures"] == 3 and lost["last_error"] and lost["ejected_until"] > time.time() - 1, lost
-    assert health["endpoints"]["chat"]["upstreams"]["gone"]["state"] == "ejected", health
-    assert health["endpoints"]["chat"]["upstreams"]["live"]["state"] == "ok", health
-    assert code == 503 and health["status"] == "failing", health
+    assert lost["usable"] is False and lost["health_check"] is True and lost["last_check"] > 0, lost
+    assert health["endpoints"]["solo"]["usable"] is False
+    assert (code, health["status"]) == (503, "failing"), health
 
-    assert health["endpoints"]["chat"]["usable"] is True and health["endpoints"]["solo"]["usable"] is False
-
-    # Nothing usable: a 503 in the provider's shape with a Retry-After, and no attempt at all.
-    nothing = post_chat(relay, "solo", headers={"x-request-id": "nothing-usable"})
-    assert time.time() < lost["ejected_until"], "the ejection ran out before the request was sent"
+    # Nothing usable: a 503 in the provider's shape with a Retry-After.
+    nothing = post_chat(relay, "solo")
     assert nothing.status_code == 503, nothing.text
     assert int(nothing.headers["retry-after"]) >= 1
     assert set(nothing.json()) == {"error"} and nothing.json()["error"]["message"], nothing.text
