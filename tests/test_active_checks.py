@@ -99,7 +99,7 @@ async def test_a_check_sends_the_configured_request_with_the_first_usable_key(mo
     )
     config = config_for(mock.base_url, check, extra=keys)
     run = Run(config)
-    run.board.key_event(KeyEvent("m", "up", 1, 401, disabled=True), time.time())
+    run.board.key_event(KeyEvent("m", "up", 1, 401, 1, disabled=True), time.time())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run.checks.run)
         await run.until(lambda: run.row().last_check)

@@ -105,6 +105,13 @@ async def test_key_states_cooling_and_disabled() -> None:
     assert upstream(payload, "b", "main")["state"] == "disabled"
 
 
+async def test_one_refused_key_leaves_the_upstream_ok_and_the_relay_degraded() -> None:
+    keys = [KeyHealth("first", "disabled", 0.0, 401), KeyHealth("1", "ok")]
+    code, payload = view({"b": EndpointHealth({"main": UpstreamHealth(keys=keys)})})
+    assert upstream(payload, "b", "main")["state"] == "ok" and upstream(payload, "b", "main")["usable"] is True
+    assert (code, payload["status"]) == (200, "degraded")
+
+
 async def test_before_the_first_table_the_worker_lists_itself() -> None:
     runtime = RelayRuntime(load_config_text(CONFIG, "t", environ={}), 1)
     code, payload = health_view(runtime, None, lambda: ME)

@@ -140,7 +140,7 @@ def test_embedded_default_without_a_config_file(start_relay) -> None:  # type: i
     relay = start_relay(None)
     health = httpx.get(relay.url("/health"), timeout=5).json()
     assert set(health["endpoints"]) == {"openai", "anthropic", "gemini", "groq"}
-    assert health["endpoints"]["openai"]["target"] == "https://api.openai.com/v1"
+    assert health["endpoints"]["openai"]["upstreams"]["openai#0"]["target"] == "https://api.openai.com/v1"
     assert "config: <embedded default>" in relay.logs()
 
 

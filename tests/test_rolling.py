@@ -299,13 +299,17 @@ def test_workers_over_their_memory_limit_are_recycled(mock: MockProvider, start_
 
 
 def test_health_is_one_shared_view(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
-    dead = f'[endpoints.dead]\ntarget_base = "http://127.0.0.1:{_closed_port()}/v1"\nprovider = "openai"\n'
-    relay = start_relay(SERVER + endpoint_config("oai", mock) + dead, workers=3)
-    for _ in range(4):
-        with httpx.Client(timeout=5) as client:
-            assert client.post(relay.url("/dead/v1/chat/completions"), json=CHAT).status_code == 502
-    wait_for_log(relay, "endpoint dead is failing")
-    time.sleep(1.0)  # the next broadcast reaches every worker
+    dead = (
+        f'[endpoints.dead]\ntarget_base = "http://127.0.0.1:{_closed_port()}/v1"\nprovider = "openai"\n'
+        "health_check = { interval = 1, timeout = 1, unhealthy_threshold = 1 }\n"
+    )
+    relay = start_relay(SERVER + endpoint_config("oai", mock) + dead, workers=3, wait=False)
+    relay.wait_ready(workers=3, statuses=(200, 503))  # (the first check may already have failed)
+    wait_for_log(relay, "upstream dead/dead#0 unhealthy: 1 failed check")
+    time.sleep(1.0)  # the broadcast reaches every worker
+    with httpx.Client(timeout=5) as client:
+        refused = client.post(relay.url("/dead/v1/chat/completions"), json=CHAT)
+    assert refused.status_code == 503 and "retry-after" in refused.headers  # nothing usable: at once
     seen_by: dict[int, dict] = {}  # type: ignore[type-arg]
     for _ in range(60):
         with httpx.Client(timeout=5) as client:
@@ -315,15 +319,19 @@ def test_health_is_one_shared_view(mock: MockProvider, start_relay) -> None:  # 
     assert httpx.get(relay.url("/health?endpoint=dead"), timeout=5).status_code == 503
     assert httpx.get(relay.url("/health?endpoint=oai"), timeout=5).status_code == 200
     assert len(seen_by) >= 2
+    tables = []
     for view in seen_by.values():
-        assert view["status"] == "unavailable"
-        assert view["endpoints"]["dead"]["status"] == "failing"
-        assert view["endpoints"]["oai"]["status"] == "ok"
+        assert view["status"] == "failing"
+        dead_view = view["endpoints"]["dead"]
+        assert dead_view["usable"] is False and dead_view["upstreams"]["dead#0"]["state"] == "unhealthy"
+        assert view["endpoints"]["oai"]["upstreams"]["oai#0"]["state"] == "ok"
         assert sorted((w["slot"], w["pid"]) for w in view["workers"]) == sorted(
             (w["slot"], w["pid"]) for w in next(iter(seen_by.values()))["workers"]
         )
         for worker in view["workers"]:
             assert set(worker) >= {"pid", "slot", "uptime", "in_flight", "state"}
+        tables.append({name: {u: {k: v for k, v in entry.items() if k not in ("last_check", "last_check_ms")} for u, entry in ep["upstreams"].items()} for name, ep in view["endpoints"].items()})
+    assert all(table == tables[0] for table in tables)  # the same table, whichever worker answers
 
 
 def test_reload_that_moves_the_listener(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]

@@ -51,10 +51,10 @@ def health_view(
             any_usable = False
             for config in endpoint.config.upstreams:
                 health = shared.upstreams.get(config.name, _OK) if shared else _OK
-                entry = _upstream_entry(config, health, now)
+                entry, keys_ok = _upstream_entry(config, health, now)
                 upstreams[config.name] = entry
                 any_usable |= bool(entry["usable"])
-                degraded |= entry["state"] != "ok" or health.consecutive_failures > 0
+                degraded |= entry["state"] != "ok" or health.consecutive_failures > 0 or not keys_ok
             if not any_usable:
                 unusable.add(name)
             endpoints[name] = {"provider": endpoint.provider, "usable": any_usable, "upstreams": upstreams}
@@ -82,19 +82,20 @@ def _key_state(key: KeyHealth | None, now: float) -> str:
     return key.state
 
 
-def _upstream_entry(config: ResolvedUpstream, health: UpstreamHealth, now: float) -> dict[str, object]:
+def _upstream_entry(config: ResolvedUpstream, health: UpstreamHealth, now: float) -> tuple[dict[str, object], bool]:
+    """An upstream's entry in the payload, and whether every key it uses is ok."""
     shared_keys = {key.name: key for key in health.keys}
     keys: dict[str, object] = {}
     in_use: list[str] = []  # the states of the keys with weight (the ones requests may get)
-    for entry in config.api_keys:
-        shared = shared_keys.get(entry.name)
+    for key in config.api_keys:
+        shared = shared_keys.get(key.name)
         state = _key_state(shared, now)
-        keys[entry.name] = {
+        keys[key.name] = {
             "state": state,
-            "weight": entry.weight,
+            "weight": key.weight,
             "cooling_until": shared.cooling_until if shared and state == "cooling" else 0.0,
         }
-        if entry.weight > 0:
+        if key.weight > 0:
             in_use.append(state)
     ejected = health.state == "ejected" and health.ejected_until > 0
     if not health.check_ok:
@@ -108,7 +109,7 @@ def _upstream_entry(config: ResolvedUpstream, health: UpstreamHealth, now: float
     else:
         state = "ok"
     usable = health.check_ok and not (ejected and now < health.ejected_until) and (not in_use or "ok" in in_use)
-    return {
+    entry: dict[str, object] = {
         "provider": config.provider,
         "target": str(config.target),
         "weight": config.weight,
@@ -125,6 +126,7 @@ def _upstream_entry(config: ResolvedUpstream, health: UpstreamHealth, now: float
         "last_check_error": health.last_check_error,
         "keys": keys,
     }
+    return entry, all(key_state == "ok" for key_state in in_use)
 
 
 def _endpoint_asked(target: str) -> str | None:
