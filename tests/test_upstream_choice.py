@@ -110,9 +110,13 @@ async def test_an_ejection_past_its_deadline_lets_one_probe_through_per_worker()
     assert not b.usable(now)  # no second one while it runs
     b.attempt_failed(now)
     assert not b.usable(now) and b.usable(now + 1.5)  # held until the supervisor's verdict arrives
-    b.start_attempt(now + 1.5)
+    assert b.start_attempt(now + 1.5)
+    b.end_probe()  # the client went away before any verdict: the next request probes
+    assert b.usable(now + 1.5)
+    assert b.start_attempt(now + 1.5)
     b.attempt_succeeded()
     assert b.usable(now + 1.5) and b.ejected_until == 0.0
+    assert not b.start_attempt(now + 2)  # not ejected: an ordinary attempt
 
 
 async def test_the_tables_key_states_merge_with_the_workers_own() -> None:

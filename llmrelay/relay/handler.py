@@ -187,7 +187,7 @@ class Relay:
                 record.attempts += 1
                 record.upstream = upstream.name
                 key = upstream.pick_key(now)
-                upstream.start_attempt(now)
+                probe = upstream.start_attempt(now)
                 request = self._upstream_request(exchange, endpoint, upstream, key, path, query, record, body)
                 try:
                     call = upstream.pool.stream(request)
@@ -220,6 +220,8 @@ class Relay:
                     await self._failed(exchange, endpoint, upstream, active, record, exc)
                     return
                 finally:
+                    if probe:
+                        upstream.end_probe()
                     if isinstance(body, ReplayableBody):
                         await body.finish_attempt()
         finally:

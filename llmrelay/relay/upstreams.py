@@ -107,9 +107,16 @@ class UpstreamRuntime:
             every = [i for i in every if not self.key_disabled[i] and now >= self.key_cooling[i]]
         return every[0] if len(every) == 1 else self._key_rotation.pick(every)
 
-    def start_attempt(self, now: float) -> None:
+    def start_attempt(self, now: float) -> bool:
+        """True when this attempt is the half-open probe (call `end_probe` when it ends, however)."""
         if self.ejected_until and now >= self.ejected_until:
-            self.probing = True  # this attempt is the half-open probe
+            self.probing = True
+            return True
+        return False
+
+    def end_probe(self) -> None:
+        """The probe ended without a verdict (the client went away...): another request may probe."""
+        self.probing = False
 
     def attempt_succeeded(self) -> None:
         self.probing = False
