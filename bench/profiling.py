@@ -23,7 +23,8 @@ speedscope); with `--cprofile`, profile-cprofile.md and profile-worker.prof (for
 root or CAP_SYS_PTRACE.
 
 Run from the repository root: `python bench/profiling.py [--duration 10] [--connections 64]
-[--scenario json|sse] [--delay-ms M] [--top 25] [--cprofile]` (or `python bench/run.py --profile`).
+[--scenario json|sse] [--delay-ms M] [--top 25] [--cprofile] [--upstreams 3]` (or `python bench/run.py
+--profile`).
 """
 
 from __future__ import annotations
@@ -246,6 +247,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--cprofile", action="store_true", help="cProfile in the worker instead of py-spy")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the worker to its own CPU")
+    parser.add_argument(
+        "--upstreams", type=int, default=1, help="the endpoint's upstreams (weights 1, 2, ...; one mock port each)"
+    )
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
@@ -274,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     result: WrkResult | None = None
     workdir = new_workdir()
-    with MockServer(processes=2) as mock, WrkScript(body, headers) as script:
-        relay = Relay(mock, 1, workdir, env=env)
+    with MockServer(processes=2, ports=args.upstreams) as mock, WrkScript(body, headers) as script:
+        relay = Relay(mock, 1, workdir, env=env, upstreams=args.upstreams)
         try:
             start_all([relay])
             url = relay.url(PATH)
@@ -313,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         "# llmrelay worker profile",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, the worker of `llmrelay serve --workers 1` under {load_line}.",
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, the worker of `llmrelay serve --workers 1` under {load_line}"
+        + (f", through {args.upstreams} upstreams (weights 1-{args.upstreams})." if args.upstreams > 1 else "."),
         f"{what}. The worker used {worker_cpus:.2f} CPUs (/proc) during the window"
         + (f"; it was pinned to CPU {pinned}, the load generator and mock to the others." if pinned is not None else "."),
         "",
