@@ -46,6 +46,7 @@ from llmrelay.upstream.pool import UpstreamExchange, UpstreamRequest, UpstreamRe
 WHOLE_BODY_LIMIT = 65536  # request bodies up to this size (with a Content-Length) are read whole
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})  # answers another upstream may do better
 KEY_REFUSED = frozenset({401, 403})  # the injected key is refused: another key may do
+JUDGED = FAILURE_STATUSES | KEY_REFUSED | {429}  # answers that say something of an upstream or its key
 
 log = logging.getLogger("llmrelay.relay")
 
@@ -178,7 +179,7 @@ class Relay:
                 body = await self._whole_body(exchange, record)  # one send upstream, and replayable
             else:
                 body = ReplayableBody(exchange, record, endpoint.retry_body_limit)
-        retry_until = time.monotonic() + endpoint.retry_deadline
+        retry_until = record.started + endpoint.retry_deadline  # (perf_counter time)
         tried: list[int] = []
         active = ActiveResponse(exchange)
         self._responses.add(active)
@@ -194,7 +195,8 @@ class Relay:
                     active.interrupt = call.interrupt  # a drain cut closes the upstream connection
                     async with call as response:
                         status = response.status
-                        self._judge(endpoint, upstream, key, status, response.headers, now)
+                        if status in JUDGED or upstream.ejected_until or self._observer.failing:
+                            self._judge(endpoint, upstream, key, status, response.headers, now)
                         if status in RETRY_STATUSES or (status in KEY_REFUSED and key is not None):
                             retry = self._retry_on(endpoint, upstream, key, status, relay_key, tried, body, retry_until)
                             if retry is not None and exchange.phase is ResponsePhase.PENDING:
@@ -273,7 +275,9 @@ class Relay:
         headers: Headers,
         now: float,
     ) -> None:
-        """Report what an upstream's answer says of its health and of the key it was given."""
+        """Report what an upstream's answer says of its health and of the key it was given (called
+        for every answer in `JUDGED`, and for any answer while the upstream or this worker's view of
+        it is not clean: a success then ends a probe or is news for the supervisor)."""
         if status in FAILURE_STATUSES:
             upstream.attempt_failed(now)
             self._observer.failure(endpoint.name, upstream.name, f"status {status}")
@@ -308,7 +312,7 @@ class Relay:
         """Where the next attempt goes, or None when this request gets no further attempt: retries
         used up, past `retry_deadline`, a body too large to replay, or nothing usable left. A refused
         key is retried on another key of the same upstream when it has one."""
-        if len(tried) >= endpoint.retries or time.monotonic() >= retry_until:
+        if len(tried) >= endpoint.retries or time.perf_counter() >= retry_until:
             return None
         if isinstance(body, ReplayableBody):
             if not body.replayable:

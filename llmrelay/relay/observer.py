@@ -21,16 +21,17 @@ QUEUE_SIZE = 1024
 class UpstreamObserver:
     def __init__(self) -> None:
         self._send, self.events = trio.open_memory_channel[UpstreamEvent | KeyEvent](QUEUE_SIZE)
-        # (endpoint, upstream) that failed here since their last success, or not ok in the shared view
-        self._failing: set[tuple[str, str]] = set()
+        # (endpoint, upstream) that failed here since their last success, or not ok in the shared view;
+        # while it is empty, a success is no news (the relay skips reporting it)
+        self.failing: set[tuple[str, str]] = set()
 
     def failure(self, endpoint: str, upstream: str, reason: str) -> None:
-        self._failing.add((endpoint, upstream))
+        self.failing.add((endpoint, upstream))
         self._offer(UpstreamEvent(endpoint=endpoint, upstream=upstream, ok=False, reason=reason))
 
     def success(self, endpoint: str, upstream: str) -> None:
-        if self._failing and (endpoint, upstream) in self._failing:
-            self._failing.discard((endpoint, upstream))
+        if self.failing and (endpoint, upstream) in self.failing:
+            self.failing.discard((endpoint, upstream))
             self._offer(UpstreamEvent(endpoint=endpoint, upstream=upstream, ok=True))
 
     def key_refused(
@@ -50,7 +51,7 @@ class UpstreamObserver:
 
     def shared_view(self, failing: set[tuple[str, str]]) -> None:
         """The supervisor's table counts failures for these upstreams: report the next success."""
-        self._failing |= failing
+        self.failing |= failing
 
     def _offer(self, event: UpstreamEvent | KeyEvent) -> None:
         try:
