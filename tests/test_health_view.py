@@ -26,7 +26,10 @@ target_base = "http://127.0.0.1:10/v1"
 fallback = true
 """
 ME = WorkerInfo(pid=1, slot=0, state="serving", uptime=1.0, connections=0, in_flight=0, requests_total=0, version="x", generation=1)
-EJECTED = UpstreamHealth(state="ejected", consecutive_failures=3, last_error="connect refused", ejected_until=time.time() + 30)
+
+
+def ejected() -> UpstreamHealth:
+    return UpstreamHealth(state="ejected", consecutive_failures=3, last_error="connect refused", ejected_until=time.time() + 30)
 
 
 def view(endpoints: dict[str, EndpointHealth], target: str = "/health") -> tuple[int, dict[str, object]]:
@@ -57,7 +60,7 @@ async def test_recent_failures_below_the_threshold_are_degraded_but_ready() -> N
 
 
 async def test_an_endpoint_with_nothing_usable_is_failing_503() -> None:
-    table = {"a": EndpointHealth({"a#0": EJECTED})}
+    table = {"a": EndpointHealth({"a#0": ejected()})}
     code, payload = view(table)
     assert (code, payload["status"]) == (503, "failing")
     entry = upstream(payload, "a", "a#0")
@@ -68,7 +71,7 @@ async def test_an_endpoint_with_nothing_usable_is_failing_503() -> None:
 
 
 async def test_a_fallback_keeps_the_endpoint_usable_degraded() -> None:
-    code, payload = view({"b": EndpointHealth({"main": EJECTED})})
+    code, payload = view({"b": EndpointHealth({"main": ejected()})})
     assert (code, payload["status"]) == (200, "degraded")
     assert upstream(payload, "b", "spare")["usable"] is True
 
