@@ -427,6 +427,8 @@ def valid_upstreams(draw: st.DrawFn) -> list[dict[str, Any]]:
             upstream |= draw(valid_provider_keys())
         order = draw(st.permutations(list(upstream)))
         upstreams.append({key: upstream[key] for key in order})
+    if not any(u.get("weight", 1) > 0 or u.get("fallback") for u in upstreams):
+        upstreams[0]["weight"] = 1  # (all parked: nothing could be served, a config error)
     return upstreams
 
 

@@ -84,7 +84,10 @@ def _config(mock: MockProvider, ca_file: str | None = None) -> Config:
     config = load_config_text(text, "test", environ={})
     if ca_file is not None:
         endpoints = [
-            msgspec.structs.replace(e, ca_file=ca_file) if e.name == "tls" else e for e in config.endpoints
+            msgspec.structs.replace(e, upstreams=[msgspec.structs.replace(u, ca_file=ca_file) for u in e.upstreams])
+            if e.name == "tls"
+            else e
+            for e in config.endpoints
         ]
         config = msgspec.structs.replace(config, endpoints=endpoints)
     return Config(config=config, generation=1)
