@@ -188,7 +188,7 @@ class Relay:
                 record.attempts += 1
                 record.upstream = upstream.name
                 key = upstream.pick_key(now)
-                probe = upstream.start_attempt(now)
+                probed = upstream if upstream.start_attempt(now) else None  # (`upstream` may change below)
                 request = self._upstream_request(exchange, endpoint, upstream, key, path, query, record, body)
                 try:
                     call = upstream.pool.stream(request)
@@ -222,8 +222,8 @@ class Relay:
                     await self._failed(exchange, endpoint, upstream, active, record, exc)
                     return
                 finally:
-                    if probe:
-                        upstream.end_probe()
+                    if probed is not None:
+                        probed.end_probe()
                     if isinstance(body, ReplayableBody):
                         await body.finish_attempt()
         finally:
