@@ -187,8 +187,9 @@ class Relay:
             while True:
                 record.attempts += 1
                 record.upstream = upstream.name
-                key = upstream.pick_key(now)
-                probed = upstream if upstream.start_attempt(now) else None  # (`upstream` may change below)
+                key = upstream.pick_key(now) if upstream.injects_key else None
+                # (the probe of an ejected upstream; `upstream` may change below)
+                probed = upstream if upstream.ejected_until and upstream.start_attempt(now) else None
                 request = self._upstream_request(exchange, endpoint, upstream, key, path, query, record, body)
                 try:
                     call = upstream.pool.stream(request)
