@@ -22,7 +22,8 @@ a key's cool-down is kept when the same key value is still configured there.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+
+import msgspec
 
 from llmrelay.config.resolved import RelayConfig, ResolvedUpstream, Target, WeightedKey
 from llmrelay.control import EndpointHealth, HealthTable, KeyEvent, KeyHealth, UpstreamEvent, UpstreamHealth, WorkerInfo
@@ -32,17 +33,15 @@ from supervisor.breaker import Breaker, BreakerState, CheckVerdict, KeyState
 ERROR_LIMIT = 200  # characters kept of an error text
 
 
-@dataclass(frozen=True)
-class LogLine:
+class LogLine(msgspec.Struct, frozen=True):
     level: int  # logging.INFO, logging.WARNING
     text: str
 
 
-@dataclass
-class Update:
+class Update(msgspec.Struct):
     """What one report did: the lines to log, and whether to broadcast the table."""
 
-    lines: list[LogLine] = field(default_factory=list)
+    lines: list[LogLine] = []
     changed: bool = False
 
 
