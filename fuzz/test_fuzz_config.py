@@ -599,7 +599,7 @@ def _ca_files_loaded_once() -> Iterator[None]:
     """A CA file's check is memoized for this module: the valid documents name certifi's bundle on
     endpoints and upstreams alike, and loading it (about 70 ms each time) would take most of the run."""
     import llmrelay.config.files as files
-    import llmrelay.config.resolved as resolved
+    import llmrelay.config.values as resolved
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(resolved, "ca_file_problem", functools.lru_cache(maxsize=None)(files.ca_file_problem))

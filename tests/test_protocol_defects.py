@@ -24,7 +24,7 @@ import httpx
 import pytest
 import trio
 
-from llmrelay.config.resolved import ENDPOINT_NAME
+from llmrelay.config.values import ENDPOINT_NAME
 from llmrelay.config.secrets import is_command
 from llmrelay.proto.errors import RequestRejected
 from llmrelay.proto.messages import TRANSITIONS, InvalidPhase, RequestHead, ResponseEvent, ResponsePhase, advance

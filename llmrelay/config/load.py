@@ -19,7 +19,8 @@ import msgspec
 
 from llmrelay.config.decode import decode
 from llmrelay.config.errors import ConfigError
-from llmrelay.config.resolved import RelayConfig, resolve_config
+from llmrelay.config.resolve import resolve_config
+from llmrelay.config.resolved import RelayConfig
 from llmrelay.config.schema import ConfigFile, EndpointSection, ServerSection
 from llmrelay.config.secrets import is_command
 

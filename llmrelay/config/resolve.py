@@ -1,0 +1,231 @@
+"""Building the runtime config (`resolved`) from the file's sections, collecting every error.
+
+Secrets are resolved, the server's `target_base` and the global `auth_keys` are inherited, an
+endpoint's per-upstream keys become its upstreams' defaults (the flat keys are the one-upstream
+shorthand), the provider is inferred, URLs are parsed, and every cross-field rule is checked, each
+error with its key path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from llmrelay.config.decode import printable
+from llmrelay.config.limits import PoolLimits, UpstreamTimeouts, client_limits
+from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint, ResolvedUpstream, WeightedKey
+from llmrelay.config.schema import ConfigFile, EndpointSection, HealthCheckSection, ServerSection, UpstreamSection
+from llmrelay.config.values import (
+    DEFAULT_UNHEALTHY_THRESHOLD,
+    ENDPOINT_NAME,
+    RESERVED_NAMES,
+    UPSTREAM_NAME,
+    check_ca_files,
+    check_proxy_url,
+    infer_provider,
+    is_listen_host,
+    is_loopback_host,
+    parse_target,
+    resolve_api_keys,
+    resolve_health_check,
+    resolve_hosts,
+    resolve_keys,
+)
+
+
+class _EndpointContext(msgspec.Struct, frozen=True):
+    """What resolving an endpoint's upstreams needs to know about the endpoint and the server."""
+
+    name: str
+    path: str
+    section: EndpointSection
+    default_keys: list[WeightedKey]  # the endpoint's api_key / api_keys: its upstreams' default
+
+
+def _upstream_sections(
+    name: str, path: str, section: EndpointSection, server: ServerSection, errors: list[str]
+) -> list[tuple[str, UpstreamSection]]:
+    """The endpoint's upstreams with their key paths: its `upstreams`, or the flat shorthand as one."""
+    if section.upstreams:
+        if section.target_base is not None:
+            errors.append(
+                f"{path}.target_base: the one-upstream shorthand cannot be combined with {path}.upstreams "
+                "(move it into an upstream)"
+            )
+        return [(f"{path}.upstreams[{index}]", upstream) for index, upstream in enumerate(section.upstreams)]
+    base = section.target_base or server.target_base
+    if base is None:
+        errors.append(f"{path}.target_base: required (no server.target_base to inherit, and no upstreams)")
+        return []
+    return [(path, UpstreamSection(target_base=base))]
+
+
+def _resolve_upstream(
+    context: _EndpointContext,
+    index: int,
+    path: str,
+    upstream: UpstreamSection,
+    errors: list[str],
+    environ: Mapping[str, str] | None,
+) -> ResolvedUpstream | None:
+    endpoint = context.section
+    flat = path == context.path
+    where = "target_base" if not flat or endpoint.target_base is not None else "server.target_base"
+    target = parse_target(upstream.target_base, f"{path}.target_base" if where == "target_base" else where, errors)
+    name = upstream.name if upstream.name is not None else f"{context.name}#{index}"
+    if upstream.name is not None and not UPSTREAM_NAME.fullmatch(upstream.name):
+        errors.append(f"{path}.name: invalid upstream name {printable(upstream.name)!r} (letters, digits, '_', '.', '~', '#', '-')")
+    proxy_url = upstream.proxy_url if upstream.proxy_url is not None else endpoint.proxy_url
+    if upstream.proxy_url is not None:
+        check_proxy_url(upstream.proxy_url, f"{path}.proxy_url", errors)
+    ca_file = upstream.ca_file if upstream.ca_file is not None else endpoint.ca_file
+    proxy_ca_file = upstream.proxy_ca_file if upstream.proxy_ca_file is not None else endpoint.proxy_ca_file
+    if not flat:
+        check_ca_files((("ca_file", upstream.ca_file), ("proxy_ca_file", upstream.proxy_ca_file)), path, errors)
+    if upstream.api_key is not None or upstream.api_keys is not None:
+        api_keys = resolve_api_keys(upstream.api_key, upstream.api_keys or [], path, errors, environ)
+    else:
+        api_keys = context.default_keys
+    scope: list[str] | None = None
+    if upstream.auth_keys is not None:
+        scope = resolve_keys(upstream.auth_keys, f"{path}.auth_keys", errors, environ)
+        if not upstream.auth_keys:
+            errors.append(
+                f"{path}.auth_keys: empty, so no client key could ever reach this upstream "
+                "(remove the key to accept every key of the endpoint)"
+            )
+    if target is None:
+        return None
+    provider = upstream.provider or endpoint.provider or infer_provider(target.host)
+    check_value = upstream.health_check if upstream.health_check is not None else endpoint.health_check
+    check_path = f"{path}.health_check" if upstream.health_check is not None else f"{context.path}.health_check"
+    # (an endpoint's own check was judged once, with the endpoint: its mistakes are reported there)
+    check = resolve_health_check(check_value, provider, check_path, errors if upstream.health_check is not None else [])
+
+    def chosen(own: float | None, default: float) -> float:
+        return default if own is None else own
+
+    return ResolvedUpstream(
+        name=name,
+        provider=provider,
+        target=target,
+        proxy_url=proxy_url,
+        api_keys=api_keys,
+        scope=scope,
+        weight=upstream.weight,
+        priority=upstream.priority,
+        fallback=upstream.fallback,
+        timeouts=UpstreamTimeouts(
+            connect=chosen(upstream.connect_timeout, endpoint.connect_timeout),
+            first_byte=chosen(upstream.first_byte_timeout, endpoint.first_byte_timeout),
+            idle=chosen(upstream.idle_timeout, endpoint.idle_timeout),
+        ),
+        ca_file=ca_file,
+        proxy_ca_file=proxy_ca_file,
+        pool=PoolLimits(
+            max_connections=int(chosen(upstream.max_connections, endpoint.max_connections)),
+            keepalive_expiry=chosen(upstream.keepalive_expiry, endpoint.keepalive_expiry),
+            wait=chosen(upstream.pool_timeout, endpoint.pool_timeout),
+        ),
+        max_body_size=int(chosen(upstream.max_body_size, endpoint.max_body_size)),
+        health_check=check,
+        unhealthy_threshold=check.unhealthy_threshold if check else DEFAULT_UNHEALTHY_THRESHOLD,
+    )
+
+
+def _resolve_endpoint(
+    name: str,
+    section: EndpointSection,
+    file: ConfigFile,
+    global_auth: list[str],
+    host_owner: dict[str, str],
+    errors: list[str],
+    environ: Mapping[str, str] | None,
+) -> ResolvedEndpoint | None:
+    server = file.server
+    path = f"endpoints.{printable(name)}"
+    before = len(errors)
+    if not ENDPOINT_NAME.fullmatch(name) or name in RESERVED_NAMES:
+        errors.append(f"{path}: invalid endpoint name (letters, digits, '_', '.', '~', '-'; not 'health')")
+    if section.proxy_url is not None:
+        check_proxy_url(section.proxy_url, f"{path}.proxy_url", errors)
+    hosts = resolve_hosts(section.hosts, name, path, host_owner, errors)
+    if section.auth_keys is None:
+        auth, auth_source = global_auth, "global" if file.auth_keys else "none"
+    else:
+        auth = resolve_keys(section.auth_keys, f"{path}.auth_keys", errors, environ)
+        auth_source = "endpoint" if section.auth_keys else "none"
+    check_ca_files((("ca_file", section.ca_file), ("proxy_ca_file", section.proxy_ca_file)), path, errors)
+    default_keys = resolve_api_keys(section.api_key, section.api_keys, path, errors, environ)
+    if isinstance(section.health_check, HealthCheckSection):  # judged here once, whoever inherits it
+        resolve_health_check(section.health_check, section.provider or "openai", f"{path}.health_check", errors)
+    context = _EndpointContext(name=name, path=path, section=section, default_keys=default_keys)
+    upstreams: list[ResolvedUpstream] = []
+    paths: list[str] = []
+    seen: dict[str, str] = {}
+    for index, (upstream_path, upstream_section) in enumerate(_upstream_sections(name, path, section, server, errors)):
+        resolved = _resolve_upstream(context, index, upstream_path, upstream_section, errors, environ)
+        if resolved is None:
+            continue
+        if resolved.name in seen:
+            errors.append(f"{upstream_path}.name: duplicate upstream name {printable(resolved.name)!r} (also {seen[resolved.name]})")
+        seen.setdefault(resolved.name, upstream_path)
+        upstreams.append(resolved)
+        paths.append(upstream_path)
+    accepted = list(auth)  # the union of the endpoint's keys and every upstream's scoped keys
+    for resolved in upstreams:
+        accepted += [key for key in resolved.scope or () if key not in accepted]
+    if not accepted and not is_loopback_host(server.host) and not section.public:
+        for resolved, upstream_path in zip(upstreams, paths):
+            if resolved.api_keys:
+                errors.append(
+                    f"{upstream_path}: injects an api_key on non-loopback listener {printable(server.host)} without "
+                    "auth_keys; that is an open relay spending your key (set auth_keys, or public = true to allow it)"
+                )
+    if upstreams and not any(u.weight > 0 or u.fallback for u in upstreams):
+        errors.append(
+            f"{path}.upstreams: every upstream has weight 0 and none is a fallback, so no request could be served "
+            "(weight 0 parks an upstream; give one a weight, or make it a fallback)"
+        )
+    if len(errors) > before or not upstreams:
+        return None
+    if accepted and auth_source == "none":
+        auth_source = "upstreams"
+    return ResolvedEndpoint(
+        name=name,
+        provider=section.provider or upstreams[0].provider,
+        hosts=hosts,
+        auth_keys=accepted,
+        auth_source=auth_source,
+        forwarded_headers=section.forwarded_headers or server.forwarded_headers,
+        public=section.public,
+        upstreams=upstreams,
+        retries=section.retries,
+        retry_deadline=section.retry_deadline,
+        retry_body_limit=section.retry_body_limit,
+    )
+
+
+def resolve_config(
+    file: ConfigFile, source: str, errors: list[str], environ: Mapping[str, str] | None = None
+) -> RelayConfig | None:
+    """Build the runtime config, appending every problem to `errors`."""
+    before = len(errors)
+    server = file.server
+    global_auth = resolve_keys(file.auth_keys, "auth_keys", errors, environ)
+    if server.target_base is not None:
+        parse_target(server.target_base, "server.target_base", errors)
+    if server.heartbeat_timeout <= server.heartbeat_interval:
+        errors.append("server.heartbeat_timeout: must be longer than server.heartbeat_interval")
+    if not is_listen_host(server.host):
+        errors.append(f"server.host: expected an IP address or a host name, got {printable(server.host)!r}")
+    endpoints: list[ResolvedEndpoint] = []
+    host_owner: dict[str, str] = {}
+    for name, section in file.endpoints.items():
+        endpoint = _resolve_endpoint(name, section, file, global_auth, host_owner, errors, environ)
+        if endpoint is not None:
+            endpoints.append(endpoint)
+    if len(errors) > before:
+        return None
+    return RelayConfig(server=server, client=client_limits(server), endpoints=endpoints, source=source)
