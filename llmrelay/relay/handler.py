@@ -7,8 +7,9 @@ SSE event leaves as soon as it arrives) -> access log.
 An attempt that fails before anything of the response reached the client (connect error, reset,
 timeout to the first byte, a 429 or 5xx, a refused key) is made again on the next choice, up to the
 endpoint's `retries` and `retry_deadline`, when the body can be replayed (`replay`); once the response
-has started, a failure ends it honestly instead. Every attempt's outcome is reported to the
-supervisor (`observer`), which decides on ejections and key cool-downs for every worker.
+has started, a failure ends it honestly instead. What each attempt sends, what its answer says of the
+upstream and key, and where the next one goes are `attempts`' (the outcome is reported to the
+supervisor through `observer`, which decides on ejections and key cool-downs for every worker).
 
 The upstream response is always closed when an attempt leaves, however it leaves; a client that goes
 away cancels the exchange, which closes the upstream request at once.
@@ -30,23 +31,19 @@ from llmrelay.server.exchange import Exchange, Refusal
 from llmrelay.io.logsafe import one_line
 from llmrelay.io.timers import TimerReason
 from llmrelay.relay import accesslog
-from llmrelay.proto.retry_after import retry_after_seconds
-from llmrelay.relay.credentials import identify_relay_key, strip_query_key
-from llmrelay.relay.headers import client_response_headers, request_id_for, upstream_request_headers
-from llmrelay.relay.observer import FAILURE_STATUSES, UpstreamObserver
-from llmrelay.relay.providers import error_format, error_response, inject_key, sse_error_event
-from llmrelay.relay.routing import join_path
+from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts
+from llmrelay.relay.credentials import identify_relay_key
+from llmrelay.relay.headers import client_response_headers, request_id_for
+from llmrelay.relay.observer import UpstreamObserver
+from llmrelay.relay.providers import error_format, error_response, sse_error_event
 from llmrelay.relay.replay import ReplayableBody
 from llmrelay.relay.runtime import EndpointRuntime, RelayRuntime
 from llmrelay.relay.streams import ActiveResponse, ResponseRegistry
 from llmrelay.relay.upstreams import UpstreamRuntime
 from llmrelay.upstream.errors import UpstreamError, UpstreamProtocolError
-from llmrelay.upstream.pool import UpstreamExchange, UpstreamRequest, UpstreamResponse
+from llmrelay.upstream.pool import UpstreamExchange, UpstreamResponse
 
 WHOLE_BODY_LIMIT = 65536  # request bodies up to this size (with a Content-Length) are read whole
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})  # answers another upstream may do better
-KEY_REFUSED = frozenset({401, 403})  # the injected key is refused: another key may do
-JUDGED = FAILURE_STATUSES | KEY_REFUSED | {429}  # answers that say something of an upstream or its key
 
 log = logging.getLogger("llmrelay.relay")
 
@@ -179,8 +176,7 @@ class Relay:
                 body = await self._whole_body(exchange, record)  # one send upstream, and replayable
             else:
                 body = ReplayableBody(exchange, record, endpoint.retry_body_limit)
-        retry_until = record.started + endpoint.retry_deadline  # (perf_counter time)
-        tried: list[int] = []
+        attempts = Attempts(endpoint, self._observer, relay_key, body, record.started)
         active = ActiveResponse(exchange)
         self._responses.add(active)
         try:
@@ -190,16 +186,16 @@ class Relay:
                 key = upstream.pick_key(now) if upstream.injects_key else None
                 # (the probe of an ejected upstream; `upstream` may change below)
                 probed = upstream if upstream.ejected_until and upstream.start_attempt(now) else None
-                request = self._upstream_request(exchange, endpoint, upstream, key, path, query, record, body)
+                request = attempts.request(head, upstream, key, path, query, record.request_id)
                 try:
                     call = upstream.pool.stream(request)
                     active.interrupt = call.interrupt  # a drain cut closes the upstream connection
                     async with call as response:
                         status = response.status
                         if status in JUDGED or upstream.ejected_until or self._observer.failing:
-                            self._judge(endpoint, upstream, key, status, response.headers, now)
+                            attempts.judge(upstream, key, status, response.headers, now)
                         if status in RETRY_STATUSES or (status in KEY_REFUSED and key is not None):
-                            retry = self._retry_on(endpoint, upstream, key, status, relay_key, tried, body, retry_until)
+                            retry = attempts.next(upstream, key, status)
                             if retry is not None and exchange.phase is ResponsePhase.PENDING:
                                 self._log_retry(endpoint, upstream, record, f"status {status}", retry)
                                 upstream, now = retry, time.time()
@@ -211,11 +207,9 @@ class Relay:
                         await self._cut_at_deadline(exchange, endpoint, active, record)
                         return
                     now = time.time()
-                    if exc.counts_against_upstream:
-                        upstream.attempt_failed(now)
-                        self._observer.failure(endpoint.name, upstream.name, exc.message)
+                    attempts.failed(upstream, exc, now)
                     if exchange.phase is ResponsePhase.PENDING:
-                        retry = self._retry_on(endpoint, upstream, None, 0, relay_key, tried, body, retry_until)
+                        retry = attempts.next(upstream)
                         if retry is not None:
                             self._log_retry(endpoint, upstream, record, exc.message, retry)
                             upstream = retry
@@ -229,103 +223,6 @@ class Relay:
                         await body.finish_attempt()
         finally:
             self._responses.discard(active)
-
-    def _upstream_request(
-        self,
-        exchange: Exchange,
-        endpoint: EndpointRuntime,
-        upstream: UpstreamRuntime,
-        key: int | None,
-        path: str,
-        query: str,
-        record: accesslog.AccessRecord,
-        body: bytes | ReplayableBody,
-    ) -> UpstreamRequest:
-        head = exchange.head
-        replace_credentials = endpoint.needs_relay_key or upstream.injects_key
-        chunked = head.body_length is None
-        headers = upstream_request_headers(
-            head.headers,
-            upstream_host=upstream.upstream_host,
-            client_ip=head.client[0],
-            scheme=head.scheme,
-            request_id=record.request_id,
-            chunked_body=chunked,
-            strip_credentials=replace_credentials,
-            forwarded=endpoint.forwarded,
-        )
-        if replace_credentials and query:
-            query = strip_query_key(query)
-        if key is not None:
-            inject_key(upstream.provider, headers, upstream.keys[key])
-        upstream_target = join_path(upstream.base_path, path) + ("?" + query if query else "")
-        return UpstreamRequest(
-            method=head.method,
-            target=upstream_target.encode("latin-1"),
-            headers=headers,
-            body=body if isinstance(body, bytes) else body.for_attempt(upstream.max_body_size),
-            chunked=chunked,
-        )
-
-    def _judge(
-        self,
-        endpoint: EndpointRuntime,
-        upstream: UpstreamRuntime,
-        key: int | None,
-        status: int,
-        headers: Headers,
-        now: float,
-    ) -> None:
-        """Report what an upstream's answer says of its health and of the key it was given (called
-        for every answer in `JUDGED`, and for any answer while the upstream or this worker's view of
-        it is not clean: a success then ends a probe or is news for the supervisor)."""
-        if status in FAILURE_STATUSES:
-            upstream.attempt_failed(now)
-            self._observer.failure(endpoint.name, upstream.name, f"status {status}")
-            return
-        upstream.attempt_succeeded()
-        self._observer.success(endpoint.name, upstream.name)
-        if key is None:
-            return
-        if status == 429:
-            retry_after = None
-            for name, value in headers:
-                if name == b"retry-after":
-                    retry_after = value
-            until = now + retry_after_seconds(retry_after, now)
-            upstream.cool_key(key, until)
-            self._observer.key_refused(endpoint.generation, endpoint.name, upstream.name, key, status, False, until)
-        elif status in KEY_REFUSED:
-            if upstream.disable_key(key):
-                self._observer.key_refused(endpoint.generation, endpoint.name, upstream.name, key, status, True, 0.0)
-
-    def _retry_on(
-        self,
-        endpoint: EndpointRuntime,
-        upstream: UpstreamRuntime,
-        key: int | None,
-        status: int,
-        relay_key: int | None,
-        tried: list[int],
-        body: bytes | ReplayableBody,
-        retry_until: float,
-    ) -> UpstreamRuntime | None:
-        """Where the next attempt goes, or None when this request gets no further attempt: retries
-        used up, past `retry_deadline`, a body too large to replay, or nothing usable left. A refused
-        key is retried on another key of the same upstream when it has one."""
-        if len(tried) >= endpoint.retries or time.perf_counter() >= retry_until:
-            return None
-        if isinstance(body, ReplayableBody):
-            if not body.replayable:
-                return None
-        elif len(body) > endpoint.retry_body_limit:
-            return None
-        now = time.time()
-        if key is not None and (status == 429 or status in KEY_REFUSED) and upstream.usable(now):
-            tried.append(-1)  # (counts as an attempt; the same upstream stays eligible)
-            return upstream
-        tried.append(upstream.index)
-        return endpoint.upstreams.choose(relay_key, now, tried)
 
     def _log_retry(
         self,

@@ -1,0 +1,130 @@
+"""One request's attempts on an endpoint's upstreams: the request each attempt sends, what each answer
+says of its upstream and key (reported to the supervisor through the observer, and applied to this
+worker's view at once), and where the next attempt goes, if any. No I/O: the handler makes them.
+
+An attempt may be made again elsewhere only before anything of the response left (the handler
+checks that): within `retries` further attempts and `retry_deadline` seconds of the request's start,
+with a body that can be replayed (`replay`), and with something usable left. A refused key (429,
+401/403 of an injected key) moves to another key of the same upstream when it has one usable, any
+other failure to another upstream.
+"""
+
+from __future__ import annotations
+
+import time
+
+from llmrelay.proto.messages import Headers, RequestHead
+from llmrelay.proto.retry_after import retry_after_seconds
+from llmrelay.relay.credentials import strip_query_key
+from llmrelay.relay.headers import upstream_request_headers
+from llmrelay.relay.observer import FAILURE_STATUSES, UpstreamObserver
+from llmrelay.relay.providers import inject_key
+from llmrelay.relay.replay import ReplayableBody
+from llmrelay.relay.routing import join_path
+from llmrelay.relay.runtime import EndpointRuntime
+from llmrelay.relay.upstreams import UpstreamRuntime
+from llmrelay.upstream.errors import UpstreamError
+from llmrelay.upstream.pool import UpstreamRequest
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})  # answers another upstream may do better
+KEY_REFUSED = frozenset({401, 403})  # the injected key is refused: another key may do
+JUDGED = FAILURE_STATUSES | KEY_REFUSED | {429}  # answers that say something of an upstream or its key
+
+
+class Attempts:
+    __slots__ = ("endpoint", "observer", "relay_key", "body", "retry_until", "tried")
+
+    def __init__(
+        self,
+        endpoint: EndpointRuntime,
+        observer: UpstreamObserver,
+        relay_key: int | None,
+        body: bytes | ReplayableBody,
+        started: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self.observer = observer
+        self.relay_key = relay_key  # the index of the relay key the client presented (None: none)
+        self.body = body
+        self.retry_until = started + endpoint.retry_deadline  # (perf_counter time)
+        self.tried: list[int] = []  # upstreams failed on (-1: a refused key, same upstream)
+
+    def judge(self, upstream: UpstreamRuntime, key: int | None, status: int, headers: Headers, now: float) -> None:
+        """Report what an upstream's answer says of its health and of the key it was given (the
+        handler calls it for every answer in `JUDGED`, and for any answer while the upstream or this
+        worker's view of it is not clean: a success then ends a probe or is news for the supervisor)."""
+        endpoint, observer = self.endpoint, self.observer
+        if status in FAILURE_STATUSES:
+            upstream.attempt_failed(now)
+            observer.failure(endpoint.name, upstream.name, f"status {status}")
+            return
+        upstream.attempt_succeeded()
+        observer.success(endpoint.name, upstream.name)
+        if key is None:
+            return
+        if status == 429:
+            retry_after = None
+            for name, value in headers:
+                if name == b"retry-after":
+                    retry_after = value
+            until = now + retry_after_seconds(retry_after, now)
+            upstream.cool_key(key, until)
+            observer.key_refused(endpoint.generation, endpoint.name, upstream.name, key, status, False, until)
+        elif status in KEY_REFUSED and upstream.disable_key(key):
+            observer.key_refused(endpoint.generation, endpoint.name, upstream.name, key, status, True, 0.0)
+
+    def failed(self, upstream: UpstreamRuntime, error: UpstreamError, now: float) -> None:
+        """An attempt failed without an answer (or its answer broke off)."""
+        if error.counts_against_upstream:
+            upstream.attempt_failed(now)
+            self.observer.failure(self.endpoint.name, upstream.name, error.message)
+
+    def request(
+        self, head: RequestHead, upstream: UpstreamRuntime, key: int | None, path: str, query: str, request_id: str
+    ) -> UpstreamRequest:
+        """The request of an attempt on `upstream`: headers rewritten for it, its key (index `key`)
+        presented the provider's way, the path joined with its base path, the body (again)."""
+        endpoint, body = self.endpoint, self.body
+        replace_credentials = endpoint.needs_relay_key or upstream.injects_key
+        chunked = head.body_length is None
+        headers = upstream_request_headers(
+            head.headers,
+            upstream_host=upstream.upstream_host,
+            client_ip=head.client[0],
+            scheme=head.scheme,
+            request_id=request_id,
+            chunked_body=chunked,
+            strip_credentials=replace_credentials,
+            forwarded=endpoint.forwarded,
+        )
+        if replace_credentials and query:
+            query = strip_query_key(query)
+        if key is not None:
+            inject_key(upstream.provider, headers, upstream.keys[key])
+        upstream_target = join_path(upstream.base_path, path) + ("?" + query if query else "")
+        return UpstreamRequest(
+            method=head.method,
+            target=upstream_target.encode("latin-1"),
+            headers=headers,
+            body=body if isinstance(body, bytes) else body.for_attempt(upstream.max_body_size),
+            chunked=chunked,
+        )
+
+    def next(self, upstream: UpstreamRuntime, key: int | None = None, status: int = 0) -> UpstreamRuntime | None:
+        """Where the next attempt goes after one on `upstream` failed, or None when this request gets
+        no further attempt: retries used up, past `retry_deadline`, a body too large to replay, or
+        nothing usable left."""
+        endpoint, tried, body = self.endpoint, self.tried, self.body
+        if len(tried) >= endpoint.retries or time.perf_counter() >= self.retry_until:
+            return None
+        if isinstance(body, ReplayableBody):
+            if not body.replayable:
+                return None
+        elif len(body) > endpoint.retry_body_limit:
+            return None
+        now = time.time()
+        if key is not None and (status == 429 or status in KEY_REFUSED) and upstream.usable(now):
+            tried.append(-1)  # (counts as an attempt; the same upstream stays eligible)
+            return upstream
+        tried.append(upstream.index)
+        return endpoint.upstreams.choose(self.relay_key, now, tried)
