@@ -47,7 +47,7 @@ class Attempts:
         self.relay_key = relay_key  # the index of the relay key the client presented (None: none)
         self.body = body
         self.retry_until = started + endpoint.retry_deadline  # (perf_counter time)
-        self.tried: list[int] = []  # upstreams failed on (-1: a refused key, same upstream)
+        self.tried: list[int] | None = None  # upstreams failed on (-1: a refused key, same upstream)
 
     def judge(self, upstream: UpstreamRuntime, key: int | None, status: int, headers: Headers, now: float) -> None:
         """Report what an upstream's answer says of its health and of the key it was given (the
@@ -115,6 +115,8 @@ class Attempts:
         no further attempt: retries used up, past `retry_deadline`, a body too large to replay, or
         nothing usable left."""
         endpoint, tried, body = self.endpoint, self.tried, self.body
+        if tried is None:
+            tried = self.tried = []  # (made on the first failure only)
         if len(tried) >= endpoint.retries or time.perf_counter() >= self.retry_until:
             return None
         if isinstance(body, ReplayableBody):
