@@ -14,6 +14,7 @@ A plain TCP connection ends as a `SocketTransport` (the fast path); one with TLS
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from urllib.parse import unquote, urlsplit
@@ -34,6 +35,17 @@ def ssl_context(ca_file: str | None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file or certifi.where())
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+def connect_failure(exc: OSError) -> str:
+    """Why a TCP connect failed, in a few words ("connection refused"): trio reports a failure of every
+    address it tried as one "all attempts ... failed" error whose cause holds each attempt's error."""
+    attempts = getattr(exc.__cause__, "exceptions", None) or [exc]
+    reasons = set()
+    for attempt in attempts:
+        errno = getattr(attempt, "errno", None)
+        reasons.add(os.strerror(errno) if isinstance(errno, int) and errno > 0 else getattr(attempt, "strerror", None) or str(attempt))
+    return ", ".join(sorted(reason.lower() for reason in reasons))
 
 
 class ProxyURL:
@@ -88,7 +100,7 @@ class Dialer:
         try:
             return await trio.open_tcp_stream(target.host, target.port)
         except OSError as exc:
-            raise UpstreamConnectError(f"cannot connect to the upstream: {exc.strerror or exc}") from None
+            raise UpstreamConnectError(f"cannot connect to the upstream: {connect_failure(exc)}") from None
 
     async def _through_proxy(self) -> trio.abc.Stream:
         proxy = self.proxy
@@ -96,7 +108,7 @@ class Dialer:
         try:
             stream: trio.abc.Stream = await trio.open_tcp_stream(proxy.host, proxy.port)
         except OSError as exc:
-            raise UpstreamProxyError(f"cannot connect to the upstream proxy: {exc.strerror or exc}") from None
+            raise UpstreamProxyError(f"cannot connect to the upstream proxy: {connect_failure(exc)}") from None
         try:
             if self._proxy_tls is not None:
                 stream = await _start_tls(stream, self._proxy_tls, proxy.host, UpstreamProxyError, "the upstream proxy")
