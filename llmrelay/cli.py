@@ -64,18 +64,26 @@ def _upstream_line(upstream: ResolvedUpstream) -> str:
         f"  proxy={redact_url(upstream.proxy_url) or 'direct'}"
         f"  weight={upstream.weight:g}  priority={upstream.priority}"
         f"  fallback={'true' if upstream.fallback else 'false'}"
-        f"  api_keys={len(upstream.api_keys)}{scope}  {_health_check(upstream)}"
+        + ("  http2" if upstream.http2 else "")
+        + f"  api_keys={len(upstream.api_keys)}{scope}  {_health_check(upstream)}"
     )
 
 
 def summary(config: RelayConfig) -> list[str]:
     """What check-config prints: listeners, endpoints and their upstreams, never a key value."""
     server = config.server
-    lines = [
-        f"config: {config.source}",
-        f"listener: http://{server.host}:{server.port}  workers: {server.workers}",
-        "endpoints:",
-    ]
+    lines = [f"config: {config.source}"]
+    for listener in config.listeners:
+        scheme = "http" if listener.tls is None else "https"
+        line = f"listener: {scheme}://{listener.address}"
+        if listener.tls is not None:
+            line += f"  tls>={listener.tls.min_version}" + ("  mtls" if listener.tls.client_ca_file else "")
+        lines.append(line)
+    lines.append(
+        f"workers: {server.workers}  http2: {'on' if server.http2.enabled else 'off'}"
+        + (f"  connect: {len(server.connect.allow)} destinations" if server.connect.enabled else "")
+    )
+    lines.append("endpoints:")
     for endpoint in config.endpoints:
         route = f"/{endpoint.name}/"
         if endpoint.hosts:
@@ -86,6 +94,7 @@ def summary(config: RelayConfig) -> list[str]:
             f"  retry_body_limit={endpoint.retry_body_limit}"
             + (f"  forwarded_headers={endpoint.forwarded_headers}" if endpoint.forwarded_headers != "append" else "")
             + ("  public" if endpoint.public else "")
+            + ("" if endpoint.allow_websocket else "  websocket=off")
         )
         lines += [_upstream_line(upstream) for upstream in endpoint.upstreams]
     return lines

@@ -38,7 +38,7 @@ from supervisor.monitor import monitor
 from supervisor.pidfile import PidFile, PidFileError
 from supervisor.reload import Reloads
 from supervisor.rollout import Rollout
-from supervisor.slots import SlotTable, worker_count
+from supervisor.slots import SlotTable, describe_listen, worker_count
 from supervisor.sockets import BindError
 from supervisor.status import StatusFile, status_path
 from supervisor.watcher import Watcher
@@ -81,9 +81,9 @@ async def serve(
             log.error("%s", exc)
             return EXIT_BOOT_FAILED
         status.write()
-        host, port = table.listen
         count = worker_count(config.server.workers)
-        log.info("llmrelay %s listening on %s:%d with %s (config: %s)", __version__, host, port, count, config.source)
+        where = describe_listen(table.listen)
+        log.info("llmrelay %s listening on %s with %s (config: %s)", __version__, where, count, config.source)
         await _run_parts(table, status, config_path, overrides)
     finally:
         table.close()

@@ -33,8 +33,8 @@ from llmrelay.config.resolved import RelayConfig
 from llmrelay.control import Config
 from supervisor.health import HealthBoard
 from supervisor.jobs import Jobs
-from supervisor.slots import Slot, SlotTable
-from supervisor.sockets import BindError, bind_slot_sockets, close_sockets
+from supervisor.slots import Slot, SlotTable, bind_listeners, bound_addresses, describe_listen, listener_addresses
+from supervisor.sockets import BindError, close_sockets
 from supervisor.status import Outcome, StatusFile
 from supervisor.workers import SEND_TIMEOUT, WorkerProcess
 
@@ -110,12 +110,12 @@ class Reloads:
 
     async def _apply(self, config: RelayConfig) -> Outcome:
         table = self.table
-        old, new = table.config.server, config.server
-        moved = (old.host, old.port) != (new.host, new.port)
-        new_sockets: list[socket.socket] = []
+        new = config.server
+        moved = listener_addresses(table.config) != listener_addresses(config)
+        new_sockets: list[list[socket.socket]] = []
         if moved:
             try:
-                new_sockets = bind_slot_sockets(new.host, new.port, len(table.slots))
+                new_sockets = bind_listeners(config, len(table.slots))
             except BindError as exc:
                 log.error("reload rejected: %s; still serving the previous config", exc)
                 return Outcome(False, "the new listener cannot be bound", [str(exc)])
@@ -125,7 +125,8 @@ class Reloads:
         answers = await send_config(table.active(), config, generation)
         if any(error is not None for error in answers.values()):
             outcome = await self._roll_back(previous, previous_generation, generation, answers)
-            close_sockets(new_sockets)
+            for sockets in new_sockets:
+                close_sockets(sockets)
             return outcome
         before = {e.name: e for e in previous.endpoints}
         after = {e.name: e for e in config.endpoints}
@@ -170,18 +171,18 @@ class Reloads:
         )
         return Outcome(False, f"{len(rejected)} of {len(answers)} workers cannot apply it", errors)
 
-    async def _move_listener(self, new_sockets: list[socket.socket]) -> list[str]:
+    async def _move_listener(self, new_sockets: list[list[socket.socket]]) -> list[str]:
         """Roll every worker onto the new sockets; a slot whose successor fails keeps the old ones."""
         table = self.table
-        table.listen = (table.config.server.host, new_sockets[0].getsockname()[1])
-        log.info("listener moves to %s:%d: rolling every worker onto it", *table.listen)
+        table.listen = bound_addresses(table.config, new_sockets[0])
+        log.info("listeners move to %s: rolling every worker onto them", describe_listen(table.listen))
         problems: list[str] = []
-        for slot, sock in zip(list(table.slots), new_sockets):
-            retired, slot.sockets = slot.sockets, [sock]
+        for slot, sockets in zip(list(table.slots), new_sockets):
+            retired, slot.sockets = slot.sockets, sockets
             why = await self.fleet.replace_slot(slot, retired_sockets=retired)
             if why is not None:
                 slot.sockets = retired
-                sock.close()
+                close_sockets(sockets)
                 problems.append(why)
         return problems
 

@@ -20,7 +20,7 @@ import trio
 
 from llmrelay.config.resolved import RelayConfig
 from supervisor.fallback import answer_unavailable
-from supervisor.sockets import bind_slot_sockets, close_sockets
+from supervisor.sockets import BindError, bind_slot_sockets, close_sockets
 from supervisor.workers import WorkerProcess
 
 log = logging.getLogger("supervisor")
@@ -75,15 +75,15 @@ class SlotTable:
         self._last_generation = 1
         self.slots: list[Slot] = []
         self.workers: set[WorkerProcess] = set()  # every live worker: serving, starting or draining
-        self.listen: tuple[str, int] = (config.server.host, config.server.port)
+        self.listen: list[tuple[str, int]] = [(listener.host, listener.port) for listener in config.listeners]
         self.stopping = False
 
     def bind(self) -> None:
-        """One slot per configured worker, each with its socket; BindError when the address is taken."""
-        server = self.config.server
-        sockets = bind_slot_sockets(server.host, server.port, server.workers)
-        self.slots = [Slot(index, [sock]) for index, sock in enumerate(sockets)]
-        self.listen = (server.host, sockets[0].getsockname()[1])
+        """One slot per configured worker, each with one socket per listener (in the config's order);
+        BindError when an address is taken."""
+        per_slot = bind_listeners(self.config, self.config.server.workers)
+        self.slots = [Slot(index, sockets) for index, sockets in enumerate(per_slot)]
+        self.listen = bound_addresses(self.config, per_slot[0])
 
     def next_generation(self) -> int:
         self._last_generation += 1
@@ -95,9 +95,14 @@ class SlotTable:
 
     def add(self) -> Slot:
         """One slot more, on a socket that joins the listening address; BindError when it cannot."""
-        host, port = self.listen
-        (sock,) = bind_slot_sockets(host, port, 1, join=True)
-        slot = Slot(max((s.index for s in self.slots), default=-1) + 1, [sock])
+        sockets: list[socket.socket] = []
+        try:
+            for host, port in self.listen:
+                sockets += bind_slot_sockets(host, port, 1, join=True)
+        except BindError:
+            close_sockets(sockets)
+            raise
+        slot = Slot(max((s.index for s in self.slots), default=-1) + 1, sockets)
         self.slots.append(slot)
         return slot
 
@@ -118,6 +123,32 @@ class SlotTable:
     def close(self) -> None:
         for slot in self.slots:
             slot.close()
+
+
+def bind_listeners(config: RelayConfig, slots: int) -> list[list[socket.socket]]:
+    """For each of `slots` slots, one socket per listener of `config` (in order); all or nothing."""
+    per_listener: list[list[socket.socket]] = []
+    try:
+        for listener in config.listeners:
+            per_listener.append(bind_slot_sockets(listener.host, listener.port, slots))
+    except BindError:
+        for sockets in per_listener:
+            close_sockets(sockets)
+        raise
+    return [list(sockets) for sockets in zip(*per_listener)]
+
+
+def bound_addresses(config: RelayConfig, sockets: list[socket.socket]) -> list[tuple[str, int]]:
+    """The listeners' addresses with the ports they got (port 0 binds any free port)."""
+    return [(listener.host, sock.getsockname()[1]) for listener, sock in zip(config.listeners, sockets)]
+
+
+def describe_listen(addresses: list[tuple[str, int]]) -> str:
+    return ", ".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in addresses)
+
+
+def listener_addresses(config: RelayConfig) -> list[tuple[str, int]]:
+    return [(listener.host, listener.port) for listener in config.listeners]
 
 
 def worker_count(count: int) -> str:

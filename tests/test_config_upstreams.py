@@ -492,13 +492,13 @@ def test_check_config_prints_every_upstream_of_the_example_and_no_key() -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     lines = out.splitlines()
-    assert lines[:3] == [f"config: {EXAMPLE}", "listener: http://0.0.0.0:8811  workers: 2", "endpoints:"]
-    assert lines[3].startswith(
+    assert lines[:4] == [f"config: {EXAMPLE}", "listener: http://0.0.0.0:8811", "workers: 2  http2: on", "endpoints:"]
+    assert lines[4].startswith(
         "  /chat/ hosts=chat.relay.internal  provider=openai"
         "  relay_keys=2 (inherited from top-level auth_keys, and upstream auth_keys)"
         "  retries=2  retry_deadline=30s  retry_body_limit=1048576"
     )
-    assert lines[4:8] == [
+    assert lines[5:9] == [
         "    upstream openai-us  provider=openai  target=https://api.openai.com/v1  proxy=direct  weight=2"
         "  priority=0  fallback=false  api_keys=2  check=GET /v1/models every 30s",
         "    upstream openai-us-proxied  provider=openai  target=https://api.openai.com/v1"
@@ -509,11 +509,11 @@ def test_check_config_prints_every_upstream_of_the_example_and_no_key() -> None:
         "    upstream backup  provider=openai  target=http://10.0.0.7:8000/v1  proxy=direct  weight=1  priority=0"
         "  fallback=true  api_keys=0  check=GET /v1/models every 10s",
     ]
-    assert lines[8].startswith(
+    assert lines[9].startswith(
         "  /anthropic/  provider=anthropic  relay_keys=none (client credentials pass through)  retries=1"
     )
-    assert lines[9].startswith("    upstream anthropic#0  provider=anthropic  target=https://api.anthropic.com  proxy=direct")
-    assert lines[9].endswith("  check=GET /v1/models every 15s")
+    assert lines[10].startswith("    upstream anthropic#0  provider=anthropic  target=https://api.anthropic.com  proxy=direct")
+    assert lines[10].endswith("  check=GET /v1/models every 15s")
     assert lines[10:] == ["ok"]
     for secret in EXAMPLE_ENV.values():
         assert secret not in out + result.stderr

@@ -65,6 +65,10 @@ def _apply_overrides(
     server = data.setdefault("server", {})
     if not isinstance(server, dict):
         return
+    workers = overrides.workers
+    listen = server.get("listen")
+    if isinstance(listen, list) and listen and isinstance(listen[0], dict):
+        server = listen[0]  # with several listeners, --host, --port and $PORT move the first one
     port_env = environ.get("PORT")
     if port_env:
         try:
@@ -75,8 +79,8 @@ def _apply_overrides(
         server["host"] = overrides.host
     if overrides.port is not None:
         server["port"] = overrides.port
-    if overrides.workers is not None:
-        server["workers"] = overrides.workers
+    if workers is not None:
+        data["server"]["workers"] = workers
 
 
 def _salvage(data: dict[str, Any]) -> ConfigFile:

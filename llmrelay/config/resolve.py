@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import msgspec
 
 from llmrelay.config.decode import printable
+from llmrelay.config.listeners import resolve_connect, resolve_listeners
 from llmrelay.config.limits import PoolLimits, UpstreamTimeouts, client_limits
 from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint, ResolvedUpstream, WeightedKey
 from llmrelay.config.schema import ConfigFile, EndpointSection, HealthCheckSection, ServerSection, UpstreamSection
@@ -129,6 +130,7 @@ def _resolve_upstream(
             wait=chosen(upstream.pool_timeout, endpoint.pool_timeout),
         ),
         max_body_size=int(chosen(upstream.max_body_size, endpoint.max_body_size)),
+        http2=bool(chosen(upstream.http2, endpoint.http2)),
         health_check=check,
         unhealthy_threshold=check.unhealthy_threshold if check else DEFAULT_UNHEALTHY_THRESHOLD,
     )
@@ -140,6 +142,7 @@ def _resolve_endpoint(
     file: ConfigFile,
     global_auth: list[str],
     host_owner: dict[str, str],
+    exposed: str | None,  # the first non-loopback listener's host
     errors: list[str],
     environ: Mapping[str, str] | None,
 ) -> ResolvedEndpoint | None:
@@ -176,11 +179,11 @@ def _resolve_endpoint(
     accepted = list(auth)  # the union of the endpoint's keys and every upstream's scoped keys
     for resolved in upstreams:
         accepted += [key for key in resolved.scope or () if key not in accepted]
-    if not accepted and not is_loopback_host(server.host) and not section.public:
+    if not accepted and exposed is not None and not section.public:
         for resolved, upstream_path in zip(upstreams, paths):
             if resolved.api_keys:
                 errors.append(
-                    f"{upstream_path}: injects an api_key on non-loopback listener {printable(server.host)} without "
+                    f"{upstream_path}: injects an api_key on non-loopback listener {printable(exposed)} without "
                     "auth_keys; that is an open relay spending your key (set auth_keys, or public = true to allow it)"
                 )
     if upstreams and not any(u.weight > 0 or u.fallback for u in upstreams):
@@ -204,6 +207,8 @@ def _resolve_endpoint(
         retries=section.retries,
         retry_deadline=section.retry_deadline,
         retry_body_limit=section.retry_body_limit,
+        allow_websocket=section.allow_websocket,
+        websocket_idle_timeout=section.websocket_idle_timeout,
     )
 
 
@@ -218,14 +223,22 @@ def resolve_config(
         parse_target(server.target_base, "server.target_base", errors)
     if server.heartbeat_timeout <= server.heartbeat_interval:
         errors.append("server.heartbeat_timeout: must be longer than server.heartbeat_interval")
-    if not is_listen_host(server.host):
-        errors.append(f"server.host: expected an IP address or a host name, got {printable(server.host)!r}")
+    listeners = resolve_listeners(file, errors)
+    exposed = next((listener.host for listener in listeners if not is_loopback_host(listener.host)), None)
     endpoints: list[ResolvedEndpoint] = []
     host_owner: dict[str, str] = {}
     for name, section in file.endpoints.items():
-        endpoint = _resolve_endpoint(name, section, file, global_auth, host_owner, errors, environ)
+        endpoint = _resolve_endpoint(name, section, file, global_auth, host_owner, exposed, errors, environ)
         if endpoint is not None:
             endpoints.append(endpoint)
+    connect_keys = resolve_connect(file, global_auth, errors, environ)
     if len(errors) > before:
         return None
-    return RelayConfig(server=server, client=client_limits(server), endpoints=endpoints, source=source)
+    return RelayConfig(
+        server=server,
+        client=client_limits(server),
+        endpoints=endpoints,
+        source=source,
+        listeners=listeners,
+        connect_keys=connect_keys,
+    )

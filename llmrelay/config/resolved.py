@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from llmrelay.config.limits import ClientLimits, PoolLimits, UpstreamTimeouts
-from llmrelay.config.schema import ServerSection
+from llmrelay.config.schema import ListenSection, ServerSection
 
 
 class WeightedKey(msgspec.Struct, frozen=True):
@@ -79,6 +79,7 @@ class ResolvedUpstream(msgspec.Struct, frozen=True, kw_only=True):
     max_body_size: int
     health_check: HealthCheck | None
     unhealthy_threshold: int  # failures in a row that eject it (passive health)
+    http2: bool = False  # offer h2 in ALPN (https targets only)
 
     def __repr__(self) -> str:
         scope = "all" if self.scope is None else len(self.scope)
@@ -100,6 +101,8 @@ class ResolvedEndpoint(msgspec.Struct, frozen=True, kw_only=True):
     retries: int
     retry_deadline: float
     retry_body_limit: int
+    allow_websocket: bool = True
+    websocket_idle_timeout: float = 300.0
 
     @property
     def max_body_size(self) -> int:
@@ -118,6 +121,8 @@ class RelayConfig(msgspec.Struct, frozen=True, kw_only=True):
     client: ClientLimits  # `server`'s client-connection keys, grouped for the protocol drivers
     endpoints: list[ResolvedEndpoint]
     source: str
+    listeners: list[ListenSection] = []  # `server.listen`, or the one `server.host`/`server.port` names
+    connect_keys: list[str] = []  # relay keys a CONNECT tunnel accepts (`server.connect`)
 
     def __repr__(self) -> str:
         return f"RelayConfig(source={self.source!r}, endpoints={[e.name for e in self.endpoints]})"

@@ -25,6 +25,8 @@ ProviderName = Literal["openai", "anthropic", "gemini", "forward"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 ForwardedHeaders = Literal["append", "replace", "none"]
 HttpStatus = Annotated[int, Meta(ge=100, le=599)]
+TlsVersion = Literal["1.2", "1.3"]
+WindowSize = Annotated[int, Meta(ge=65535, le=2**31 - 1)]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -76,6 +78,7 @@ class UpstreamSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     keepalive_expiry: NonNegativeFloat | None = None
     pool_timeout: PositiveFloat | None = None
     max_body_size: PositiveInt | None = None
+    http2: bool | None = None
 
 
 class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -104,13 +107,63 @@ class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     retries: Annotated[int, Meta(ge=0)] = 2
     retry_deadline: PositiveFloat = 30.0
     retry_body_limit: Annotated[int, Meta(ge=0)] = 1024 * 1024
+    http2: bool = False  # offer h2 in ALPN to an https target; HTTP/1.1 when it does not take it
+    allow_websocket: bool = True  # False: `Upgrade: websocket` (and RFC 8441 CONNECT) answered 403
+    websocket_idle_timeout: PositiveFloat = 300.0
+
+
+class TlsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`tls = { ... }` on a listener: its certificate, and what it asks of clients."""
+
+    cert_file: str
+    key_file: str
+    min_version: TlsVersion = "1.2"
+    client_ca_file: str | None = None  # set: a client certificate signed by it is required (mTLS)
+    handshake_timeout: PositiveFloat = 10.0
+
+
+class ListenSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[[server.listen]]`: one listening address, plain (HTTP/1.1 and h2c) or TLS (ALPN h2, http/1.1)."""
+
+    host: str = "127.0.0.1"
+    port: Port
+    tls: TlsSection | None = None
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class Http2Section(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[server.http2]`: the HTTP/2 server's settings (h2c on plain listeners, ALPN h2 on TLS ones)."""
+
+    enabled: bool = True
+    max_concurrent_streams: PositiveInt = 100
+    initial_window_size: WindowSize = 256 * 1024  # per stream: what a client may send before we read it
+    connection_window_size: WindowSize = 1024 * 1024  # all streams of a connection together
+    max_frame_size: Annotated[int, Meta(ge=16384, le=16777215)] = 16384
+
+
+class ConnectSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[server.connect]`: `CONNECT host:port` tunnels (forward-proxy mode), off by default."""
+
+    enabled: bool = False
+    allow: list[str] = []  # "host:port" patterns; `*` in the host matches any run of characters
+    auth: bool = True  # a relay key in Proxy-Authorization (Bearer, or Basic with the key as password)
+    auth_keys: list[str] | None = None  # None: the top-level auth_keys
+    via_endpoint: str | None = None  # tunnel through this endpoint's proxy_url
+    connect_timeout: PositiveFloat = 10.0
+    idle_timeout: PositiveFloat = 300.0
 
 
 class ServerSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """`[server]`: the listener, the worker processes and the protocol limits."""
+    """`[server]`: the listeners, the worker processes and the protocol limits."""
 
-    host: str = "127.0.0.1"
-    port: Port = 8811
+    host: str | None = None  # the one-listener shorthand (default 127.0.0.1:8811); or `listen`
+    port: Port | None = None
+    listen: list[ListenSection] = []
+    http2: Http2Section = Http2Section()
+    connect: ConnectSection = ConnectSection()
     target_base: str | None = None
     workers: PositiveInt = 1
     drain_timeout: NonNegativeFloat = 600.0
