@@ -514,7 +514,7 @@ def test_check_config_prints_every_upstream_of_the_example_and_no_key() -> None:
     )
     assert lines[10].startswith("    upstream anthropic#0  provider=anthropic  target=https://api.anthropic.com  proxy=direct")
     assert lines[10].endswith("  check=GET /v1/models every 15s")
-    assert lines[10:] == ["ok"]
+    assert lines[11:] == ["ok"]
     for secret in EXAMPLE_ENV.values():
         assert secret not in out + result.stderr
 

@@ -1,9 +1,14 @@
 """The protocol-independent request/response interface between a protocol driver and the relay.
 
-A driver (HTTP/1.1 today; HTTP/2 and WebSocket later) turns what arrives on a connection into an
-`Exchange`: a parsed request head, a body to pull chunk by chunk, and methods to send the response.
-The relay sees nothing else of the protocol. The response phases and their table are sans-IO
-(`llmrelay.proto.messages`).
+A driver (HTTP/1.1 or HTTP/2) turns what arrives on a connection into an `Exchange`: a parsed request
+head, a body to pull chunk by chunk, and methods to send the response. The relay sees nothing else of
+the protocol. The response phases and their table are sans-IO (`llmrelay.proto.messages`).
+
+A request that opens a byte stream instead of a response body (an HTTP/1.1 `Upgrade: websocket`, an
+HTTP/2 extended CONNECT with `:protocol = websocket`, a `CONNECT host:port`) is answered with
+`open_tunnel()`: the driver sends the head that opens it (101 on HTTP/1.1 upgrades, 200 otherwise)
+and hands back a `Tunnel`, the client's side of the bytes, whatever carries them (the raw
+connection, or an HTTP/2 stream's DATA frames).
 """
 
 from __future__ import annotations
@@ -17,6 +22,26 @@ from llmrelay.io.timers import TimerReason
 from llmrelay.proto.messages import Headers, RequestHead, ResponsePhase
 
 ErrorFormat = Callable[[int, str], tuple[Headers, bytes]]
+
+
+class Tunnel(Protocol):
+    """The client's side of an opened tunnel: bytes both ways until either side ends."""
+
+    async def receive(self) -> bytes:
+        """The client's next bytes; b"" once it ended its side (or left)."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """Send bytes to the client; ClientDisconnected when it is gone."""
+        ...
+
+    async def send_eof(self) -> None:
+        """End our side (HTTP/2: END_STREAM; HTTP/1.1: the write half of the connection)."""
+        ...
+
+    def close(self) -> None:
+        """End the tunnel uncleanly now (HTTP/2: RST_STREAM; HTTP/1.1: close the connection)."""
+        ...
 
 
 class Exchange(Protocol):
@@ -46,8 +71,15 @@ class Exchange(Protocol):
 
     async def send_body(self, data: bytes) -> None: ...
 
-    async def end(self, data: bytes = b"") -> None:
-        """End the response; `data`, when given, is its last body bytes."""
+    async def end(self, data: bytes = b"", trailers: Headers | None = None) -> None:
+        """End the response; `data`, when given, is its last body bytes; `trailers` leave after it
+        (HTTP/2 trailing HEADERS; HTTP/1.1 sends them only on a chunked response)."""
+        ...
+
+    async def open_tunnel(self, status: int, headers: Headers) -> Tunnel:
+        """Answer a request that opens a tunnel (`head.websocket`, or method CONNECT) with `status`
+        (101 or 200) and `headers`, and return the client's side of the bytes. The exchange is over
+        for the relay when the tunnel ends."""
         ...
 
     async def abort(self) -> None:
