@@ -29,6 +29,7 @@ from llmrelay.config.secrets import is_command
 from llmrelay.proto.errors import RequestRejected
 from llmrelay.proto.messages import TRANSITIONS, InvalidPhase, RequestHead, ResponseEvent, ResponsePhase, advance
 from llmrelay.server.exchange import Refusal
+from llmrelay.io.transport import SocketTransport
 from llmrelay.server.h1 import Http1Connection
 from llmrelay.server.state import ServerState
 from llmrelay.config.limits import ClientLimits
@@ -276,7 +277,7 @@ class _RecordingHandler:
 async def _serve_one(handler: _RecordingHandler, data: bytes) -> bytes:
     """Serve one client connection that sends `data`; return everything it received."""
     ours, theirs = socket.socketpair()
-    connection = Http1Connection(ours, handler, SETTINGS, ServerState(), wheel())  # type: ignore[arg-type]
+    connection = Http1Connection(SocketTransport(ours), ("127.0.0.1", 1), handler, SETTINGS, ServerState(), wheel())  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connection.run)
         client = trio.socket.from_stdlib_socket(theirs)
@@ -309,7 +310,7 @@ async def test_a_refused_head_is_reported_for_the_access_log() -> None:
     assert answer.startswith(b"HTTP/1.1 505 ")
     assert handler.served == 0
     # (a socketpair has no peer address: the connection calls its client "unknown")
-    assert handler.refusals == [Refusal(("unknown", 0), b"GET", b"/anthropic/v1/messages", 505, "rejected", 0.0)]
+    assert handler.refusals == [Refusal(("127.0.0.1", 1), b"GET", b"/anthropic/v1/messages", 505, "rejected", 0.0)]
 
 
 # -- 18: the liveness check of a pooled connection works past descriptor 1023 ----------------------------

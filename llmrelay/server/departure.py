@@ -6,6 +6,11 @@ connection's `on_gone` cancels the exchange at once, so the upstream request is 
 provider stops generating. Quick requests never pay for a watcher, nor do streams whose events keep
 flowing (a departed client makes their sends fail); bytes that arrive instead are the next pipelined
 request and stay in the kernel for later.
+
+On a TLS connection the kernel's bytes are records, not requests (a TLS 1.3 close_notify looks like
+data), so the watcher reads through the TLS stream instead: end of stream means gone, and decrypted
+bytes (a pipelined request) go to the connection's parser (`on_data`) for later. Cancelling a TLS
+read loses nothing: what was read from the socket is already in the TLS object.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable
 import trio
 
 from llmrelay.io.timers import Timer, TimerReason, TimerWheel
-from llmrelay.io.transport import SocketTransport
+from llmrelay.io.transport import SocketTransport, Transport
 from llmrelay.proto.h1.server import ServerExchange, finished
 
 WATCH_AFTER = 0.05
@@ -24,19 +29,21 @@ _WATCH = TimerReason.WATCH
 
 
 class DepartureWatcher:
-    __slots__ = ("_timer", "_transport", "_nursery", "_on_gone", "_exchange", "_mark", "_scope", "_done")
+    __slots__ = ("_timer", "_transport", "_nursery", "_on_gone", "_on_data", "_exchange", "_mark", "_scope", "_done")
 
     def __init__(
         self,
         wheel: TimerWheel,
-        transport: SocketTransport,
+        transport: Transport,
         nursery: trio.Nursery | None,
         on_gone: Callable[[ServerExchange], None],
+        on_data: Callable[[bytes], None] | None = None,
     ) -> None:
         self._timer: Timer = wheel.timer(self._start)
         self._transport = transport
         self._nursery = nursery  # the owner of watcher tasks (None: no watching)
         self._on_gone = on_gone
+        self._on_data = on_data  # where bytes read through a TLS stream go (the next request's)
         self._exchange: ServerExchange | None = None
         self._mark = 0
         self._scope: trio.CancelScope | None = None
@@ -67,12 +74,18 @@ class DepartureWatcher:
     async def _watch(self, exchange: ServerExchange, scope: trio.CancelScope, done: trio.Event) -> None:
         try:
             with scope:
-                sock = self._transport.sock
-                try:
-                    await trio.lowlevel.wait_readable(sock)
-                    peeked = sock.recv(1, socket.MSG_PEEK)
-                except (OSError, trio.ClosedResourceError):
-                    peeked = b""
+                transport = self._transport
+                if isinstance(transport, SocketTransport):
+                    sock = transport.sock
+                    try:
+                        await trio.lowlevel.wait_readable(sock)
+                        peeked = sock.recv(1, socket.MSG_PEEK)
+                    except (OSError, trio.ClosedResourceError):
+                        peeked = b""
+                else:
+                    peeked = await transport.receive()
+                    if peeked and self._on_data is not None:
+                        self._on_data(peeked)
                 if not peeked and self._exchange is exchange and not finished(exchange):
                     exchange.client_gone = True
                     self._on_gone(exchange)

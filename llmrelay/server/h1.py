@@ -19,14 +19,13 @@ import trio
 from llmrelay.config.limits import ClientLimits
 from llmrelay.io.logsafe import describe
 from llmrelay.io.timers import Timer, TimerReason, TimerWheel
-from llmrelay.io.transport import BrokenTransport, SocketTransport
+from llmrelay.io.transport import BrokenTransport, SocketTransport, Transport
 from llmrelay.proto.errors import ClientDisconnected, RequestRejected
-from llmrelay.proto.h1.framing import CHUNKED
+from llmrelay.proto.h1.framing import CHUNKED, LAST_CHUNK
 from llmrelay.proto.h1.server import CONTINUE, ConnectionState, ServerConnection, ServerExchange
 from llmrelay.proto.messages import Headers, RequestHead, ResponsePhase
 from llmrelay.server.departure import DepartureWatcher
-from llmrelay.server.picker import Wire, sniff
-from llmrelay.server.exchange import ErrorFormat, Refusal, RequestHandler, plain_error
+from llmrelay.server.exchange import ErrorFormat, Refusal, RequestHandler, Tunnel, plain_error
 from llmrelay.server.state import ServerState
 
 log = logging.getLogger("llmrelay.http")
@@ -37,7 +36,6 @@ _PENDING, _STREAMING = ResponsePhase.PENDING, ResponsePhase.STREAMING
 _CHUNKED = CHUNKED
 _AWAITING_HEAD = ConnectionState.AWAITING_HEAD
 _DISCARDING = ConnectionState.DISCARDING
-_TLS = Wire.TLS
 
 
 class Http1Exchange(ServerExchange):
@@ -92,10 +90,19 @@ class Http1Exchange(ServerExchange):
             except BrokenTransport:
                 raise ClientDisconnected("client connection broke while sending") from None
 
-    async def end(self, data: bytes = b"") -> None:
+    async def end(self, data: bytes = b"", trailers: Headers | None = None) -> None:
         payload = self.end_bytes(data)
+        if trailers and self._framing == _CHUNKED and payload.endswith(LAST_CHUNK):
+            payload = payload[: -len(LAST_CHUNK)] + self.trailer_bytes(trailers)
         if payload:
             await self._driver.send_bytes(payload)
+
+    async def open_tunnel(self, status: int, headers: Headers) -> Tunnel:
+        """Send the head that opens the tunnel; the connection's bytes are the tunnel's from now on."""
+        driver = self._driver
+        driver.watcher.cancel()  # the tunnel's bytes are no longer a next request to watch for
+        await driver.send_bytes(self.tunnel_head(status, headers))
+        return Http1Tunnel(driver)
 
     async def abort(self) -> None:
         if self.cut():
@@ -107,32 +114,64 @@ class Http1Exchange(ServerExchange):
         await self._driver.send_bytes(self.error_bytes(status, headers, body))
 
 
+class Http1Tunnel:
+    """The client's side of a tunnel on an HTTP/1.1 connection: the connection's raw bytes (bytes
+    that came after the request head are handed out first)."""
+
+    __slots__ = ("_driver",)
+
+    def __init__(self, driver: Http1Connection) -> None:
+        self._driver = driver
+
+    async def receive(self) -> bytes:
+        protocol = self._driver.protocol
+        if protocol.buffer:
+            data, protocol.buffer = protocol.buffer, b""
+            return data
+        return await self._driver.transport.receive()
+
+    async def send(self, data: bytes) -> None:
+        await self._driver.send_bytes(data)
+
+    async def send_eof(self) -> None:
+        transport = self._driver.transport
+        if isinstance(transport, SocketTransport) and not transport.closed:
+            try:
+                transport.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        # (TLS: a close_notify would end the whole stream; the tunnel ends with the connection)
+
+    def close(self) -> None:
+        self._driver.transport.close()
+
+
 class Http1Connection:
     """Serves the requests of one client connection, in order."""
 
     def __init__(
         self,
-        sock: socket.socket,
+        transport: Transport,
+        client: tuple[str, int],
         handler: RequestHandler,
         settings: ClientLimits,
         state: ServerState,
         wheel: TimerWheel,
         scheme: str = "http",
+        initial: bytes = b"",
     ) -> None:
-        self.transport = SocketTransport(sock)
+        """`initial`: the connection's first bytes, already read by whoever chose this protocol."""
+        self.transport = transport
         self.settings = settings
         self._handler = handler
         self._state = state
-        try:
-            host, port, *_ = sock.getpeername()
-            client = (str(host), int(port))
-        except (OSError, ValueError):
-            client = ("unknown", 0)
         self._client = client
         self.protocol = ServerConnection(settings.head, scheme, client, settings.max_requests)
+        if initial:
+            self.protocol.receive_data(initial)
         self._scope = trio.CancelScope()
         self.timer: Timer = wheel.timer(self._timed_out)
-        self.watcher = DepartureWatcher(wheel, self.transport, state.watchers, self._client_left)
+        self.watcher = DepartureWatcher(wheel, transport, state.watchers, self._client_left, self.protocol.receive_data)
         self._exchange: Http1Exchange | None = None
 
     # -- cancellation -----------------------------------------------------------------------------
@@ -242,9 +281,6 @@ class Http1Connection:
             finally:
                 state.idle.discard(self)
             if not data:
-                return None
-            if first and sniff(data) is _TLS:
-                log.info("closing connection from %s: a TLS handshake on a plain HTTP listener", self._client[0])
                 return None
             protocol.receive_data(data)
         head = protocol.next_head()

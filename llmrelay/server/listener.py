@@ -23,7 +23,7 @@ _BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _GAVE_UP_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 BACKOFF = 0.1
 
-Serve = Callable[[socket.socket], Awaitable[None]]
+Serve = Callable[[socket.socket, int], Awaitable[None]]  # (the accepted socket, its listener's index)
 
 
 class Acceptor:
@@ -33,7 +33,7 @@ class Acceptor:
         self._serve = serve
         self._slots = trio.Semaphore(max_connections)
 
-    async def accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+    async def accept_loop(self, listener: socket.socket, nursery: trio.Nursery, index: int = 0) -> None:
         while True:
             await self._slots.acquire()
             while True:
@@ -53,9 +53,9 @@ class Acceptor:
                     raise
                 break
             prepare(accepted)
-            nursery.start_soon(self._serve_counted, accepted)
+            nursery.start_soon(self._serve_counted, accepted, index)
 
-    def sweep(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+    def sweep(self, listener: socket.socket, nursery: trio.Nursery, index: int = 0) -> None:
         """Take every connection already queued on a socket this worker is about to close (over the
         bound if need be: they are few, and refusing them would reset them)."""
         while True:
@@ -64,11 +64,11 @@ class Acceptor:
             except OSError:  # BlockingIOError: nothing left
                 return
             prepare(accepted)
-            nursery.start_soon(self._serve, accepted)
+            nursery.start_soon(self._serve, accepted, index)
 
-    async def _serve_counted(self, sock: socket.socket) -> None:
+    async def _serve_counted(self, sock: socket.socket, index: int) -> None:
         try:
-            await self._serve(sock)
+            await self._serve(sock, index)
         finally:
             self._slots.release()
 

@@ -40,11 +40,12 @@ from llmrelay.control import (
     WorkerStats,
 )
 from llmrelay.proto.messages import Headers
-from llmrelay.server.h1 import Http1Connection
+from llmrelay.server.connection import ConnectionServer, ListenerRuntime, Serving
 from llmrelay.server.listener import Acceptor
 from llmrelay.server.state import ServerState
-from llmrelay.config.limits import ClientLimits
+from llmrelay.config.schema import ListenSection
 from llmrelay.io.timers import TimerWheel, wheel
+from llmrelay.io.tls import server_context
 from llmrelay.logs import configure_logging
 from llmrelay.worker.health import health_view
 from llmrelay.relay.handler import Relay
@@ -71,8 +72,10 @@ class Worker:
         self._runtime: RelayRuntime | None = None
         self._relay: Relay | None = None
         self._table: HealthTable | None = None
-        self._settings: ClientLimits | None = None
+        self._serving: Serving | None = None
+        self._listeners: list[ListenerRuntime] = []  # in the order of the listening descriptors
         self._wheel = TimerWheel()  # replaced by the run's own wheel once trio runs
+        self._connections = ConnectionServer(self.state, lambda: self._wheel)
         self._early: list[ControlMessage] = []  # read with the first config, handled once serving
 
     # -- control pipe -----------------------------------------------------------------------------
@@ -103,6 +106,7 @@ class Worker:
         """
         try:
             runtime = RelayRuntime(message.config, message.generation)
+            listeners = self._listeners_for(message.config)
         except Exception as exc:
             error = _describe(exc)
             log.error("cannot apply config generation %d: %s", message.generation, error)
@@ -111,17 +115,29 @@ class Worker:
         previous = self._runtime
         runtime.apply_health(self._table, time.time())  # (a table of an older generation: names that stayed)
         self._runtime = runtime
-        self._settings = message.config.client
+        self._listeners = listeners
         self.responses.keepalive_interval = message.config.server.drain_keepalive_interval
         if self._relay is None:
             self._relay = Relay(runtime, self.health, self.observer, self.responses)
         else:
             self._relay.runtime = runtime
+        self._serving = Serving(self._relay, message.config.client, message.config.server.http2)
         if previous is not None:
             await previous.retire()
         log.info("serving config generation %d (%d endpoints)", message.generation, len(runtime.endpoints))
         await self._send(ConfigApplied(generation=message.generation))
         return True
+
+    def _listeners_for(self, config: RelayConfig) -> list[ListenerRuntime]:
+        """The listeners of `config` with their TLS contexts (certificates and keys read again: a
+        reload renews them). A config whose listeners are not this worker's sockets (a reload that
+        moves them, before this worker is replaced) keeps the listeners it has."""
+        if self._listeners and [(l.config.host, l.config.port) for l in self._listeners] != [
+            (l.host, l.port) for l in config.listeners
+        ]:
+            return self._listeners
+        http2 = config.server.http2.enabled
+        return [ListenerRuntime(l, None if l.tls is None else server_context(l.tls, http2)) for l in config.listeners]
 
     def _apply_health(self, table: HealthTable) -> None:
         self._table = table
@@ -172,9 +188,11 @@ class Worker:
         )
 
     # -- serving ------------------------------------------------------------------------------------
-    async def _serve_connection(self, sock: socket.socket) -> None:
-        assert self._relay is not None and self._settings is not None
-        await Http1Connection(sock, self._relay, self._settings, self.state, self._wheel).run()
+    async def _serve_connection(self, sock: socket.socket, index: int) -> None:
+        assert self._serving is not None
+        listeners = self._listeners
+        listener = listeners[index] if index < len(listeners) else ListenerRuntime(_PLAIN, None)
+        await self._connections.serve(sock, listener, self._serving)
 
     async def _heartbeat_loop(self, interval: float) -> None:
         while True:
@@ -208,8 +226,8 @@ class Worker:
                 async def accept_all() -> None:
                     with accept_scope:
                         async with trio.open_nursery() as accepters:
-                            for listener in listeners:
-                                accepters.start_soon(acceptor.accept_loop, listener, connections)
+                            for index, listener in enumerate(listeners):
+                                accepters.start_soon(acceptor.accept_loop, listener, connections, index)
 
                 drain_requests, drain_wanted = trio.open_memory_channel[Drain](2)
                 background.start_soon(accept_all)
@@ -221,8 +239,8 @@ class Worker:
                 log.info("worker slot %d ready (pid %d)", self.slot, os.getpid())
                 drain = await drain_wanted.receive()
                 accept_scope.cancel()
-                for listener in listeners:
-                    acceptor.sweep(listener, connections)
+                for index, listener in enumerate(listeners):
+                    acceptor.sweep(listener, connections, index)
                     trio.lowlevel.notify_closing(listener)
                     listener.close()
                 self.state.start_draining(drain.close_idle)
@@ -278,6 +296,9 @@ class Worker:
                     await self._apply_config(message)
                 elif isinstance(message, HealthTable):
                     self._apply_health(message)
+
+
+_PLAIN = ListenSection(port=0)  # (a descriptor the config does not describe: served as plain HTTP)
 
 
 def _describe(exc: BaseException) -> str:

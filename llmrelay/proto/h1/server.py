@@ -14,9 +14,10 @@ the sends.
 from __future__ import annotations
 
 import enum
+import re
 
 from llmrelay.proto.errors import InvalidResponseHead, RequestRejected
-from llmrelay.proto.h1.fields import connection_close_requested, serialize_head, status_line
+from llmrelay.proto.h1.fields import connection_close_requested, is_token, serialize_head, status_line
 from llmrelay.proto.h1.framing import (
     CHUNKED,
     LAST_CHUNK,
@@ -37,6 +38,8 @@ DISCARD_LIMIT = 1024 * 1024  # an unread request body larger than this is not re
 
 _PENDING, _DONE, _ABORTED = ResponsePhase.PENDING, ResponsePhase.DONE, ResponsePhase.ABORTED
 _HEAD, _END, _ABORT, _BODY = ResponseEvent.HEAD, ResponseEvent.END, ResponseEvent.ABORT, ResponseEvent.BODY
+_UNSAFE_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_NOT_TRAILERS = {b"content-length", b"transfer-encoding", b"host", b"connection", b"te", b"trailer"}
 _BODY_AFTER = {phase: TRANSITIONS.get((phase, ResponseEvent.BODY)) for phase in ResponsePhase}
 
 
@@ -348,6 +351,24 @@ class ServerExchange:
             self._pending = b""
         self.phase = phase
         return payload
+
+    def tunnel_head(self, status: int, headers: Headers) -> bytes:
+        """The head that turns the connection into a tunnel (101 for an upgrade, 2xx for CONNECT):
+        no body framing follows, and the connection is not reused after the tunnel ends."""
+        line = b"HTTP/1.1 101 Switching Protocols" if status == 101 else status_line(status)
+        self.phase = advance(self.phase, _HEAD)
+        self.close_after = True
+        return serialize_head(line, headers)
+
+    def trailer_bytes(self, trailers: Headers) -> bytes:
+        """The end of a chunked response with trailer fields (after the last body bytes were framed):
+        fields that are not plain tokens and values are dropped, never relayed broken."""
+        fields = b"".join(
+            b"%s: %s\r\n" % (name, value)
+            for name, value in trailers
+            if is_token(name) and not _UNSAFE_VALUE.search(value) and name not in _NOT_TRAILERS
+        )
+        return b"0\r\n" + fields + b"\r\n"
 
     def cut(self) -> bool:
         """Cut the response; True when the connection must close now (it had not ended yet)."""
