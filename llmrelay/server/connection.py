@@ -83,10 +83,15 @@ class ConnectionServer:
 
     async def serve(self, sock: socket.socket, listener: ListenerRuntime, serving: Serving) -> None:
         client = peer_of(sock)
-        if listener.tls is None:
-            await self._serve_plain(sock, client, serving)
-        else:
-            await self._serve_tls(sock, client, listener.tls, listener.config, serving)
+        try:
+            if listener.tls is None:
+                await self._serve_plain(sock, client, serving)
+            else:
+                await self._serve_tls(sock, client, listener.tls, listener.config, serving)
+        except Exception as exc:  # a bug: this connection ends, the worker and its other connections go on
+            log.error("internal error on the connection from %s: %s", client[0], describe(exc))
+            log.debug("traceback of that internal error", exc_info=True)
+            sock.close()
 
     # -- plain: HTTP/1.1 or h2c --------------------------------------------------------------------
     async def _serve_plain(self, sock: socket.socket, client: tuple[str, int], serving: Serving) -> None:
@@ -149,8 +154,7 @@ class ConnectionServer:
                     return  # connected and left
                 if first[0] != _TLS_RECORD:
                     log.info("closing connection from %s: plain HTTP on TLS listener %s", client[0], config.address)
-                    with trio.move_on_after(1.0):
-                        await trio_sock.send(PLAIN_HTTP_ON_TLS)
+                    await _answer_plain_http(trio_sock)
                     return
                 await stream.do_handshake()
             if deadline.cancelled_caught:
@@ -183,6 +187,20 @@ def stream_ready(stream: trio.SSLStream[trio.SocketStream]) -> bool:
     except trio.NeedHandshakeError:
         return False
     return True
+
+
+async def _answer_plain_http(sock: trio.socket.SocketType) -> None:
+    """The 400 for plain HTTP on a TLS port, then a clean close: the request's bytes are read and
+    dropped first (closing with unread bytes would reset the connection before the client read it)."""
+    with trio.move_on_after(1.0):
+        await sock.send(PLAIN_HTTP_ON_TLS)
+        sock.shutdown(socket.SHUT_WR)
+        dropped = 0
+        while dropped < 65536:
+            data = await sock.recv(16384)
+            if not data:
+                break
+            dropped += len(data)
 
 
 def _tls_reason(exc: BaseException) -> str:
