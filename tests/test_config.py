@@ -25,6 +25,8 @@ ENV = {
     "OPENAI_KEY_A": "sk-a",
     "OPENAI_KEY_B": "sk-b",
     "COMPAT_EU_KEY": "eu-1",
+    "OPENAI_API_KEY": "sk-o",
+    "ANTHROPIC_API_KEY": "sk-ant",
 }
 
 
@@ -57,13 +59,18 @@ def test_original_format_loads_unchanged() -> None:
 def example_text(path: Path, ca_file: Path) -> str:
     """An example as the tests can load it: secrets from commands and files that exist here."""
     text = path.read_text().replace("$(cat /run/secrets/anthropic_key)", "literal-key")
-    return text.replace("/etc/llmrelay/local-ca.pem", str(ca_file))
+    text = text.replace("/etc/llmrelay/local-ca.pem", str(ca_file)).replace("/etc/llmrelay/client-ca.pem", str(ca_file))
+    return text.replace("/etc/llmrelay/", f"{ca_file.parent}/")  # cert.pem and key.pem, made beside it
 
 
 @pytest.fixture
 def ca_file(tmp_path: Path) -> Path:
     path = tmp_path / "ca.pem"
-    trustme.CA().cert_pem.write_to_path(str(path))
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(path))
+    server = ca.issue_cert("localhost")
+    server.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    server.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     return path
 
 
@@ -74,6 +81,18 @@ def test_every_example_loads(ca_file: Path) -> None:
         text = example_text(path, ca_file)
         config = load_config_text(text, str(path), environ=ENV)
         assert config.endpoints
+
+
+def test_the_edge_gateway_example_has_its_listeners_and_protocols(ca_file: Path) -> None:
+    path = EXAMPLES / "edge-gateway.toml"
+    config = load_config_text(example_text(path, ca_file), str(path), environ=ENV)
+    assert [(l.port, l.tls is not None) for l in config.listeners] == [(8080, False), (8443, True), (9443, True)]
+    assert config.listeners[2].tls is not None and config.listeners[2].tls.client_ca_file == str(ca_file)
+    assert config.server.http2.max_concurrent_streams == 200
+    assert config.server.connect.enabled and config.connect_keys == [ENV["LLMRELAY_TEAM_KEY"]]
+    by_name = {e.name: e for e in config.endpoints}
+    assert by_name["openai"].upstreams[0].http2 and by_name["openai"].websocket_idle_timeout == 600
+    assert not by_name["anthropic"].allow_websocket and not by_name["anthropic"].upstreams[0].http2
 
 
 def test_team_gateway_resolves_keys_and_weights() -> None:

@@ -8,11 +8,24 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import msgspec
+import trustme
 
 from llmrelay.config import load_config_text
-from llmrelay.config.schema import ApiKeyEntry, ConfigFile, EndpointSection, HealthCheckSection, ServerSection, UpstreamSection
+from llmrelay.config.schema import (
+    ApiKeyEntry,
+    ConfigFile,
+    ConnectSection,
+    EndpointSection,
+    HealthCheckSection,
+    Http2Section,
+    ListenSection,
+    ServerSection,
+    TlsSection,
+    UpstreamSection,
+)
 from relaytest import ROOT
 
 
@@ -25,6 +38,20 @@ def test_every_config_key_is_documented() -> None:
     top_level = {f.name for f in msgspec.structs.fields(ConfigFile)} - {"server", "endpoints"}
     for name in top_level:
         assert f"| `{name}` |" in readme
+
+
+def test_every_listener_http2_and_connect_key_is_documented() -> None:
+    readme = (ROOT / "README.md").read_text()
+    headings = {
+        ListenSection: "### `[[server.listen]]`",
+        TlsSection: "### `[[server.listen]]`",
+        Http2Section: "### `[server.http2]`",
+        ConnectSection: "### `[server.connect]`",
+    }
+    for section, heading in headings.items():
+        documented = _documented_keys(readme.split(heading + "\n", 1)[1].split("\n### ", 1)[0])
+        for field in msgspec.structs.fields(section):
+            assert field.name in documented, f"{section.__name__}.{field.name} is not in the README"
 
 
 def test_readme_quick_start_has_the_two_commands() -> None:
@@ -45,7 +72,7 @@ def _documented_keys(section: str) -> set[str]:
     keys: set[str] = set()
     for line in section.splitlines():
         if line.startswith("| `"):
-            keys |= set(re.findall(r"`([a-z_]+)`", line.split(" | ", 1)[0]))
+            keys |= set(re.findall(r"`([a-z_0-9]+)`", line.split(" | ", 1)[0]))
     return keys
 
 
@@ -62,11 +89,16 @@ def test_every_upstream_and_health_check_key_is_documented() -> None:
     assert "deprecated" in next(line for line in readme.splitlines() if line.startswith("| `failing_retry_interval` |"))
 
 
-def test_every_toml_block_in_the_readme_loads() -> None:
+def test_every_toml_block_in_the_readme_loads(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
     assert len(blocks) >= 2
+    # The TLS example names /etc/llmrelay files: the same names, here, with a real certificate.
+    server = trustme.CA().issue_cert("localhost")
+    server.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    server.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     for block in blocks:
+        block = block.replace("/etc/llmrelay/", f"{tmp_path}/")
         environ = {name: f"value-of-{name}" for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", block)}
         assert load_config_text(block, "README.md", environ=environ).endpoints
 
