@@ -1,7 +1,9 @@
 """What every connection of a worker shares: the drain state and the counters.
 
-Connections register through the small `DrainableConnection` protocol, so the state is the same for
-every protocol driver (HTTP/1.1 today, HTTP/2 next).
+Connections register through small protocols, so the state is the same for every protocol driver:
+an HTTP/1.1 connection waiting for its next request is a `DrainableConnection` in `idle`; an HTTP/2
+connection is a `MultiplexedConnection` in `multiplexed` for its whole life, since it must hear of a
+drain while streams are open (to send GOAWAY and accept no new stream).
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ class DrainableConnection(Protocol):
         ...
 
 
+class MultiplexedConnection(Protocol):
+    def drain(self) -> None:
+        """The worker drains: accept no new stream (GOAWAY), finish the open ones, then close."""
+        ...
+
+
 class ServerState:
     """The drain flag, idle connections, counters, and the nursery that owns watcher tasks."""
 
@@ -25,6 +33,7 @@ class ServerState:
         self.close_idle = False
         self.closing_idle = False  # draining and closing idle connections: none waits for a next request
         self.idle: set[DrainableConnection] = set()  # waiting for a next request; a full stop closes them
+        self.multiplexed: set[MultiplexedConnection] = set()  # open HTTP/2 connections
         self.watchers = watchers
         self.connections = 0
         self.requests_in_flight = 0
@@ -52,3 +61,5 @@ class ServerState:
         if self.close_idle:
             for connection in list(self.idle):
                 connection.stop_idle()
+        for multiplexed in list(self.multiplexed):
+            multiplexed.drain()
