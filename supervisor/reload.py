@@ -115,7 +115,7 @@ class Reloads:
         new_sockets: list[list[socket.socket]] = []
         if moved:
             try:
-                new_sockets = bind_listeners(config, len(table.slots))
+                new_sockets = bind_listeners(config, len(table.slots), ours=table.listen)
             except BindError as exc:
                 log.error("reload rejected: %s; still serving the previous config", exc)
                 return Outcome(False, "the new listener cannot be bound", [str(exc)])

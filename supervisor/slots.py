@@ -125,12 +125,19 @@ class SlotTable:
             slot.close()
 
 
-def bind_listeners(config: RelayConfig, slots: int) -> list[list[socket.socket]]:
-    """For each of `slots` slots, one socket per listener of `config` (in order); all or nothing."""
+def bind_listeners(
+    config: RelayConfig, slots: int, ours: list[tuple[str, int]] | None = None
+) -> list[list[socket.socket]]:
+    """For each of `slots` slots, one socket per listener of `config` (in order); all or nothing.
+
+    `ours`: addresses this supervisor listens on already (a reload that adds or moves listeners):
+    their new sockets join the group that is there instead of finding the address taken.
+    """
     per_listener: list[list[socket.socket]] = []
     try:
         for listener in config.listeners:
-            per_listener.append(bind_slot_sockets(listener.host, listener.port, slots))
+            join = ours is not None and listener.port != 0 and (listener.host, listener.port) in ours
+            per_listener.append(bind_slot_sockets(listener.host, listener.port, slots, join=join))
     except BindError:
         for sockets in per_listener:
             close_sockets(sockets)

@@ -240,3 +240,30 @@ def test_listen_and_the_flat_shorthand_together_are_refused(tmp_path: Path) -> N
     result = run_check_config(path)
     assert result.returncode != 0
     assert "server.listen: cannot be combined with server.host / server.port" in result.stderr
+
+
+def test_a_reload_that_adds_a_tls_listener_rolls_the_workers_onto_it(start_relay, mock, certs: Certs) -> None:
+    plain = free_port()
+    config = f'[server]\nport = {plain}\n\n[endpoints.openai]\ntarget_base = "{mock.base_url}/v1"\nprovider = "openai"\n'
+    relay = start_relay(config, workers=2, port=plain, port_flag=False)
+    tls_port = free_port()
+    settings = {"cert_file": str(certs.cert_file), "key_file": str(certs.key_file)}
+    assert relay.config_path is not None
+    relay.config_path.write_text(listeners_config(mock.base_url, plain, tls_port, settings))
+    relay.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "rolling every worker onto them" in relay.logs(), 15), relay.logs()
+    url = f"https://127.0.0.1:{tls_port}/openai/v1/chat/completions"
+
+    def tls_serves() -> bool:
+        try:
+            return httpx.post(url, json=CHAT, verify=certs.client_context(), timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    assert wait_until(tls_serves, 20)
+    assert httpx.post(relay.url("/openai/v1/chat/completions"), json=CHAT, timeout=10).status_code == 200
+    # A rolling replacement keeps both listeners served, one slot at a time.
+    relay.send_signal(signal.SIGUSR2)
+    for _ in range(20):
+        assert tls_serves()
+        assert httpx.post(relay.url("/openai/v1/chat/completions"), json=CHAT, timeout=10).status_code == 200
