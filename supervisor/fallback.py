@@ -7,7 +7,9 @@ crashing and are respawned with backoff, waiting would hang clients for as long 
 the supervisor itself accepts on the slot's sockets and answers each connection with a short
 `503 Service Unavailable` (`Retry-After: 1`, `Connection: close`) until a worker of the slot is ready
 again: a client, or its SDK, retries and most likely lands on a healthy slot. Like nginx's or Envoy's
-local replies, the answer is made without any upstream: no config, no routing, just bytes.
+local replies, the answer is made without any upstream: no config, no routing, just bytes. On a TLS
+listener there is no certificate to answer with: its connections are closed at once, which a TLS
+client takes as a failed handshake and retries.
 """
 
 from __future__ import annotations
@@ -44,15 +46,20 @@ _RETRY_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 _BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
-async def answer_unavailable(sockets: list[socket.socket], slot: int) -> None:
-    """Answer 503 on every connection of `sockets` until cancelled (or the sockets are closed)."""
+async def answer_unavailable(sockets: list[socket.socket], slot: int, tls: list[bool] | None = None) -> None:
+    """Answer 503 on every connection of `sockets` until cancelled (or the sockets are closed);
+    `tls[i]`: socket i is a TLS listener's (its connections are closed)."""
     answering = trio.Semaphore(MAX_ANSWERING)
+    flags = tls or []
     async with trio.open_nursery() as nursery:
-        for sock in sockets:
-            nursery.start_soon(_accept_loop, sock, slot, answering, nursery)
+        for index, sock in enumerate(sockets):
+            closing = index < len(flags) and flags[index]
+            nursery.start_soon(_accept_loop, sock, slot, answering, nursery, closing)
 
 
-async def _accept_loop(sock: socket.socket, slot: int, answering: trio.Semaphore, nursery: trio.Nursery) -> None:
+async def _accept_loop(
+    sock: socket.socket, slot: int, answering: trio.Semaphore, nursery: trio.Nursery, close_only: bool = False
+) -> None:
     answered = 0
     while True:
         try:
@@ -74,7 +81,11 @@ async def _accept_loop(sock: socket.socket, slot: int, answering: trio.Semaphore
             raise
         answered += 1
         if answered == 1 or answered % 1000 == 0:
-            log.warning("slot %d has no worker: answered 503 to %d connection(s)", slot, answered)
+            what = "closed" if close_only else "answered 503 to"
+            log.warning("slot %d has no worker: %s %d connection(s)", slot, what, answered)
+        if close_only:
+            conn.close()
+            continue
         try:
             answering.acquire_nowait()
         except trio.WouldBlock:

@@ -70,7 +70,8 @@ class Rollout:
     async def _respawn(self, slot: Slot, worker: WorkerProcess) -> None:
         delay = _backoff(slot, worker)
         if delay > 0:
-            slot.answer_unavailable(self._nursery)  # nobody will accept there for a while
+            tls = [listener.tls is not None for listener in self._table.config.listeners]
+            slot.answer_unavailable(self._nursery, tls)  # nobody will accept there for a while
         log.info("respawning slot %d in %g s", slot.index, delay)
         await trio.sleep(delay)
         if not self._table.stopping and slot.worker is worker and not slot.removed:

@@ -38,8 +38,9 @@ class Slot:
         self.boot_failures = 0  # workers that could not boot, in a row
         self._fallback: trio.CancelScope | None = None
 
-    def answer_unavailable(self, nursery: trio.Nursery) -> None:
-        """Answer 503 on the slot's sockets until `worker_ready`."""
+    def answer_unavailable(self, nursery: trio.Nursery, tls: list[bool] | None = None) -> None:
+        """Answer 503 on the slot's sockets until `worker_ready` (`tls`: which of them are TLS
+        listeners, whose connections are closed instead: a plain answer means nothing there)."""
         if self._fallback is not None or self.removed:
             return
         log.warning("slot %d has no worker that can serve: answering 503 on it until one is ready", self.index)
@@ -47,7 +48,7 @@ class Slot:
 
         async def run() -> None:
             with scope:
-                await answer_unavailable(self.sockets, self.index)
+                await answer_unavailable(self.sockets, self.index, tls or [])
 
         nursery.start_soon(run)
 
