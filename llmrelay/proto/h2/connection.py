@@ -25,7 +25,7 @@ from typing import Any
 import h2.events as ev
 import msgspec
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
@@ -182,7 +182,9 @@ class ServerConnection:
             self.fail(ENHANCE_YOUR_CALM, problem)
         try:
             h2_events = self.h2.receive_data(data)
-        except ProtocolError as exc:  # h2 queued its GOAWAY
+        except ProtocolError as exc:  # h2 queued its GOAWAY (but for a wrong preface)
+            if self.h2.state_machine.state is not ConnectionState.CLOSED:
+                self._close(exc.error_code)
             raise ConnectionFailed(int(exc.error_code), str(exc) or type(exc).__name__) from None
         out: list[StreamEvent] = []
         dispatch = self._dispatch
@@ -194,11 +196,14 @@ class ServerConnection:
 
     def fail(self, error_code: int, reason: str) -> None:
         """End the connection with GOAWAY(`error_code`); raises ConnectionFailed."""
+        self._close(error_code)
+        raise ConnectionFailed(int(error_code), reason)
+
+    def _close(self, error_code: int) -> None:
         try:
             self.h2.close_connection(error_code, last_stream_id=self.last_accepted)
         except ProtocolError:
             pass  # already closed: its GOAWAY went out before
-        raise ConnectionFailed(int(error_code), reason)
 
     def _request(self, event: ev.RequestReceived, out: list[StreamEvent]) -> None:
         stream_id = event.stream_id
