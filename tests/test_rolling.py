@@ -347,7 +347,7 @@ def test_reload_that_moves_the_listener(mock: MockProvider, start_relay) -> None
         assert relay.config_path is not None
         relay.config_path.write_text(server.format(new_port) + endpoint_config("oai", mock))
         relay.send_signal(signal.SIGHUP)
-        wait_for_log(relay, f"listener moves to 127.0.0.1:{new_port}")
+        wait_for_log(relay, f"listeners move to 127.0.0.1:{new_port}")
         wait_for_log(relay, "slot 1: pid")
         assert httpx.get(f"http://127.0.0.1:{new_port}/oai/v1/models", timeout=5).status_code == 200
         time.sleep(2.5)  # the old workers finish their keep-alive connections and exit
