@@ -13,6 +13,9 @@ supervisor through `observer`, which decides on ejections and key cool-downs for
 
 The upstream response is always closed when an attempt leaves, however it leaves; a client that goes
 away cancels the exchange, which closes the upstream request at once.
+
+Requests that open a tunnel leave this path early: a WebSocket (after routing and the relay key
+check) goes to `websocket`, a `CONNECT host:port` (before routing: it names no endpoint) to `connect`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from llmrelay.io.logsafe import one_line
 from llmrelay.io.timers import TimerReason
 from llmrelay.relay import accesslog
 from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts
+from llmrelay.relay.connect import ConnectTunnels
 from llmrelay.relay.credentials import identify_relay_key
 from llmrelay.relay.headers import client_response_headers, request_id_for
 from llmrelay.relay.observer import UpstreamObserver
@@ -40,6 +44,7 @@ from llmrelay.relay.replay import ReplayableBody
 from llmrelay.relay.runtime import EndpointRuntime, RelayRuntime
 from llmrelay.relay.streams import ActiveResponse, ResponseRegistry
 from llmrelay.relay.upstreams import UpstreamRuntime
+from llmrelay.relay.websocket import WebSocketRelay
 from llmrelay.upstream.errors import UpstreamError, UpstreamProtocolError
 from llmrelay.upstream.pool import UpstreamExchange, UpstreamResponse
 
@@ -71,6 +76,8 @@ class Relay:
         self._health = health
         self._observer = observer
         self._responses = responses
+        self._websockets = WebSocketRelay(observer, responses)
+        self._tunnels = ConnectTunnels(responses)
 
     async def __call__(self, exchange: Exchange) -> None:
         head = exchange.head
@@ -119,6 +126,9 @@ class Relay:
         self, exchange: Exchange, runtime: RelayRuntime, record: accesslog.AccessRecord, target: str
     ) -> None:
         head = exchange.head
+        if head.method == b"CONNECT" and not head.websocket:  # a tunnel to host:port (forward-proxy mode)
+            await self._tunnels.serve(exchange, runtime, record)
+            return
         if target.startswith("/health") and (len(target) == 7 or target[7] == "?"):
             status, payload, extra_headers = self._health(target)
             await self._send_json(exchange, status, payload, record, extra_headers)
@@ -132,13 +142,6 @@ class Relay:
         endpoint = route.endpoint
         record.endpoint = endpoint.name
         exchange.error_format = error_format(endpoint.provider)  # errors the adapter answers, too
-        if head.websocket:
-            # Never downgraded to a plain request: the client would wait for a 101 that never comes.
-            record.outcome = "websocket_refused"
-            exchange.close_when_done()
-            message = "WebSocket upgrades are not supported by this relay"
-            await self._send_error(exchange, endpoint.provider, 501, message, record)
-            return
         path, _, query = route.rest.partition("?")
         relay_key: int | None = None
         if endpoint.needs_relay_key:
@@ -147,6 +150,9 @@ class Relay:
                 record.outcome = "bad_relay_key"
                 await self._send_error(exchange, endpoint.provider, 401, "invalid or missing relay key", record)
                 return
+        if head.websocket:  # (an HTTP/1.1 upgrade, or an HTTP/2 extended CONNECT)
+            await self._websockets.relay(exchange, endpoint, path, query, record, relay_key)
+            return
         limit = endpoint.max_body_size
         if head.body_length is not None and head.body_length > limit:
             record.outcome = "body_too_large"
