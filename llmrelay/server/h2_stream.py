@@ -145,8 +145,8 @@ class Http2Exchange:
             await self._connection.send_pending()
 
     async def end(self, data: bytes = b"", trailers: Headers | None = None) -> None:
-        self.phase = advance(self.phase, _END)
-        pending = self._pending
+        done = advance(self.phase, _END)  # (the phase moves once everything is out: a response cut
+        pending = self._pending  # while its last bytes wait for the window is reset, not complete)
         last = not data and not trailers
         if pending is not None:
             self._pending = None
@@ -160,6 +160,7 @@ class Http2Exchange:
                 self._connection.core.end_stream(self.stream_id)
             except StreamGone:
                 raise ClientDisconnected("client reset the stream") from None
+        self.phase = done
         await self._connection.send_pending()
 
     async def abort(self) -> None:

@@ -4,8 +4,10 @@ Lenient parsers (h11 among them) accept Content-Length together with Transfer-En
 continuation lines, bare LF line endings, `HTTP/2.0` in a request line, or header blocks larger than
 their buffer when they arrive in one read. A front end and a back end that read such a request
 differently is how requests are smuggled, so anything ambiguous is refused here with the status it
-deserves, and the connection is closed. Pure functions on bytes: no I/O, easy to fuzz; `fuzz/` checks
-that h11 and httptools read every head accepted here the same way (method, target, fields, body framing).
+deserves, and the connection is closed. Targets are in origin form, except `CONNECT host:port` (a
+strict authority, no body), which goes on to the relay: it opens tunnels or answers 405. Pure
+functions on bytes: no I/O, easy to fuzz; `fuzz/` checks that h11 and httptools read every head
+accepted here the same way (method, target, fields, body framing).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 
 import msgspec
 
+from llmrelay.proto.authority import AuthorityError, parse_authority
 from llmrelay.proto.errors import RequestRejected
 from llmrelay.proto.h1.fields import FIELD_LINE, connection_close_requested, htab_after_value, is_token
 from llmrelay.proto.h1.framing import LENGTH, REQUEST, FramingError, body_framing
@@ -83,8 +86,8 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
         http10 = minor == b"0"
     else:
         method, target, http10 = _unusual_request_line(request_line)
-    if method == b"CONNECT":
-        raise RequestRejected(405, "CONNECT is not supported")
+    if method == b"CONNECT" and usual is not None:
+        raise RequestRejected(400, "a CONNECT target is host:port")
     if method == b"PRI":  # the start of the HTTP/2 preface (RFC 9113 section 3.4), never a request
         raise RequestRejected(400, "PRI is the HTTP/2 connection preface, not a request method")
     if len(fields) > limits.max_header_count:
@@ -142,6 +145,9 @@ def parse_request_head(head: bytes, limits: HeadLimits, scheme: str, client: tup
         except FramingError as exc:
             raise RequestRejected(exc.status, str(exc)) from None
         body_length = length if framing == LENGTH else None
+        if method == b"CONNECT" and body_length != 0:
+            # What follows a CONNECT head is the tunnel's bytes: a body would make them ambiguous.
+            raise RequestRejected(400, "a CONNECT request has a body")
         if upgrade and body_length != 0 and b"upgrade" in _options(connection):
             # llhttp passes every byte after such a head to the new protocol; h11 (and RFC 9110) read
             # the body first. Nothing the relay serves upgrades with a body: refused.
@@ -215,10 +221,15 @@ def _unusual_request_line(request_line: bytes) -> tuple[bytes, bytes, bool]:
         raise RequestRejected(505, "only HTTP/1.x is served on this connection")
     if not is_token(method):
         raise RequestRejected(400, "malformed method")
-    if method == b"CONNECT":
-        raise RequestRejected(405, "CONNECT is not supported")
     if _TARGET_BAD.search(target):
         raise RequestRejected(400, "malformed request target")
+    if method == b"CONNECT":
+        # Authority form, and only for CONNECT: the relay decides whether it opens tunnels (405 if not).
+        try:
+            parse_authority(target)
+        except AuthorityError as exc:
+            raise RequestRejected(400, f"malformed CONNECT target: {exc}") from None
+        return method, target, minor == b"0"
     if not (target[:1] == b"/" or (target == b"*" and method == b"OPTIONS")):
         raise RequestRejected(400, "only origin-form request targets are accepted")
     return method, target, minor == b"0"

@@ -18,6 +18,7 @@ Bytes in (`receive_data`), stream events out (`Opened`, `Refused`, `Readable`, `
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,10 @@ from llmrelay.proto.h1.head_guard import HeadLimits
 from llmrelay.proto.h2.guard import FrameGuard
 from llmrelay.proto.h2.request import MalformedRequest, decoded_list_limit, request_head
 from llmrelay.proto.messages import RequestHead
+
+# hpack logs every decoded field, values included, at DEBUG: a relay run with debug logging would
+# write its clients' credentials. Its logger stays above DEBUG.
+logging.getLogger("hpack").setLevel(logging.INFO)
 
 DEFAULT_WINDOW = 65535  # every window's size before SETTINGS / WINDOW_UPDATE (RFC 9113 section 6.9.2)
 NO_ERROR = ErrorCodes.NO_ERROR
