@@ -17,7 +17,11 @@ of the rounds. Scenarios:
    each event's one-way delay (mock's write -> client's read), through the proxy against direct;
 4. `long` (opt-in, `--long`; minutes): 1,000 concurrent one-second streams (20 events 50 ms apart)
    for 20 s with wrk, and 10,000 concurrent slow streams (one event every 5 s, opened at 200 per
-   second, each long enough to be open while the last ones open) with an asyncio client.
+   second, each long enough to be open while the last ones open) with an asyncio client;
+6. `h2` (opt-in, `--only h2`): h2load, JSON and SSE, HTTP/1.1, h2c and h2 over TLS of llmrelay and
+   nginx (one process each, several listeners: bench/tls_targets.py) at the same requests in flight;
+7. `tls` (opt-in, `--only tls`): wrk, JSON over HTTP/1.1 keep-alive, plain and TLS listeners.
+   Both print the bars of bench/bars.py (CPU per request of h2c ÷ HTTP/1.1, TLS ÷ plain).
 
 1 against 2 workers (scaling) is part of 1 and 2 (`--workers`). The proxy's CPU time per request
 comes from /proc (supervisor and workers, or nginx master and workers). Prints one markdown table
@@ -48,8 +52,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import sse_client  # noqa: E402
+from bench import bars, sse_client, tls_targets  # noqa: E402
 from bench.cpu import CpuMeter  # noqa: E402
+from bench.h2load import have_h2load, in_flight_shape, run_h2load  # noqa: E402
+from bench.h2load import version as h2load_version  # noqa: E402
 from bench.targets import (  # noqa: E402
     Direct,
     MockServer,
@@ -68,8 +74,12 @@ from bench.wrk import CHAT_BODY, STREAM_BODY, WrkScript, have_wrk, run_wrk  # no
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PATH = "/v1/chat/completions"
-SCENARIOS = ("json", "json3", "sse", "latency", "long")
-ALIASES = {"1": "json", "2": "sse", "3": "latency", "4": "long", "5": "scaling", "scaling": "scaling", "upstreams": "json3"}
+SCENARIOS = ("json", "json3", "sse", "latency", "long", "h2", "tls")
+ALIASES = {
+    "1": "json", "2": "sse", "3": "latency", "4": "long", "5": "scaling", "scaling": "scaling", "upstreams": "json3",
+    "6": "h2", "7": "tls", "http2": "h2",
+}  # fmt: skip
+PROTOCOL_SCENARIOS = ("h2", "tls")  # one proxy process per case, several listeners: bench/tls_targets.py
 UPSTREAMS = 3  # scenario json3: upstreams of weights 1, 2, 3
 BACKGROUND_WARN = 0.15  # CPUs used by other processes during a run before the figures are flagged
 
@@ -80,8 +90,8 @@ class Case:
 
     scenario: str
     label: str
-    kind: str  # "wrk", "latency" or "hold"
-    connections: int
+    kind: str  # "wrk", "h2load", "latency" or "hold"
+    connections: int  # h2load: HTTP/2 connections, of `streams` streams each
     duration: int
     headers: dict[str, str] = field(default_factory=dict)
     body: str = CHAT_BODY
@@ -91,6 +101,7 @@ class Case:
     rounds: int | None = None  # None: --rounds
     open_rate: float = 200.0  # "hold": connections opened per second
     upstreams: int = 1  # > 1: the relays of this tree are measured with that many upstreams too
+    streams: int = 1  # h2load: streams in flight per HTTP/2 connection
 
 
 @dataclass
@@ -146,6 +157,7 @@ class UpstreamsRow:
 class Report:
     rows: list[Row] = field(default_factory=list)
     upstreams: list[UpstreamsRow] = field(default_factory=list)
+    bars: list[bars.BarRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # make the exit status 1 (for CI)
@@ -204,15 +216,25 @@ def build_cases(args: argparse.Namespace, scenarios: list[str], wrk: bool) -> tu
                     open_rate=args.slow_open_rate,
                 )
             )
-    if not wrk:
-        skipped = [case.label for case in cases if case.kind == "wrk"]
-        cases = [case for case in cases if case.kind != "wrk"]
+    for clients, streams in args.h2_shapes if "h2" in scenarios else []:
+        for body, headers, what in ((CHAT_BODY, {}, "JSON"), (STREAM_BODY, stream_headers, "SSE 20 ev")):
+            label = f"6 h2 {what} {clients}×{streams}"
+            cases.append(Case("h2", label, "h2load", clients, duration, headers, body, streams=streams))
+    if "tls" in scenarios:
+        for connections in args.concurrency:
+            cases.append(Case("tls", f"7 TLS JSON c={connections}", "wrk", connections, duration))
+    missing = {"wrk": not wrk, "h2load": not have_h2load()}
+    skipped = [f"{case.label} (no {case.kind})" for case in cases if missing.get(case.kind)]
+    cases = [case for case in cases if not missing.get(case.kind)]
     return cases, skipped
 
 
 def make_targets(
-    mock: MockServer, workers: list[int], nginx: bool, workdir: Path, baseline: Path | None = None, upstreams: int = 1
+    mock: MockServer, workers: list[int], nginx: bool, workdir: Path, baseline: Path | None = None, upstreams: int = 1,
+    scenario: str = "json",
 ) -> list[Target]:
+    if scenario in PROTOCOL_SCENARIOS:  # the first worker count only: CPU per request hardly depends on it
+        return tls_targets.protocol_targets(scenario, mock, workers[0], nginx and tls_targets.ListenersNginx.available(), workdir)
     targets: list[Target] = [Direct(mock)]
     targets += [Relay(mock, count, workdir) for count in workers]
     if upstreams > 1:  # this tree only: a baseline may predate several upstreams per endpoint
@@ -245,6 +267,14 @@ def measure(target: Target, case: Case, mock: MockServer, threads: int, duration
             )
         requests, rps, p50, p99 = result.requests, result.rps, result.p50_ms, result.p99_ms
         errors.update({kind: count for kind, count in result.error_counts().items() if count})
+    elif case.kind == "h2load":
+        loaded = run_h2load(
+            target.url(PATH), case.body, case.headers, clients=case.connections, streams=case.streams,
+            protocol=target.protocol, duration=duration if duration is not None else case.duration,
+            threads=threads, timeout=case.timeout,
+        )  # fmt: skip
+        requests, rps, p50, p99 = loaded.requests, loaded.rps, loaded.p50_ms, loaded.p99_ms
+        errors.update({kind: count for kind, count in loaded.error_counts().items() if count})
     elif case.kind == "latency":
         seconds = duration if duration is not None else case.duration
         run = asyncio.run(
@@ -330,7 +360,7 @@ def warm_up(target: Target, case: Case, mock: MockServer, threads: int, quick: b
     """Connections, pools and code paths warm before the measured rounds (nothing recorded)."""
     if case.kind == "hold":
         return
-    if case.kind == "latency" or quick:
+    if case.kind == "latency" or (quick and case.scenario not in PROTOCOL_SCENARIOS):
         asyncio.run(sse_client.latency_run(target.url(PATH), clients=2, duration=0.3, events=2, delay_ms=0.0))
         return
     measure(target, case, mock, threads, duration=1)
@@ -339,18 +369,24 @@ def warm_up(target: Target, case: Case, mock: MockServer, threads: int, quick: b
 def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool, report: Report) -> None:
     rounds = case.rounds if case.rounds is not None else args.rounds
     workdir = new_workdir()
-    targets = make_targets(mock, args.workers, nginx, workdir, args.baseline, case.upstreams)
     failures = len(report.failures)
-    results: dict[str, list[Measurement]] = {target.name: [] for target in targets}
-    live: list[Target] = []
     try:
-        for target in targets:
+        targets = make_targets(mock, args.workers, nginx, workdir, args.baseline, case.upstreams, case.scenario)
+    except TargetError as exc:
+        report.failures.append(f"{case.label}: {exc}")
+        return
+    owners = list(dict.fromkeys(target.owner for target in targets))  # a process may serve several rows
+    results: dict[str, list[Measurement]] = {target.name: [] for target in targets}
+    started: list[Target] = []
+    try:
+        for owner in owners:
             try:
-                start_all([target])
-                live.append(target)
+                start_all([owner])
+                started.append(owner)
             except TargetError as exc:
-                report.failures.append(f"{case.label}: {target.name} did not start: {exc}")
-                target.stop()
+                report.failures.append(f"{case.label}: {owner.name} did not start: {exc}")
+                owner.stop()
+        live = [target for target in targets if target.owner in started]
         _log(f"{case.label}: warming up {', '.join(t.name for t in live)}")
         for target in live:
             warm_up(target, case, mock, args.wrk_threads, args.quick)
@@ -364,19 +400,27 @@ def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool
                     results[target.name].append(measure(target, case, mock, args.wrk_threads))
                 except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
                     report.failures.append(f"{case.label}: {target.name} round {round_index + 1} failed: {exc}")
-        for target in live:
-            lines = target.problems()
+        for owner in started:
+            lines = owner.problems()
             if lines:
                 report.notes.append(
-                    f"{case.label}: {target.name} logged {len(lines)} warning/error line(s), first: {lines[0][:300]}"
+                    f"{case.label}: {owner.name} logged {len(lines)} warning/error line(s), first: {lines[0][:300]}"
                 )
     finally:
-        stop_all(targets)
+        stop_all(owners)
         if len(report.failures) == failures:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             report.notes.append(f"{case.label}: configs and logs kept in {workdir}")
-    report.rows.extend(summarise(case, results, report))
+    rows = summarise(case, results, report)
+    if case.kind == "h2load":  # how the requests in flight are carried differs from row to row
+        protocols = {target.name: target.protocol for target in targets}
+        for row in rows:
+            shape = in_flight_shape(case.connections, case.streams, protocols[row.target])
+            row.notes = shape + (" (the mock speaks no HTTP/2)" if row.target == "direct" else "")
+    report.rows.extend(rows)
+    if case.scenario in PROTOCOL_SCENARIOS:
+        report.bars.extend(bars.compare(case.label, case.scenario, case.body == STREAM_BODY, results, args.workers[0]))
     if case.upstreams > 1:
         report.upstreams.extend(compare_upstreams(case, results, args.workers))
 
@@ -604,8 +648,9 @@ def machine_line() -> str:
 
     wrk = version(["wrk", "--version"]).split(" Copyright")[0] if have_wrk() else "wrk missing"
     nginx = version(["nginx", "-v"]) if Nginx.available() else "nginx missing"
+    h2load = f", {h2load_version()}" if have_h2load() else ""
     return (
-        f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}, {wrk}, {nginx}"
+        f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}, {wrk}, {nginx}{h2load}"
     )
 
 
@@ -618,12 +663,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 2 s per run, scenarios 1 and 3")
     parser.add_argument("--long", action="store_true", help="add scenario 4 (long-lived streams; minutes)")
     parser.add_argument(
-        "--only", default="", help="comma-separated scenarios: json,json3,sse,latency,long,scaling or 1-5 (upstreams = json3)"
+        "--only",
+        default="",
+        help="comma-separated scenarios: json,json3,sse,latency,long,scaling,h2,tls or 1-7 (upstreams = json3)",
     )
     parser.add_argument("--duration", type=int, default=None, help="seconds per measured run (default 5; --quick 2)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; --quick 1)")
     parser.add_argument("--workers", default="1,2", help="llmrelay and nginx worker counts (default 1,2)")
-    parser.add_argument("--concurrency", default="16,64", help="wrk connections in scenarios 1 and 2")
+    parser.add_argument("--concurrency", default="16,64", help="wrk connections in scenarios 1, 2 and 7")
+    parser.add_argument(
+        "--h2-shapes", default="4x16,16x16", help="scenario 6: HTTP/2 connections x streams each (HTTP/1.1: their product)"
+    )
     parser.add_argument("--latency-clients", type=int, default=8, help="scenario 3: concurrent sequential clients")
     parser.add_argument("--long-duration", type=int, default=20, help="scenario 4a: seconds")
     parser.add_argument("--long-rounds", type=int, default=1, help="scenario 4: rounds")
@@ -645,6 +695,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.workers = [int(part) for part in args.workers.split(",") if part.strip()]
     args.concurrency = [int(part) for part in args.concurrency.split(",") if part.strip()]
+    try:
+        args.h2_shapes = [tuple(int(n) for n in part.lower().split("x", 1)) for part in args.h2_shapes.split(",") if part.strip()]
+    except ValueError:
+        parser.error(f"--h2-shapes: connections x streams, e.g. 4x16,16x16 (not {args.h2_shapes!r})")
+    if any(len(shape) != 2 or min(shape) < 1 for shape in args.h2_shapes):
+        parser.error(f"--h2-shapes: connections x streams, e.g. 4x16,16x16 (not {args.h2_shapes!r})")
     if args.only:
         wanted: set[str] = set()
         for part in args.only.split(","):
@@ -654,7 +710,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             elif name in SCENARIOS:
                 wanted.add(name)
             else:
-                parser.error(f"unknown scenario {part!r} (one of {', '.join(SCENARIOS)}, upstreams, scaling, 1-5)")
+                parser.error(f"unknown scenario {part!r} (one of {', '.join(SCENARIOS)}, upstreams, scaling, 1-7)")
         args.scenarios = [name for name in SCENARIOS if name in wanted]
     elif args.quick:
         args.scenarios = ["json", "latency"]
@@ -675,7 +731,9 @@ def main(argv: list[str] | None = None) -> int:
     wrk = have_wrk()
     nginx = Nginx.available() and not args.no_nginx
     if not wrk:
-        report.notes.append("wrk is not installed (apt-get install wrk): wrk scenarios (1, 2, 4a) skipped")
+        report.notes.append("wrk is not installed (apt-get install wrk): wrk scenarios (1, 2, 4a, 7) skipped")
+    if "h2" in args.scenarios and not have_h2load():
+        report.notes.append("h2load is not installed (apt-get install nghttp2-client): scenario 6 skipped")
     if not Nginx.available():
         report.notes.append("nginx is not installed (apt-get install nginx-light): no nginx targets, no ×nginx column")
     if "long" in args.scenarios and nofile < 2 * args.slow_streams + 1000:
@@ -685,7 +743,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     cases, skipped = build_cases(args, args.scenarios, wrk)
     for label in skipped:
-        report.notes.append(f"{label}: skipped (no wrk)")
+        report.notes.append(f"{label}: skipped")
+    if nginx and any(case.scenario in PROTOCOL_SCENARIOS for case in cases) and tls_targets.nginx_lacks():
+        report.notes.append(f"nginx lacks {', '.join(tls_targets.nginx_lacks())}: no nginx rows in scenarios 6 and 7")
     ports = max((case.upstreams for case in cases), default=1)
     with MockServer(processes=args.mock_processes, ports=ports) as mock:
         for case in cases:
@@ -695,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
     if report.upstreams:
         table += "\n\nProxy CPU per request with one upstream and with several (same case, same rounds; medians):\n\n"
         table += render_upstreams(report.upstreams)
+    if report.bars:
+        table += "\n\n" + bars.render(report.bars)
     print(table)
     if report.notes or report.failures:
         print()

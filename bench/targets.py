@@ -212,6 +212,7 @@ class Target(ABC):
     """Something between the load generator and the mock (or nothing, for `direct`)."""
 
     kind: str = ""
+    protocol: str = "h1"  # how a load generator speaks to it: "h1" (HTTP/1.1) or "h2"
 
     def __init__(self, mock: MockServer, workers: int = 0) -> None:
         self.mock = mock
@@ -221,6 +222,12 @@ class Target(ABC):
     @property
     def name(self) -> str:
         return f"{self.kind} {self.workers}w" if self.workers else self.kind
+
+    @property
+    def owner(self) -> Target:
+        """The target whose processes serve this one: itself, but for one listener of a shared process
+        (bench/tls_targets.py), which is started, stopped and asked for its problems through its owner."""
+        return self
 
     @abstractmethod
     def url(self, path: str) -> str: ...
@@ -291,14 +298,16 @@ class Relay(Target):
         return f"{base} ×{self.upstreams} upstreams" if self.upstreams > 1 else base
 
     def config_text(self) -> str:
+        return self.server_text() + self.endpoint_text()
+
+    def server_text(self) -> str:
         # Connection limits are raised above every scenario's concurrency (10,000 streams through one
         # worker in scenario 4) so that the relay's code is measured, not its default limits.
+        return "[server]\naccess_log = false\nlog_level = \"warning\"\nmax_connections = 30000\n"
+
+    def endpoint_text(self) -> str:
         endpoint = RELAY_ROUTE.strip("/")
         text = (
-            "[server]\n"
-            "access_log = false\n"
-            'log_level = "warning"\n'
-            "max_connections = 30000\n"
             f"[endpoints.{endpoint}]\n"
             'provider = "openai"\n'
             "max_connections = 30000\n"
@@ -320,9 +329,9 @@ class Relay(Target):
 
     def launch(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
         config = self.workdir / "bench.toml"
         config.write_text(self.config_text())
-        self.port = free_port()
         log = open(self.workdir / "relay.log", "wb")  # noqa: SIM115 - the child keeps writing to it
         try:
             self._process = subprocess.Popen(
@@ -410,6 +419,7 @@ class Nginx(Target):
         user = "user root;\n" if os.geteuid() == 0 else ""
         prefix = self.prefix
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        listen = "\n".join(f"        {line};" for line in self.listen_lines())
         return f"""{user}worker_processes {self.workers};
 worker_rlimit_nofile {nofile};
 pid {prefix}/nginx.pid;
@@ -424,12 +434,12 @@ http {{
     fastcgi_temp_path {prefix}/fastcgi;
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
-    upstream mock {{
+{self.http_text()}    upstream mock {{
         server 127.0.0.1:{self.mock.port};
         keepalive 64;
     }}
     server {{
-        listen 127.0.0.1:{self.port} backlog=4096;
+{listen}
         location {RELAY_ROUTE}/ {{
             proxy_pass http://mock/;
             proxy_http_version 1.1;
@@ -441,6 +451,13 @@ http {{
     }}
 }}
 """
+
+    def listen_lines(self) -> list[str]:
+        return [f"listen 127.0.0.1:{self.port} backlog=4096"]
+
+    def http_text(self) -> str:
+        """More directives of the `http` block (none here)."""
+        return ""
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{RELAY_ROUTE}{path}"
