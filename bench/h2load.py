@@ -56,6 +56,7 @@ def in_flight_shape(clients: int, streams: int, protocol: str) -> str:
 class H2loadResult:
     protocol: str  # what h2load says it spoke: h2c, h2 or http/1.1
     duration_s: float
+    started: int
     done: int
     succeeded: int
     errored: int  # stream or connection failures (resets, closes)
@@ -114,6 +115,7 @@ def parse_output(stdout: str, log_lines: list[str]) -> H2loadResult | None:
     return H2loadResult(
         protocol=protocol.group(1) if protocol else "?",
         duration_s=seconds,
+        started=int(counts.group(2)),
         done=int(counts.group(3)),
         succeeded=int(counts.group(4)),
         errored=int(counts.group(6)),
@@ -165,4 +167,6 @@ def run_h2load(
     wanted = ("h2", "h2c") if protocol == "h2" else ("http/1.1",)
     if result.protocol not in wanted:
         raise RuntimeError(f"h2load spoke {result.protocol}, not {' or '.join(wanted)}, to {url}")
+    if result.done == 0:  # h2c to a server that does not speak it: no answer, and no error either
+        raise RuntimeError(f"h2load got no answer in {duration} s from {url} ({result.started} requests started)")
     return result
