@@ -5,7 +5,7 @@ receive the response head, read the body, know whether the connection can carry 
 be closed (at once, from anywhere: a timer or a drain deadline). `H1Connection` drives the sans-IO
 client (`llmrelay.proto.h1.client`) over a transport made by `dial`: a direct TCP or TLS connection,
 or one through an HTTP or SOCKS5 proxy. So every response, whatever the way, is judged by the same
-parser and framing rules. An HTTP/2 connection will be a second implementation.
+parser and framing rules. HTTP/2 is `h2connection`: streams, scheduled by `h2pool`.
 
 Compared with httpcore's HTTP/1.1 connection, which drives h11 and wraps every step in tracing and
 exception-mapping context managers, a request here is one send (head and a whole body together) and
@@ -23,6 +23,7 @@ from llmrelay.io.timers import Timer, TimerReason, TimerWheel
 from llmrelay.io.transport import BrokenTransport, Transport
 from llmrelay.proto.h1.client import ClientProtocol, ResponseClosed, ResponseError, ResponseHead
 from llmrelay.proto.h1.framing import LAST_CHUNK, FramingError, encode_chunk
+from llmrelay.proto.messages import Headers
 from llmrelay.upstream.errors import UpstreamProtocolError, UpstreamTimeout
 
 _FIRST_BYTE, _IDLE = TimerReason.FIRST_BYTE, TimerReason.IDLE  # global reads on the hot path
@@ -35,6 +36,9 @@ class UpstreamConnection(Protocol):
     idle_since: float  # monotonic time it went back to the pool
     idle_timeout: float  # longest silence while a body is read
     body_done: bool  # the current response's body has been read to its end
+
+    @property
+    def trailers(self) -> Headers | None: ...
 
     async def send_request(self, head: bytes, body: AsyncIterable[bytes] | bytes, chunked: bool, write_timeout: float) -> None: ...
 
@@ -64,6 +68,7 @@ class H1Connection:
     """One HTTP/1.1 connection to a target; carries one request at a time."""
 
     __slots__ = ("transport", "timer", "reused", "idle_since", "idle_timeout", "_protocol", "_read_dry", "body_done")
+    trailers: Headers | None = None  # (chunked trailers are not kept: nothing downstream takes them)
 
     def __init__(self, transport: Transport, wheel: TimerWheel) -> None:
         self.transport = transport

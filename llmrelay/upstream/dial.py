@@ -10,6 +10,11 @@ target is https. Every way ends in one of our transports carrying our HTTP/1.1 c
 
 A plain TCP connection ends as a `SocketTransport` (the fast path); one with TLS anywhere as a
 `StreamTransport`. The whole of it runs under `connect_timeout`.
+
+`connect()` offers only "http/1.1" in ALPN: WebSocket upgrades and health checks need a connection
+that speaks HTTP/1.1 whatever the upstream prefers. `connect_negotiated()` is the way of an upstream
+with `http2 = true`: it offers "h2" first and says what the server chose. There is no h2c (HTTP/2
+over plain TCP): a plain-http target is always reached over HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ from llmrelay.upstream.proxies import basic_credentials, http_connect, socks5_co
 DEFAULT_PROXY_PORTS = {"http": 80, "https": 443, "socks5": 1080, "socks5h": 1080}
 
 
-def ssl_context(ca_file: str | None) -> ssl.SSLContext:
+def ssl_context(ca_file: str | None, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
     """Verification against `ca_file`, or certifi's bundle (what the providers' SDKs use)."""
     context = ssl.create_default_context(cafile=ca_file or certifi.where())
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(list(alpn))
     return context
 
 
@@ -76,6 +81,8 @@ class Dialer:
         self.proxy = ProxyURL(proxy_url) if proxy_url is not None else None
         self.connect_timeout = connect_timeout
         self._tls = ssl_context(ca_file) if target.scheme == "https" else None
+        self._ca_file = ca_file
+        self._h2_tls: ssl.SSLContext | None = None  # made on the first negotiated dial
         self._proxy_tls = ssl_context(proxy_ca_file) if self.proxy is not None and self.proxy.scheme == "https" else None
         proxy = self.proxy
         # Through an HTTP proxy, a plain-http target is forwarded rather than tunnelled: requests go
@@ -86,12 +93,27 @@ class Dialer:
         self.origin = target.origin.encode("ascii")  # before a path: absolute form, when forwarding
 
     async def connect(self) -> Transport:
+        """A connection that speaks HTTP/1.1 (ALPN offers nothing else)."""
+        transport, _ = await self._connect(self._tls)
+        return transport
+
+    async def connect_negotiated(self) -> tuple[Transport, str | None]:
+        """A connection whose TLS handshake offered "h2" then "http/1.1", with the protocol the
+        server selected (None: it selected none, or the target is plain http; both mean HTTP/1.1)."""
+        context = self._tls
+        if context is not None:
+            if self._h2_tls is None:
+                self._h2_tls = ssl_context(self._ca_file, ("h2", "http/1.1"))
+            context = self._h2_tls
+        return await self._connect(context)
+
+    async def _connect(self, context: ssl.SSLContext | None) -> tuple[Transport, str | None]:
         with trio.move_on_after(self.connect_timeout):
             stream = await (self._through_proxy() if self.proxy is not None else self._direct())
-            if self._tls is None:
-                return _transport(stream)
-            tls = await _start_tls(stream, self._tls, self.target.host, UpstreamConnectError, "the upstream")
-            return StreamTransport(tls, _socket_of(stream))
+            if context is None:
+                return _transport(stream), None
+            tls = await _start_tls(stream, context, self.target.host, UpstreamConnectError, "the upstream")
+            return StreamTransport(tls, _socket_of(stream)), tls.selected_alpn_protocol()
         where = "through the upstream proxy" if self.proxy is not None else ""
         raise UpstreamTimeout(f"timed out connecting to the upstream {where}".rstrip())
 

@@ -9,12 +9,20 @@ Behind it are our own connections (`connection.H1Connection`), made by the endpo
 TLS, HTTP proxy forwarding or CONNECT, SOCKS5) and scheduled by `ConnectionSlots`. A request that fails
 on a reused keep-alive connection before any response byte arrives (the peer closed it while idle) is
 sent again once on a new connection when its body can be replayed.
+
+With `http2 = true` on an https target, requests go first to the HTTP/2 side (`h2pool.H2Pool`):
+streams multiplexed on shared connections, with the same `stream()` interface; `trailers` then holds
+the response trailers, if any. A request the server did not process (above a GOAWAY's last stream,
+or refused) is sent again on another connection when its body can be replayed. When the upstream does
+not select "h2" in ALPN, the pool goes on over HTTP/1.1. There is no h2c: a plain-http target is
+always reached over HTTP/1.1.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
 from time import monotonic
+from typing import Protocol
 
 import msgspec
 import trio
@@ -26,9 +34,14 @@ from llmrelay.proto.messages import Headers
 from llmrelay.upstream.connection import H1Connection, UpstreamConnection
 from llmrelay.upstream.dial import Dialer
 from llmrelay.upstream.errors import UpstreamProtocolError, UpstreamProxyError
+from llmrelay.upstream.h2connection import H2Stream
+from llmrelay.upstream.h2pool import H2Pool
 from llmrelay.upstream.slots import ConnectionSlots
 
 FRESH_CONNECTION = 1.0  # seconds idle under which a pooled connection is reused without a liveness check
+UNPROCESSED_RETRIES = 3  # times an HTTP/2 request the server did not process is sent again
+# Connection-specific fields (RFC 9113 8.2.2) that an HTTP/1.1 request may carry and HTTP/2 forbids.
+_NOT_IN_H2 = frozenset({b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"})
 
 
 class UpstreamRequest(msgspec.Struct):
@@ -39,20 +52,39 @@ class UpstreamRequest(msgspec.Struct):
     chunked: bool = False  # the headers say Transfer-Encoding: chunked (the body is sent chunk-encoded)
 
 
+class ResponseBody(Protocol):
+    """Where a response's body comes from: an HTTP/1.1 connection or an HTTP/2 stream."""
+
+    body_done: bool
+
+    @property
+    def trailers(self) -> Headers | None: ...
+
+    async def read_body(self) -> bytes: ...
+
+    def has_buffered_body(self) -> bool: ...
+
+
 class UpstreamResponse:
     """Status and headers of an upstream answer, with its body read chunk by chunk.
 
     `read_chunk()` returns the next body bytes; once it has returned the last of them, `complete` is
     True (possibly together with the last bytes, so that they can leave with the end of the response).
+    `trailers` are the HTTP/2 response trailers once the body is complete (None without any, and
+    always over HTTP/1.1).
     """
 
     __slots__ = ("status", "headers", "_connection", "read_chunk")
 
-    def __init__(self, connection: UpstreamConnection, status: int, headers: Headers) -> None:
+    def __init__(self, connection: ResponseBody, status: int, headers: Headers) -> None:
         self.status = status
         self.headers = headers
         self._connection = connection
         self.read_chunk = connection.read_body  # no wrapper per chunk
+
+    @property
+    def trailers(self) -> Headers | None:
+        return self._connection.trailers if self._connection.body_done else None
 
     @property
     def complete(self) -> bool:
@@ -79,6 +111,11 @@ class UpstreamPool:
         self.slots: ConnectionSlots[UpstreamConnection] = ConnectionSlots(
             upstream.pool.max_connections, upstream.pool.wait, self._still_usable, _close
         )
+        self.h2: H2Pool | None = None
+        if upstream.http2 and upstream.target.scheme == "https":
+            self.h2 = H2Pool(
+                self.dialer, self.slots, self._wheel, upstream.pool.wait, self.idle_timeout, self._keepalive_expiry
+            )
 
     def _still_usable(self, connection: UpstreamConnection) -> bool:
         idle = monotonic() - connection.idle_since
@@ -96,9 +133,14 @@ class UpstreamPool:
         return H1Connection(await self.dialer.connect(), self._wheel)  # (HTTP/2 will be a second kind)
 
     def statistics(self) -> dict[str, int]:
-        return self.slots.statistics()
+        statistics = self.slots.statistics()
+        if self.h2 is not None:
+            statistics.update(self.h2.statistics())
+        return statistics
 
     async def aclose(self) -> None:
+        if self.h2 is not None:
+            self.h2.aclose()
         with trio.CancelScope(shield=True):
             await self.slots.aclose()
 
@@ -107,24 +149,79 @@ def _close(connection: UpstreamConnection) -> None:
     connection.close()
 
 
-class UpstreamExchange:
-    """`UpstreamPool.stream()`: one request on one of the pool's connections."""
+def h2_request_headers(method: bytes, target: bytes, authority: bytes, headers: Headers) -> Headers:
+    """The request's fields for HTTP/2: pseudo-headers first, connection-specific fields dropped
+    (Host becomes :authority; a chunked body is framed by DATA frames instead)."""
+    fields: Headers = [(b":method", method), (b":scheme", b"https"), (b":authority", authority), (b":path", target)]
+    for name, value in headers:
+        name = name.lower()
+        if name in _NOT_IN_H2:
+            if name == b"host":
+                fields[2] = (b":authority", value)
+            elif name == b"te" and value.strip().lower() == b"trailers":
+                fields.append((name, b"trailers"))
+            continue
+        fields.append((name, value))
+    return fields
 
-    __slots__ = ("_pool", "_request", "_connection", "_interrupted")
+
+class UpstreamExchange:
+    """`UpstreamPool.stream()`: one request on one of the pool's connections, or one HTTP/2 stream."""
+
+    __slots__ = ("_pool", "_request", "_connection", "_stream", "_interrupted")
 
     def __init__(self, pool: UpstreamPool, request: UpstreamRequest) -> None:
         self._pool = pool
         self._request = request
         self._connection: UpstreamConnection | None = None
+        self._stream: H2Stream | None = None
         self._interrupted = False
 
     def interrupt(self) -> None:
-        """Close the upstream connection now (a drain deadline): the request fails where it stands."""
+        """Close the upstream connection now, or reset the HTTP/2 stream (a drain deadline): the
+        request fails where it stands."""
         self._interrupted = True
         if self._connection is not None:
             self._connection.close()
+        if self._stream is not None:
+            self._stream.interrupt()
 
     async def __aenter__(self) -> UpstreamResponse:
+        h2pool = self._pool.h2
+        if h2pool is not None and not h2pool.h1_only:
+            return await self._enter_h2(h2pool)
+        return await self._enter_h1(None)
+
+    async def _enter_h2(self, h2pool: H2Pool) -> UpstreamResponse:
+        pool = self._pool
+        request = self._request
+        headers = h2_request_headers(request.method, request.target, pool.dialer.target.host_header.encode(), request.headers)
+        replayable = isinstance(request.body, bytes)
+        retries = UNPROCESSED_RETRIES
+        while True:
+            taken = await h2pool.acquire()
+            if not isinstance(taken, H2Stream):
+                return await self._enter_h1(taken)  # the upstream does not speak h2
+            if self._interrupted:
+                taken.release()
+                raise UpstreamProtocolError("interrupted: the relay is shutting down")
+            self._stream = taken
+            try:
+                await taken.send_request(headers, request.body, pool.idle_timeout)
+                await taken.receive_head(pool.first_byte_timeout)
+            except BaseException as exc:
+                # `async with` calls no __aexit__ when __aenter__ fails: give the stream back here.
+                self._stream = None
+                await taken.aclose()
+                if isinstance(exc, UpstreamProtocolError) and taken.unprocessed and replayable and retries > 0:
+                    if not self._interrupted:
+                        retries -= 1
+                        continue  # the server never saw it (GOAWAY, refused): another connection
+                raise
+            taken.idle_timeout = pool.idle_timeout
+            return UpstreamResponse(taken, taken.status, taken.headers)
+
+    async def _enter_h1(self, opened: UpstreamConnection | None) -> UpstreamResponse:
         pool = self._pool
         slots = pool.slots
         request = self._request
@@ -136,7 +233,11 @@ class UpstreamExchange:
         head = request_head(request.method, target, headers)
         replayable = isinstance(request.body, bytes)
         while True:
-            connection = await slots.acquire()
+            connection: UpstreamConnection | None
+            if opened is not None:
+                connection, opened = opened, None
+            else:
+                connection = await slots.acquire()
             if connection is None:
                 try:
                     connection = await pool.open()
@@ -164,6 +265,11 @@ class UpstreamExchange:
             return UpstreamResponse(connection, response.status, response.headers)
 
     async def __aexit__(self, *exc_info: object) -> None:
+        stream = self._stream
+        if stream is not None:
+            self._stream = None
+            await stream.aclose()
+            return
         connection = self._connection
         if connection is None:
             return

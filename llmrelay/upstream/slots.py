@@ -9,6 +9,10 @@ reserved place to open a new connection when none is idle and the cap allows.
 connection, or calls `forfeit()` when opening fails. Every connection taken must be given back with
 `release()` exactly once, kept only when it is reusable; anything else is closed and its place freed,
 so cancellation can never leak a place. Nothing on the usual path enters a cancel scope.
+
+HTTP/2 connections (`h2pool`) count against the same cap: `reserve_nowait()` takes a place without
+waiting and `forfeit()` gives it back when the connection closes; `on_free` tells the HTTP/2 side
+that a place or a connection came free, since its requests wait there rather than here.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class ConnectionSlots(Generic[C]):
         self._open = 0  # idle, in use and being opened: what counts against the cap
         self._waiters = trio.lowlevel.ParkingLot()
         self._closed = False
+        self.on_free: Callable[[], None] | None = None
 
     async def _take(self) -> tuple[bool, C | None]:
         while self._idle:
@@ -70,10 +75,20 @@ class ConnectionSlots(Generic[C]):
                     return reused
         raise UpstreamPoolFull(f"no upstream connection became free within {self._wait_timeout:g} s")
 
+    def reserve_nowait(self) -> bool:
+        """Take a place for a new connection if the cap allows, without waiting."""
+        if self._open < self._limit:
+            self._open += 1
+            return True
+        return False
+
     def forfeit(self) -> None:
-        """Opening a connection in a reserved place failed: free the place."""
+        """Opening a connection in a reserved place failed, or the connection it held is closed:
+        free the place."""
         self._open -= 1
         self._waiters.unpark()
+        if self.on_free is not None:
+            self.on_free()
 
     async def release(self, connection: C, reusable: bool) -> None:
         """Give a connection back: kept when reusable, closed otherwise."""
@@ -83,6 +98,8 @@ class ConnectionSlots(Generic[C]):
             await self._discard(connection)
         if self._waiters:
             self._waiters.unpark()
+        if self.on_free is not None:
+            self.on_free()
 
     async def _discard(self, connection: C) -> None:
         self._open -= 1
