@@ -27,7 +27,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from relaytest import access_records, toml_value, wait_until
+from relaytest import access_records, free_port, toml_value, wait_until
+from test_tls_listeners import Certs
 from test_upstream_proxies import start_proxy  # noqa: F401 - the fixture (a real pproxy)
 from ws_provider import WebSocketProvider
 
@@ -217,6 +218,37 @@ def test_a_websocket_to_a_tls_upstream_through_an_upstream_proxy(tmp_path: Path,
             assert ws.recv(timeout=5) == "through the proxy"
         assert proxy.wait_for_line_to("127.0.0.1", tls_provider.port)
         assert tls_provider.last().header("authorization") == f"Bearer {PROVIDER_KEY}"
+
+
+def test_a_websocket_over_the_relays_tls_listener(provider: WebSocketProvider, tmp_path: Path, start_relay) -> None:  # type: ignore[no-untyped-def]
+    """wss:// to the relay: the tunnel's client side is a TLS stream (no half-close), and the close
+    handshake still ends promptly on both sides."""
+    certs = Certs(tmp_path)
+    plain, tls_port = free_port(), free_port()
+    tls = {"cert_file": str(certs.cert_file), "key_file": str(certs.key_file)}
+    listeners = (
+        f'[[server.listen]]\nhost = "127.0.0.1"\nport = {plain}\n\n'
+        f'[[server.listen]]\nhost = "127.0.0.1"\nport = {tls_port}\ntls = {toml_value(tls)}\n\n'
+    )
+    main = section("ws", provider.base_url + "/v1", auth_keys=[RELAY_KEY], api_key=PROVIDER_KEY)
+    relay = start_relay(listeners + main, port=plain, port_flag=False)
+    context = ssl.create_default_context(cafile=str(certs.ca_file))
+    with connect(
+        f"wss://127.0.0.1:{tls_port}/ws/v1/realtime",
+        ssl=context,
+        additional_headers={"Authorization": f"Bearer {RELAY_KEY}"},
+        open_timeout=10,
+        close_timeout=5,
+        max_size=None,
+    ) as ws:
+        for index in range(20):
+            ws.send(f"secure {index}")
+            assert ws.recv(timeout=5) == f"secure {index}"
+        started = time.monotonic()
+        ws.close(1000, "done")
+    assert time.monotonic() - started < 4
+    assert ws.close_code == 1000
+    assert provider.wait_closed(1, 5)
 
 
 # -- reload and drain ------------------------------------------------------------------------------
