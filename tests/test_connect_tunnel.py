@@ -3,7 +3,7 @@
 The destination is a local TLS server (the mock provider with a trustme certificate) whose
 `127.0.0.1:PORT` is on the allow-list: curl speaks TLS to it through the tunnel and checks its
 certificate, so the bytes went through unchanged. Refusals are read from raw sockets, where every
-header of the answer can be seen.
+header of the answer can be seen. The last tests drive the byte pump itself on a socket pair.
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
+from llmrelay.io.transport import SocketTransport
+from llmrelay.proto.errors import ClientDisconnected
+from llmrelay.relay.tunnel import TunnelEnd, TunnelPump
 from mock_providers import MockProvider
 from relaytest import access_records, endpoint_config, free_port, toml_value, wait_until
 from test_upstream_proxies import start_proxy, tls_mock  # noqa: F401 - fixtures (pproxy, a TLS mock)
@@ -240,3 +244,92 @@ def test_a_drain_cuts_an_open_tunnel_at_its_deadline(tls_mock, start_relay) -> N
         assert time.monotonic() - started > 1.0
     line = wait_until(lambda: connect_lines(relay), 5)[0]
     assert "outcome=cut_at_drain_deadline" in line
+
+
+# -- the byte pump itself (`llmrelay.relay.tunnel`), on a socket pair ------------------------------
+
+
+class FakeTunnel:
+    """The client's side of a tunnel (the `Tunnel` protocol) fed from a memory channel."""
+
+    def __init__(self, incoming: "trio.MemoryReceiveChannel[bytes]", broken: bool = False) -> None:
+        self.incoming = incoming
+        self.sent: list[bytes] = []
+        self.eof = False
+        self.closed = False
+        self.broken = broken
+
+    async def receive(self) -> bytes:
+        try:
+            return await self.incoming.receive()
+        except trio.EndOfChannel:
+            return b""
+
+    async def send(self, data: bytes) -> None:
+        if self.broken:
+            raise ClientDisconnected("gone")
+        self.sent.append(data)
+
+    async def send_eof(self) -> None:
+        self.eof = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def pump_pair(idle: float = 5.0, linger: float = 5.0, broken: bool = False):  # type: ignore[no-untyped-def]
+    ours, peer = socket.socketpair()
+    send, receive = trio.open_memory_channel[bytes](10)
+    client = FakeTunnel(receive, broken)
+    pump = TunnelPump(client, SocketTransport(ours), idle, linger)
+    return pump, client, send, trio.socket.from_stdlib_socket(peer)
+
+
+async def test_the_pump_relays_both_ways_and_passes_a_half_close_on() -> None:
+    pump, client, to_upstream, upstream = pump_pair()
+    async with trio.open_nursery() as nursery:
+        ended: list[TunnelEnd] = []
+
+        async def run() -> None:
+            ended.append(await pump.run(b"early "))
+
+        nursery.start_soon(run)
+        await to_upstream.send(b"request")
+        assert await upstream.recv(100) == b"request"
+        await to_upstream.aclose()  # the client ends its side
+        assert await upstream.recv(100) == b""  # ... and the upstream sees the end (a FIN)
+        await upstream.send(b"answer after the half-close")
+        upstream.close()
+    assert ended == [TunnelEnd.CLIENT_CLOSED]
+    assert b"".join(client.sent) == b"early answer after the half-close"
+    assert client.eof and not client.closed  # both sides ended theirs: a clean end
+    assert (pump.bytes_up, pump.bytes_down) == (7, len(b"early answer after the half-close"))
+
+
+async def test_the_pump_ends_after_idle_timeout_with_nothing_moving() -> None:
+    pump, client, to_upstream, upstream = pump_pair(idle=0.3)
+    started = trio.current_time()
+    with trio.fail_after(5):
+        end = await pump.run()
+    assert end is TunnelEnd.IDLE_TIMEOUT and 0.25 < trio.current_time() - started < 2
+    assert client.closed
+    assert await upstream.recv(100) == b""  # the upstream connection was closed
+    upstream.close()
+
+
+async def test_the_other_side_gets_only_the_linger_after_a_close() -> None:
+    pump, client, to_upstream, upstream = pump_pair(idle=30, linger=0.3)
+    await to_upstream.aclose()
+    with trio.fail_after(5):
+        end = await pump.run()
+    assert end is TunnelEnd.CLIENT_CLOSED and client.closed  # the upstream never closed its half
+    upstream.close()
+
+
+async def test_a_client_that_breaks_ends_the_pump_at_once() -> None:
+    pump, client, to_upstream, upstream = pump_pair(broken=True)
+    await upstream.send(b"for nobody")
+    with trio.fail_after(5):
+        end = await pump.run()
+    assert end is TunnelEnd.CLIENT_GONE and client.closed and pump.bytes_down == 0
+    upstream.close()

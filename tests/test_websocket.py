@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,6 +175,62 @@ def test_an_upstream_that_is_down_gives_502(provider: WebSocketProvider, start_r
     with pytest.raises(InvalidStatus) as refused:
         open_ws(relay, path="/down/v1/realtime")
     assert refused.value.response.status_code == 502
+
+
+class WrongAcceptServer:
+    """An upstream that answers every upgrade with a 101 whose Sec-WebSocket-Accept is wrong."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                self.requests.append(head)
+                conn.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Accept: c29tZXRoaW5nIGVsc2UgZW50aXJlbHk=\r\n\r\n"
+                )
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_101_that_does_not_answer_the_key_gives_502(provider: WebSocketProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
+    """The relay checks the upstream's accept value itself: on HTTP/2 the client has no key to check
+    it with, and on HTTP/1.1 a wrong one must not become a tunnel either."""
+    bad = WrongAcceptServer()
+    try:
+        relay = start_relay(config(provider, section("bad", f"http://127.0.0.1:{bad.port}", auth_keys=[RELAY_KEY], retries=0)))
+        with pytest.raises(InvalidStatus) as refused:
+            open_ws(relay, path="/bad/realtime")
+        assert refused.value.response.status_code == 502
+        client = H2Client(relay.port)
+        try:
+            stream_id = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(stream_id, extended_connect(relay.port, "/bad/realtime"))
+            client.flush()
+            response = client.wait_for(lambda: client.response(stream_id))
+            assert dict(response.headers)[b":status"] == b"502"
+        finally:
+            client.close()
+        assert len(bad.requests) == 2 and all(b"sec-websocket-key: " in head.lower() for head in bad.requests)
+    finally:
+        bad.close()
 
 
 def test_an_idle_websocket_is_closed_on_both_sides(provider: WebSocketProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
@@ -371,6 +428,19 @@ class H2Client:
         self.sock.close()
 
 
+def extended_connect(port: int, path: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", b"CONNECT"),
+        (b":protocol", b"websocket"),
+        (b":scheme", b"http"),
+        (b":path", path.encode()),
+        (b":authority", b"127.0.0.1:%d" % port),
+        (b"sec-websocket-version", b"13"),
+        (b"sec-websocket-protocol", b"chat"),
+        (b"authorization", f"Bearer {RELAY_KEY}".encode()),
+    ]
+
+
 def test_an_http2_extended_connect_is_relayed_to_an_http1_upgrade(provider: WebSocketProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
     relay = start_relay(config(provider))
     client = H2Client(relay.port)
@@ -378,19 +448,7 @@ def test_an_http2_extended_connect_is_relayed_to_an_http1_upgrade(provider: WebS
         client.wait_for(lambda: client.settings_seen)
         assert client.conn.remote_settings.get(h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL) == 1
         stream_id = client.conn.get_next_available_stream_id()
-        client.conn.send_headers(
-            stream_id,
-            [
-                (b":method", b"CONNECT"),
-                (b":protocol", b"websocket"),
-                (b":scheme", b"http"),
-                (b":path", b"/ws/v1/realtime"),
-                (b":authority", b"127.0.0.1:%d" % relay.port),
-                (b"sec-websocket-version", b"13"),
-                (b"sec-websocket-protocol", b"chat"),
-                (b"authorization", f"Bearer {RELAY_KEY}".encode()),
-            ],
-        )
+        client.conn.send_headers(stream_id, extended_connect(relay.port, "/ws/v1/realtime"))
         client.flush()
         response = client.wait_for(lambda: client.response(stream_id))
         headers = dict(response.headers)
