@@ -25,7 +25,10 @@ VERSION = b"13"
 _REPLACED = frozenset({b"sec-websocket-key", b"sec-websocket-version", b"content-length"})
 # What a 101 or a 200 opening a tunnel never carries to the client, whatever the upstream sent.
 _NOT_RELAYED = frozenset(
-    {b"connection", b"upgrade", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"content-length", b"te", b"trailer"}
+    {
+        b"connection", b"upgrade", b"keep-alive", b"proxy-connection",
+        b"transfer-encoding", b"content-length", b"te", b"trailer",
+    }
 )
 
 
@@ -52,9 +55,8 @@ def valid_key(key: bytes) -> bool:
 
 
 def _tokens(headers: Headers, name: bytes) -> set[bytes]:
-    return {
-        part.strip(b" \t").lower() for field, value in headers if field == name for part in value.split(b",") if part.strip(b" \t")
-    }
+    parts = (part.strip(b" \t").lower() for field, value in headers if field == name for part in value.split(b","))
+    return {part for part in parts if part}
 
 
 def upgrade_request_headers(headers: Headers, key: bytes) -> Headers:

@@ -203,9 +203,8 @@ class ConnectTunnels:
                     failures.append(exc.message)
                 except OSError as exc:
                     failures.append(connect_failure(exc))
-            log.warning(
-                "CONNECT tunnel failed rid=%s destination=%s: %s", record.request_id, destination, one_line("; ".join(failures))
-            )
+            reasons = one_line("; ".join(failures))
+            log.warning("CONNECT tunnel failed rid=%s destination=%s: %s", record.request_id, destination, reasons)
             raise Refused(502, f"cannot connect to {destination}", "connect_failed")
         raise Refused(504, f"timed out connecting to {destination}", "timeout")
 

@@ -56,7 +56,9 @@ def shutdown_write(transport: Transport) -> None:
 class TunnelPump:
     """Copies bytes between `client` and `upstream` until the tunnel ends (see the module's text)."""
 
-    __slots__ = ("client", "upstream", "idle_timeout", "linger", "bytes_up", "bytes_down", "end", "_scope", "_open", "_limit")
+    __slots__ = (
+        "client", "upstream", "idle_timeout", "linger", "bytes_up", "bytes_down", "end", "_scope", "_open", "_limit"
+    )
 
     def __init__(self, client: Tunnel, upstream: Transport, idle_timeout: float, linger: float) -> None:
         self.client = client

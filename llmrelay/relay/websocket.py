@@ -216,7 +216,6 @@ class WebSocketRelay:
         decoder = BodyDecoder(head.framing, head.length)
         transport = handshake.transport
         idle = upstream.pool.idle_timeout
-        data = handshake.rest
         try:
             await exchange.send_head(head.status, headers)
         except InvalidResponseHead as exc:
@@ -225,22 +224,22 @@ class WebSocketRelay:
             await refuse(exchange, 502, *error_response(upstream.provider, 502, message), record)
             return
         try:
-            while True:
-                content = decoder.feed(data) if data else b""
-                if decoder.done:
-                    record.bytes_out += len(content)
-                    await exchange.end(content)
-                    return
+            content = decoder.feed(handshake.rest) if handshake.rest else b""
+            while not decoder.done:
                 if content:
                     record.bytes_out += len(content)
                     await exchange.send_body(content)
-                with trio.move_on_after(idle):
+                with trio.move_on_after(idle) as waited:
                     data = await transport.receive()
-                    if not data:
-                        decoder.eof()
-                        data = b""
-                    continue
-                raise UpstreamTimeout("the upstream stalled in its answer to the upgrade")
+                if waited.cancelled_caught:
+                    raise UpstreamTimeout("the upstream stalled in its answer to the upgrade")
+                if data:
+                    content = decoder.feed(data)
+                else:
+                    decoder.eof()  # (the end of a close-delimited body; FramingError otherwise)
+                    content = b""
+            record.bytes_out += len(content)
+            await exchange.end(content)
         except (FramingError, UpstreamTimeout) as exc:
             record.outcome = "upstream_error"
             log.warning("upstream answer to a WebSocket upgrade broke off rid=%s: %s", record.request_id, one_line(str(exc)))
