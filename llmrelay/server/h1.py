@@ -100,7 +100,11 @@ class Http1Exchange(ServerExchange):
     async def open_tunnel(self, status: int, headers: Headers) -> Tunnel:
         """Send the head that opens the tunnel; the connection's bytes are the tunnel's from now on."""
         driver = self._driver
-        driver.watcher.cancel()  # the tunnel's bytes are no longer a next request to watch for
+        watcher = driver.watcher  # the tunnel's bytes are no longer a next request to watch for
+        if watcher.running:
+            await watcher.stop()  # (waits: a TLS read of the watcher must not meet the tunnel's first)
+        else:
+            watcher.cancel()
         await driver.send_bytes(self.tunnel_head(status, headers))
         return Http1Tunnel(driver)
 

@@ -543,7 +543,7 @@ REFUSALS = [
     ("HTTP/2.0", b"GET / HTTP/2.0\r\nHost: relay\r\n\r\n", 505),
     ("h2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
     ("HTTP/3.1", b"GET / HTTP/3.1\r\nHost: relay\r\n\r\n", 505),
-    ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
+    ("CONNECT origin-form", b"CONNECT /x HTTP/1.1\r\nHost: relay\r\n\r\n", 400),
     ("missing Host", b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400),
     ("two Host", b"GET / HTTP/1.1\r\nHost: relay\r\nHost: other\r\n\r\n", 400),
     ("malformed Host", b"GET / HTTP/1.1\r\nHost: user@relay\r\n\r\n", 400),

@@ -355,7 +355,12 @@ class ServerExchange:
     def tunnel_head(self, status: int, headers: Headers) -> bytes:
         """The head that turns the connection into a tunnel (101 for an upgrade, 2xx for CONNECT):
         no body framing follows, and the connection is not reused after the tunnel ends."""
-        line = b"HTTP/1.1 101 Switching Protocols" if status == 101 else status_line(status)
+        if status == 101:
+            line = b"HTTP/1.1 101 Switching Protocols"
+        elif status == 200 and self.head.method == b"CONNECT":
+            line = b"HTTP/1.1 200 Connection Established"  # (what every forward proxy says)
+        else:
+            line = status_line(status)
         self.phase = advance(self.phase, _HEAD)
         self.close_after = True
         return serialize_head(line, headers)
