@@ -168,6 +168,7 @@ class FrameLog:
         self.frames: list[Frame] = []
         self.decoder = Decoder()
         self.decoder.max_header_list_size = 1 << 30
+        self.decoder.max_allowed_table_size = 1 << 31  # (whatever SETTINGS the fuzzed client sent)
         self.heads: dict[int, list[list[tuple[bytes, bytes]]]] = {}
         self._block: list[bytes] = []
 
