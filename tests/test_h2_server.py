@@ -587,3 +587,27 @@ async def test_a_shut_window_resets_the_stream_after_the_write_timeout() -> None
         await client.request(3, b"/hi")  # the connection still serves (within its windows)
         await client.until(lambda events: len(client.body(3)) == 7)
         await client.aclose()
+
+
+# -- a real worker process -----------------------------------------------------------------------
+
+
+def test_a_relay_process_serves_h2c_requests_and_streams(mock, start_relay) -> None:  # type: ignore[no-untyped-def]
+    from relaytest import CHAT_STREAM, endpoint_config
+
+    relay = start_relay("[server]\n" + endpoint_config("oai", mock, "openai", "/v1", api_key="sk-upstream"))
+    with httpx.Client(http1=False, http2=True, timeout=10) as client:
+        url = relay.url("/oai/v1/chat/completions")
+        answer = client.post(url, json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.http_version == "HTTP/2" and answer.status_code == 200
+        assert answer.json()["choices"]
+        assert mock.last().key == "sk-upstream"
+        with client.stream("POST", url, json=CHAT_STREAM, headers={"x-mock-events": "3"}) as streamed:
+            lines = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+        assert streamed.status_code == 200 and lines[-1] == "data: [DONE]" and len(lines) >= 3
+        health = client.get(relay.url("/health"))
+        assert health.status_code == 200 and health.http_version == "HTTP/2"
+        # an upload larger than the windows, through the relay to the provider
+        big = {"model": "m", "messages": [{"role": "user", "content": "x" * 3_000_000}]}
+        assert client.post(url, json=big).status_code == 200
+        assert len(mock.last().body) > 3_000_000
