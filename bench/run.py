@@ -390,6 +390,9 @@ def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool
         _log(f"{case.label}: warming up {', '.join(t.name for t in live)}")
         for target in live:
             warm_up(target, case, mock, args.wrk_threads, args.quick)
+        # A process serving several rows: its memory is watched as one, not row by row.
+        shared = [owner for owner in started if owner not in targets]
+        rss_before = {owner.name: _rss_kib(owner) for owner in shared}
         for round_index in range(rounds):
             # Rotated: a target's place in the round (what ran just before it, how long the machine
             # has been under load) changes from round to round instead of biasing the same target.
@@ -400,6 +403,13 @@ def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool
                     results[target.name].append(measure(target, case, mock, args.wrk_threads))
                 except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
                     report.failures.append(f"{case.label}: {target.name} round {round_index + 1} failed: {exc}")
+        for owner in shared:
+            first, last = rss_before[owner.name], _rss_kib(owner)
+            if last > first * 1.1 and last - first > 2048:
+                report.notes.append(
+                    f"{case.label}: {owner.name} (one process, all its rows): RSS grew from {first / 1024:.1f} to "
+                    f"{last / 1024:.1f} MiB from the warm-up to the last round"
+                )
         for owner in started:
             lines = owner.problems()
             if lines:
@@ -412,7 +422,7 @@ def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             report.notes.append(f"{case.label}: configs and logs kept in {workdir}")
-    rows = summarise(case, results, report)
+    rows = summarise(case, results, report, frozenset(target.name for target in targets if target.owner is not target))
     if case.kind == "h2load":  # how the requests in flight are carried differs from row to row
         protocols = {target.name: target.protocol for target in targets}
         for row in rows:
@@ -425,7 +435,13 @@ def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool
         report.upstreams.extend(compare_upstreams(case, results, args.workers))
 
 
-def summarise(case: Case, results: dict[str, list[Measurement]], report: Report) -> list[Row]:
+def _rss_kib(target: Target) -> int:
+    return max((status_kib(pid, "VmRSS") for pid in target.pids()), default=0)
+
+
+def summarise(case: Case, results: dict[str, list[Measurement]], report: Report, shared: frozenset[str] = frozenset()) -> list[Row]:
+    """Medians, notes and failures of a case; `shared`: rows served by one process with others (its
+    memory is watched by run_case, for the process)."""
     rows: list[Row] = []
     med: dict[str, Measurement] = {}
     for name, runs in results.items():
@@ -448,7 +464,7 @@ def summarise(case: Case, results: dict[str, list[Measurement]], report: Report)
         if any(m.respawned for m in runs):
             report.notes.append(f"{case.label}: {name}: a worker process changed (died or was replaced) during a run")
         first, last = runs[0].rss_kib, runs[-1].rss_kib
-        if len(runs) > 1 and last > first * 1.1 and last - first > 2048:
+        if len(runs) > 1 and last > first * 1.1 and last - first > 2048 and name not in shared:
             report.notes.append(f"{case.label}: {name}: RSS grew from {first / 1024:.1f} to {last / 1024:.1f} MiB over the rounds")
         kinds = Counter[str]()
         for m in runs:
