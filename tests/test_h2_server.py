@@ -28,6 +28,7 @@ from llmrelay.io.transport import SocketTransport
 from llmrelay.proto.errors import RequestRejected
 from llmrelay.proto.h1.head_guard import HeadLimits
 from llmrelay.server.exchange import Exchange, Refusal
+import llmrelay.server.h2 as h2_driver
 from llmrelay.server.h2 import Http2Connection
 from llmrelay.server.state import ServerState
 
@@ -500,7 +501,9 @@ async def test_extended_connect_opens_a_tunnel_that_echoes() -> None:
 # -- drain ---------------------------------------------------------------------------------------
 
 
-async def test_drain_sends_goaway_with_the_last_accepted_stream_and_finishes_the_open_ones() -> None:
+async def test_a_busy_draining_connection_gets_its_goaway_at_its_first_quiet_moment() -> None:
+    """Some clients (httpcore) fail every stream in flight when any GOAWAY arrives: while streams are
+    open, a draining connection keeps serving (even new streams) and says GOAWAY once it is quiet."""
     handler = Handler()
     async with h2_server(handler) as server:
         client = await RawClient.open(server.port)
@@ -508,8 +511,29 @@ async def test_drain_sends_goaway_with_the_last_accepted_stream_and_finishes_the
         await client.request(3, b"/wait")
         await wait_for(lambda: len(handler.started) == 2)
         server.state.start_draining(close_idle=False)
-        await client.request(5, b"/late")  # crosses the GOAWAY on the wire
-        await client.until(lambda events: client.goaway() is not None)
+        await client.request(5, b"/late")  # no GOAWAY yet: served like the others
+        await client.until(lambda events: client.ended(5))
+        assert client.goaway() is None
+        handler.release.set()
+        await client.until(lambda events: client.closed, timeout=5)
+        assert client.body(1) == b"done" and client.body(3) == b"done"
+        goaway = client.goaway()
+        assert goaway is not None and goaway.last_stream_id == 5 and goaway.error_code == 0
+        await wait_for(lambda: server.state.connections == 0)
+
+
+async def test_a_connection_busy_past_the_drain_grace_gets_goaway_with_streams_open(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(h2_driver, "DRAIN_GOAWAY_AFTER", 0.3)
+    handler = Handler()
+    async with h2_server(handler) as server:
+        client = await RawClient.open(server.port)
+        await client.request(1, b"/wait")
+        await client.request(3, b"/wait")
+        await wait_for(lambda: len(handler.started) == 2)
+        server.state.start_draining(close_idle=False)
+        await trio.sleep(0.8)  # the GOAWAY is on its way (not read yet: this client still sends)
+        await client.request(5, b"/late")  # crosses it: refused, never processed
+        await client.until(lambda events: client.goaway() is not None, timeout=3)
         goaway = client.goaway()
         assert goaway is not None and goaway.last_stream_id == 3 and goaway.error_code == 0
         with trio.move_on_after(0.2):
@@ -518,7 +542,7 @@ async def test_drain_sends_goaway_with_the_last_accepted_stream_and_finishes_the
         handler.release.set()
         await client.until(lambda events: client.closed, timeout=5)
         assert client.body(1) == b"done" and client.body(3) == b"done"
-        assert b"/late" not in handler.started  # above last-stream-id: never processed
+        assert b"/late" not in handler.started
         await wait_for(lambda: server.state.connections == 0)
 
 

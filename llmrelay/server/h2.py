@@ -14,7 +14,15 @@ the connection's end, closes the transport to interrupt it.
 
 Ends: the client leaves (every stream is cancelled); a protocol error or a spent abuse budget (GOAWAY
 with its code, then close); no stream for `keepalive_timeout` (GOAWAY, close); the worker drains
-(GOAWAY naming the last stream accepted, the open streams finish, then close). A timeout on one
+(GOAWAY naming the last stream accepted, the open streams finish, then close).
+
+When a draining worker sends that GOAWAY matters: some clients fail every stream still in flight
+when any GOAWAY arrives, whatever its last-stream-id (httpx's transport, httpcore, does), so a GOAWAY
+sent while a response streams would cost those clients their answers. A draining connection sends
+it once no stream has been open for `DRAIN_QUIET` (a client that sends its requests in bursts is
+between two; streams that cross the GOAWAY on the wire are refused, never processed, and such clients
+retry them on a new connection), and at the latest `DRAIN_GOAWAY_AFTER`
+seconds into the drain, so that a connection that is never idle still moves off the old worker. A timeout on one
 stream (`body_idle_timeout`, `write_timeout` on its window) ends that stream only; `write_timeout` on
 the connection's own writes ends the connection.
 """
@@ -53,6 +61,8 @@ from llmrelay.server.state import ServerState
 log = logging.getLogger("llmrelay.http")
 
 LINGER = 1.0  # after a graceful GOAWAY: how long to read (and drop) what the client still sends
+DRAIN_QUIET = 0.1  # a draining connection without a stream for this long gets its GOAWAY
+DRAIN_GOAWAY_AFTER = 10.0  # a draining connection busy this long gets its GOAWAY with streams open
 _HEADER, _BODY, _IDLE, _WRITE = TimerReason.HEADER, TimerReason.BODY, TimerReason.IDLE, TimerReason.WRITE
 _PENDING = ResponsePhase.PENDING
 
@@ -88,6 +98,7 @@ class Http2Connection:
         self._sending = False
         self._send_turn: trio.Event | None = None
         self._draining = False
+        self._goaway_sent = False  # (a draining connection's GOAWAY waits for an idle moment)
         self._graceful = False  # stopping after a GOAWAY(NO_ERROR): flush it and linger
         self._broken = False
         self._dispatch = {
@@ -167,9 +178,9 @@ class Http2Connection:
                 self._stream_done(exchange)
             elif nursery is not None:
                 nursery.start_soon(self._serve_stream, exchange)
-        if started and not self._draining:
-            self._timer.disarm()
-            if self._state.draining:  # a connection that came in while draining: this batch only
+        if started:
+            self._timer.disarm()  # (idle, or a draining connection's quiet moment: over)
+            if self._state.draining and not self._draining:  # came in while draining: this batch only
                 self.drain()
         if self._broken:
             return False
@@ -235,8 +246,6 @@ class Http2Connection:
             await self.send_pending()  # (a reset, a WINDOW_UPDATE for what was left unread)
         except ClientDisconnected:
             return
-        if self._draining and not self._exchanges:
-            self._stop(graceful=True)
 
     async def _run_handler(self, exchange: Http2Exchange) -> None:
         try:
@@ -278,12 +287,13 @@ class Http2Connection:
     def _stream_done(self, exchange: Http2Exchange) -> None:
         self._exchanges.pop(exchange.stream_id, None)
         self.core.release(exchange.stream_id, exchange.complete)
-        if not self._exchanges and not self._draining and self.core.settings_received:
+        if not self._exchanges and self.core.settings_received:
             self._idle()
 
     # -- timers and ends --------------------------------------------------------------------------
     def _idle(self) -> None:
-        self._timer.arm(self.limits.keepalive_timeout, _IDLE)
+        """No stream is open: close after `keepalive_timeout`, or, draining, after a quiet moment."""
+        self._timer.arm(DRAIN_QUIET if self._draining else self.limits.keepalive_timeout, _IDLE)
 
     def _timer_fired(self, reason: TimerReason) -> None:
         if reason is _HEADER:
@@ -291,7 +301,7 @@ class Http2Connection:
                 log.info("closing connection from %s: no HTTP/2 preface within %g s", self.client[0], self.limits.header_timeout)
                 self._stop(graceful=False)
         elif reason is _IDLE and not self._exchanges:
-            self.core.go_away()
+            self._go_away()
             self._stop(graceful=True)
 
     def _write_timed_out(self, reason: TimerReason) -> None:
@@ -301,15 +311,33 @@ class Http2Connection:
         self._reader.cancel()
 
     def drain(self) -> None:
-        """The worker drains: GOAWAY now, the open streams finish, then the connection closes."""
+        """The worker drains: GOAWAY when no stream is open (at once if none is), or after
+        `DRAIN_GOAWAY_AFTER` seconds; the open streams finish, then the connection closes."""
         if self._draining:
             return
         self._draining = True
-        self.core.go_away()
         if not self._exchanges:
+            self._go_away()
             self._stop(graceful=True)
-        else:
-            self.flush_soon()
+        elif self._nursery is not None:
+            self._nursery.start_soon(self._go_away_later)
+
+    def _go_away(self) -> None:
+        if not self._goaway_sent:
+            self._goaway_sent = True
+            self.core.go_away()
+
+    async def _go_away_later(self) -> None:
+        await trio.sleep(DRAIN_GOAWAY_AFTER)
+        if not self._goaway_sent:
+            log.info(
+                "HTTP/2 connection from %s still busy %g s into the drain: GOAWAY with %d streams open",
+                self.client[0],
+                DRAIN_GOAWAY_AFTER,
+                len(self._exchanges),
+            )
+            self._go_away()
+            await self._flush_quietly()
 
     def _stop(self, graceful: bool) -> None:
         self._graceful = self._graceful or graceful
