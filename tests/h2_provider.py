@@ -14,7 +14,7 @@ Request headers steer single requests:
 ``x-mock-stall: 1``          send the head and one event, then nothing (until the client resets)
 ``x-mock-trailers: 1``       end the response with trailers (``x-mock-trailer: done``)
 ``x-mock-reset: CODE``       reset the stream without answering (``internal`` or ``refused``)
-``x-mock-goaway: after``     send GOAWAY naming this stream as the last one, then answer
+``x-mock-goaway: after``     GOAWAY naming this stream as the last one, in the same write as the answer
 ``x-mock-malformed: 1``      answer a head with an upper-case field name (invalid in HTTP/2)
 
 Attributes steer the whole mock: `max_concurrent_streams` (its SETTINGS), `goaway()` (on demand,
@@ -312,8 +312,7 @@ class H2Provider:
             await connection.flush()
             return
         if options.get("x-mock-goaway") == "after":
-            connection.goaway(stream_id)
-            await connection.flush()
+            connection.goaway(stream_id)  # (it leaves in one write with the answer's frames)
         reset = options.get("x-mock-reset")
         if reset:
             code = h2.errors.ErrorCodes.REFUSED_STREAM if reset == "refused" else h2.errors.ErrorCodes.INTERNAL_ERROR

@@ -8,6 +8,8 @@ glue, shaped for the pool's accounting rather than for generality:
   reset. No task per stream: a request's own task sends its request and reads its response.
 - Sending has no task: whoever queued frames calls `flush()`; when another task is already sending,
   the bytes are left to it (it loops until nothing is queued), so concurrent requests share writes.
+  The reader never sends (its rare frames, acknowledgements and resets, leave from a task of their
+  own), so it keeps reading however long a large request body takes to leave.
   A flush runs shielded from cancellation, bounded by the write timer instead: a write torn by a
   cancel scope would corrupt every stream of the connection.
 - Stream places are counted by `reserved` alone, a plain integer changed only in synchronous code
@@ -21,7 +23,8 @@ glue, shaped for the pool's accounting rather than for generality:
 - GOAWAY: the connection takes no new stream; streams up to the GOAWAY's last-stream-id finish,
   those above it fail as `unprocessed` (the server never saw them: the pool sends them again on
   another connection). h2 treats any received GOAWAY as the end of the connection and would refuse
-  the frames of the streams still finishing, so the state machine is put back to open for them.
+  the frames of the streams still finishing, even those that came in the same read as the GOAWAY,
+  so `_ClientState` puts its state machine back to open right there, while streams may finish.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 import trio
 
 from llmrelay.io.timers import Timer, TimerReason, TimerWheel
@@ -53,6 +57,23 @@ _FIRST_BYTE, _IDLE, _WRITE = TimerReason.FIRST_BYTE, TimerReason.IDLE, TimerReas
 _CANCEL = h2.errors.ErrorCodes.CANCEL
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
+
+
+class _ClientState(h2.connection.H2Connection):
+    """h2's connection, except that a graceful GOAWAY leaves it open for the streams it lets finish
+    (RFC 9113 6.8). This must happen inside `receive_data()`: the frames of those streams may follow
+    the GOAWAY in the same bytes, and h2 would take them for a protocol error."""
+
+    def _receive_goaway_frame(
+        self, frame: hyperframe.frame.GoAwayFrame
+    ) -> tuple[list[hyperframe.frame.Frame], list[h2.events.Event]]:
+        result = super()._receive_goaway_frame(frame)
+        last = frame.last_stream_id
+        if frame.error_code == 0 and any(
+            stream_id <= last and stream.open for stream_id, stream in self.streams.items() if stream_id % 2
+        ):
+            self.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        return result
 
 
 class _StopSending(Exception):
@@ -281,7 +302,7 @@ class H2Connection:
         self.write_timeout = write_timeout
         self.on_change = on_change  # capacity freed, going away, or closed: the pool looks again
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.h2 = h2.connection.H2Connection(config)
+        self.h2 = _ClientState(config)
         self.streams: dict[int, H2Stream] = {}
         self.blocked: set[H2Stream] = set()  # streams waiting for send window
         self.reserved = 0  # stream places taken (opened or about to be): the one count that matters
@@ -346,6 +367,8 @@ class H2Connection:
         return H2Stream(self, self.wheel)
 
     def stream_released(self) -> None:
+        if self.h2.highest_outbound_stream_id >= LAST_USABLE_ID:
+            self.going_away = True  # (stream ids nearly used up: retire it like a GOAWAY would)
         if self.reserved == 0:
             self.idle_since = monotonic()
             if self.going_away and not self.closed:
@@ -453,8 +476,9 @@ class H2Connection:
                     handler = _HANDLERS.get(type(event))
                     if handler is not None:
                         handler(self, event)
-                if self.queued():
-                    await self.flush()
+                # The reader never sends itself: a flush may carry other tasks' request bodies for
+                # long, and a reader stuck sending while the server waits for us to read deadlocks.
+                self.flush_soon()
         except Exception as exc:  # a system task must never raise: end the connection instead
             error = UpstreamProtocolError(f"upstream HTTP/2 connection failed: {type(exc).__name__}")
         finally:
@@ -541,17 +565,12 @@ class H2Connection:
         graceful = code == _NO_ERROR
         name = code.name if isinstance(code, h2.errors.ErrorCodes) else str(code)
         self.going_away = True
-        finishing = False
         for stream_id, stream in list(self.streams.items()):
             if stream_id > last:
                 stream.fail(UpstreamProtocolError("upstream went away (GOAWAY) before processing the request"), True)
             elif not graceful:
                 stream.fail(UpstreamProtocolError(f"upstream ended the HTTP/2 connection ({name})"))
-            elif not stream._ended:
-                finishing = True
-        if finishing:  # RFC 9113 6.8: the streams up to last_stream_id may still complete
-            self.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
-        elif self.reserved == 0:
+        if self.reserved == 0:
             self.close()
             return
         self.on_change(self)
