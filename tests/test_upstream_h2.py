@@ -165,6 +165,39 @@ async def test_pool_timeout_when_every_stream_is_taken() -> None:
         await pool.aclose()
 
 
+async def test_requests_waiting_for_a_connection_that_cannot_open_fail_together(h2mock: H2Provider) -> None:
+    """A target that takes TCP but never answers the TLS handshake: the requests waiting for the one
+    connection being opened fail with its error, not one after another after their own attempts."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    held: list[trio.SocketStream] = []
+
+    async def accept_and_hold() -> None:
+        while True:
+            held.append(await listeners[0].accept())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_and_hold)
+        port = listeners[0].socket.getsockname()[1]
+        pool = make_pool(f"https://127.0.0.1:{port}", h2mock.ca_path, connect_timeout=0.5)
+        errors: list[UpstreamError] = []
+
+        async def one() -> None:
+            try:
+                await fetch(pool, chat())
+            except UpstreamError as exc:
+                errors.append(exc)
+
+        started = trio.current_time()
+        async with trio.open_nursery() as requests:
+            for _ in range(10):
+                requests.start_soon(one)
+        assert len(errors) == 10 and all(isinstance(error, UpstreamTimeout) for error in errors)
+        assert trio.current_time() - started < 2.5  # (one after another would take 5 s)
+        assert pool.statistics()["connections"] == 0
+        await pool.aclose()
+        nursery.cancel_scope.cancel()
+
+
 # -- GOAWAY --------------------------------------------------------------------------------------------------
 
 
@@ -322,6 +355,28 @@ async def test_an_upstream_without_h2_in_alpn_is_reached_over_http11(h1_tls_mock
     async with pool.stream(chat()) as response:
         await read_all(response)
         assert response.trailers is None
+    await pool.aclose()
+
+
+async def test_connect_offers_only_http11_and_connect_negotiated_offers_h2(h2mock: H2Provider) -> None:
+    pool = make_pool(h2mock.base_url, h2mock.ca_path)
+    plain = await pool.dialer.connect()  # (WebSocket upgrades and health checks rely on HTTP/1.1)
+    assert isinstance(plain.stream, trio.SSLStream) and plain.stream.selected_alpn_protocol() is None
+    plain.close()
+    negotiated, protocol = await pool.dialer.connect_negotiated()
+    assert protocol == "h2"
+    negotiated.close()
+    await pool.aclose()
+
+
+async def test_a_plain_http_target_with_http2_uses_http11(mock: MockProvider) -> None:
+    config = load_config_text(
+        f'[endpoints.m]\ntarget_base = "{mock.base_url}/v1"\nprovider = "openai"\nhttp2 = true\n', "test", environ={}
+    )
+    pool = UpstreamPool(config.endpoints[0].upstreams[0])
+    assert pool.h2 is None  # no h2c upstream
+    status, body = await fetch(pool, chat())
+    assert status == 200 and json.loads(body)["object"] == "chat.completion"
     await pool.aclose()
 
 

@@ -23,7 +23,7 @@ import trio
 from llmrelay.io.timers import TimerWheel
 from llmrelay.upstream.connection import H1Connection, UpstreamConnection
 from llmrelay.upstream.dial import Dialer
-from llmrelay.upstream.errors import UpstreamPoolFull, UpstreamProtocolError
+from llmrelay.upstream.errors import UpstreamError, UpstreamPoolFull, UpstreamProtocolError
 from llmrelay.upstream.h2connection import H2Connection, H2Stream
 from llmrelay.upstream.slots import ConnectionSlots
 
@@ -48,6 +48,8 @@ class H2Pool:
         self._placed: set[H2Connection] = set()  # every connection holding a place, going away ones too
         self.h1_only = False  # the upstream did not select h2 in ALPN
         self._opening = 0
+        self._failures = 0  # connections that failed to open, and the error of the last one
+        self._failure: UpstreamError | None = None
         self._waiters = trio.lowlevel.ParkingLot()
         slots.on_free = self._place_freed
 
@@ -71,6 +73,7 @@ class H2Pool:
             return None
         if not self._may_open():
             deadline = trio.current_time() + self._wait_timeout
+            failures = self._failures
             while True:
                 with trio.move_on_at(deadline) as scope:
                     try:
@@ -83,6 +86,11 @@ class H2Pool:
                     return stream
                 if self.h1_only:
                     return None
+                failure = self._failure
+                if self._failures != failures and failure is not None:
+                    # The connection this request waited for could not be opened: fail now, like
+                    # the request that tried (not one after another, each after its own attempt).
+                    raise type(failure)(failure.message)
                 if self._may_open():
                     break
                 if scope.cancelled_caught:
@@ -104,7 +112,10 @@ class H2Pool:
             connection = H2Connection(transport, self._wheel, self._write_timeout, self._changed)
             self._placed.add(connection)  # from here its place is freed when it closes
             await connection.start(self._dialer.connect_timeout)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, UpstreamError):
+                self._failures += 1
+                self._failure = exc
             if connection is None:
                 self._slots.forfeit()
             else:
@@ -140,6 +151,7 @@ class H2Pool:
         return {
             "h2_connections": len(self._placed),
             "h2_streams": sum(connection.reserved for connection in self._placed),
+            "h2_waiting": len(self._waiters),
         }
 
     def aclose(self) -> None:
