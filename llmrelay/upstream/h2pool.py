@@ -24,7 +24,8 @@ from llmrelay.io.timers import TimerWheel
 from llmrelay.upstream.connection import H1Connection, UpstreamConnection
 from llmrelay.upstream.dial import Dialer
 from llmrelay.upstream.errors import UpstreamError, UpstreamPoolFull, UpstreamProtocolError
-from llmrelay.upstream.h2connection import H2Connection, H2Stream
+from llmrelay.upstream.h2connection import H2Connection
+from llmrelay.upstream.h2stream import H2Stream
 from llmrelay.upstream.slots import ConnectionSlots
 
 

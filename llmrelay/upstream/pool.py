@@ -34,7 +34,7 @@ from llmrelay.proto.messages import Headers
 from llmrelay.upstream.connection import H1Connection, UpstreamConnection
 from llmrelay.upstream.dial import Dialer
 from llmrelay.upstream.errors import UpstreamProtocolError, UpstreamProxyError
-from llmrelay.upstream.h2connection import H2Stream
+from llmrelay.upstream.h2stream import H2Stream
 from llmrelay.upstream.h2pool import H2Pool
 from llmrelay.upstream.slots import ConnectionSlots
 
