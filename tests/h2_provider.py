@@ -20,8 +20,8 @@ Request headers steer single requests:
 Attributes steer the whole mock: `max_concurrent_streams` (its SETTINGS), `goaway()` (on demand,
 thread-safe), `refuse_next` (that many next requests get a GOAWAY naming the stream before theirs
 and no answer: they were never processed). It counts what the tests assert on: `connections`, `streams` (per connection in
-`streams_per_connection`), `max_active` (the most streams open at once on one connection), `active`
-(open now), `client_resets` (RST_STREAM received), and keeps a record per request in `requests`.
+`streams_per_connection`), `max_active` (the most streams open at once on one connection, counted
+from a request's HEADERS to the END_STREAM or reset of its answer being queued), `active` (open now), `client_resets` (RST_STREAM received), and keeps a record per request in `requests`.
 """
 
 from __future__ import annotations
@@ -123,6 +123,8 @@ class _Connection:
                 continue
             last = size == len(view)
             self.h2.send_data(stream_id, bytes(view[:size]), end_stream=end and last)
+            if end and last:
+                self.finished(stream_id)  # (before the write: the client may open the next one at once)
             await self.flush()
             view = view[size:]
             if last:
@@ -244,8 +246,8 @@ class H2Provider:
                     for event in events:
                         self._handle(connection, nursery, event)
                     await connection.flush()
-                    if connection.going_away and connection.active == 0:
-                        break
+                    # (after a GOAWAY the client closes once its streams are done: closing here
+                    # with its bytes unread would reset the connection under the last answers)
                 nursery.cancel_scope.cancel()
         finally:
             self._open.remove(connection)
@@ -317,6 +319,7 @@ class H2Provider:
         if reset:
             code = h2.errors.ErrorCodes.REFUSED_STREAM if reset == "refused" else h2.errors.ErrorCodes.INTERNAL_ERROR
             state.reset_stream(stream_id, code)
+            connection.finished(stream_id)
             await connection.flush()
             return
         await trio.sleep(float(options.get("x-mock-delay", "0")))
@@ -361,6 +364,7 @@ class H2Provider:
             await connection.send_data(stream_id, payload, not trailers)
             if trailers:
                 state.send_headers(stream_id, [(b"x-mock-trailer", b"done")], end_stream=True)
+                connection.finished(stream_id)
                 await connection.flush()
             return
         state.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")])
@@ -374,6 +378,7 @@ class H2Provider:
                 await trio.sleep_forever()
         if trailers:
             state.send_headers(stream_id, [(b"x-mock-trailer", b"done")], end_stream=True)
+            connection.finished(stream_id)
             await connection.flush()
         else:
             await connection.send_data(stream_id, b"", True)
