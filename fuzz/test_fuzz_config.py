@@ -639,7 +639,7 @@ def test_load_returns_a_config_or_errors_that_name_their_key(
         assert [upstream.name for upstream in endpoint.upstreams] == names
         assert len(set(names)) == len(names)
     server = document.get("server", {})
-    assert config.server.port == (cli.port if cli.port is not None else server.get("port", 8811))
+    assert [l.port for l in config.listeners] == [cli.port if cli.port is not None else server.get("port", 8811)]
     message = Config(config=config, generation=1)
     assert FrameReader().feed(encode_frame(message)) == [message]
 

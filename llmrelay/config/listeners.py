@@ -37,7 +37,7 @@ def resolve_listeners(file: ConfigFile, errors: list[str]) -> list[ListenSection
         listeners = [ListenSection(host=server.host or DEFAULT_HOST, port=DEFAULT_PORT if server.port is None else server.port)]
     seen: dict[tuple[str, int], int] = {}
     for index, listener in enumerate(listeners):
-        path = f"server.listen[{index}]" if server.listen else "server.host"
+        path = f"server.listen[{index}]" if server.listen else "server"
         if not is_listen_host(listener.host):
             errors.append(f"{path}.host: expected an IP address or a host name, got {printable(listener.host)!r}")
         address = (listener.host, listener.port)
