@@ -39,7 +39,17 @@ from llmrelay.config.decode import printable
 from llmrelay.config.errors import ConfigError
 from llmrelay.config.load import Overrides, load_config_text
 from llmrelay.config.resolved import RelayConfig
-from llmrelay.config.schema import ApiKeyEntry, EndpointSection, HealthCheckSection, ServerSection, UpstreamSection
+from llmrelay.config.schema import (
+    ApiKeyEntry,
+    ConnectSection,
+    EndpointSection,
+    HealthCheckSection,
+    Http2Section,
+    ListenSection,
+    ServerSection,
+    TlsSection,
+    UpstreamSection,
+)
 from llmrelay.config.secrets import is_command
 from llmrelay.control import Config, FrameReader, encode_frame
 
@@ -548,6 +558,12 @@ def key_paths(document: dict[str, Any]) -> set[str]:
     """Every key path an error about `document` may name: the document's own and the schema's."""
     paths = {"the file", "server", "endpoints", "auth_keys"} | _document_paths(document)
     paths |= {f"server.{field.name}" for field in msgspec.structs.fields(ServerSection)}
+    paths |= _schema_paths(Http2Section, "server.http2") | _schema_paths(ConnectSection, "server.connect")
+    server = document.get("server")
+    listen = server.get("listen") if isinstance(server, dict) else None
+    for index, _listener in enumerate(listen if isinstance(listen, list) else []):
+        where = f"server.listen[{index}]"
+        paths |= {where} | _schema_paths(ListenSection, where) | _schema_paths(TlsSection, f"{where}.tls")
     endpoints = document.get("endpoints")
     if isinstance(endpoints, dict):
         for name, section in endpoints.items():
