@@ -1,4 +1,5 @@
-"""Byte transports: a plain socket driven by trio's low-level waits, or any trio stream (TLS).
+"""Byte transports: a plain socket driven by trio's low-level waits, or any trio stream (TLS; the
+server's TLS listeners use `tls_transport.TlsTransport`, the same driving with TLS in the middle).
 
 `trio.SocketStream` checkpoints twice and enters two context managers per call; on the hot path a
 relayed request makes four or more calls, which cost more than parsing it. `SocketTransport` calls the
@@ -16,22 +17,26 @@ from __future__ import annotations
 
 import select
 import socket
+from typing import TYPE_CHECKING, TypeAlias
 
 import trio
 
 from llmrelay.io.timers import Timer, TimerReason
 
+if TYPE_CHECKING:
+    from llmrelay.io.tls_transport import TlsTransport
+
 _WRITE = TimerReason.WRITE  # a global read on the hot path, not an enum attribute lookup
 
 READ_SIZE = 65536
-_CHECKPOINT_EVERY = 16
+CHECKPOINT_EVERY = 16
 _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
 _checkpoint = trio.lowlevel.checkpoint
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
-def _input_pending(sock: socket.socket) -> bool:
+def socket_input_pending(sock: socket.socket) -> bool:
     """Whether the kernel has bytes or an end of stream waiting on an idle socket: a peek that takes
     nothing and never blocks (unlike `select()`, it works for any descriptor number)."""
     try:
@@ -71,7 +76,7 @@ class SocketTransport:
             except OSError:
                 return b""
             self._quick += 1
-            if self._quick >= _CHECKPOINT_EVERY:
+            if self._quick >= CHECKPOINT_EVERY:
                 self._quick = 0
                 await _checkpoint()
             return data
@@ -89,6 +94,17 @@ class SocketTransport:
             except (trio.ClosedResourceError, OSError):
                 return b""
 
+    def send_now(self, data: bytes) -> bytes:
+        """Send what the kernel takes now, without waiting; what is left (b"": everything left).
+        Raises BrokenTransport. (The caller then gives the rest to `send_all`.)"""
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            return data
+        except OSError as exc:
+            raise BrokenTransport(exc.strerror or type(exc).__name__) from None
+        return b"" if sent == len(data) else data[sent:]
+
     async def send_all(self, data: bytes, timer: Timer | None = None, seconds: float = 0.0) -> None:
         """Send everything; when the kernel's buffer is full, arm `timer` for `seconds` while waiting."""
         sock = self.sock
@@ -100,7 +116,7 @@ class SocketTransport:
             raise BrokenTransport(exc.strerror or type(exc).__name__) from None
         if sent == len(data):
             self._quick += 1
-            if self._quick >= _CHECKPOINT_EVERY:
+            if self._quick >= CHECKPOINT_EVERY:
                 self._quick = 0
                 await _checkpoint()
             return
@@ -126,7 +142,7 @@ class SocketTransport:
         return self.sock.fileno()
 
     def input_pending(self) -> bool:
-        return _input_pending(self.sock)
+        return socket_input_pending(self.sock)
 
     def close(self) -> None:
         if self.closed:
@@ -181,4 +197,5 @@ class StreamTransport:
         self._socket.close()  # trio's socket close wakes its waiters
 
 
-Transport = SocketTransport | StreamTransport
+# A name for annotations only (a string at run time): `tls_transport` builds on this module.
+Transport: TypeAlias = "SocketTransport | StreamTransport | TlsTransport"

@@ -385,8 +385,12 @@ class Http2Connection:
             raise ClientDisconnected("client connection is closed")
         self._sending = True
         try:
-            with trio.CancelScope(shield=True):
-                await self.transport.send_all(data, self._write_timer, self.limits.write_timeout)
+            transport = self.transport
+            if isinstance(transport, SocketTransport):
+                data = transport.send_now(data)  # (the usual case: the kernel takes it all, no scope)
+            if data:
+                with trio.CancelScope(shield=True):
+                    await transport.send_all(data, self._write_timer, self.limits.write_timeout)
         except BrokenTransport:
             self._broken = True
             self._reader.cancel()

@@ -35,11 +35,12 @@ from hyperframe.frame import GoAwayFrame
 from llmrelay.config.schema import Http2Section
 from llmrelay.proto.h1.head_guard import HeadLimits
 from llmrelay.proto.h2.guard import FrameGuard
+from llmrelay.proto.h2.hpack_tuning import encoder_without_huffman
 from llmrelay.proto.h2.request import MalformedRequest, decoded_list_limit, request_head
 from llmrelay.proto.messages import RequestHead
 
 # hpack logs every decoded field, values included, at DEBUG: a relay run with debug logging would
-# write its clients' credentials. Its logger stays above DEBUG.
+# write its clients' credentials. Its logger stays above DEBUG (and `hpack_tuning` silences it).
 logging.getLogger("hpack").setLevel(logging.INFO)
 
 DEFAULT_WINDOW = 65535  # every window's size before SETTINGS / WINDOW_UPDATE (RFC 9113 section 6.9.2)
@@ -153,6 +154,7 @@ class ServerConnection:
         )
         h2c.max_inbound_frame_size = http2.max_frame_size
         h2c.decoder.max_header_list_size = list_limit
+        h2c.encoder.encode = encoder_without_huffman(h2c.encoder)  # type: ignore[method-assign]
         self.h2 = h2c
         self.guard = FrameGuard(list_limit, now)
         self.streams: dict[int, _Inbound] = {}
