@@ -24,7 +24,8 @@ from llmrelay.config.schema import Http2Section, ListenSection
 from llmrelay.io.logsafe import describe
 from llmrelay.io.timers import TimerReason, TimerWheel
 from llmrelay.io.tls import ALPN_H2
-from llmrelay.io.transport import SocketTransport, StreamTransport, Transport
+from llmrelay.io.tls_transport import TlsTransport
+from llmrelay.io.transport import BrokenTransport, SocketTransport, Transport
 from llmrelay.server.exchange import RequestHandler
 from llmrelay.server.h1 import Http1Connection
 from llmrelay.server.picker import H2_PREFACE, Wire, sniff
@@ -144,30 +145,29 @@ class ConnectionServer:
         serving: Serving,
     ) -> None:
         assert config.tls is not None
-        trio_sock = trio.socket.from_stdlib_socket(sock)
-        stream = trio.SSLStream(trio.SocketStream(trio_sock), context, server_side=True, https_compatible=True)
-        transport = StreamTransport(stream, trio_sock)
+        transport = TlsTransport(sock, context, server_side=True)
+        ready = False  # the handshake is done: from then on the transport is the driver's to close
         try:
             with trio.move_on_after(config.tls.handshake_timeout) as deadline:
-                first = await trio_sock.recv(1, socket.MSG_PEEK)  # (peeked: nothing is consumed)
+                first = await _peek_first_byte(sock)  # (peeked: nothing is consumed)
                 if not first:
                     return  # connected and left
                 if first[0] != _TLS_RECORD:
                     log.info("closing connection from %s: plain HTTP on TLS listener %s", client[0], config.address)
-                    await _answer_plain_http(trio_sock)
+                    await _answer_plain_http(SocketTransport(sock))
                     return
-                await stream.do_handshake()
+                await transport.handshake()
+                ready = True
             if deadline.cancelled_caught:
                 log.info("closing connection from %s: TLS handshake not done within %g s", client[0], config.tls.handshake_timeout)
                 return
-        except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
-            cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
-            log.info("TLS handshake with %s failed on %s: %s", client[0], config.address, _tls_reason(cause))
+        except (ssl.SSLError, BrokenTransport, OSError) as exc:
+            log.info("TLS handshake with %s failed on %s: %s", client[0], config.address, _tls_reason(exc))
             return
         finally:
-            if not stream_ready(stream):
+            if not ready:
                 transport.close()
-        if stream.selected_alpn_protocol() == ALPN_H2 and serving.http2.enabled:
+        if transport.selected_alpn_protocol() == ALPN_H2 and serving.http2.enabled:
             await self._run_h2(transport, client, serving, "https", b"")
             return
         await Http1Connection(transport, client, serving.handler, serving.limits, self._state, self._wheel(), "https").run()
@@ -180,24 +180,27 @@ class ConnectionServer:
         ).run()
 
 
-def stream_ready(stream: trio.SSLStream[trio.SocketStream]) -> bool:
-    """Whether the handshake finished (then the stream is the driver's to close)."""
-    try:
-        stream.selected_alpn_protocol()
-    except trio.NeedHandshakeError:
-        return False
-    return True
+async def _peek_first_byte(sock: socket.socket) -> bytes:
+    """The connection's first byte, left in the kernel (b"": the client connected and left)."""
+    while True:
+        try:
+            return sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
 
 
-async def _answer_plain_http(sock: trio.socket.SocketType) -> None:
+async def _answer_plain_http(transport: SocketTransport) -> None:
     """The 400 for plain HTTP on a TLS port, then a clean close: the request's bytes are read and
     dropped first (closing with unread bytes would reset the connection before the client read it)."""
     with trio.move_on_after(1.0):
-        await sock.send(PLAIN_HTTP_ON_TLS)
-        sock.shutdown(socket.SHUT_WR)
+        try:
+            await transport.send_all(PLAIN_HTTP_ON_TLS)
+            transport.sock.shutdown(socket.SHUT_WR)
+        except (BrokenTransport, OSError):
+            return
         dropped = 0
         while dropped < 65536:
-            data = await sock.recv(16384)
+            data = await transport.receive()
             if not data:
                 break
             dropped += len(data)

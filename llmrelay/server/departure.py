@@ -8,9 +8,10 @@ flowing (a departed client makes their sends fail); bytes that arrive instead ar
 request and stay in the kernel for later.
 
 On a TLS connection the kernel's bytes are records, not requests (a TLS 1.3 close_notify looks like
-data), so the watcher reads through the TLS stream instead: end of stream means gone, and decrypted
-bytes (a pipelined request) go to the connection's parser (`on_data`) for later. Cancelling a TLS
-read loses nothing: what was read from the socket is already in the TLS object.
+data), so the watcher reads through the TLS transport instead (`receive_after_wait`: it waits on the
+raw socket first, like the plain watcher, unless the TLS object already holds input): end of stream
+means gone, and decrypted bytes (a pipelined request) go to the connection's parser (`on_data`) for
+later. Cancelling a TLS read loses nothing: what was read from the socket is already in the TLS object.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class DepartureWatcher:
                     except (OSError, trio.ClosedResourceError):
                         peeked = b""
                 else:
-                    peeked = await transport.receive()
+                    peeked = await transport.receive_after_wait()
                     if peeked and self._on_data is not None:
                         self._on_data(peeked)
                 if not peeked and self._exchange is exchange and not finished(exchange):
