@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -484,3 +485,35 @@ def test_relay_reaches_an_h2_provider_with_the_openai_sdk(h2mock: H2Provider, st
     assert h2mock.connections == 1 and h2mock.streams == 2
     assert all(request.protocol == "HTTP/2" for request in h2mock.requests)
     assert h2mock.requests[0].headers["authorization"] == "Bearer sk-client"
+
+
+def test_trailers_pass_from_an_h2_provider_to_an_h2_client_through_the_relay(h2mock: H2Provider, start_relay) -> None:  # type: ignore[no-untyped-def]
+    """gRPC-style trailers: the provider's trailing HEADERS reach an HTTP/2 client as trailers."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    relay = start_relay(endpoint_config("h2", h2mock, http2=True, ca_file=str(h2mock.ca_path)))  # type: ignore[arg-type]
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        client.initiate_connection()
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        client.send_headers(
+            1,
+            [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/h2/v1/chat/completions"),
+             (b":authority", b"relay"), (b"content-type", b"application/json"), (b"x-mock-trailers", b"1"),
+             (b"te", b"trailers")],
+        )
+        client.send_data(1, body, end_stream=True)
+        sock.sendall(client.data_to_send())
+        trailers = None
+        ended = False
+        while not ended:
+            data = sock.recv(65536)
+            assert data, "the relay closed the connection before the stream ended"
+            for event in client.receive_data(data):
+                if isinstance(event, h2.events.TrailersReceived):
+                    trailers = dict(event.headers)
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+            sock.sendall(client.data_to_send())
+    assert trailers == {b"x-mock-trailer": b"done"}

@@ -326,7 +326,7 @@ class Relay:
             chunk = await response.read_chunk()
             record.bytes_out += len(chunk)
             if response.complete:
-                await exchange.end(chunk)  # the last bytes and the end leave together
+                await exchange.end(chunk, response.trailers)  # the last bytes (and trailers) leave together
                 return
             if chunk:
                 await active.send(chunk)
