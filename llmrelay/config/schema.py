@@ -139,7 +139,7 @@ class Http2Section(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
     enabled: bool = True
     max_concurrent_streams: PositiveInt = 100
-    initial_window_size: WindowSize = 256 * 1024  # per stream: what a client may send before we read it
+    initial_window_size: WindowSize = 65535  # per stream: what a client may send before we read it
     connection_window_size: WindowSize = 1024 * 1024  # all streams of a connection together
     max_frame_size: Annotated[int, Meta(ge=16384, le=16777215)] = 16384
 
