@@ -84,24 +84,9 @@ class Attempts:
     ) -> UpstreamRequest:
         """The request of an attempt on `upstream`: headers rewritten for it, its key (index `key`)
         presented the provider's way, the path joined with its base path, the body (again)."""
-        endpoint, body = self.endpoint, self.body
-        replace_credentials = endpoint.needs_relay_key or upstream.injects_key
+        body = self.body
         chunked = head.body_length is None
-        headers = upstream_request_headers(
-            head.headers,
-            upstream_host=upstream.upstream_host,
-            client_ip=head.client[0],
-            scheme=head.scheme,
-            request_id=request_id,
-            chunked_body=chunked,
-            strip_credentials=replace_credentials,
-            forwarded=endpoint.forwarded,
-        )
-        if replace_credentials and query:
-            query = strip_query_key(query)
-        if key is not None:
-            inject_key(upstream.provider, headers, upstream.keys[key])
-        upstream_target = join_path(upstream.base_path, path) + ("?" + query if query else "")
+        headers, upstream_target = upstream_head(head.headers, head, self.endpoint, upstream, key, path, query, request_id, chunked)
         return UpstreamRequest(
             method=head.method,
             target=upstream_target.encode("latin-1"),
@@ -130,3 +115,35 @@ class Attempts:
             return upstream
         tried.append(upstream.index)
         return endpoint.upstreams.choose(self.relay_key, now, tried)
+
+
+def upstream_head(
+    fields: Headers,
+    head: RequestHead,
+    endpoint: EndpointRuntime,
+    upstream: UpstreamRuntime,
+    key: int | None,
+    path: str,
+    query: str,
+    request_id: str,
+    chunked: bool,
+) -> tuple[Headers, str]:
+    """The header fields and target of a request to `upstream` (any request: relayed, or a WebSocket
+    upgrade): the client's `fields` rewritten (relay key removed, forwarding headers set), its key
+    (index `key`) presented the provider's way, the path joined with the upstream's base path."""
+    replace_credentials = endpoint.needs_relay_key or upstream.injects_key
+    headers = upstream_request_headers(
+        fields,
+        upstream_host=upstream.upstream_host,
+        client_ip=head.client[0],
+        scheme=head.scheme,
+        request_id=request_id,
+        chunked_body=chunked,
+        strip_credentials=replace_credentials,
+        forwarded=endpoint.forwarded,
+    )
+    if replace_credentials and query:
+        query = strip_query_key(query)
+    if key is not None:
+        inject_key(upstream.provider, headers, upstream.keys[key])
+    return headers, join_path(upstream.base_path, path) + ("?" + query if query else "")

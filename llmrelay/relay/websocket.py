@@ -39,12 +39,10 @@ from llmrelay.proto.errors import InvalidResponseHead
 from llmrelay.proto.messages import RequestHead, ResponsePhase
 from llmrelay.proto.ws_handshake import client_answer_headers, client_key, new_key, upgrade_problem, upgrade_request_headers
 from llmrelay.relay import accesslog
-from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts
-from llmrelay.relay.credentials import strip_query_key
-from llmrelay.relay.headers import client_response_headers, upstream_request_headers
+from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts, upstream_head
+from llmrelay.relay.headers import client_response_headers
 from llmrelay.relay.observer import UpstreamObserver
-from llmrelay.relay.providers import error_response, inject_key
-from llmrelay.relay.routing import join_path
+from llmrelay.relay.providers import error_response
 from llmrelay.relay.runtime import EndpointRuntime
 from llmrelay.relay.streams import ActiveResponse, ResponseRegistry
 from llmrelay.relay.tunnel import TunnelPump, refuse
@@ -276,24 +274,10 @@ def upgrade_request(
 ) -> bytes:
     """The upstream upgrade request's head: the usual rewritten headers (relay key removed, provider
     key injected, forwarding headers set), with the WebSocket handshake fields and `key`."""
-    replace_credentials = endpoint.needs_relay_key or upstream.injects_key
     fields = [field for field in head.headers if not field[0].startswith(b":")]  # (HTTP/2 pseudo-fields)
-    headers = upstream_request_headers(
-        fields,
-        upstream_host=upstream.upstream_host,
-        client_ip=head.client[0],
-        scheme=head.scheme,
-        request_id=request_id,
-        chunked_body=False,
-        strip_credentials=replace_credentials,
-        forwarded=endpoint.forwarded,
-    )
-    if replace_credentials and query:
-        query = strip_query_key(query)
-    if provider_key is not None:
-        inject_key(upstream.provider, headers, upstream.keys[provider_key])
+    headers, joined = upstream_head(fields, head, endpoint, upstream, provider_key, path, query, request_id, False)
     headers = upgrade_request_headers(headers, key)
-    target = (join_path(upstream.base_path, path) + ("?" + query if query else "")).encode("latin-1")
+    target = joined.encode("latin-1")
     dialer = upstream.pool.dialer
     if dialer.forwarding:  # a plain-http target behind an HTTP proxy: absolute form, the proxy's credentials
         target = dialer.origin + target
