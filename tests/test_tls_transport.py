@@ -166,6 +166,51 @@ async def test_the_write_timer_breaks_a_stuck_send(certs: Certs, tcp_pair: tuple
     assert timer.fired is TimerReason.WRITE
 
 
+
+async def test_send_now_sends_what_the_kernel_takes(certs: Certs, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = await connected(certs, tcp_pair)
+    assert server.send_now(b"HTTP/1.1 204 No Content\r\n\r\n")  # (TLS 1.3: the tickets go first)
+    assert server.send_now(b"")
+    with trio.fail_after(5):
+        assert await client.receive() == b"HTTP/1.1 204 No Content\r\n\r\n"
+
+
+async def test_send_now_leaves_the_rest_to_finish_send(certs: Certs, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = await connected(certs, tcp_pair)
+    timer = TimerWheel().timer(lambda _reason: None)
+    first, second = os.urandom(10 * MiB), os.urandom(MiB)
+    assert not server.send_now(first)  # nobody reads: the kernel's buffers fill up
+    finished = trio.Event()
+
+    async def finish() -> None:
+        await server.finish_send(timer, 30.0)
+        finished.set()
+        await server.send_all(second)  # (after the rest of the first: the record stream stays whole)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(finish)
+            await trio.sleep(0.2)
+            assert not finished.is_set()
+            assert timer.reason is TimerReason.WRITE and timer.deadline != float("inf")
+            received = await receive_exactly(client, len(first) + len(second))
+    assert hashlib.sha256(received).digest() == hashlib.sha256(first + second).digest()
+    assert timer.deadline == float("inf")
+
+
+async def test_send_now_on_a_reset_connection(certs: Certs, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    client, _server = await connected(certs, tcp_pair)
+    await client.send_all(b"unread")  # unread input, and linger 0: the close is a reset
+    tcp_pair[1].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await trio.sleep(0.05)
+    tcp_pair[1].close()
+    await trio.sleep(0.05)
+    with pytest.raises(BrokenTransport):
+        for _ in range(100):
+            client.send_now(b"x" * 1000)
+            await trio.sleep(0.01)
+
+
 # -- ends ---------------------------------------------------------------------------------------------
 async def test_close_notify_is_the_end_even_while_the_socket_stays_open(certs: Certs, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
     client = trio.SSLStream(
@@ -330,6 +375,97 @@ async def test_input_pending(certs: Certs, tcp_pair: tuple[socket.socket, socket
     client.close()
     await trio.sleep(0.05)
     assert server.input_pending()  # the close_notify (and the end of stream) wait to be read
+
+
+
+async def test_session_tickets_are_not_input(certs: Certs, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    """A TLS 1.3 server sends its session tickets once the handshake is done, here before the client
+    reads anything (some servers send them after their first answer): an idle pooled connection with
+    only tickets unread is clean, and stays so."""
+    client = TlsTransport(tcp_pair[0], certs.client(), server_hostname="localhost")
+    peer = BioPeer(tcp_pair[1], certs.server())
+    with trio.fail_after(5):
+        await both(client.handshake, peer.handshake)
+        assert client.ssl_object.version() == "TLSv1.3"
+        await trio.lowlevel.wait_readable(client.sock)  # the tickets are in the kernel
+        assert not client.input_pending()
+        assert not client.input_pending()
+        assert not socket_has_bytes(tcp_pair[0])  # they went through the TLS object
+        await peer._send(peer.encrypt(b"HTTP/1.1 200 OK\r\n"))
+        await trio.lowlevel.wait_readable(client.sock)
+        assert client.input_pending()
+        assert client.input_pending()  # (asking again keeps the data)
+        assert await client.receive_after_wait() == b"HTTP/1.1 200 OK\r\n"  # (held: no wait)
+        assert not client.input_pending()
+
+
+async def test_input_pending_keeps_what_it_decrypts_in_order(certs: Certs, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    client = TlsTransport(tcp_pair[0], certs.client(), server_hostname="localhost")
+    peer = BioPeer(tcp_pair[1], certs.server())
+    with trio.fail_after(5):
+        await both(client.handshake, peer.handshake)
+        await trio.lowlevel.wait_readable(client.sock)
+        assert not client.input_pending()  # (the session tickets: the socket is empty after)
+        records = peer.encrypt(b"one") + peer.encrypt(b"two")
+        cut = len(records) - 5
+        await peer._send(records[:cut])  # "one" whole, "two" in part
+        await wait_for_bytes(tcp_pair[0], cut)
+        assert client.input_pending()
+        await peer._send(records[cut:])
+        assert await receive_exactly(client, 6) == b"onetwo"
+        record = peer.encrypt(b"three")
+        await peer._send(record[:10])  # only part of a record: nothing to read yet
+        await wait_for_bytes(tcp_pair[0], 10)
+        assert not client.input_pending()
+        await peer._send(record[10:])
+        await trio.lowlevel.wait_readable(client.sock)
+        assert client.input_pending()
+        assert await client.receive() == b"three"
+
+
+@pytest.mark.parametrize("tickets_read", [True, False])
+@pytest.mark.parametrize("end", ["close_notify", "close", "reset"])
+async def test_input_pending_sees_every_end(
+    certs: Certs, tcp_pair: tuple[socket.socket, socket.socket], end: str, tickets_read: bool
+) -> None:
+    client = TlsTransport(tcp_pair[0], certs.client(), server_hostname="localhost")
+    peer = BioPeer(tcp_pair[1], certs.server())
+    with trio.fail_after(5):
+        await both(client.handshake, peer.handshake)
+        if tickets_read:
+            await trio.lowlevel.wait_readable(client.sock)
+            assert not client.input_pending()
+        # else: the tickets and the end wait in the kernel together; the end must not hide behind them
+        if end == "close_notify":
+            try:
+                peer.ssl.unwrap()
+            except ssl.SSLWantReadError:
+                pass
+            await peer._send(peer.outgoing.read())
+        else:
+            if end == "reset":
+                await client.send_all(b"unread")  # unread input, and linger 0: the close is a reset
+                await trio.sleep(0.05)
+                tcp_pair[1].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.sock.close()
+        await trio.lowlevel.wait_readable(client.sock)
+        await trio.sleep(0.05)  # (the end may follow the tickets by a moment)
+        assert client.input_pending()
+        assert client.input_pending()
+        assert await client.receive() == b""
+        assert await client.receive() == b""
+
+
+def socket_has_bytes(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return False
+
+
+async def wait_for_bytes(sock: socket.socket, count: int) -> None:
+    while len(sock.recv(count, socket.MSG_PEEK | socket.MSG_DONTWAIT) if socket_has_bytes(sock) else b"") < count:
+        await trio.sleep(0.005)
 
 
 # -- verification (client side) ----------------------------------------------------------------------

@@ -9,6 +9,11 @@ BIOs and this class moves bytes between them and the socket:
   the socket into the incoming BIO, and only when the socket has nothing does it wait for readability.
 - `send_all()` encrypts into the outgoing BIO and hands its bytes to one `send`; it waits for
   writability only when the kernel's buffer is full (arming the write timer only then).
+  `send_now()` is its first half alone, for a caller that enters a cancel scope only when it must
+  wait: it says whether everything left, and `finish_send()` then sends what did not.
+- `input_pending()` (is an idle connection still clean?) lets the TLS object process what has
+  arrived: records without data (TLS 1.3 session tickets, which a server may send after its first
+  answer, a KeyUpdate) are not input, and data it finds is kept for the next `receive()`.
 - Calls that did not wait checkpoint once every few calls, before touching anything, so that a
   cancellation there consumes nothing.
 
@@ -36,7 +41,7 @@ import ssl
 import trio
 
 from llmrelay.io.timers import Timer, TimerReason
-from llmrelay.io.transport import CHECKPOINT_EVERY, READ_SIZE, BrokenTransport, socket_input_pending
+from llmrelay.io.transport import CHECKPOINT_EVERY, READ_SIZE, BrokenTransport
 
 _WRITE = TimerReason.WRITE
 _SLICE = 65536  # plaintext encrypted per step of a large send: bounds the ciphertext held at once
@@ -68,6 +73,8 @@ class TlsTransport:
         "_handshaken",
         "_ended",
         "_quick",
+        "_held",
+        "_unsent",
     )
 
     def __init__(
@@ -89,6 +96,8 @@ class TlsTransport:
         self._handshaken = False
         self._ended = False  # the peer's end of stream was seen: never read the socket again
         self._quick = 0
+        self._held = b""  # data `input_pending()` decrypted: the next receive returns it first
+        self._unsent = _NOTHING  # plaintext `send_now()` did not encrypt yet, for `finish_send()`
 
     # -- handshake ---------------------------------------------------------------------------------
     async def handshake(self) -> None:
@@ -147,6 +156,11 @@ class TlsTransport:
         if self._quick >= CHECKPOINT_EVERY:
             self._quick = 0
             await _checkpoint()
+        held = self._held
+        if held:
+            self._held = b""
+            self._quick += 1
+            return held
         sslobj = self._ssl
         incoming = self._incoming
         if not incoming.pending and not sslobj.pending() and not self._ended:
@@ -183,7 +197,7 @@ class TlsTransport:
     async def receive_after_wait(self) -> bytes:
         """Like `receive()`, for a peer that has just been read dry and sends in bursts: wait for the
         socket first, unless the TLS object already holds input."""
-        if not self._incoming.pending and not self._ssl.pending() and not self._ended:
+        if not self._held and not self._incoming.pending and not self._ssl.pending() and not self._ended:
             try:
                 await _wait_readable(self.sock)
             except (trio.ClosedResourceError, OSError):
@@ -262,6 +276,37 @@ class TlsTransport:
             return
         await self._send_rest(memoryview(out)[sent:], _NOTHING, timer, seconds)
 
+    def send_now(self, data: bytes) -> bool:
+        """Encrypt `data` and send what the kernel takes without waiting: True when all of it left.
+        False: the rest (encrypted or not yet) waits in the transport, and `finish_send()` must send
+        it before anything else is sent. Raises BrokenTransport. One sender at a time."""
+        view = memoryview(data)
+        sock = self.sock
+        while view:
+            try:
+                self._ssl.write(view[:_SLICE])  # (a slice at a time, as in `_send_rest`)
+            except _SSLError as exc:
+                raise BrokenTransport(_reason(exc)) from None
+            view = view[_SLICE:]
+            out = self._take_outgoing()
+            try:
+                sent = sock.send(out)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise BrokenTransport(_reason(exc)) from None
+            if sent < len(out):
+                self._backlog = out[sent:]
+                self._unsent = view
+                return False
+        return True
+
+    async def finish_send(self, timer: Timer | None = None, seconds: float = 0.0) -> None:
+        """Send what `send_now()` left, waiting for the socket; `timer` as in `send_all()`."""
+        plain = self._unsent
+        self._unsent = _NOTHING
+        await self._send_rest(memoryview(self._take_outgoing()), plain, timer, seconds)
+
     async def _send_rest(self, view: memoryview, plain: memoryview, timer: Timer | None, seconds: float) -> None:
         """Send `view` (encrypted), then `plain` encrypted a slice at a time, then whatever the
         receiving side left in the outgoing BIO meanwhile, waiting for the socket when it is full."""
@@ -336,8 +381,45 @@ class TlsTransport:
         return self.sock.fileno()
 
     def input_pending(self) -> bool:
-        """Whether decrypted bytes, undecrypted ones or an end of stream wait to be read."""
-        return bool(self._ssl.pending() or self._incoming.pending) or socket_input_pending(self.sock)
+        """Whether application data or an end of stream waits to be read, for an idle connection (not
+        while a `receive()` is under way). What the kernel holds goes through the TLS object now, so
+        that records without data do not count: a TLS 1.3 server may send session tickets after its
+        answer, and a pooled connection that looked used up by them would never be reused. Data found
+        is kept for the next `receive()`."""
+        if self._held or self._ended or self._ssl.pending():
+            return True
+        sslobj = self._ssl
+        incoming = self._incoming
+        while True:
+            if incoming.pending or incoming.eof:
+                try:
+                    held = sslobj.read(READ_SIZE)
+                except _WantRead:  # only records without data so far, or part of one
+                    if incoming.eof:  # (cut short by the end: OpenSSL reports that, but never loop)
+                        self._ended = True
+                        return True
+                except _SSLError:  # a truncated stream, a broken record
+                    self._ended = True
+                    return True
+                else:
+                    if not held:  # close_notify
+                        self._ended = True
+                        return True
+                    self._held = held
+                    return True
+            try:
+                data = self.sock.recv(READ_SIZE)
+            except BlockingIOError:  # (the usual case: one failing recv, as cheap as a peek)
+                if self._outgoing.pending:
+                    self._flush_nowait()  # (a KeyUpdate answer)
+                return False
+            except OSError:  # reset, or closed under us: as good as gone
+                self._ended = True
+                return True
+            if data:
+                incoming.write(data)
+            else:
+                incoming.write_eof()  # (a read then reports it, after any whole records before it)
 
     def close(self) -> None:
         """Close at once: a close_notify goes out first if the kernel takes it without waiting (not

@@ -39,6 +39,7 @@ from llmrelay.config.limits import ClientLimits
 from llmrelay.config.schema import Http2Section
 from llmrelay.io.logsafe import describe, one_line
 from llmrelay.io.timers import TimerReason, TimerWheel
+from llmrelay.io.tls_transport import TlsTransport
 from llmrelay.io.transport import BrokenTransport, SocketTransport, Transport
 from llmrelay.proto.errors import ClientDisconnected, RequestRejected
 from llmrelay.proto.h2.connection import (
@@ -386,11 +387,18 @@ class Http2Connection:
         self._sending = True
         try:
             transport = self.transport
-            if isinstance(transport, SocketTransport):
-                data = transport.send_now(data)  # (the usual case: the kernel takes it all, no scope)
-            if data:
-                with trio.CancelScope(shield=True):
-                    await transport.send_all(data, self._write_timer, self.limits.write_timeout)
+            # The usual case: the kernel takes it all, without a scope. What it did not take is sent
+            # shielded: by `send_all` (plain), by `finish_send` (TLS: the transport holds the rest).
+            if isinstance(transport, TlsTransport):
+                if not transport.send_now(data):
+                    with trio.CancelScope(shield=True):
+                        await transport.finish_send(self._write_timer, self.limits.write_timeout)
+            else:
+                if isinstance(transport, SocketTransport):
+                    data = transport.send_now(data)
+                if data:
+                    with trio.CancelScope(shield=True):
+                        await transport.send_all(data, self._write_timer, self.limits.write_timeout)
         except BrokenTransport:
             self._broken = True
             self._reader.cancel()
