@@ -24,6 +24,7 @@ import trustme
 
 from h2_provider import H2Provider
 from llmrelay.config import load_config_text
+from llmrelay.io.tls_transport import TlsTransport
 from llmrelay.upstream.errors import UpstreamError, UpstreamPoolFull, UpstreamProtocolError, UpstreamTimeout
 from llmrelay.upstream.h2connection import H2Connection
 from llmrelay.upstream.pool import UpstreamPool, UpstreamRequest, UpstreamResponse
@@ -362,10 +363,10 @@ async def test_an_upstream_without_h2_in_alpn_is_reached_over_http11(h1_tls_mock
 async def test_connect_offers_only_http11_and_connect_negotiated_offers_h2(h2mock: H2Provider) -> None:
     pool = make_pool(h2mock.base_url, h2mock.ca_path)
     plain = await pool.dialer.connect()  # (WebSocket upgrades and health checks rely on HTTP/1.1)
-    assert isinstance(plain.stream, trio.SSLStream) and plain.stream.selected_alpn_protocol() is None
+    assert isinstance(plain, TlsTransport) and plain.selected_alpn_protocol() is None
     plain.close()
     negotiated, protocol = await pool.dialer.connect_negotiated()
-    assert protocol == "h2"
+    assert protocol == "h2" and isinstance(negotiated, TlsTransport)
     negotiated.close()
     await pool.aclose()
 

@@ -8,8 +8,12 @@ target is https. Every way ends in one of our transports carrying our HTTP/1.1 c
 | https  | http(s)://      | TCP (TLS) to the proxy, `CONNECT`, then TLS to the target inside  |
 | any    | socks5(h)://    | TCP to the proxy, SOCKS5 `CONNECT`, then TLS for an https target  |
 
-A plain TCP connection ends as a `SocketTransport` (the fast path); one with TLS anywhere as a
-`StreamTransport`. The whole of it runs under `connect_timeout`.
+A plain TCP connection ends as a `SocketTransport` (the fast path). TLS straight over a TCP socket
+(direct, or inside a tunnel through an http:// or SOCKS5 proxy, which is TCP all the same once open)
+ends as a `TlsTransport`, the same driving with TLS in the middle. Only TLS inside the TLS of an
+https:// proxy stays a `trio.SSLStream` over another, in a `StreamTransport`, as does a plain target
+forwarded through such a proxy. The whole of it, handshakes included, runs under `connect_timeout`;
+whatever fails or is cancelled on the way closes the socket.
 
 `connect()` offers only "http/1.1" in ALPN: WebSocket upgrades and health checks need a connection
 that speaks HTTP/1.1 whatever the upstream prefers. `connect_negotiated()` is the way of an upstream
@@ -28,7 +32,8 @@ import certifi
 import trio
 
 from llmrelay.config.resolved import Target
-from llmrelay.io.transport import SocketTransport, StreamTransport, Transport
+from llmrelay.io.tls_transport import TlsTransport
+from llmrelay.io.transport import BrokenTransport, SocketTransport, StreamTransport, Transport
 from llmrelay.upstream.errors import UpstreamConnectError, UpstreamError, UpstreamProxyError, UpstreamTimeout
 from llmrelay.upstream.proxies import basic_credentials, http_connect, socks5_connect
 
@@ -112,6 +117,10 @@ class Dialer:
             stream = await (self._through_proxy() if self.proxy is not None else self._direct())
             if context is None:
                 return _transport(stream), None
+            if isinstance(stream, trio.SocketStream):  # direct, or tunnelled through an http:// or SOCKS5 proxy
+                transport = await _tls_transport(stream, context, self.target.host)
+                return transport, transport.selected_alpn_protocol()
+            # TLS inside the TLS of an https:// proxy: trio's streams, one over the other
             tls = await _start_tls(stream, context, self.target.host, UpstreamConnectError, "the upstream")
             return StreamTransport(tls, _socket_of(stream)), tls.selected_alpn_protocol()
         where = "through the upstream proxy" if self.proxy is not None else ""
@@ -161,6 +170,32 @@ async def _start_tls(
     return tls
 
 
+async def _tls_transport(stream: trio.SocketStream, context: ssl.SSLContext, host: str) -> TlsTransport:
+    """TLS to the target over the stream's socket, which the transport takes over."""
+    sock = _detached(stream)
+    try:
+        transport = TlsTransport(sock, context, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await transport.handshake()
+    except (ssl.SSLError, BrokenTransport) as exc:
+        transport.close()
+        raise UpstreamConnectError(f"TLS handshake with the upstream failed: {exc}") from None
+    except BaseException:  # the connect timeout (a cancellation) mid-handshake: nothing stays open
+        transport.close()
+        raise
+    return transport
+
+
+def _detached(stream: trio.SocketStream) -> socket.socket:
+    """The stream's socket as a stdlib one, for our transports (the trio stream is spent after)."""
+    sock = socket.socket(fileno=stream.socket.detach())
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
     while isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
@@ -170,9 +205,7 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
 
 def _transport(stream: trio.abc.Stream) -> Transport:
     if isinstance(stream, trio.SocketStream):
-        sock = socket.socket(fileno=stream.socket.detach())
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return SocketTransport(sock)
+        return SocketTransport(_detached(stream))
     return StreamTransport(stream, _socket_of(stream))  # a plain target through a TLS proxy
 
 
