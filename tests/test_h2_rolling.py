@@ -1,12 +1,13 @@
 """SIGUSR2 and SIGHUP while HTTP/2 connections carry streams: every stream completes byte-identical
 and no connection sees a reset (a draining worker sends GOAWAY; the client opens a new connection
 for what comes next). Over h2c on a plain listener and over TLS (ALPN h2), with real httpx clients
-used the way applications use the SDKs (several threads on one client, each sending now and then),
+used the way applications use the SDKs (several tasks on one async client, each sending now and then),
 and with h2load (nghttp2) keeping many streams open back to back. Load loops are bounded in count
 and time; clients do not retry."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import signal
@@ -30,7 +31,10 @@ MAX_STREAMS = 4000
 
 
 class H2Load:
-    """Threads that each keep one HTTP/2 client busy with streamed and plain requests."""
+    """Applications on HTTP/2: each an `httpx.AsyncClient` (one connection) whose tasks each send a
+    request now and then, as an asyncio application using the OpenAI SDK does. (A sync client shared
+    by threads is not used: httpcore can then send a higher stream id before a lower one, which a
+    server must refuse as a protocol error.)"""
 
     def __init__(self) -> None:
         self.stop = threading.Event()
@@ -44,34 +48,28 @@ class H2Load:
     def running(self) -> bool:
         return not self.stop.is_set() and time.monotonic() < self.deadline and self.ok + self.streams_ok < MAX_STREAMS
 
-    def start(self, make_client, url: str, mock: MockProvider, streams: int) -> None:  # type: ignore[no-untyped-def]
-        thread = threading.Thread(target=self._run, args=(make_client, url, mock, streams), daemon=True)
+    def start(self, make_client, url: str, mock: MockProvider, users: int) -> None:  # type: ignore[no-untyped-def]
+        thread = threading.Thread(target=asyncio.run, args=(self._application(make_client, url, mock, users),), daemon=True)
         thread.start()
         self.threads.append(thread)
 
-    def _run(self, make_client, url: str, mock: MockProvider, streams: int) -> None:  # type: ignore[no-untyped-def]
-        """`streams` users of one client (one connection), each sending a request now and then, as
-        the threads of an application using the OpenAI SDK would."""
-        with make_client() as client:
-            users = [threading.Thread(target=self._user, args=(client, url, mock, i)) for i in range(streams)]
-            for user in users:
-                user.start()
-            for user in users:
-                user.join(LOOP_SECONDS + 30)
+    async def _application(self, make_client, url: str, mock: MockProvider, users: int) -> None:  # type: ignore[no-untyped-def]
+        async with make_client() as client:
+            await asyncio.gather(*(self._user(client, url, mock, index) for index in range(users)))
 
-    def _user(self, client: httpx.Client, url: str, mock: MockProvider, index: int) -> None:
+    async def _user(self, client: httpx.AsyncClient, url: str, mock: MockProvider, index: int) -> None:
         pause = random.Random(index)
         while self.running():
-            self._one(client, url, mock, index % 2 == 0)
-            time.sleep(pause.uniform(0.05, 0.4))
+            await self._one(client, url, mock, index % 2 == 0)
+            await asyncio.sleep(pause.uniform(0.05, 0.4))
 
-    def _one(self, client: httpx.Client, url: str, mock: MockProvider, streamed: bool) -> None:
+    async def _one(self, client: httpx.AsyncClient, url: str, mock: MockProvider, streamed: bool) -> None:
         request_id = uuid.uuid4().hex
         try:
             if streamed:
                 headers = {"x-request-id": request_id, "x-mock-events": "10", "x-mock-delay": "0.03"}
-                with client.stream("POST", url, json={**CHAT, "stream": True}, headers=headers) as response:
-                    received = b"".join(response.iter_raw())
+                async with client.stream("POST", url, json={**CHAT, "stream": True}, headers=headers) as response:
+                    received = b"".join([chunk async for chunk in response.aiter_raw()])
                     version = response.http_version
                 sent = bytes(mock.stream_bodies[mock.index_of(request_id)])
                 if version != "HTTP/2" or response.status_code != 200 or received != sent:
@@ -80,7 +78,7 @@ class H2Load:
                 with self.lock:
                     self.streams_ok += 1
             else:
-                response = client.post(url, json=CHAT, headers={"x-request-id": request_id})
+                response = await client.post(url, json=CHAT, headers={"x-request-id": request_id})
                 if response.status_code != 200 or response.http_version != "HTTP/2":
                     self.fail(f"request {request_id}: {response.http_version} {response.status_code}")
                     return
@@ -106,9 +104,9 @@ def test_sigusr2_and_sighup_lose_no_http2_stream(mock: MockProvider, start_relay
     config = SERVER + listeners_config(mock.base_url, plain, tls_port, tls)
     relay = start_relay(config, workers=2, port=plain, port_flag=False)
     load = H2Load()
-    load.start(lambda: httpx.Client(http1=False, http2=True, timeout=30), relay.url("/openai/v1/chat/completions"), mock, 8)
+    load.start(lambda: httpx.AsyncClient(http1=False, http2=True, timeout=30), relay.url("/openai/v1/chat/completions"), mock, 8)
     load.start(
-        lambda: httpx.Client(http2=True, verify=certs.client_context(), timeout=30),
+        lambda: httpx.AsyncClient(http2=True, verify=certs.client_context(), timeout=30),
         f"https://127.0.0.1:{tls_port}/openai/v1/chat/completions",
         mock,
         8,

@@ -12,8 +12,8 @@ Bytes in (`receive_data`), stream events out (`Opened`, `Refused`, `Readable`, `
   (WINDOW_UPDATE), so a slow reader slows the client and the memory held is bounded by the windows;
 - a graceful GOAWAY that names the last stream actually accepted: h2's own `close_connection` closes
   its state machine at once, which would leave no way to finish the open streams, so that frame is
-  written here and h2 goes on serving the streams below it. Any stream opened above it is refused
-  (REFUSED_STREAM) without being seen by anyone.
+  written here and h2 goes on serving the streams below it. Any stream opened above it is ignored
+  (the GOAWAY tells the client it was not processed) without being seen by anyone.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ DEFAULT_WINDOW = 65535  # every window's size before SETTINGS / WINDOW_UPDATE (R
 NO_ERROR = ErrorCodes.NO_ERROR
 CANCEL = ErrorCodes.CANCEL
 INTERNAL_ERROR = ErrorCodes.INTERNAL_ERROR
-REFUSED_STREAM = ErrorCodes.REFUSED_STREAM
 ENHANCE_YOUR_CALM = ErrorCodes.ENHANCE_YOUR_CALM
 
 
@@ -215,7 +214,9 @@ class ServerConnection:
     def _request(self, event: ev.RequestReceived, out: list[StreamEvent]) -> None:
         stream_id = event.stream_id
         if not self.accepting:
-            self._reset_quietly(stream_id, REFUSED_STREAM)  # above the GOAWAY's last stream: never served
+            # Above the GOAWAY's last stream: never served, and ignored (RFC 9113 section 6.8) rather
+            # than reset, since the GOAWAY already tells the client to retry it elsewhere; some
+            # clients (httpcore) fail a request whose RST_STREAM they read before that GOAWAY.
             return
         self.last_accepted = stream_id
         ended = event.stream_ended is not None
