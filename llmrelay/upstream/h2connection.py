@@ -59,10 +59,18 @@ _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
 
 
+# How many closed streams' endings h2 remembers per connection (to tell a late frame on a closed stream
+# from one on a stream that never was): enough for frames still in flight, not a whole history.
+CLOSED_STREAMS_KEPT = 1024
+
+
 class _ClientState(h2.connection.H2Connection):
     """h2's connection, except that a graceful GOAWAY leaves it open for the streams it lets finish
     (RFC 9113 6.8). This must happen inside `receive_data()`: the frames of those streams may follow
-    the GOAWAY in the same bytes, and h2 would take them for a protocol error."""
+    the GOAWAY in the same bytes, and h2 would take them for a protocol error. It remembers how the
+    last `CLOSED_STREAMS_KEPT` streams closed (h2 keeps 65,536: megabytes per long-lived connection)."""
+
+    MAX_CLOSED_STREAMS = CLOSED_STREAMS_KEPT
 
     def _receive_goaway_frame(
         self, frame: hyperframe.frame.GoAwayFrame

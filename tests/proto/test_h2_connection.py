@@ -209,3 +209,17 @@ def test_a_wrong_preface_gets_a_goaway_too() -> None:
         pair.server.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0.0)
     assert caught.value.error_code == 1  # PROTOCOL_ERROR
     assert any(isinstance(e, ev.ConnectionTerminated) for e in pair.to_client())
+
+
+def test_a_long_lived_connection_remembers_a_bounded_number_of_closed_streams() -> None:
+    """h2 keeps how each closed stream ended; 65,536 of them by default is megabytes per connection."""
+    pair = Pair()
+    pair.start()
+    for stream_id in range(1, 2 * 3000, 2):
+        pair.client.send_headers(stream_id, [(b":method", b"GET"), *REQUEST[1:]], end_stream=True)
+        pair.to_server()
+        pair.server.send_headers(stream_id, response_fields(200, []), end_stream=True)
+        pair.server.release(stream_id, True)
+        pair.to_client()
+    assert len(pair.server.h2._closed_streams) <= 1024
+    assert len(pair.server.h2.streams) <= 1  # (h2 forgets a closed stream when the next one opens)

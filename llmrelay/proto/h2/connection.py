@@ -117,6 +117,13 @@ class _Inbound:
         self.unread = 0  # flow-controlled bytes held, not yet handed back to the client
 
 
+class _ServerState(H2Connection):
+    """h2's connection, remembering how the last 1,024 streams closed (to tell a late frame on a
+    closed stream from a protocol error) instead of 65,536: megabytes per long-lived connection."""
+
+    MAX_CLOSED_STREAMS = 1024
+
+
 def _configuration() -> H2Configuration:
     # Inbound fields are checked by `request_head` in one pass (h2's checks would make a malformed
     # request a connection error, and cost a generator chain per field); outbound fields are built
@@ -140,7 +147,7 @@ class ServerConnection:
         self.scheme = scheme
         self.client = client
         list_limit = decoded_list_limit(limits)
-        h2c = H2Connection(_configuration())
+        h2c = _ServerState(_configuration())
         h2c.local_settings = Settings(
             client=False,
             initial_values={
