@@ -44,6 +44,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import trio
+
+from mock_providers import _openai_events
 import trustme
 
 
@@ -404,35 +406,6 @@ def _completion(body: dict[str, Any], model: str, pieces: list[str]) -> dict[str
     }
 
 
-def _sse(data: Any) -> bytes:
-    payload = data if isinstance(data, bytes) else json.dumps(data, separators=(",", ":")).encode()
-    return b"data: " + payload + b"\n\n"
-
-
 def _events(body: dict[str, Any], model: str, pieces: list[str]) -> list[bytes]:
-    created = int(time.time())
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        obj: dict[str, Any] = {
-            "id": "chatcmpl-h2mock",
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        if include_usage:
-            obj["usage"] = None
-        return obj
-
-    events = [_sse(chunk({"role": "assistant", "content": ""}, None))]
-    events += [_sse(chunk({"content": piece}, None)) for piece in pieces]
-    events.append(_sse(chunk({}, "stop")))
-    if include_usage:
-        final = chunk({}, None)
-        final["choices"] = []
-        final["usage"] = {"prompt_tokens": 1, "completion_tokens": len(pieces), "total_tokens": 1 + len(pieces)}
-        events.append(_sse(final))
-    events.append(_sse(b"[DONE]"))
-    return events
+    """The OpenAI stream, event by event: the same as the HTTP/1.1 mock provider's."""
+    return list(_openai_events(body, model, pieces))
