@@ -130,3 +130,20 @@ def test_secrets_never_reach_the_logs(relay, mock: MockProvider) -> None:  # typ
     assert "/guarded/v1/chat/completions" in logs
     for secret in ("relay-A", "relay-B", "sk-guarded", "sk-heavy", "wrong-secret-guess", "global-relay-key", "sk-ant-shared"):
         assert secret not in logs
+
+
+def test_a_key_offered_as_a_websocket_subprotocol() -> None:
+    from llmrelay.relay.credentials import KeyRing, identify_relay_key, subprotocol_key, without_subprotocol_key
+
+    ring = KeyRing(["relay-1", "relay-2"])
+    headers = [(b"sec-websocket-protocol", b"realtime, openai-insecure-api-key.relay-2, openai-beta.realtime-v1")]
+    assert subprotocol_key(headers) == b"relay-2"
+    assert identify_relay_key(ring, headers, "", websocket=True) == 1
+    assert identify_relay_key(ring, headers, "") is None  # only an upgrade offers subprotocols
+    assert without_subprotocol_key(headers) == [(b"sec-websocket-protocol", b"realtime, openai-beta.realtime-v1")]
+    only_key = [(b"sec-websocket-protocol", b"openai-insecure-api-key.relay-1"), (b"host", b"h")]
+    assert without_subprotocol_key(only_key) == [(b"host", b"h")]
+    # two different credentials (a header and a subprotocol) are refused, as two headers are
+    both = [*headers, (b"authorization", b"Bearer relay-1")]
+    assert identify_relay_key(ring, both, "", websocket=True) is None
+    assert subprotocol_key([(b"sec-websocket-protocol", b"openai-insecure-api-key.")]) is None

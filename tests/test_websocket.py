@@ -480,3 +480,24 @@ def test_an_http2_extended_connect_is_relayed_to_an_http1_upgrade(provider: WebS
     assert seen.header("sec-websocket-key") is not None  # made by the relay
     record = wait_until(lambda: session_records(relay), 5)[0]
     assert record["status"] == "200" and int(record["in"]) > 5000 and int(record["out"]) > 5000
+
+
+def test_a_browser_offers_its_relay_key_as_a_subprotocol(provider: WebSocketProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
+    """A browser cannot set headers on a WebSocket: OpenAI's Realtime API takes its key as the
+    subprotocol `openai-insecure-api-key.KEY`. The relay accepts its relay key there, and removes
+    that offer before the upgrade goes upstream with the provider key."""
+    relay = start_relay(config(provider))
+    offer = ["chat", f"openai-insecure-api-key.{RELAY_KEY}"]
+    with open_ws(relay, key=None, subprotocols=offer) as ws:
+        assert ws.subprotocol == "chat"
+        ws.send("from a browser")
+        assert ws.recv(timeout=5) == "from a browser"
+    seen = provider.last()
+    assert seen.header("sec-websocket-protocol") == "chat"
+    assert seen.header("authorization") == f"Bearer {PROVIDER_KEY}"
+    assert all(RELAY_KEY not in value for _, value in seen.headers)
+    with pytest.raises(InvalidStatus) as refused:
+        with open_ws(relay, key=None, subprotocols=["chat", "openai-insecure-api-key.not-the-key"]):
+            pass
+    assert refused.value.response.status_code == 401
+    assert RELAY_KEY not in relay.logs()

@@ -1,7 +1,9 @@
 """Relay keys: reading the one a client presents, checking it in constant time, telling which it is.
 
 A client presents its relay key where its SDK puts a provider key: `Authorization: Bearer`,
-`x-api-key`, `x-goog-api-key` or `?key=`. The check hashes the presented key and every accepted key
+`x-api-key`, `x-goog-api-key` or `?key=`; a browser opening a WebSocket, which cannot set headers,
+offers it as a subprotocol, `openai-insecure-api-key.KEY` (what OpenAI's Realtime API takes from
+browsers), and the relay removes that offer before the upgrade goes upstream. The check hashes the presented key and every accepted key
 and compares digests with `hmac.compare_digest`, visiting every accepted key, so neither the position
 of a match nor the length of a key shows in the timing. Which key matched (its index) decides which
 of an endpoint's key-scoped upstreams the client may use.
@@ -70,12 +72,48 @@ def check_relay_key(ring: KeyRing, headers: Headers, query: str) -> bool:
     return identify_relay_key(ring, headers, query) is not None
 
 
-def identify_relay_key(ring: KeyRing, headers: Headers, query: str) -> int | None:
-    """The index of the ring's key the client presented (exactly one distinct credential), else None."""
+def identify_relay_key(ring: KeyRing, headers: Headers, query: str, websocket: bool = False) -> int | None:
+    """The index of the ring's key the client presented (exactly one distinct credential), else None.
+    `websocket`: a key offered as a subprotocol counts too."""
     keys = set(presented_keys(headers, query))
+    if websocket:
+        offered = subprotocol_key(headers)
+        if offered is not None:
+            keys.add(offered)
     if len(keys) != 1:
         return None
     return ring.identify(next(iter(keys)))
+
+
+SUBPROTOCOL_KEY_PREFIX = b"openai-insecure-api-key."
+
+
+def _subprotocols(value: bytes) -> list[bytes]:
+    return [token.strip() for token in value.split(b",") if token.strip()]
+
+
+def subprotocol_key(headers: Headers) -> bytes | None:
+    """The key a browser offered as the subprotocol `openai-insecure-api-key.KEY`, if any."""
+    for name, value in headers:
+        if name == b"sec-websocket-protocol":
+            for token in _subprotocols(value):
+                if token.startswith(SUBPROTOCOL_KEY_PREFIX) and len(token) > len(SUBPROTOCOL_KEY_PREFIX):
+                    return token[len(SUBPROTOCOL_KEY_PREFIX) :]
+    return None
+
+
+def without_subprotocol_key(headers: Headers) -> Headers:
+    """`headers` without any `openai-insecure-api-key.*` subprotocol offer (the field goes when
+    nothing else was offered in it)."""
+    out: Headers = []
+    for name, value in headers:
+        if name == b"sec-websocket-protocol":
+            kept = [token for token in _subprotocols(value) if not token.startswith(SUBPROTOCOL_KEY_PREFIX)]
+            if kept:
+                out.append((name, b", ".join(kept)))
+            continue
+        out.append((name, value))
+    return out
 
 
 def _is_key_parameter(pair: str) -> bool:

@@ -145,7 +145,7 @@ class Relay:
         path, _, query = route.rest.partition("?")
         relay_key: int | None = None
         if endpoint.needs_relay_key:
-            relay_key = identify_relay_key(endpoint.relay_keys, head.headers, query)
+            relay_key = identify_relay_key(endpoint.relay_keys, head.headers, query, head.websocket)
             if relay_key is None:
                 record.outcome = "bad_relay_key"
                 await self._send_error(exchange, endpoint.provider, 401, "invalid or missing relay key", record)

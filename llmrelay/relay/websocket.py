@@ -40,6 +40,7 @@ from llmrelay.proto.messages import RequestHead, ResponsePhase
 from llmrelay.proto.ws_handshake import client_answer_headers, client_key, new_key, upgrade_problem, upgrade_request_headers
 from llmrelay.relay import accesslog
 from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts, upstream_head
+from llmrelay.relay.credentials import without_subprotocol_key
 from llmrelay.relay.headers import client_response_headers
 from llmrelay.relay.observer import UpstreamObserver
 from llmrelay.relay.providers import error_response
@@ -275,6 +276,8 @@ def upgrade_request(
     """The upstream upgrade request's head: the usual rewritten headers (relay key removed, provider
     key injected, forwarding headers set), with the WebSocket handshake fields and `key`."""
     fields = [field for field in head.headers if not field[0].startswith(b":")]  # (HTTP/2 pseudo-fields)
+    if endpoint.needs_relay_key or upstream.injects_key:
+        fields = without_subprotocol_key(fields)  # a relay key offered as a subprotocol never goes on
     headers, joined = upstream_head(fields, head, endpoint, upstream, provider_key, path, query, request_id, False)
     headers = upgrade_request_headers(headers, key)
     target = joined.encode("latin-1")
