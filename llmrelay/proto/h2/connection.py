@@ -35,7 +35,7 @@ from hyperframe.frame import GoAwayFrame
 from llmrelay.config.schema import Http2Section
 from llmrelay.proto.h1.head_guard import HeadLimits
 from llmrelay.proto.h2.guard import FrameGuard
-from llmrelay.proto.h2.hpack_tuning import encoder_without_huffman
+from llmrelay.proto.h2.hpack_codec import Decoder, Encoder
 from llmrelay.proto.h2.request import MalformedRequest, decoded_list_limit, request_head
 from llmrelay.proto.messages import RequestHead
 
@@ -159,8 +159,9 @@ class ServerConnection:
             },
         )
         h2c.max_inbound_frame_size = http2.max_frame_size
-        h2c.decoder.max_header_list_size = list_limit
-        h2c.encoder.encode = encoder_without_huffman(h2c.encoder)  # type: ignore[method-assign]
+        # HPACK is the relay's own (`hpack_codec`): hpack's costs several times its CPU per request.
+        h2c.decoder = Decoder(max_header_list_size=list_limit)  # type: ignore[assignment]
+        h2c.encoder = Encoder()  # type: ignore[assignment]
         self.h2 = h2c
         self.guard = FrameGuard(list_limit, now)
         self.streams: dict[int, _Inbound] = {}

@@ -6,17 +6,14 @@
   does nothing.
 - **Huffman decoding, remembered.** Clients Huffman-code header values they send again and again
   (`content-type`, `user-agent`, the SDK's own headers); hpack decodes them bit by bit in Python
-  each time. The decoded value of a given code is always the same, so the last few hundred are kept.
-- **Huffman encoding, off for our responses.** Encoding every value we send costs more CPU than the
-  few bytes it saves on a response head (RFC 7541 lets an encoder choose per field); `encoder()`
-  gives an `Encoder.encode` that never Huffman-codes.
+  each time. The decoded value of a given code is always the same, so the last few hundred are kept;
+  `decode_huffman` is that cached function, for the relay's own codec (`hpack_codec`).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import hpack.hpack
 import hpack.table
@@ -44,14 +41,5 @@ def apply() -> None:
         setattr(hpack.hpack, "decode_huffman", functools.lru_cache(maxsize=HUFFMAN_CACHE)(decode))
 
 
-def encoder_without_huffman(encoder: hpack.hpack.Encoder) -> Callable[..., Any]:
-    """`encoder.encode`, always with `huffman=False`."""
-    encode = encoder.encode
-
-    def plain(headers: Any, huffman: bool = False) -> bytes:
-        return encode(headers, huffman=False)
-
-    return plain
-
-
 apply()
+decode_huffman: Callable[[bytes], bytes] = getattr(hpack.hpack, "decode_huffman")
