@@ -45,7 +45,7 @@ import h2.exceptions
 import h2.settings
 import trio
 
-from mock_providers import _openai_events
+from mock_providers import _Handler, _openai_events
 import trustme
 
 
@@ -387,23 +387,8 @@ class H2Provider:
 
 
 def _completion(body: dict[str, Any], model: str, pieces: list[str]) -> dict[str, Any]:
-    prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
-    return {
-        "id": "chatcmpl-h2mock",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": len(pieces), "total_tokens": prompt + len(pieces)},
-    }
+    """The OpenAI chat completion: the same as the HTTP/1.1 mock provider's."""
+    return _Handler._openai_completion(body, model, pieces)
 
 
 def _events(body: dict[str, Any], model: str, pieces: list[str]) -> list[bytes]:
