@@ -226,8 +226,12 @@ class Http2Connection:
                 exchange.wake_writer()
 
     def _on_peer_going_away(self, event: PeerGoingAway, started: list[Http2Exchange]) -> None:
-        # h2 sends nothing after the client's GOAWAY: what is open cannot be answered any more.
-        self._broken = True
+        """The client's GOAWAY: graceful (NO_ERROR), its open streams are still answered and the
+        connection then closes, as in a drain; with an error code, nothing more is sent."""
+        if event.error_code == 0 and self._exchanges:
+            self.drain()
+        else:
+            self._broken = True
 
     # -- streams ----------------------------------------------------------------------------------
     async def _serve_stream(self, exchange: Http2Exchange) -> None:

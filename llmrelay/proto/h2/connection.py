@@ -118,10 +118,22 @@ class _Inbound:
 
 
 class _ServerState(H2Connection):
-    """h2's connection, remembering how the last 1,024 streams closed (to tell a late frame on a
-    closed stream from a protocol error) instead of 65,536: megabytes per long-lived connection."""
+    """h2's connection, with two changes:
+
+    - it remembers how the last 1,024 streams closed (to tell a late frame on a closed stream from a
+      protocol error) instead of 65,536: megabytes per long-lived connection;
+    - a client's graceful GOAWAY leaves it open while streams the client opened are still being
+      answered. That GOAWAY only says the client opens no more streams (its last-stream-id is about
+      streams a server would push), but h2 would refuse to send anything after it.
+    """
 
     MAX_CLOSED_STREAMS = 1024
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Any], list[ev.Event]]:
+        result = super()._receive_goaway_frame(frame)
+        if frame.error_code == 0 and any(stream.open for stream in self.streams.values()):
+            self.state_machine.state = ConnectionState.SERVER_OPEN
+        return result
 
 
 def _configuration() -> H2Configuration:
