@@ -291,9 +291,13 @@ def test_rate_limited_key_cools_for_its_retry_after_then_serves_again(mock: Mock
         limited = mock.received(key=KEY_A, since=start)
         if first is None and limited:
             first = limited[0].at
-            code, payload, _ = get_health(relay)
-            cooling_seen.append({**payload["endpoints"]["chat"]["upstreams"]["only"]["keys"]["key-a"],
-                                 "relay": (code, payload["status"])})
+            # (the other worker learns of it from the supervisor's broadcast, a moment later)
+            def key_a_view() -> dict | None:
+                code, payload, _ = get_health(relay)
+                view = {**payload["endpoints"]["chat"]["upstreams"]["only"]["keys"]["key-a"], "relay": (code, payload["status"])}
+                return view if view["state"] == "cooling" else None
+
+            cooling_seen.append(wait_until(key_a_view, 1.0) or {"state": "never seen cooling"})
             loop_end = first + 3.5
         if first is not None and time.monotonic() > first + 1.0 and rule in mock.rules:
             mock.remove_rule(rule)  # key A answers again once its cool-down ends
