@@ -25,8 +25,7 @@ from typing import Any
 
 import h2.events as ev
 import msgspec
-from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
@@ -35,6 +34,7 @@ from hyperframe.frame import GoAwayFrame
 from llmrelay.config.schema import Http2Section
 from llmrelay.proto.h1.head_guard import HeadLimits
 from llmrelay.proto.h2.guard import FrameGuard
+from llmrelay.proto.h2.h2state import ServerState, server_configuration
 from llmrelay.proto.h2.hpack_codec import Decoder, Encoder
 from llmrelay.proto.h2.request import MalformedRequest, decoded_list_limit, request_head
 from llmrelay.proto.messages import RequestHead
@@ -117,40 +117,6 @@ class _Inbound:
         self.unread = 0  # flow-controlled bytes held, not yet handed back to the client
 
 
-class _ServerState(H2Connection):
-    """h2's connection, with two changes:
-
-    - it remembers how the last 1,024 streams closed (to tell a late frame on a closed stream from a
-      protocol error) instead of 65,536: megabytes per long-lived connection;
-    - a client's graceful GOAWAY leaves it open while streams the client opened are still being
-      answered. That GOAWAY only says the client opens no more streams (its last-stream-id is about
-      streams a server would push), but h2 would refuse to send anything after it.
-    """
-
-    MAX_CLOSED_STREAMS = 1024
-
-    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Any], list[ev.Event]]:
-        result = super()._receive_goaway_frame(frame)
-        if frame.error_code == 0 and any(stream.open for stream in self.streams.values()):
-            self.state_machine.state = ConnectionState.SERVER_OPEN
-        return result
-
-
-def _configuration() -> H2Configuration:
-    # Inbound fields are checked by `request_head` in one pass (h2's checks would make a malformed
-    # request a connection error, and cost a generator chain per field); outbound fields are built
-    # clean by `response_fields`.
-    return H2Configuration(
-        client_side=False,
-        header_encoding=None,
-        validate_inbound_headers=False,
-        normalize_inbound_headers=False,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-        split_outbound_cookies=False,
-    )
-
-
 class ServerConnection:
     """h2 plus the relay's rules for one client connection (see the module's paragraph)."""
 
@@ -159,7 +125,7 @@ class ServerConnection:
         self.scheme = scheme
         self.client = client
         list_limit = decoded_list_limit(limits)
-        h2c = _ServerState(_configuration())
+        h2c = ServerState(server_configuration())
         h2c.local_settings = Settings(
             client=False,
             initial_values={
