@@ -1,53 +1,63 @@
-"""The server side of one HTTP/2 connection, sans-IO: h2's state machine behind the relay's terms.
+"""The server side of one HTTP/2 connection, sans-IO (RFC 9113).
 
 Bytes in (`receive_data`), stream events out (`Opened`, `Refused`, `Readable`, `Reset`, `Writable`,
-`PeerGoingAway`), frames to send out (`data_to_send`). What it adds to h2:
+`PeerGoingAway`), frames to send out (`data_to_send`). The relay's own state machine, written for
+what a relay serves: requests from a client, responses from us, no server push, priorities ignored.
 
-- settings from the config (`[server.http2]` and the head limits) and a connection window opened to
-  `connection_window_size` at once;
-- the abuse budgets of `guard` checked before h2 parses anything, and every protocol error turned into
-  `ConnectionFailed` with the GOAWAY already queued;
-- request heads checked and translated (`request`): a malformed one is `Refused`, never `Opened`;
-- request bodies kept per stream until the relay reads them, and only then acknowledged to the client
-  (WINDOW_UPDATE), so a slow reader slows the client and the memory held is bounded by the windows;
-- a graceful GOAWAY that names the last stream actually accepted: h2's own `close_connection` closes
-  its state machine at once, which would leave no way to finish the open streams, so that frame is
-  written here and h2 goes on serving the streams below it. Any stream opened above it is ignored
-  (the GOAWAY tells the client it was not processed) without being seen by anyone.
+- **Frames.** `FrameReader` cuts the bytes; each frame is checked as RFC 9113 section 6 asks (stream
+  ids, lengths, flags, padding) and a violation ends the connection with GOAWAY(its code) and
+  `ConnectionFailed`, or, where the RFC makes it a stream error, resets that stream only. The abuse
+  budgets of `guard` are charged before any frame of a read is processed.
+- **Requests.** A header block (HEADERS and its CONTINUATION frames) is HPACK-decoded (`hpack_codec`),
+  checked and translated (`request`): a malformed one is `Refused`, never `Opened`. A stream over
+  SETTINGS_MAX_CONCURRENT_STREAMS is reset with REFUSED_STREAM before anyone sees it. A body longer
+  or shorter than its content-length resets the stream (PROTOCOL_ERROR).
+- **Flow control, both ways, bounded.** Body bytes are kept per stream until the relay reads them and
+  only then handed back to the client (WINDOW_UPDATE once half a window was read): a slow reader slows
+  the client, and what is held is bounded by the windows we announced. We send only within the
+  client's windows (`sendable`).
+- **Ends.** `go_away()` is the graceful GOAWAY: it names the last stream accepted, those go on, any
+  stream opened above it is ignored without being seen (the GOAWAY tells the client it was not
+  processed). A client's graceful GOAWAY lets its open streams finish; one with an error code ends
+  the connection. Frames a client sends on a stream we reset are dropped (`QuietStreams`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Sequence
 
-import h2.events as ev
 import msgspec
-from h2.connection import ConnectionState
-from h2.errors import ErrorCodes
-from h2.exceptions import ProtocolError, StreamClosedError
-from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 
 from llmrelay.config.schema import Http2Section
 from llmrelay.proto.h1.head_guard import HeadLimits
+from llmrelay.proto.h2 import frames as fr
+from llmrelay.proto.h2.frames import ErrorCodes, FrameError, FrameReader
 from llmrelay.proto.h2.guard import FrameGuard
-from llmrelay.proto.h2.h2state import ServerState, server_configuration
 from llmrelay.proto.h2.hpack_codec import Decoder, Encoder
 from llmrelay.proto.h2.request import MalformedRequest, decoded_list_limit, request_head
+from llmrelay.proto.h2.streams import QuietStreams, ServerStream
 from llmrelay.proto.messages import RequestHead
 
 # hpack logs every decoded field, values included, at DEBUG: a relay run with debug logging would
 # write its clients' credentials. Its logger stays above DEBUG (and `hpack_tuning` silences it).
 logging.getLogger("hpack").setLevel(logging.INFO)
 
-DEFAULT_WINDOW = 65535  # every window's size before SETTINGS / WINDOW_UPDATE (RFC 9113 section 6.9.2)
+DEFAULT_WINDOW = fr.DEFAULT_WINDOW
 NO_ERROR = ErrorCodes.NO_ERROR
+PROTOCOL_ERROR = ErrorCodes.PROTOCOL_ERROR
 CANCEL = ErrorCodes.CANCEL
 INTERNAL_ERROR = ErrorCodes.INTERNAL_ERROR
 ENHANCE_YOUR_CALM = ErrorCodes.ENHANCE_YOUR_CALM
+FLOW_CONTROL_ERROR = ErrorCodes.FLOW_CONTROL_ERROR
+FRAME_SIZE_ERROR = ErrorCodes.FRAME_SIZE_ERROR
+STREAM_CLOSED = ErrorCodes.STREAM_CLOSED
+_DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS = fr.DATA, fr.HEADERS, fr.PRIORITY, fr.RST_STREAM, fr.SETTINGS
+_PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = fr.PUSH_PROMISE, fr.PING, fr.GOAWAY, fr.WINDOW_UPDATE, fr.CONTINUATION
+_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY_FLAG, _ACK = fr.END_STREAM, fr.END_HEADERS, fr.PADDED, fr.PRIORITY_FLAG, fr.ACK
+_MAX_WINDOW = fr.MAX_WINDOW
+_frame = fr.frame
 
 
 class Opened(msgspec.Struct, gc=False):
@@ -71,7 +81,7 @@ class Readable(msgspec.Struct, gc=False):
 
 
 class Reset(msgspec.Struct, gc=False):
-    """The client reset `stream_id`: whoever serves it must stop."""
+    """`stream_id` was reset (by the client, or by us for its protocol error): whoever serves it must stop."""
 
     stream_id: int
     error_code: int
@@ -84,7 +94,7 @@ class Writable(msgspec.Struct, gc=False):
 
 
 class PeerGoingAway(msgspec.Struct, gc=False):
-    """The client sent GOAWAY: h2 sends nothing more after it, so the connection is over."""
+    """The client sent GOAWAY: graceful (NO_ERROR, its open streams may still be answered) or not."""
 
     error_code: int
 
@@ -105,66 +115,54 @@ class StreamGone(Exception):
     """A send on a stream that is closed or reset."""
 
 
-class _Inbound:
-    """One stream's received body: chunks not read yet, with their flow-controlled sizes."""
-
-    __slots__ = ("chunks", "ended", "reset", "unread")
-
-    def __init__(self, ended: bool) -> None:
-        self.chunks: deque[tuple[bytes, int]] = deque()
-        self.ended = ended  # END_STREAM arrived (the chunks may still hold the last bytes)
-        self.reset = False
-        self.unread = 0  # flow-controlled bytes held, not yet handed back to the client
-
-
 class ServerConnection:
-    """h2 plus the relay's rules for one client connection (see the module's paragraph)."""
+    """One client connection's HTTP/2 state (see the module's paragraph)."""
 
     def __init__(self, http2: Http2Section, limits: HeadLimits, scheme: str, client: tuple[str, int], now: float) -> None:
         self.limits = limits
         self.scheme = scheme
         self.client = client
         list_limit = decoded_list_limit(limits)
-        h2c = ServerState(server_configuration())
-        h2c.local_settings = Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: http2.max_concurrent_streams,
-                SettingCodes.INITIAL_WINDOW_SIZE: http2.initial_window_size,
-                SettingCodes.MAX_FRAME_SIZE: http2.max_frame_size,
-                SettingCodes.MAX_HEADER_LIST_SIZE: list_limit,
-                SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
-            },
-        )
-        h2c.max_inbound_frame_size = http2.max_frame_size
-        # HPACK is the relay's own (`hpack_codec`): hpack's costs several times its CPU per request.
-        h2c.decoder = Decoder(max_header_list_size=list_limit)  # type: ignore[assignment]
-        h2c.encoder = Encoder()  # type: ignore[assignment]
-        self.h2 = h2c
+        self._settings = {
+            fr.MAX_CONCURRENT_STREAMS: http2.max_concurrent_streams,
+            fr.INITIAL_WINDOW_SIZE: http2.initial_window_size,
+            fr.MAX_FRAME_SIZE: http2.max_frame_size,
+            fr.MAX_HEADER_LIST_SIZE: list_limit,
+            fr.ENABLE_CONNECT_PROTOCOL: 1,
+        }
+        self.max_concurrent_streams = http2.max_concurrent_streams
+        self.stream_window = http2.initial_window_size  # what each stream may receive before we read it
+        self.connection_window = http2.connection_window_size
+        self.reader = FrameReader(http2.max_frame_size)
+        self.decoder = Decoder(max_header_list_size=list_limit)
+        self.encoder = Encoder()
         self.guard = FrameGuard(list_limit, now)
-        self.streams: dict[int, _Inbound] = {}
+        self.streams: dict[int, ServerStream] = {}
+        self.quiet = QuietStreams()
+        self.open_streams = 0  # streams with a half still open (SETTINGS_MAX_CONCURRENT_STREAMS)
+        self.highest_stream = 0  # the highest stream id the client used: lower unknown ids are closed
         self.last_accepted = 0  # the highest stream id a request was taken (or answered) on
         self.accepting = True
         self.settings_received = False  # the client's preface and first SETTINGS arrived
-        self._connection_window = http2.connection_window_size
-        self._extra = b""  # frames written here rather than by h2 (the graceful GOAWAY)
-        self._dispatch: dict[type[ev.Event], Callable[[Any, list[StreamEvent]], None]] = {
-            ev.RequestReceived: self._request,
-            ev.DataReceived: self._data,
-            ev.StreamEnded: self._ended,
-            ev.StreamReset: self._reset,
-            ev.WindowUpdated: self._window,
-            ev.RemoteSettingsChanged: self._settings,
-            ev.ConnectionTerminated: self._terminated,
-            ev.TrailersReceived: self._ignore,  # request trailers are dropped (the end comes as StreamEnded)
-        }
+        self.closed = False  # a GOAWAY with an error went either way: nothing more is sent
+        # the client's side of the flow control and its settings
+        self.send_window = DEFAULT_WINDOW  # the connection's window for what we send
+        self.initial_send_window = DEFAULT_WINDOW  # a new stream's window for what we send
+        self.max_outbound_frame_size = fr.DEFAULT_MAX_FRAME_SIZE
+        self._receive_window = DEFAULT_WINDOW  # what the client may send on the connection
+        self._unacked = 0  # bytes read (or dropped) on the connection, not handed back yet
+        self._block_stream = 0  # the stream of a header block still waiting for CONTINUATION
+        self._block_flags = 0
+        self._block: list[bytes] = []
+        self._out: list[bytes] = []
+        self._graceful_goaway = b""  # a graceful GOAWAY, sent after what the same turn queued
 
     def start(self) -> None:
         """Queue our SETTINGS and the connection window's opening."""
-        h2c = self.h2
-        h2c.initiate_connection()
-        if self._connection_window > DEFAULT_WINDOW:
-            h2c.increment_flow_control_window(self._connection_window - DEFAULT_WINDOW)
+        self._out.append(fr.settings_frame(self._settings))
+        if self.connection_window > DEFAULT_WINDOW:
+            self._out.append(fr.window_update_frame(0, self.connection_window - DEFAULT_WINDOW))
+            self._receive_window = self.connection_window
 
     # -- input ------------------------------------------------------------------------------------
     def receive_data(self, data: bytes, now: float) -> list[StreamEvent]:
@@ -172,200 +170,433 @@ class ServerConnection:
         problem = self.guard.check(data, now)
         if problem is not None:
             self.fail(ENHANCE_YOUR_CALM, problem)
-        try:
-            h2_events = self.h2.receive_data(data)
-        except ProtocolError as exc:  # h2 queued its GOAWAY (but for a wrong preface)
-            if self.h2.state_machine.state is not ConnectionState.CLOSED:
-                self._close(exc.error_code)
-            raise ConnectionFailed(int(exc.error_code), str(exc) or type(exc).__name__) from None
         out: list[StreamEvent] = []
-        dispatch = self._dispatch
-        for event in h2_events:
-            handle = dispatch.get(type(event))
-            if handle is not None:
-                handle(event, out)
+        try:
+            for kind, flags, stream_id, payload in self.reader.frames(data):
+                if self._block_stream:
+                    self._continuation(kind, flags, stream_id, payload, out)
+                elif kind == _DATA:
+                    self._data(flags, stream_id, payload, out)
+                elif kind == _HEADERS:
+                    self._headers(flags, stream_id, payload, out)
+                elif not self.settings_received and kind != _SETTINGS:
+                    raise FrameError(PROTOCOL_ERROR, "the client's first frame is not SETTINGS")
+                elif kind == _WINDOW_UPDATE:
+                    self._window_update(stream_id, payload, out)
+                elif kind == _RST_STREAM:
+                    self._rst_stream(stream_id, payload, out)
+                elif kind == _SETTINGS:
+                    self._settings_frame(flags, stream_id, payload, out)
+                elif kind == _PING:
+                    self._ping(flags, stream_id, payload)
+                elif kind == _PRIORITY:
+                    self._priority(stream_id, payload)
+                elif kind == _GOAWAY:
+                    self._goaway(stream_id, payload, out)
+                elif kind == _PUSH_PROMISE:
+                    raise FrameError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+                elif kind == _CONTINUATION:
+                    raise FrameError(PROTOCOL_ERROR, "CONTINUATION outside a header block")
+                # other types are extensions we do not speak: ignored (RFC 9113 section 5.5)
+        except FrameError as exc:
+            self.fail(exc.error_code, exc.reason)
         return out
 
     def fail(self, error_code: int, reason: str) -> None:
         """End the connection with GOAWAY(`error_code`); raises ConnectionFailed."""
-        self._close(error_code)
+        if not self.closed:
+            self.closed = True
+            self.accepting = False
+            self._out.append(fr.goaway_frame(self.last_accepted, error_code))
         raise ConnectionFailed(int(error_code), reason)
 
-    def _close(self, error_code: int) -> None:
-        try:
-            self.h2.close_connection(error_code, last_stream_id=self.last_accepted)
-        except ProtocolError:
-            pass  # already closed: its GOAWAY went out before
+    def _headers(self, flags: int, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
+        if not self.settings_received:
+            raise FrameError(PROTOCOL_ERROR, "the client's first frame is not SETTINGS")
+        if stream_id == 0 or not stream_id & 1:
+            raise FrameError(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, not one a client may open")
+        start, end = 0, len(payload)
+        if flags & _PADDED:
+            if not end:
+                raise FrameError(FRAME_SIZE_ERROR, "a padded HEADERS frame without its pad length")
+            start, end = 1, end - payload[0]
+        if flags & _PRIORITY_FLAG:
+            if end - start < 5:
+                raise FrameError(FRAME_SIZE_ERROR, "a HEADERS frame too short for its priority")
+            if fr.read_u32(payload[start : start + 4]) & fr.STREAM_ID_MASK == stream_id:
+                flags |= 0x100  # (a stream depending on itself: reset once its block is decoded)
+            start += 5
+        if end < start:
+            raise FrameError(PROTOCOL_ERROR, "HEADERS padding longer than the frame")
+        fragment = payload[start:end] if start or end != len(payload) else payload
+        if flags & _END_HEADERS:
+            self._header_block(stream_id, flags, fragment, out)
+        else:
+            self._block_stream = stream_id
+            self._block_flags = flags
+            self._block = [fragment]
 
-    def _request(self, event: ev.RequestReceived, out: list[StreamEvent]) -> None:
-        stream_id = event.stream_id
+    def _continuation(self, kind: int, flags: int, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
+        if kind != _CONTINUATION or stream_id != self._block_stream:
+            raise FrameError(PROTOCOL_ERROR, "a header block interrupted by another frame")
+        self._block.append(payload)
+        if flags & _END_HEADERS:
+            block, self._block = b"".join(self._block), []
+            self._block_stream = 0
+            self._header_block(stream_id, self._block_flags, block, out)
+
+    def _header_block(self, stream_id: int, flags: int, block: bytes, out: list[StreamEvent]) -> None:
+        try:  # (decoded whatever happens to the stream: the HPACK state is the connection's)
+            fields = self.decoder.decode(block, raw=True)
+        except OversizedHeaderListError:
+            raise FrameError(ENHANCE_YOUR_CALM, "a header list over the limit (HPACK bomb)") from None
+        except HPACKError as exc:
+            raise FrameError(ErrorCodes.COMPRESSION_ERROR, f"an undecodable header block: {exc}") from None
+        end_stream = bool(flags & _END_STREAM)
+        stream = self.streams.get(stream_id)
+        if stream_id > self.highest_stream:
+            self._open(stream_id, fields, end_stream, flags, out)
+        elif stream is not None and stream.remote_open:
+            if not end_stream:  # trailers must end the stream (RFC 9113 section 8.1)
+                self._stream_error(stream_id, PROTOCOL_ERROR, out)
+            else:  # request trailers are dropped; the body ends
+                self._remote_end(stream_id, stream, out)
+        elif not self._quiet(stream_id, stream):
+            self._stream_error(stream_id, STREAM_CLOSED, out)
+
+    def _open(self, stream_id: int, fields: Sequence[tuple[bytes, bytes]], ended: bool, flags: int, out: list[StreamEvent]) -> None:
+        self.highest_stream = stream_id
         if not self.accepting:
             # Above the GOAWAY's last stream: never served, and ignored (RFC 9113 section 6.8) rather
             # than reset, since the GOAWAY already tells the client to retry it elsewhere; some
             # clients (httpcore) fail a request whose RST_STREAM they read before that GOAWAY.
             return
+        if flags & 0x100:
+            self._stream_error(stream_id, PROTOCOL_ERROR, out)
+            return
+        if self.open_streams >= self.max_concurrent_streams:
+            self._out.append(fr.rst_stream_frame(stream_id, ErrorCodes.REFUSED_STREAM))
+            self.quiet.add(stream_id)
+            return
         self.last_accepted = stream_id
-        ended = event.stream_ended is not None
+        stream = ServerStream(ended, self.initial_send_window, self.stream_window)
+        self.streams[stream_id] = stream
+        self.open_streams += 1
         try:
-            head = request_head(event.headers, ended, self.scheme, self.client, self.limits)
+            head = request_head(fields, ended, self.scheme, self.client, self.limits)
         except MalformedRequest as exc:
             out.append(Refused(stream_id, exc))
-            self.streams[stream_id] = _Inbound(ended)
             return
-        self.streams[stream_id] = _Inbound(ended)
+        if not ended:
+            stream.expected_length = head.body_length
         out.append(Opened(stream_id, head))
 
-    def _data(self, event: ev.DataReceived, out: list[StreamEvent]) -> None:
-        stream_id = event.stream_id
-        flow = event.flow_controlled_length or 0
-        inbound = self.streams.get(stream_id)
-        if inbound is None or inbound.reset:
-            if flow:
-                self.h2.acknowledge_received_data(flow, stream_id)  # nobody reads it: hand it back now
+    def _data(self, flags: int, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
+        if stream_id == 0:
+            raise FrameError(PROTOCOL_ERROR, "DATA on stream 0")
+        flow = len(payload)
+        if flow > self._receive_window:
+            raise FrameError(FLOW_CONTROL_ERROR, "DATA beyond the connection's window")
+        self._receive_window -= flow
+        data = payload
+        if flags & _PADDED:
+            if not flow or payload[0] >= flow:
+                raise FrameError(PROTOCOL_ERROR, "DATA padding longer than the frame")
+            data = payload[1 : flow - payload[0]]
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.remote_open:
+            if stream_id > self.highest_stream:
+                raise FrameError(PROTOCOL_ERROR, f"DATA on stream {stream_id}, which was never opened")
+            self._hand_back(flow)  # nobody reads it
+            if not self._quiet(stream_id, stream):
+                self._stream_error(stream_id, STREAM_CLOSED, out)
             return
-        data = event.data or b""
+        if flow > stream.receive_window:
+            self._hand_back(flow)
+            self._stream_error(stream_id, FLOW_CONTROL_ERROR, out)
+            return
+        stream.receive_window -= flow
         if data or flow:
-            inbound.chunks.append((data, flow))
-            inbound.unread += flow
+            stream.chunks.append((data, flow))
+            stream.unread += flow
+        if data:
+            stream.received_length += len(data)
+            expected = stream.expected_length
+            if expected is not None and stream.received_length > expected:
+                self._stream_error(stream_id, PROTOCOL_ERROR, out)
+                return
+        if flags & _END_STREAM:
+            self._remote_end(stream_id, stream, out)
+        else:
+            out.append(Readable(stream_id))
+
+    def _remote_end(self, stream_id: int, stream: ServerStream, out: list[StreamEvent]) -> None:
+        expected = stream.expected_length
+        if expected is not None and stream.received_length != expected:
+            self._stream_error(stream_id, PROTOCOL_ERROR, out)
+            return
+        stream.ended = True
+        stream.remote_open = False
+        if not stream.local_open:
+            self._count_closed(stream)
         out.append(Readable(stream_id))
 
-    def _ended(self, event: ev.StreamEnded, out: list[StreamEvent]) -> None:
-        inbound = self.streams.get(event.stream_id)
-        if inbound is not None:
-            inbound.ended = True
-            out.append(Readable(event.stream_id))
+    def _quiet(self, stream_id: int, stream: ServerStream | None) -> bool:
+        """Whether a late frame on this closed stream is dropped without an answer."""
+        return (stream is not None and stream.reset) or stream_id in self.quiet or (
+            not self.accepting and stream_id > self.last_accepted
+        )
 
-    def _reset(self, event: ev.StreamReset, out: list[StreamEvent]) -> None:
-        inbound = self.streams.get(event.stream_id)
-        if inbound is not None and not inbound.reset:
-            self._drop_body(event.stream_id, inbound)
-            out.append(Reset(event.stream_id, int(event.error_code or 0)))
+    def _window_update(self, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
+        if len(payload) != 4:
+            raise FrameError(FRAME_SIZE_ERROR, "a WINDOW_UPDATE frame not of 4 bytes")
+        increment = fr.read_u32(payload) & fr.STREAM_ID_MASK
+        if stream_id == 0:
+            if not increment:
+                raise FrameError(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0 on the connection")
+            self.send_window += increment
+            if self.send_window > _MAX_WINDOW:
+                raise FrameError(FLOW_CONTROL_ERROR, "the connection's window grew past 2^31-1")
+            out.append(Writable(0))
+            return
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            if stream_id > self.highest_stream:
+                raise FrameError(PROTOCOL_ERROR, f"WINDOW_UPDATE on stream {stream_id}, which was never opened")
+            return  # a closed stream: nothing to send on it any more
+        if stream.reset:
+            return
+        if not increment:
+            self._stream_error(stream_id, PROTOCOL_ERROR, out)
+            return
+        stream.send_window += increment
+        if stream.send_window > _MAX_WINDOW:
+            self._stream_error(stream_id, FLOW_CONTROL_ERROR, out)
+            return
+        out.append(Writable(stream_id))
 
-    def _window(self, event: ev.WindowUpdated, out: list[StreamEvent]) -> None:
-        out.append(Writable(event.stream_id or 0))
+    def _rst_stream(self, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
+        if len(payload) != 4:
+            raise FrameError(FRAME_SIZE_ERROR, "a RST_STREAM frame not of 4 bytes")
+        if stream_id == 0 or stream_id > self.highest_stream:
+            raise FrameError(PROTOCOL_ERROR, f"RST_STREAM on stream {stream_id}, which was never opened")
+        stream = self.streams.get(stream_id)
+        if stream is not None and not stream.reset:
+            self._close_by_reset(stream_id, stream)
+            out.append(Reset(stream_id, fr.read_u32(payload)))
 
-    def _settings(self, event: ev.RemoteSettingsChanged, out: list[StreamEvent]) -> None:
+    def _settings_frame(self, flags: int, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
+        if stream_id:
+            raise FrameError(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & _ACK:
+            if payload:
+                raise FrameError(FRAME_SIZE_ERROR, "a SETTINGS acknowledgement with a payload")
+            return
+        if len(payload) % 6:
+            raise FrameError(FRAME_SIZE_ERROR, "a SETTINGS frame whose length is not a multiple of 6")
+        writable = False
+        for code, value in fr.parse_settings(payload):
+            if code == fr.INITIAL_WINDOW_SIZE:
+                if value > _MAX_WINDOW:
+                    raise FrameError(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1")
+                self._resize_windows(value - self.initial_send_window)
+                self.initial_send_window = value
+                writable = True
+            elif code == fr.MAX_FRAME_SIZE:
+                if not fr.DEFAULT_MAX_FRAME_SIZE <= value <= fr.LARGEST_FRAME_SIZE:
+                    raise FrameError(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
+                self.max_outbound_frame_size = value
+                writable = True
+            elif code == fr.HEADER_TABLE_SIZE:
+                self.encoder.header_table_size = value
+            elif code in (fr.ENABLE_PUSH, fr.ENABLE_CONNECT_PROTOCOL) and value > 1:
+                raise FrameError(PROTOCOL_ERROR, "a SETTINGS flag other than 0 or 1")
+        self._out.append(fr.SETTINGS_ACK)
         self.settings_received = True
-        changed = event.changed_settings
-        if SettingCodes.INITIAL_WINDOW_SIZE in changed or SettingCodes.MAX_FRAME_SIZE in changed:
+        if writable:
             out.append(Writable(0))
 
-    def _terminated(self, event: ev.ConnectionTerminated, out: list[StreamEvent]) -> None:
-        self.accepting = False
-        out.append(PeerGoingAway(int(event.error_code or 0)))
+    def _resize_windows(self, delta: int) -> None:
+        """SETTINGS_INITIAL_WINDOW_SIZE changed: every stream's send window moves by the difference
+        (and may go below zero; RFC 9113 section 6.9.2)."""
+        if not delta:
+            return
+        for stream in self.streams.values():
+            stream.send_window += delta
+            if stream.send_window > _MAX_WINDOW:
+                raise FrameError(FLOW_CONTROL_ERROR, "a stream's window grew past 2^31-1")
 
-    def _ignore(self, event: ev.Event, out: list[StreamEvent]) -> None:
-        pass
+    def _ping(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id:
+            raise FrameError(PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise FrameError(FRAME_SIZE_ERROR, "a PING frame not of 8 bytes")
+        if not flags & _ACK:
+            self._out.append(_frame(_PING, _ACK, 0, payload))
+
+    def _priority(self, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise FrameError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+        if len(payload) != 5:
+            raise FrameError(FRAME_SIZE_ERROR, "a PRIORITY frame not of 5 bytes")
+        # Priorities are not acted upon (RFC 9113 section 5.3.2); the frame changes no stream's state.
+
+    def _goaway(self, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
+        if stream_id:
+            raise FrameError(PROTOCOL_ERROR, "GOAWAY on a stream")
+        if len(payload) < 8:
+            raise FrameError(FRAME_SIZE_ERROR, "a GOAWAY frame under 8 bytes")
+        error_code = fr.read_u32(payload[4:])
+        self.accepting = False
+        if error_code:
+            self.closed = True
+        out.append(PeerGoingAway(error_code))
+
+    def _stream_error(self, stream_id: int, error_code: int, out: list[StreamEvent]) -> None:
+        """Reset one stream for its protocol error; whoever serves it is told (`Reset`)."""
+        stream = self.streams.get(stream_id)
+        self._out.append(fr.rst_stream_frame(stream_id, error_code))
+        self.quiet.add(stream_id)
+        if stream is not None and not stream.reset:
+            self._close_by_reset(stream_id, stream)
+            out.append(Reset(stream_id, int(error_code)))
+
+    # -- stream ends ------------------------------------------------------------------------------
+    def _count_closed(self, stream: ServerStream) -> None:
+        if stream.counted:
+            stream.counted = False
+            self.open_streams -= 1
+
+    def _close_by_reset(self, stream_id: int, stream: ServerStream) -> None:
+        """RST_STREAM went either way: both halves close, the unread body is dropped and its bytes
+        handed back to the connection's window."""
+        stream.reset = True
+        stream.remote_open = stream.local_open = False
+        self._count_closed(stream)
+        self.quiet.add(stream_id)
+        stream.chunks.clear()
+        if stream.unread:
+            self._hand_back(stream.unread)
+            stream.unread = 0
 
     # -- request bodies ---------------------------------------------------------------------------
     def read(self, stream_id: int) -> bytes | None:
         """The next body chunk received on `stream_id` (handed back to the client's window now), or
         None when none is waiting."""
-        inbound = self.streams.get(stream_id)
-        if inbound is None or not inbound.chunks:
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.chunks:
             return None
-        data, flow = inbound.chunks.popleft()
+        data, flow = stream.chunks.popleft()
         if flow:
-            inbound.unread -= flow
-            self._acknowledge(flow, stream_id)
+            stream.unread -= flow
+            self._hand_back(flow)
+            if stream.remote_open:  # (a stream the client ended needs no more window)
+                unacked = stream.unacked + flow
+                if unacked >= self.stream_window >> 1:
+                    stream.receive_window += unacked
+                    self._out.append(fr.window_update_frame(stream_id, unacked))
+                    unacked = 0
+                stream.unacked = unacked
         return data
 
     def body_ended(self, stream_id: int) -> bool:
         """Whether the client ended its side and every chunk was read."""
-        inbound = self.streams.get(stream_id)
-        return inbound is None or (inbound.ended and not inbound.chunks)
+        stream = self.streams.get(stream_id)
+        return stream is None or (stream.ended and not stream.chunks)
 
     def was_reset(self, stream_id: int) -> bool:
-        inbound = self.streams.get(stream_id)
-        return inbound is None or inbound.reset
+        stream = self.streams.get(stream_id)
+        return stream is None or stream.reset
 
-    def _acknowledge(self, flow: int, stream_id: int) -> None:
-        try:
-            self.h2.acknowledge_received_data(flow, stream_id)
-        except ProtocolError:
-            pass  # the connection is closed: nothing more to hand back
-
-    def _drop_body(self, stream_id: int, inbound: _Inbound) -> None:
-        inbound.reset = True
-        inbound.chunks.clear()
-        if inbound.unread:
-            self._acknowledge(inbound.unread, stream_id)
-            inbound.unread = 0
+    def _hand_back(self, flow: int) -> None:
+        """`flow` bytes of the connection's window were read or dropped: WINDOW_UPDATE once half of
+        it waits to be handed back."""
+        unacked = self._unacked + flow
+        if unacked >= self.connection_window >> 1 and not self.closed:
+            self._receive_window += unacked
+            self._out.append(fr.window_update_frame(0, unacked))
+            unacked = 0
+        self._unacked = unacked
 
     # -- responses --------------------------------------------------------------------------------
+    def _sending(self, stream_id: int) -> ServerStream:
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.local_open or self.closed:
+            raise StreamGone("stream reset" if stream is not None and stream.reset else "stream closed")
+        return stream
+
+    def _local_end(self, stream: ServerStream) -> None:
+        stream.local_open = False
+        if not stream.remote_open:
+            self._count_closed(stream)
+
     def send_headers(self, stream_id: int, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
-        try:
-            self.h2.send_headers(stream_id, fields, end_stream=end_stream)
-        except (StreamClosedError, ProtocolError) as exc:
-            raise StreamGone(str(exc)) from None
+        stream = self._sending(stream_id)
+        block = self.encoder.encode(fields)
+        self._out.append(fr.header_frames(stream_id, block, end_stream, self.max_outbound_frame_size))
+        if end_stream:
+            self._local_end(stream)
 
     def sendable(self, stream_id: int) -> int:
         """How many body bytes `stream_id` may send now (the smaller of its window and the
         connection's); StreamGone when it can send no more."""
-        inbound = self.streams.get(stream_id)
-        if inbound is None or inbound.reset:
-            raise StreamGone("stream reset")
-        try:
-            return self.h2.local_flow_control_window(stream_id)
-        except (StreamClosedError, ProtocolError) as exc:
-            raise StreamGone(str(exc)) from None
+        stream = self._sending(stream_id)
+        window = min(stream.send_window, self.send_window)
+        return window if window > 0 else 0
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         """Send `data` (within `sendable()`), cut into frames of the client's maximum size."""
-        h2c = self.h2
+        stream = self._sending(stream_id)
         size = len(data)
-        limit = h2c.max_outbound_frame_size
-        try:
-            if size <= limit:
-                h2c.send_data(stream_id, data, end_stream=end_stream)
-                frames = 1
-            else:
-                view = memoryview(data)
-                frames = 0
-                for start in range(0, size, limit):
-                    last = start + limit >= size
-                    h2c.send_data(stream_id, view[start : start + limit], end_stream=end_stream and last)
-                    frames += 1
-        except (StreamClosedError, ProtocolError) as exc:
-            raise StreamGone(str(exc)) from None
+        if size > stream.send_window or size > self.send_window:
+            raise StreamGone("a send beyond the client's window")
+        stream.send_window -= size
+        self.send_window -= size
+        flags = fr.END_STREAM if end_stream else 0
+        limit = self.max_outbound_frame_size
+        if size <= limit:
+            self._out.append(_frame(_DATA, flags, stream_id, data))
+            frames = 1
+        else:
+            frames = 0
+            for start in range(0, size, limit):
+                last = start + limit >= size
+                self._out.append(_frame(_DATA, flags if last else 0, stream_id, data[start : start + limit]))
+                frames += 1
         self.guard.data_frames_sent(frames)
+        if end_stream:
+            self._local_end(stream)
 
     def end_stream(self, stream_id: int) -> None:
-        try:
-            self.h2.end_stream(stream_id)
-        except (StreamClosedError, ProtocolError) as exc:
-            raise StreamGone(str(exc)) from None
+        stream = self._sending(stream_id)
+        self._out.append(_frame(_DATA, fr.END_STREAM, stream_id))
+        self._local_end(stream)
 
     def reset(self, stream_id: int, error_code: int) -> None:
         """Reset `stream_id` (a no-op once it is closed); what the client sent is handed back."""
-        inbound = self.streams.get(stream_id)
-        if inbound is not None and not inbound.reset:
-            self._drop_body(stream_id, inbound)
-        self._reset_quietly(stream_id, error_code)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            self._reset(stream_id, stream, error_code)
 
-    def _reset_quietly(self, stream_id: int, error_code: int) -> None:
-        try:
-            self.h2.reset_stream(stream_id, error_code)
-        except (StreamClosedError, ProtocolError, KeyError):
-            pass
+    def _reset(self, stream_id: int, stream: ServerStream, error_code: int) -> None:
+        if stream.reset or stream.closed:
+            return
+        self._close_by_reset(stream_id, stream)
+        if not self.closed:
+            self._out.append(fr.rst_stream_frame(stream_id, error_code))
 
     def release(self, stream_id: int, complete: bool) -> None:
         """Whoever served `stream_id` is done. An unfinished response is reset (INTERNAL_ERROR); a
         finished one whose request is still coming is reset with NO_ERROR (RFC 9113 section 8.1),
         so the client stops sending a body nobody reads."""
-        inbound = self.streams.pop(stream_id, None)
-        if inbound is None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
             return
-        if not complete:
-            if not inbound.reset:
-                self._drop_body(stream_id, inbound)
-                self._reset_quietly(stream_id, INTERNAL_ERROR)
-            return
-        if not inbound.ended and not inbound.reset:
-            self._drop_body(stream_id, inbound)
-            self._reset_quietly(stream_id, NO_ERROR)
-        elif inbound.unread:
-            self._acknowledge(inbound.unread, stream_id)
+        if not stream.closed:
+            self._reset(stream_id, stream, NO_ERROR if complete and not stream.local_open else INTERNAL_ERROR)
+        elif stream.unread:
+            self._hand_back(stream.unread)
+            stream.unread = 0
 
     def answer(self, stream_id: int, fields: list[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole small response (a refusal), or a reset when it cannot leave in one go."""
@@ -381,14 +612,19 @@ class ServerConnection:
     # -- the connection ---------------------------------------------------------------------------
     def go_away(self) -> None:
         """A graceful GOAWAY: streams up to `last_accepted` go on, none is accepted after it."""
-        if not self.accepting:
+        if not self.accepting or self.closed:
+            self.accepting = False
             return
         self.accepting = False
-        frame = GoAwayFrame(stream_id=0, last_stream_id=self.last_accepted, error_code=NO_ERROR)
-        self._extra += frame.serialize()
+        self._graceful_goaway = fr.goaway_frame(self.last_accepted, NO_ERROR)  # (after the frames queued with it)
 
     def data_to_send(self) -> bytes:
-        data = self.h2.data_to_send()
-        if self._extra:
-            data, self._extra = data + self._extra, b""
+        out = self._out
+        if self._graceful_goaway:
+            out.append(self._graceful_goaway)
+            self._graceful_goaway = b""
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         return data

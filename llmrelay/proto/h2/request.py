@@ -17,6 +17,7 @@ Extended CONNECT (RFC 8441, `:protocol = websocket`) becomes a CONNECT with `web
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from llmrelay.proto.errors import InvalidResponseHead, RequestRejected
 from llmrelay.proto.h1.head_guard import HeadLimits, valid_host
@@ -54,7 +55,7 @@ def decoded_list_limit(limits: HeadLimits) -> int:
 
 
 def request_head(
-    fields: list[tuple[bytes, bytes]],
+    fields: Sequence[tuple[bytes, bytes]],
     end_stream: bool,
     scheme: str,
     client: tuple[str, int],
