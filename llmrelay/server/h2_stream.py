@@ -19,7 +19,8 @@ import trio
 
 from llmrelay.io.timers import Timer, TimerReason
 from llmrelay.proto.errors import ClientDisconnected, InvalidResponseHead
-from llmrelay.proto.h2.connection import CANCEL, INTERNAL_ERROR, StreamGone
+from llmrelay.proto.h2.connection import CANCEL, INTERNAL_ERROR
+from llmrelay.proto.h2.events import StreamGone
 from llmrelay.proto.h2.request import response_fields, trailer_fields
 from llmrelay.proto.messages import Headers, InvalidPhase, RequestHead, ResponseEvent, ResponsePhase, advance
 from llmrelay.server.exchange import ErrorFormat, plain_error

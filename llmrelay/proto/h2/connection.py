@@ -27,92 +27,49 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import msgspec
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
 from llmrelay.config.schema import Http2Section
 from llmrelay.proto.h1.head_guard import HeadLimits
 from llmrelay.proto.h2 import frames as fr
+from llmrelay.proto.h2.events import (
+    ConnectionFailed,
+    Opened,
+    PeerGoingAway,
+    Readable,
+    Refused,
+    Reset,
+    StreamEvent,
+    StreamGone,
+    Writable,
+)
 from llmrelay.proto.h2.frames import ErrorCodes, FrameError, FrameReader
 from llmrelay.proto.h2.guard import FrameGuard
 from llmrelay.proto.h2.hpack_codec import Decoder, Encoder
 from llmrelay.proto.h2.request import MalformedRequest, decoded_list_limit, request_head
-from llmrelay.proto.h2.streams import QuietStreams, ServerStream
-from llmrelay.proto.messages import RequestHead
+from llmrelay.proto.h2.streams import QuietStreams, ServerStream, StreamTable
+
+__all__ = [
+    "CANCEL", "ENHANCE_YOUR_CALM", "INTERNAL_ERROR", "NO_ERROR", "ConnectionFailed", "Opened", "PeerGoingAway",
+    "Readable", "Refused", "Reset", "ServerConnection", "StreamEvent", "StreamGone", "Writable",
+]
 
 # hpack logs every decoded field, values included, at DEBUG: a relay run with debug logging would
 # write its clients' credentials. Its logger stays above DEBUG (and `hpack_tuning` silences it).
 logging.getLogger("hpack").setLevel(logging.INFO)
 
-DEFAULT_WINDOW = fr.DEFAULT_WINDOW
 NO_ERROR = ErrorCodes.NO_ERROR
 PROTOCOL_ERROR = ErrorCodes.PROTOCOL_ERROR
 CANCEL = ErrorCodes.CANCEL
 INTERNAL_ERROR = ErrorCodes.INTERNAL_ERROR
 ENHANCE_YOUR_CALM = ErrorCodes.ENHANCE_YOUR_CALM
 FLOW_CONTROL_ERROR = ErrorCodes.FLOW_CONTROL_ERROR
-FRAME_SIZE_ERROR = ErrorCodes.FRAME_SIZE_ERROR
 STREAM_CLOSED = ErrorCodes.STREAM_CLOSED
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS = fr.DATA, fr.HEADERS, fr.PRIORITY, fr.RST_STREAM, fr.SETTINGS
 _PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = fr.PUSH_PROMISE, fr.PING, fr.GOAWAY, fr.WINDOW_UPDATE, fr.CONTINUATION
-_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY_FLAG, _ACK = fr.END_STREAM, fr.END_HEADERS, fr.PADDED, fr.PRIORITY_FLAG, fr.ACK
+_END_STREAM, _END_HEADERS = fr.END_STREAM, fr.END_HEADERS
 _MAX_WINDOW = fr.MAX_WINDOW
 _frame = fr.frame
-
-
-class Opened(msgspec.Struct, gc=False):
-    """A request to serve on `stream_id`."""
-
-    stream_id: int
-    head: RequestHead
-
-
-class Refused(msgspec.Struct, gc=False):
-    """A request refused before anyone saw it: answer `error.status` (or reset), and log it."""
-
-    stream_id: int
-    error: MalformedRequest
-
-
-class Readable(msgspec.Struct, gc=False):
-    """Body bytes, or the end of the body, arrived for `stream_id`."""
-
-    stream_id: int
-
-
-class Reset(msgspec.Struct, gc=False):
-    """`stream_id` was reset (by the client, or by us for its protocol error): whoever serves it must stop."""
-
-    stream_id: int
-    error_code: int
-
-
-class Writable(msgspec.Struct, gc=False):
-    """A send window grew: `stream_id`'s, or every stream's when 0."""
-
-    stream_id: int
-
-
-class PeerGoingAway(msgspec.Struct, gc=False):
-    """The client sent GOAWAY: graceful (NO_ERROR, its open streams may still be answered) or not."""
-
-    error_code: int
-
-
-StreamEvent = Opened | Refused | Readable | Reset | Writable | PeerGoingAway
-
-
-class ConnectionFailed(Exception):
-    """The connection must end; its GOAWAY is queued in `data_to_send()`."""
-
-    def __init__(self, error_code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.error_code = error_code
-        self.reason = reason
-
-
-class StreamGone(Exception):
-    """A send on a stream that is closed or reset."""
 
 
 class ServerConnection:
@@ -131,38 +88,43 @@ class ServerConnection:
             fr.ENABLE_CONNECT_PROTOCOL: 1,
         }
         self.max_concurrent_streams = http2.max_concurrent_streams
-        self.stream_window = http2.initial_window_size  # what each stream may receive before we read it
-        self.connection_window = http2.connection_window_size
         self.reader = FrameReader(http2.max_frame_size)
         self.decoder = Decoder(max_header_list_size=list_limit)
         self.encoder = Encoder()
         self.guard = FrameGuard(list_limit, now)
-        self.streams: dict[int, ServerStream] = {}
-        self.quiet = QuietStreams()
-        self.open_streams = 0  # streams with a half still open (SETTINGS_MAX_CONCURRENT_STREAMS)
+        self._out: list[bytes] = []
+        self._graceful_goaway = b""  # a graceful GOAWAY, sent after what the same turn queued
+        self.table = StreamTable(http2.initial_window_size, http2.connection_window_size, self._out)
+        self.streams = self.table.streams
         self.highest_stream = 0  # the highest stream id the client used: lower unknown ids are closed
         self.last_accepted = 0  # the highest stream id a request was taken (or answered) on
         self.accepting = True
         self.settings_received = False  # the client's preface and first SETTINGS arrived
         self.closed = False  # a GOAWAY with an error went either way: nothing more is sent
-        # the client's side of the flow control and its settings
-        self.send_window = DEFAULT_WINDOW  # the connection's window for what we send
-        self.initial_send_window = DEFAULT_WINDOW  # a new stream's window for what we send
+        self.send_window = fr.DEFAULT_WINDOW  # the connection's window for what we send
+        self.initial_send_window = fr.DEFAULT_WINDOW  # a new stream's window for what we send
         self.max_outbound_frame_size = fr.DEFAULT_MAX_FRAME_SIZE
-        self._receive_window = DEFAULT_WINDOW  # what the client may send on the connection
-        self._unacked = 0  # bytes read (or dropped) on the connection, not handed back yet
         self._block_stream = 0  # the stream of a header block still waiting for CONTINUATION
         self._block_flags = 0
         self._block: list[bytes] = []
-        self._out: list[bytes] = []
-        self._graceful_goaway = b""  # a graceful GOAWAY, sent after what the same turn queued
 
     def start(self) -> None:
         """Queue our SETTINGS and the connection window's opening."""
         self._out.append(fr.settings_frame(self._settings))
-        if self.connection_window > DEFAULT_WINDOW:
-            self._out.append(fr.window_update_frame(0, self.connection_window - DEFAULT_WINDOW))
-            self._receive_window = self.connection_window
+        window = self.table.connection_window
+        if window > fr.DEFAULT_WINDOW:
+            self._out.append(fr.window_update_frame(0, window - fr.DEFAULT_WINDOW))
+            self.table.receive_window = window
+
+    @property
+    def open_streams(self) -> int:
+        """Streams with a half still open (SETTINGS_MAX_CONCURRENT_STREAMS)."""
+        return self.table.open_count
+
+    @property
+    def quiet(self) -> QuietStreams:
+        """Streams reset or refused: late frames on them are dropped."""
+        return self.table.quiet
 
     # -- input ------------------------------------------------------------------------------------
     def receive_data(self, data: bytes, now: float) -> list[StreamEvent]:
@@ -175,24 +137,33 @@ class ServerConnection:
             for kind, flags, stream_id, payload in self.reader.frames(data):
                 if self._block_stream:
                     self._continuation(kind, flags, stream_id, payload, out)
+                elif not self.settings_received and kind != _SETTINGS:
+                    raise FrameError(PROTOCOL_ERROR, "the client's first frame is not SETTINGS")
                 elif kind == _DATA:
                     self._data(flags, stream_id, payload, out)
                 elif kind == _HEADERS:
-                    self._headers(flags, stream_id, payload, out)
-                elif not self.settings_received and kind != _SETTINGS:
-                    raise FrameError(PROTOCOL_ERROR, "the client's first frame is not SETTINGS")
+                    fragment, self_dependent = fr.header_fragment(flags, stream_id, payload)
+                    if flags & _END_HEADERS:
+                        self._header_block(stream_id, flags, self_dependent, fragment, out)
+                    else:
+                        self._block_stream, self._block_flags, self._block = stream_id, flags | self_dependent << 8, [fragment]
                 elif kind == _WINDOW_UPDATE:
-                    self._window_update(stream_id, payload, out)
+                    self._window_update(stream_id, fr.window_increment(payload), out)
                 elif kind == _RST_STREAM:
-                    self._rst_stream(stream_id, payload, out)
+                    self._rst_stream(stream_id, fr.reset_code(stream_id, payload), out)
                 elif kind == _SETTINGS:
                     self._settings_frame(flags, stream_id, payload, out)
                 elif kind == _PING:
-                    self._ping(flags, stream_id, payload)
+                    answer = fr.ping_answer(flags, stream_id, payload)
+                    if answer is not None:
+                        self._out.append(answer)
                 elif kind == _PRIORITY:
-                    self._priority(stream_id, payload)
+                    fr.check_priority(stream_id, payload)
                 elif kind == _GOAWAY:
-                    self._goaway(stream_id, payload, out)
+                    error_code = fr.goaway_code(stream_id, payload)
+                    self.accepting = False
+                    self.closed = self.closed or error_code != NO_ERROR
+                    out.append(PeerGoingAway(error_code))
                 elif kind == _PUSH_PROMISE:
                     raise FrameError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
                 elif kind == _CONTINUATION:
@@ -210,32 +181,6 @@ class ServerConnection:
             self._out.append(fr.goaway_frame(self.last_accepted, error_code))
         raise ConnectionFailed(int(error_code), reason)
 
-    def _headers(self, flags: int, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
-        if not self.settings_received:
-            raise FrameError(PROTOCOL_ERROR, "the client's first frame is not SETTINGS")
-        if stream_id == 0 or not stream_id & 1:
-            raise FrameError(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, not one a client may open")
-        start, end = 0, len(payload)
-        if flags & _PADDED:
-            if not end:
-                raise FrameError(FRAME_SIZE_ERROR, "a padded HEADERS frame without its pad length")
-            start, end = 1, end - payload[0]
-        if flags & _PRIORITY_FLAG:
-            if end - start < 5:
-                raise FrameError(FRAME_SIZE_ERROR, "a HEADERS frame too short for its priority")
-            if fr.read_u32(payload[start : start + 4]) & fr.STREAM_ID_MASK == stream_id:
-                flags |= 0x100  # (a stream depending on itself: reset once its block is decoded)
-            start += 5
-        if end < start:
-            raise FrameError(PROTOCOL_ERROR, "HEADERS padding longer than the frame")
-        fragment = payload[start:end] if start or end != len(payload) else payload
-        if flags & _END_HEADERS:
-            self._header_block(stream_id, flags, fragment, out)
-        else:
-            self._block_stream = stream_id
-            self._block_flags = flags
-            self._block = [fragment]
-
     def _continuation(self, kind: int, flags: int, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
         if kind != _CONTINUATION or stream_id != self._block_stream:
             raise FrameError(PROTOCOL_ERROR, "a header block interrupted by another frame")
@@ -243,9 +188,9 @@ class ServerConnection:
         if flags & _END_HEADERS:
             block, self._block = b"".join(self._block), []
             self._block_stream = 0
-            self._header_block(stream_id, self._block_flags, block, out)
+            self._header_block(stream_id, self._block_flags, bool(self._block_flags >> 8), block, out)
 
-    def _header_block(self, stream_id: int, flags: int, block: bytes, out: list[StreamEvent]) -> None:
+    def _header_block(self, stream_id: int, flags: int, self_dependent: bool, block: bytes, out: list[StreamEvent]) -> None:
         try:  # (decoded whatever happens to the stream: the HPACK state is the connection's)
             fields = self.decoder.decode(block, raw=True)
         except OversizedHeaderListError:
@@ -253,10 +198,11 @@ class ServerConnection:
         except HPACKError as exc:
             raise FrameError(ErrorCodes.COMPRESSION_ERROR, f"an undecodable header block: {exc}") from None
         end_stream = bool(flags & _END_STREAM)
-        stream = self.streams.get(stream_id)
         if stream_id > self.highest_stream:
-            self._open(stream_id, fields, end_stream, flags, out)
-        elif stream is not None and stream.remote_open:
+            self._open(stream_id, fields, end_stream, self_dependent, out)
+            return
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.remote_open:
             if not end_stream:  # trailers must end the stream (RFC 9113 section 8.1)
                 self._stream_error(stream_id, PROTOCOL_ERROR, out)
             else:  # request trailers are dropped; the body ends
@@ -264,24 +210,25 @@ class ServerConnection:
         elif not self._quiet(stream_id, stream):
             self._stream_error(stream_id, STREAM_CLOSED, out)
 
-    def _open(self, stream_id: int, fields: Sequence[tuple[bytes, bytes]], ended: bool, flags: int, out: list[StreamEvent]) -> None:
+    def _open(
+        self, stream_id: int, fields: Sequence[tuple[bytes, bytes]], ended: bool, self_dependent: bool, out: list[StreamEvent]
+    ) -> None:
         self.highest_stream = stream_id
         if not self.accepting:
             # Above the GOAWAY's last stream: never served, and ignored (RFC 9113 section 6.8) rather
             # than reset, since the GOAWAY already tells the client to retry it elsewhere; some
             # clients (httpcore) fail a request whose RST_STREAM they read before that GOAWAY.
             return
-        if flags & 0x100:
+        if self_dependent:
             self._stream_error(stream_id, PROTOCOL_ERROR, out)
             return
-        if self.open_streams >= self.max_concurrent_streams:
+        table = self.table
+        if table.open_count >= self.max_concurrent_streams:
             self._out.append(fr.rst_stream_frame(stream_id, ErrorCodes.REFUSED_STREAM))
-            self.quiet.add(stream_id)
+            table.quiet.add(stream_id)
             return
         self.last_accepted = stream_id
-        stream = ServerStream(ended, self.initial_send_window, self.stream_window)
-        self.streams[stream_id] = stream
-        self.open_streams += 1
+        stream = table.open(stream_id, ended, self.initial_send_window)
         try:
             head = request_head(fields, ended, self.scheme, self.client, self.limits)
         except MalformedRequest as exc:
@@ -292,31 +239,26 @@ class ServerConnection:
         out.append(Opened(stream_id, head))
 
     def _data(self, flags: int, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
-        if stream_id == 0:
-            raise FrameError(PROTOCOL_ERROR, "DATA on stream 0")
-        flow = len(payload)
-        if flow > self._receive_window:
+        data = fr.data_content(flags, stream_id, payload)
+        flow = len(payload)  # (padding included)
+        table = self.table
+        if flow > table.receive_window:
             raise FrameError(FLOW_CONTROL_ERROR, "DATA beyond the connection's window")
-        self._receive_window -= flow
-        data = payload
-        if flags & _PADDED:
-            if not flow or payload[0] >= flow:
-                raise FrameError(PROTOCOL_ERROR, "DATA padding longer than the frame")
-            data = payload[1 : flow - payload[0]]
+        table.receive_window -= flow
         stream = self.streams.get(stream_id)
         if stream is None or not stream.remote_open:
             if stream_id > self.highest_stream:
                 raise FrameError(PROTOCOL_ERROR, f"DATA on stream {stream_id}, which was never opened")
-            self._hand_back(flow)  # nobody reads it
+            table.hand_back(flow)  # nobody reads it
             if not self._quiet(stream_id, stream):
                 self._stream_error(stream_id, STREAM_CLOSED, out)
             return
         if flow > stream.receive_window:
-            self._hand_back(flow)
+            table.hand_back(flow)
             self._stream_error(stream_id, FLOW_CONTROL_ERROR, out)
             return
         stream.receive_window -= flow
-        if data or flow:
+        if flow:
             stream.chunks.append((data, flow))
             stream.unread += flow
         if data:
@@ -335,22 +277,18 @@ class ServerConnection:
         if expected is not None and stream.received_length != expected:
             self._stream_error(stream_id, PROTOCOL_ERROR, out)
             return
-        stream.ended = True
-        stream.remote_open = False
-        if not stream.local_open:
-            self._count_closed(stream)
+        self.table.remote_end(stream)
         out.append(Readable(stream_id))
 
     def _quiet(self, stream_id: int, stream: ServerStream | None) -> bool:
         """Whether a late frame on this closed stream is dropped without an answer."""
-        return (stream is not None and stream.reset) or stream_id in self.quiet or (
-            not self.accepting and stream_id > self.last_accepted
+        return (
+            (stream is not None and stream.reset)
+            or stream_id in self.table.quiet
+            or (not self.accepting and stream_id > self.last_accepted)
         )
 
-    def _window_update(self, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
-        if len(payload) != 4:
-            raise FrameError(FRAME_SIZE_ERROR, "a WINDOW_UPDATE frame not of 4 bytes")
-        increment = fr.read_u32(payload) & fr.STREAM_ID_MASK
+    def _window_update(self, stream_id: int, increment: int, out: list[StreamEvent]) -> None:
         if stream_id == 0:
             if not increment:
                 raise FrameError(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0 on the connection")
@@ -375,129 +313,52 @@ class ServerConnection:
             return
         out.append(Writable(stream_id))
 
-    def _rst_stream(self, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
-        if len(payload) != 4:
-            raise FrameError(FRAME_SIZE_ERROR, "a RST_STREAM frame not of 4 bytes")
-        if stream_id == 0 or stream_id > self.highest_stream:
+    def _rst_stream(self, stream_id: int, error_code: int, out: list[StreamEvent]) -> None:
+        if stream_id > self.highest_stream:
             raise FrameError(PROTOCOL_ERROR, f"RST_STREAM on stream {stream_id}, which was never opened")
         stream = self.streams.get(stream_id)
         if stream is not None and not stream.reset:
-            self._close_by_reset(stream_id, stream)
-            out.append(Reset(stream_id, fr.read_u32(payload)))
+            self.table.close_by_reset(stream_id, stream)
+            out.append(Reset(stream_id, error_code))
 
     def _settings_frame(self, flags: int, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
-        if stream_id:
-            raise FrameError(PROTOCOL_ERROR, "SETTINGS on a stream")
-        if flags & _ACK:
-            if payload:
-                raise FrameError(FRAME_SIZE_ERROR, "a SETTINGS acknowledgement with a payload")
-            return
-        if len(payload) % 6:
-            raise FrameError(FRAME_SIZE_ERROR, "a SETTINGS frame whose length is not a multiple of 6")
+        settings = fr.settings_received(flags, stream_id, payload)
+        if settings is None:
+            return  # (our settings apply from the start: every window we announced is at least the default)
         writable = False
-        for code, value in fr.parse_settings(payload):
+        for code, value in settings:
             if code == fr.INITIAL_WINDOW_SIZE:
-                if value > _MAX_WINDOW:
-                    raise FrameError(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1")
-                self._resize_windows(value - self.initial_send_window)
+                delta = value - self.initial_send_window
                 self.initial_send_window = value
+                for stream in self.streams.values():  # (a window may go below zero: RFC 9113 section 6.9.2)
+                    stream.send_window += delta
+                    if stream.send_window > _MAX_WINDOW:
+                        raise FrameError(FLOW_CONTROL_ERROR, "a stream's window grew past 2^31-1")
                 writable = True
             elif code == fr.MAX_FRAME_SIZE:
-                if not fr.DEFAULT_MAX_FRAME_SIZE <= value <= fr.LARGEST_FRAME_SIZE:
-                    raise FrameError(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
                 self.max_outbound_frame_size = value
                 writable = True
             elif code == fr.HEADER_TABLE_SIZE:
                 self.encoder.header_table_size = value
-            elif code in (fr.ENABLE_PUSH, fr.ENABLE_CONNECT_PROTOCOL) and value > 1:
-                raise FrameError(PROTOCOL_ERROR, "a SETTINGS flag other than 0 or 1")
         self._out.append(fr.SETTINGS_ACK)
         self.settings_received = True
         if writable:
             out.append(Writable(0))
 
-    def _resize_windows(self, delta: int) -> None:
-        """SETTINGS_INITIAL_WINDOW_SIZE changed: every stream's send window moves by the difference
-        (and may go below zero; RFC 9113 section 6.9.2)."""
-        if not delta:
-            return
-        for stream in self.streams.values():
-            stream.send_window += delta
-            if stream.send_window > _MAX_WINDOW:
-                raise FrameError(FLOW_CONTROL_ERROR, "a stream's window grew past 2^31-1")
-
-    def _ping(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id:
-            raise FrameError(PROTOCOL_ERROR, "PING on a stream")
-        if len(payload) != 8:
-            raise FrameError(FRAME_SIZE_ERROR, "a PING frame not of 8 bytes")
-        if not flags & _ACK:
-            self._out.append(_frame(_PING, _ACK, 0, payload))
-
-    def _priority(self, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise FrameError(PROTOCOL_ERROR, "PRIORITY on stream 0")
-        if len(payload) != 5:
-            raise FrameError(FRAME_SIZE_ERROR, "a PRIORITY frame not of 5 bytes")
-        # Priorities are not acted upon (RFC 9113 section 5.3.2); the frame changes no stream's state.
-
-    def _goaway(self, stream_id: int, payload: bytes, out: list[StreamEvent]) -> None:
-        if stream_id:
-            raise FrameError(PROTOCOL_ERROR, "GOAWAY on a stream")
-        if len(payload) < 8:
-            raise FrameError(FRAME_SIZE_ERROR, "a GOAWAY frame under 8 bytes")
-        error_code = fr.read_u32(payload[4:])
-        self.accepting = False
-        if error_code:
-            self.closed = True
-        out.append(PeerGoingAway(error_code))
-
     def _stream_error(self, stream_id: int, error_code: int, out: list[StreamEvent]) -> None:
         """Reset one stream for its protocol error; whoever serves it is told (`Reset`)."""
         stream = self.streams.get(stream_id)
         self._out.append(fr.rst_stream_frame(stream_id, error_code))
-        self.quiet.add(stream_id)
+        self.table.quiet.add(stream_id)
         if stream is not None and not stream.reset:
-            self._close_by_reset(stream_id, stream)
+            self.table.close_by_reset(stream_id, stream)
             out.append(Reset(stream_id, int(error_code)))
-
-    # -- stream ends ------------------------------------------------------------------------------
-    def _count_closed(self, stream: ServerStream) -> None:
-        if stream.counted:
-            stream.counted = False
-            self.open_streams -= 1
-
-    def _close_by_reset(self, stream_id: int, stream: ServerStream) -> None:
-        """RST_STREAM went either way: both halves close, the unread body is dropped and its bytes
-        handed back to the connection's window."""
-        stream.reset = True
-        stream.remote_open = stream.local_open = False
-        self._count_closed(stream)
-        self.quiet.add(stream_id)
-        stream.chunks.clear()
-        if stream.unread:
-            self._hand_back(stream.unread)
-            stream.unread = 0
 
     # -- request bodies ---------------------------------------------------------------------------
     def read(self, stream_id: int) -> bytes | None:
         """The next body chunk received on `stream_id` (handed back to the client's window now), or
         None when none is waiting."""
-        stream = self.streams.get(stream_id)
-        if stream is None or not stream.chunks:
-            return None
-        data, flow = stream.chunks.popleft()
-        if flow:
-            stream.unread -= flow
-            self._hand_back(flow)
-            if stream.remote_open:  # (a stream the client ended needs no more window)
-                unacked = stream.unacked + flow
-                if unacked >= self.stream_window >> 1:
-                    stream.receive_window += unacked
-                    self._out.append(fr.window_update_frame(stream_id, unacked))
-                    unacked = 0
-                stream.unacked = unacked
-        return data
+        return self.table.read(stream_id)
 
     def body_ended(self, stream_id: int) -> bool:
         """Whether the client ended its side and every chunk was read."""
@@ -508,16 +369,6 @@ class ServerConnection:
         stream = self.streams.get(stream_id)
         return stream is None or stream.reset
 
-    def _hand_back(self, flow: int) -> None:
-        """`flow` bytes of the connection's window were read or dropped: WINDOW_UPDATE once half of
-        it waits to be handed back."""
-        unacked = self._unacked + flow
-        if unacked >= self.connection_window >> 1 and not self.closed:
-            self._receive_window += unacked
-            self._out.append(fr.window_update_frame(0, unacked))
-            unacked = 0
-        self._unacked = unacked
-
     # -- responses --------------------------------------------------------------------------------
     def _sending(self, stream_id: int) -> ServerStream:
         stream = self.streams.get(stream_id)
@@ -525,17 +376,12 @@ class ServerConnection:
             raise StreamGone("stream reset" if stream is not None and stream.reset else "stream closed")
         return stream
 
-    def _local_end(self, stream: ServerStream) -> None:
-        stream.local_open = False
-        if not stream.remote_open:
-            self._count_closed(stream)
-
     def send_headers(self, stream_id: int, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
         stream = self._sending(stream_id)
         block = self.encoder.encode(fields)
         self._out.append(fr.header_frames(stream_id, block, end_stream, self.max_outbound_frame_size))
         if end_stream:
-            self._local_end(stream)
+            self.table.local_end(stream)
 
     def sendable(self, stream_id: int) -> int:
         """How many body bytes `stream_id` may send now (the smaller of its window and the
@@ -552,7 +398,7 @@ class ServerConnection:
             raise StreamGone("a send beyond the client's window")
         stream.send_window -= size
         self.send_window -= size
-        flags = fr.END_STREAM if end_stream else 0
+        flags = _END_STREAM if end_stream else 0
         limit = self.max_outbound_frame_size
         if size <= limit:
             self._out.append(_frame(_DATA, flags, stream_id, data))
@@ -565,12 +411,12 @@ class ServerConnection:
                 frames += 1
         self.guard.data_frames_sent(frames)
         if end_stream:
-            self._local_end(stream)
+            self.table.local_end(stream)
 
     def end_stream(self, stream_id: int) -> None:
         stream = self._sending(stream_id)
-        self._out.append(_frame(_DATA, fr.END_STREAM, stream_id))
-        self._local_end(stream)
+        self._out.append(_frame(_DATA, _END_STREAM, stream_id))
+        self.table.local_end(stream)
 
     def reset(self, stream_id: int, error_code: int) -> None:
         """Reset `stream_id` (a no-op once it is closed); what the client sent is handed back."""
@@ -579,9 +425,9 @@ class ServerConnection:
             self._reset(stream_id, stream, error_code)
 
     def _reset(self, stream_id: int, stream: ServerStream, error_code: int) -> None:
-        if stream.reset or stream.closed:
+        if stream.closed:
             return
-        self._close_by_reset(stream_id, stream)
+        self.table.close_by_reset(stream_id, stream)
         if not self.closed:
             self._out.append(fr.rst_stream_frame(stream_id, error_code))
 
@@ -589,14 +435,9 @@ class ServerConnection:
         """Whoever served `stream_id` is done. An unfinished response is reset (INTERNAL_ERROR); a
         finished one whose request is still coming is reset with NO_ERROR (RFC 9113 section 8.1),
         so the client stops sending a body nobody reads."""
-        stream = self.streams.pop(stream_id, None)
-        if stream is None:
-            return
-        if not stream.closed:
+        stream = self.table.release(stream_id)
+        if stream is not None and not stream.closed:
             self._reset(stream_id, stream, NO_ERROR if complete and not stream.local_open else INTERNAL_ERROR)
-        elif stream.unread:
-            self._hand_back(stream.unread)
-            stream.unread = 0
 
     def answer(self, stream_id: int, fields: list[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole small response (a refusal), or a reset when it cannot leave in one go."""
@@ -612,11 +453,9 @@ class ServerConnection:
     # -- the connection ---------------------------------------------------------------------------
     def go_away(self) -> None:
         """A graceful GOAWAY: streams up to `last_accepted` go on, none is accepted after it."""
-        if not self.accepting or self.closed:
-            self.accepting = False
-            return
+        if self.accepting and not self.closed:
+            self._graceful_goaway = fr.goaway_frame(self.last_accepted, NO_ERROR)  # (after the frames queued with it)
         self.accepting = False
-        self._graceful_goaway = fr.goaway_frame(self.last_accepted, NO_ERROR)  # (after the frames queued with it)
 
     def data_to_send(self) -> bytes:
         out = self._out

@@ -165,3 +165,99 @@ class FrameReader:
         if position < size:
             self._buffer = data[position:]
         return found
+
+
+# -- what a received frame's payload says, checked (RFC 9113 section 6) -----------------------------
+def header_fragment(flags: int, stream_id: int, payload: bytes) -> tuple[bytes, bool]:
+    """A HEADERS frame's header block fragment, without padding and priority, and whether the
+    stream depends on itself (a stream error)."""
+    if stream_id == 0 or not stream_id & 1:
+        raise FrameError(ErrorCodes.PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, not one a client may open")
+    if not flags & (PADDED | PRIORITY_FLAG):
+        return payload, False
+    start, end = 0, len(payload)
+    if flags & PADDED:
+        if not end:
+            raise FrameError(ErrorCodes.FRAME_SIZE_ERROR, "a padded HEADERS frame without its pad length")
+        start, end = 1, end - payload[0]
+    self_dependent = False
+    if flags & PRIORITY_FLAG:
+        if end - start < 5:
+            raise FrameError(ErrorCodes.FRAME_SIZE_ERROR, "a HEADERS frame too short for its priority")
+        self_dependent = read_u32(payload[start : start + 4]) & STREAM_ID_MASK == stream_id
+        start += 5
+    if end < start:
+        raise FrameError(ErrorCodes.PROTOCOL_ERROR, "HEADERS padding longer than the frame")
+    return payload[start:end], self_dependent
+
+
+def data_content(flags: int, stream_id: int, payload: bytes) -> bytes:
+    """A DATA frame's data, without padding."""
+    if stream_id == 0:
+        raise FrameError(ErrorCodes.PROTOCOL_ERROR, "DATA on stream 0")
+    if not flags & PADDED:
+        return payload
+    size = len(payload)
+    if not size or payload[0] >= size:
+        raise FrameError(ErrorCodes.PROTOCOL_ERROR, "DATA padding longer than the frame")
+    return payload[1 : size - payload[0]]
+
+
+def window_increment(payload: bytes) -> int:
+    if len(payload) != 4:
+        raise FrameError(ErrorCodes.FRAME_SIZE_ERROR, "a WINDOW_UPDATE frame not of 4 bytes")
+    return read_u32(payload) & STREAM_ID_MASK
+
+
+def reset_code(stream_id: int, payload: bytes) -> int:
+    if len(payload) != 4:
+        raise FrameError(ErrorCodes.FRAME_SIZE_ERROR, "a RST_STREAM frame not of 4 bytes")
+    if stream_id == 0:
+        raise FrameError(ErrorCodes.PROTOCOL_ERROR, "RST_STREAM on stream 0")
+    return read_u32(payload)
+
+
+def settings_received(flags: int, stream_id: int, payload: bytes) -> list[tuple[int, int]] | None:
+    """The settings a SETTINGS frame carries, each value checked; None for an acknowledgement."""
+    if stream_id:
+        raise FrameError(ErrorCodes.PROTOCOL_ERROR, "SETTINGS on a stream")
+    if flags & ACK:
+        if payload:
+            raise FrameError(ErrorCodes.FRAME_SIZE_ERROR, "a SETTINGS acknowledgement with a payload")
+        return None
+    if len(payload) % 6:
+        raise FrameError(ErrorCodes.FRAME_SIZE_ERROR, "a SETTINGS frame whose length is not a multiple of 6")
+    settings = parse_settings(payload)
+    for code, value in settings:
+        if code == INITIAL_WINDOW_SIZE and value > MAX_WINDOW:
+            raise FrameError(ErrorCodes.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1")
+        if code == MAX_FRAME_SIZE and not DEFAULT_MAX_FRAME_SIZE <= value <= LARGEST_FRAME_SIZE:
+            raise FrameError(ErrorCodes.PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
+        if code in (ENABLE_PUSH, ENABLE_CONNECT_PROTOCOL) and value > 1:
+            raise FrameError(ErrorCodes.PROTOCOL_ERROR, "a SETTINGS flag other than 0 or 1")
+    return settings
+
+
+def ping_answer(flags: int, stream_id: int, payload: bytes) -> bytes | None:
+    """The PING ACK to send for a PING (None for an ACK)."""
+    if stream_id:
+        raise FrameError(ErrorCodes.PROTOCOL_ERROR, "PING on a stream")
+    if len(payload) != 8:
+        raise FrameError(ErrorCodes.FRAME_SIZE_ERROR, "a PING frame not of 8 bytes")
+    return None if flags & ACK else frame(PING, ACK, 0, payload)
+
+
+def check_priority(stream_id: int, payload: bytes) -> None:
+    """A PRIORITY frame is checked, never acted upon (RFC 9113 section 5.3.2)."""
+    if stream_id == 0:
+        raise FrameError(ErrorCodes.PROTOCOL_ERROR, "PRIORITY on stream 0")
+    if len(payload) != 5:
+        raise FrameError(ErrorCodes.FRAME_SIZE_ERROR, "a PRIORITY frame not of 5 bytes")
+
+
+def goaway_code(stream_id: int, payload: bytes) -> int:
+    if stream_id:
+        raise FrameError(ErrorCodes.PROTOCOL_ERROR, "GOAWAY on a stream")
+    if len(payload) < 8:
+        raise FrameError(ErrorCodes.FRAME_SIZE_ERROR, "a GOAWAY frame under 8 bytes")
+    return read_u32(payload[4:])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from llmrelay.proto.h2.frames import DEFAULT_WINDOW, window_update_frame
+
 REMEMBERED = 1024  # streams whose late frames are dropped quietly (see `QuietStreams`)
 
 
@@ -66,3 +68,91 @@ class QuietStreams:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+class StreamTable:
+    """A connection's streams: which are open (counted against SETTINGS_MAX_CONCURRENT_STREAMS),
+    which were reset (`quiet`), and the request bodies held, handed back to the client's windows as
+    the relay reads them. The WINDOW_UPDATE frames owed go to `out`, each once half a window waits
+    to be handed back: a small body costs none."""
+
+    __slots__ = ("streams", "quiet", "open_count", "stream_window", "connection_window", "receive_window", "_unacked", "_out")
+
+    def __init__(self, stream_window: int, connection_window: int, out: list[bytes]) -> None:
+        self.streams: dict[int, ServerStream] = {}
+        self.quiet = QuietStreams()
+        self.open_count = 0
+        self.stream_window = stream_window  # what each stream may receive before we read it
+        self.connection_window = connection_window  # what all of them may, together
+        self.receive_window = DEFAULT_WINDOW  # what the client may still send on the connection
+        self._unacked = 0  # bytes read (or dropped) on the connection, not handed back yet
+        self._out = out
+
+    def open(self, stream_id: int, ended: bool, send_window: int) -> ServerStream:
+        stream = self.streams[stream_id] = ServerStream(ended, send_window, self.stream_window)
+        self.open_count += 1
+        return stream
+
+    def count_closed(self, stream: ServerStream) -> None:
+        if stream.counted:
+            stream.counted = False
+            self.open_count -= 1
+
+    def remote_end(self, stream: ServerStream) -> None:
+        stream.ended = True
+        stream.remote_open = False
+        if not stream.local_open:
+            self.count_closed(stream)
+
+    def local_end(self, stream: ServerStream) -> None:
+        stream.local_open = False
+        if not stream.remote_open:
+            self.count_closed(stream)
+
+    def close_by_reset(self, stream_id: int, stream: ServerStream) -> None:
+        """RST_STREAM went either way: both halves close, the unread body is dropped and its bytes
+        handed back to the connection's window."""
+        stream.reset = True
+        stream.remote_open = stream.local_open = False
+        self.count_closed(stream)
+        self.quiet.add(stream_id)
+        stream.chunks.clear()
+        if stream.unread:
+            self.hand_back(stream.unread)
+            stream.unread = 0
+
+    def read(self, stream_id: int) -> bytes | None:
+        """The next body chunk held for `stream_id` (handed back to the client's windows now), or
+        None when none is waiting."""
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.chunks:
+            return None
+        data, flow = stream.chunks.popleft()
+        if flow:
+            stream.unread -= flow
+            self.hand_back(flow)
+            if stream.remote_open:  # (a stream the client ended needs no more window)
+                unacked = stream.unacked + flow
+                if unacked >= self.stream_window >> 1:
+                    stream.receive_window += unacked
+                    self._out.append(window_update_frame(stream_id, unacked))
+                    unacked = 0
+                stream.unacked = unacked
+        return data
+
+    def hand_back(self, flow: int) -> None:
+        """`flow` bytes of the connection's window were read or dropped."""
+        unacked = self._unacked + flow
+        if unacked >= self.connection_window >> 1:
+            self.receive_window += unacked
+            self._out.append(window_update_frame(0, unacked))
+            unacked = 0
+        self._unacked = unacked
+
+    def release(self, stream_id: int) -> ServerStream | None:
+        """Forget `stream_id` (its server is done); what it still held is handed back."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None and stream.unread:
+            self.hand_back(stream.unread)
+            stream.unread = 0
+        return stream
