@@ -1,13 +1,13 @@
-"""Abuse budgets of one HTTP/2 connection, checked on the raw frames before h2 parses them.
+"""Abuse budgets of one HTTP/2 connection, checked on the raw frames before the connection processes them.
 
-h2 answers what a client sends faithfully: every PING gets its ACK, every SETTINGS frame is applied
-and acknowledged, a stream opened and reset costs a request's setup, and a header block may grow over
-64 CONTINUATION frames before it refuses. A client can make a server spend CPU and memory for nothing
+A faithful HTTP/2 server answers what a client sends: every PING gets its ACK, every SETTINGS frame
+is applied and acknowledged, a stream opened and reset costs a request's setup, and a header block
+may grow over many CONTINUATION frames. A client can make a server spend CPU and memory for nothing
 that way (rapid reset, CVE-2023-44487; the CONTINUATION flood of 2024; PING and SETTINGS floods). The
 `FrameGuard` reads the 9-byte header of every frame as the bytes arrive (a payload is skipped, never
 copied) and charges each kind of frame to its own token bucket; a frame over its budget ends the
-connection with GOAWAY(ENHANCE_YOUR_CALM) before h2 ever sees it. Sans-IO: bytes and a clock in, a
-verdict out.
+connection with GOAWAY(ENHANCE_YOUR_CALM) before any frame of that read is processed. Sans-IO: bytes
+and a clock in, a verdict out.
 
 The budgets are bursts that refill over time: an ordinary client (httpx, a browser, grpc's BDP pings)
 never comes near them; a flood crosses them within a fraction of a second.
@@ -46,7 +46,7 @@ WINDOW_UPDATE_BUDGET = Budget(500, 100.0)
 WINDOW_UPDATES_PER_DATA_FRAME = 2
 # DATA frames that carry nothing and do not end the stream: they cost a frame each and move nothing.
 EMPTY_DATA_BUDGET = Budget(100, 20.0)
-# PRIORITY and frame types h2 ignores (unknown extensions): nothing a relay acts upon.
+# PRIORITY and frame types the server ignores (unknown extensions): nothing a relay acts upon.
 OTHER_BUDGET = Budget(200, 50.0)
 # One header block (HEADERS and its CONTINUATION frames) may take this many CONTINUATION frames; its
 # size is bounded by the block limit given to the guard (the decoded header list limit).
@@ -148,7 +148,7 @@ class FrameGuard:
         self._skip = length
         if self._block_stream:
             if kind != CONTINUATION:
-                return None  # h2 refuses anything else inside a header block (PROTOCOL_ERROR)
+                return None  # the connection refuses anything else inside a header block (PROTOCOL_ERROR)
             return self._continuation(length, flags)
         if kind == DATA:
             if length == 0 and not flags & END_STREAM and not self._empty_data.take(now):
@@ -173,7 +173,7 @@ class FrameGuard:
             if not flags & ACK and not self._settings.take(now):
                 return "too many SETTINGS frames"
         elif kind == CONTINUATION:
-            return None  # outside a header block: h2 refuses it (PROTOCOL_ERROR)
+            return None  # outside a header block: the connection refuses it (PROTOCOL_ERROR)
         elif kind not in (PUSH_PROMISE, GOAWAY) and not self._other.take(now):
             return "too many PRIORITY or unknown frames"
         return None

@@ -1,10 +1,10 @@
-"""HPACK (RFC 7541) for the server side of HTTP/2: a decoder and an encoder h2 can use in place of
-`hpack`'s, at a fraction of their CPU per request.
+"""HPACK (RFC 7541) for the server side of HTTP/2: a decoder and an encoder in place of `hpack`'s, at
+a fraction of their CPU per request.
 
-Both are sans-IO and keep h2's interface (`decode(data, raw=True)`, `encode(headers)`, the
+Both are sans-IO and keep `hpack`'s interface (`decode(data, raw=True)`, `encode(headers)`, the
 `max_header_list_size`, `max_allowed_table_size` and `header_table_size` attributes), raise `hpack`'s
-exception types so h2 turns a bad block into the same COMPRESSION_ERROR (or, for an oversized list,
-the same ENHANCE_YOUR_CALM), and return `hpack`'s `HeaderTuple` / `NeverIndexedHeaderTuple`.
+exception types (the connection turns a bad block into COMPRESSION_ERROR, an oversized list into
+ENHANCE_YOUR_CALM), and return `hpack`'s `HeaderTuple` / `NeverIndexedHeaderTuple`.
 
 - **Decoder.** The whole protocol: indexed fields, the three kinds of literal, dynamic table size
   updates (only before the first field, never above `max_allowed_table_size`), a FIFO dynamic table
