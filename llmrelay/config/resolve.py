@@ -209,6 +209,8 @@ def _resolve_endpoint(
         retry_body_limit=section.retry_body_limit,
         allow_websocket=section.allow_websocket,
         websocket_idle_timeout=section.websocket_idle_timeout,
+        cors=section.cors if section.cors is not None else server.cors,
+        processors=section.processors,
     )
 
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from llmrelay.config.limits import ClientLimits, PoolLimits, UpstreamTimeouts
-from llmrelay.config.schema import ListenSection, ServerSection
+from llmrelay.config.schema import CorsSection, ListenSection, ProcessorSection, ServerSection
 
 
 class WeightedKey(msgspec.Struct, frozen=True):
@@ -103,6 +103,8 @@ class ResolvedEndpoint(msgspec.Struct, frozen=True, kw_only=True):
     retry_body_limit: int
     allow_websocket: bool = True
     websocket_idle_timeout: float = 300.0
+    cors: CorsSection | None = None  # its own, else `[server.cors]`
+    processors: list[ProcessorSection] = []  # the request policy, in order
 
     @property
     def max_body_size(self) -> int:

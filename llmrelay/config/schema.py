@@ -11,7 +11,8 @@ set on the endpoint is the default of its upstreams (`None` on an upstream: inhe
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import ipaddress
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -27,6 +28,8 @@ ForwardedHeaders = Literal["append", "replace", "none"]
 HttpStatus = Annotated[int, Meta(ge=100, le=599)]
 TlsVersion = Literal["1.2", "1.3"]
 WindowSize = Annotated[int, Meta(ge=65535, le=2**31 - 1)]
+LogFormat = Literal["text", "json"]
+PromptMode = Literal["prepend", "replace", "if_absent"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -53,6 +56,83 @@ class HealthCheckSection(_Section, frozen=True, forbid_unknown_fields=True, kw_o
     unhealthy_threshold: PositiveInt = 3
     headers: dict[str, str] = {}
     body: str = ""
+
+
+class CorsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`cors = { ... }` on an endpoint (or `[server.cors]`, every endpoint's default): what browsers
+    calling the relay directly may do. Preflight OPTIONS is answered by the relay itself."""
+
+    allow_origins: list[str] = []  # exact origins ("https://app.example.com"), or "*"
+    allow_methods: list[str] = msgspec.field(default_factory=lambda: ["GET", "POST", "OPTIONS"])
+    allow_headers: list[str] = msgspec.field(
+        default_factory=lambda: ["authorization", "content-type", "x-api-key", "x-goog-api-key", "anthropic-version", "anthropic-beta", "openai-organization", "openai-project", "x-stainless-*"]
+    )
+    expose_headers: list[str] = []
+    allow_credentials: bool = False
+    max_age: Annotated[int, Meta(ge=0)] = 600
+
+    def __post_init__(self) -> None:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("allow_origins = [\"*\"] cannot be combined with allow_credentials = true")
+
+
+class RewriteSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`rewrite_with = { ... }` in a processor: an endpoint of this relay rewrites the last user message."""
+
+    endpoint: str
+    model: str
+    prompt: str
+    timeout: PositiveFloat = 10.0
+    fail_open: bool = True  # False: a failed rewrite answers 502 instead of forwarding the original
+
+
+class ProcessorSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[[endpoints.NAME.processors]]`: one step of the request policy, holding that step's keys."""
+
+    allow_streaming: bool | None = None
+    allow_non_streaming: bool | None = None
+    set_headers: dict[str, str] = {}
+    remove_headers: list[str] = []
+    set_response_headers: dict[str, str] = {}
+    remove_response_headers: list[str] = []
+    model_map: dict[str, str] = {}
+    default_model: str | None = None
+    allowed_models: list[str] | None = None  # globs; a model outside them is answered 403
+    max_tokens_cap: PositiveInt | None = None
+    system_prompt: str | None = None
+    mode: PromptMode = "prepend"
+    rewrite_with: RewriteSection | None = None
+    plugin: str | None = None  # a processor registered under the `llmrelay.processors` entry points
+    options: dict[str, Any] = {}  # the plugin's own keys
+
+
+class AdminSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[server.admin]`: the supervisor's own HTTP listener (metrics, health, status, reload, restart)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 9811
+    auth_keys: list[str] = []  # bearer keys; required when `host` is not a loopback address
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.auth_keys and not _loopback(self.host):
+            raise ValueError(f"auth_keys is required when the admin listener is bound to {self.host} (not loopback)")
+
+
+class MetricsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[server.metrics]`: the Prometheus metrics served by the admin listener."""
+
+    enabled: bool = True
+    models: list[str] = []  # globs: a model label outside them is "other" (bounded cardinality)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class UpstreamSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -110,6 +190,8 @@ class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     http2: bool = False  # offer h2 in ALPN to an https target; HTTP/1.1 when it does not take it
     allow_websocket: bool = True  # False: `Upgrade: websocket` (and RFC 8441 CONNECT) answered 403
     websocket_idle_timeout: PositiveFloat = 300.0
+    cors: CorsSection | None = None  # None: `[server.cors]`
+    processors: list[ProcessorSection] = []
 
 
 class TlsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -185,6 +267,13 @@ class ServerSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     access_log: bool = True
     forwarded_headers: ForwardedHeaders = "append"
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+    access_log_file: str | None = None  # None: stderr
+    error_log_file: str | None = None  # None: stderr
+    trusted_proxies: list[str] = []  # CIDRs whose X-Forwarded-For is believed for client_ip
+    admin: AdminSection = AdminSection()
+    metrics: MetricsSection = MetricsSection()
+    cors: CorsSection | None = None  # every endpoint's default
 
 
 class ConfigFile(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
