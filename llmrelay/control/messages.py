@@ -134,6 +134,43 @@ class KeyEvent(Message, frozen=True):
     until: float = 0.0
 
 
+class CounterDelta(msgspec.Struct, frozen=True, array_like=True):
+    """How much a counter (`observe.catalog` name, label values in the catalog's order) grew."""
+
+    name: str
+    labels: list[str]
+    value: float
+
+
+class HistogramDelta(msgspec.Struct, frozen=True, array_like=True):
+    """Observations added to a histogram: per bucket (not cumulative; the last one is +Inf), their
+    sum and their count."""
+
+    name: str
+    labels: list[str]
+    buckets: list[int]
+    sum: float
+    count: int
+
+
+class GaugeValue(msgspec.Struct, frozen=True, array_like=True):
+    """A gauge's current value in this worker (the supervisor sums the live workers' values)."""
+
+    name: str
+    labels: list[str]
+    value: float
+
+
+class MetricsDelta(Message, frozen=True):
+    """What a worker's metrics gained since its previous report (sent at most once a second, and
+    once more when it stops): the supervisor adds it to totals that outlive the worker."""
+
+    pid: int
+    counters: list[CounterDelta] = []
+    histograms: list[HistogramDelta] = []
+    gauges: list[GaugeValue] = []
+
+
 class ConfigApplied(Message, frozen=True):
     """The worker serves `generation` from now on (the answer to every `Config`)."""
 
@@ -163,6 +200,7 @@ ControlMessage = (
     | Heartbeat
     | UpstreamEvent
     | KeyEvent
+    | MetricsDelta
     | ConfigApplied
     | ConfigRejected
     | Stopped
