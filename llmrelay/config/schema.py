@@ -267,13 +267,20 @@ class ServerSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     access_log: bool = True
     forwarded_headers: ForwardedHeaders = "append"
     log_level: LogLevel = "info"
-    log_format: LogFormat = "text"
+    log_format: LogFormat | None = None  # None: $LLMRELAY_LOG_FORMAT, else "text"
     access_log_file: str | None = None  # None: stderr
     error_log_file: str | None = None  # None: stderr
     trusted_proxies: list[str] = []  # CIDRs whose X-Forwarded-For is believed for client_ip
     admin: AdminSection = AdminSection()
     metrics: MetricsSection = MetricsSection()
     cors: CorsSection | None = None  # every endpoint's default
+
+    def __post_init__(self) -> None:
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {cidr!r} is not an IP address or CIDR") from None
 
 
 class ConfigFile(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):

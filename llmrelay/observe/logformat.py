@@ -1,0 +1,92 @@
+"""The two shapes of a log line: "text" (readable, today's) and "json" (one object per line).
+
+A record may carry structured fields: `log.info("...", extra={"fields": {"endpoint": "openai"}})`.
+In json they become keys of the line's object (beside `ts`, `level`, `logger`, `pid`, `msg`, which
+they never replace); in text they are appended as ` key=value`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import msgspec
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+_BASE_KEYS = ("ts", "level", "logger", "pid", "msg")
+
+
+def _fallback(value: Any) -> Any:
+    return str(value)
+
+
+_encode = msgspec.json.Encoder(enc_hook=_fallback).encode
+
+
+class _Timestamps:
+    """RFC 3339 UTC timestamps with milliseconds; the part up to the second is cached."""
+
+    __slots__ = ("_second", "_prefix")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level (lower case), logger, pid, msg, then the fields."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._timestamp = _Timestamps()
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self._timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            for key, value in fields.items():
+                if key not in entry:
+                    entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        try:
+            return _encode(entry).decode()
+        except (TypeError, ValueError, OverflowError):  # (a field msgspec cannot encode even as str)
+            return _encode({key: entry[key] for key in _BASE_KEYS}).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """Today's readable line, with the record's fields appended as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            line += "".join(f" {key}={_text_value(value)}" for key, value in fields.items())
+        return line
+
+
+def _text_value(value: object) -> str:
+    text = value if isinstance(value, str) else _encode(value).decode()
+    if not text or any(c in text for c in ' "\n\r\t='):
+        return _encode(text).decode()
+    return text
