@@ -9,10 +9,13 @@ The parts, and the nurseries that own their tasks:
 - `Rollout` (`rollout`): starting, replacing, draining and respawning workers;
 - `Jobs` (`jobs`): the background jobs that change the set of workers, one at a time;
 - `Reloads` (`reload`): SIGHUP's job; `monitor`: heartbeats, boot deadlines, memory recycling;
-- `Arbiter` (`arbiter`): the signal loop, one handler per signal.
+- `Arbiter` (`arbiter`): the signal loop, one handler per signal;
+- `MetricsTotals` (`metrics`): the workers' metrics summed, and the supervisor's own;
+- `Admin` (`admin`): the admin listener (metrics, health, status, reload, restart).
 
 The outer nursery lives until every worker is gone: the signal loop, one task per worker, the 503
-stand-ins and the monitor run there, so signals are still answered during a graceful stop. The inner
+stand-ins, the monitor and the admin listener run there, so signals are still answered, and metrics
+and status served, during a graceful stop. The inner
 one holds the jobs, the reload loop and the active health checks, and is cancelled when a stop
 begins; then every worker is drained, and what is left is cancelled.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from pathlib import Path
 
 import trio
@@ -30,10 +34,13 @@ from llmrelay import __version__
 from llmrelay.config.load import Overrides, load_config
 from llmrelay.config.resolved import RelayConfig
 from llmrelay.control import EXIT_BOOT_FAILED, EXIT_OK
+from supervisor.admin import Admin, AdminActions
+from supervisor.admin_views import AdminViews
 from supervisor.arbiter import SIGNALS, Arbiter
 from supervisor.checks import ActiveChecks
 from supervisor.health import HealthBoard
 from supervisor.jobs import Jobs
+from supervisor.metrics import MetricsTotals
 from supervisor.monitor import monitor
 from supervisor.pidfile import PidFile, PidFileError
 from supervisor.reload import Reloads
@@ -111,7 +118,9 @@ def _take_pid_file(path: Path | None, optional: bool) -> PidFile | None:
 
 async def _run_parts(table: SlotTable, status: StatusFile, config_path: Path | None, overrides: Overrides) -> None:
     board = HealthBoard(table.config)
-    watcher = Watcher(table, board)
+    totals = MetricsTotals(time.time())
+    watcher = Watcher(table, board, totals)
+    admin = Admin(AdminViews(table, board, totals, status), table, status)
     checks = ActiveChecks(board, watcher.apply, table.config)
     load = functools.partial(load_config, config_path, overrides)
     with trio.open_signal_receiver(*SIGNALS) as signals:
@@ -119,9 +128,11 @@ async def _run_parts(table: SlotTable, status: StatusFile, config_path: Path | N
             rollout = Rollout(table, watcher, nursery)
             async with trio.open_nursery() as changes:  # jobs, reloads, checks: cancelled when a stop begins
                 jobs = Jobs(table, changes)
-                reloads = Reloads(load, table, jobs, rollout, watcher, status, checks)
+                reloads = Reloads(load, table, jobs, rollout, watcher, status, checks, totals, admin.follow)
                 arbiter = Arbiter(table, rollout, jobs, reloads, status)
                 nursery.start_soon(arbiter.run, signals)
+                await admin.follow(table.config)
+                nursery.start_soon(admin.run, AdminActions(reloads.request, arbiter.handle_usr2))
                 changes.start_soon(reloads.run)
                 changes.start_soon(checks.run)
                 await rollout.start_all()

@@ -15,6 +15,7 @@ import time
 import trio
 
 from supervisor.jobs import Jobs
+from supervisor.metrics import RestartReason
 from supervisor.rollout import Rollout
 from supervisor.slots import SlotTable
 from supervisor.watcher import Watcher
@@ -39,9 +40,11 @@ def _kill_silent(table: SlotTable) -> None:
         silent = now - worker.last_heartbeat
         if worker.ready.is_set() and silent > server.heartbeat_timeout:
             log.error("worker %d (slot %d) sent no heartbeat for %.0f s; killing it", worker.pid, worker.slot, silent)
+            worker.kill_reason = RestartReason.HEARTBEAT
             worker.kill()
         elif not worker.ready.is_set() and now - worker.started > server.worker_ready_timeout:
             log.error("worker %d (slot %d) not ready after %.0f s; killing it", worker.pid, worker.slot, now - worker.started)
+            worker.kill_reason = RestartReason.BOOT
             worker.kill()
 
 
@@ -59,5 +62,5 @@ def _recycle_one(table: SlotTable, jobs: Jobs, rollout: Rollout) -> None:
                 stats.rss_bytes >> 20,
                 limit_mib,
             )
-            jobs.submit("memory recycling", functools.partial(rollout.replace_slot, slot))
+            jobs.submit("memory recycling", functools.partial(rollout.replace_slot, slot, reason=RestartReason.RSS))
             return

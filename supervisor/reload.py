@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,6 +34,7 @@ from llmrelay.config.resolved import RelayConfig
 from llmrelay.control import Config
 from supervisor.health import HealthBoard
 from supervisor.jobs import Jobs
+from supervisor.metrics import MetricsTotals, RestartReason
 from supervisor.slots import Slot, SlotTable, bind_listeners, bound_addresses, describe_listen, listener_addresses
 from supervisor.sockets import BindError, close_sockets
 from supervisor.status import Outcome, StatusFile
@@ -46,7 +48,9 @@ ANSWER_TIMEOUT = 10.0  # for every worker to say whether it applied a new config
 class Fleet(Protocol):
     """The workers, as a reload changes them (in the supervisor: `rollout.Rollout`)."""
 
-    async def replace_slot(self, slot: Slot, retired_sockets: list[socket.socket] | None = None) -> str | None: ...
+    async def replace_slot(
+        self, slot: Slot, retired_sockets: list[socket.socket] | None = None, reason: RestartReason = ...
+    ) -> str | None: ...
 
     async def add_slot(self) -> None: ...
 
@@ -76,6 +80,8 @@ class Reloads:
     health: Health
     status: StatusFile
     checks: Checks
+    totals: MetricsTotals  # counts reloads by result
+    follow_admin: Callable[[RelayConfig], Awaitable[None]]  # the admin listener takes an applied config
     _wanted: trio.Event = field(default_factory=trio.Event, init=False)
 
     def request(self) -> None:
@@ -92,6 +98,10 @@ class Reloads:
             number = status.reload.requested
             outcome = await self.reload()
             status.generation = self.table.generation
+            self.totals.reloaded(outcome.ok)
+            if outcome.ok:
+                status.loaded_at = time.time()
+                await self.follow_admin(self.table.config)
             status.finished(status.reload, number, outcome, ("applied", "rejected"))
 
     async def reload(self) -> Outcome:
@@ -179,7 +189,7 @@ class Reloads:
         problems: list[str] = []
         for slot, sockets in zip(list(table.slots), new_sockets):
             retired, slot.sockets = slot.sockets, sockets
-            why = await self.fleet.replace_slot(slot, retired_sockets=retired)
+            why = await self.fleet.replace_slot(slot, retired_sockets=retired, reason=RestartReason.RELOAD)
             if why is not None:
                 slot.sockets = retired
                 close_sockets(sockets)

@@ -22,6 +22,7 @@ import time
 import trio
 
 from llmrelay.control import Config, Drain
+from supervisor.metrics import RestartReason
 from supervisor.slots import Slot, SlotTable
 from supervisor.sockets import BindError, close_sockets
 from supervisor.status import Outcome
@@ -63,6 +64,8 @@ class Rollout:
             log_line = log.info if expected else log.error
             log_line("worker %d (slot %d) %s", worker.pid, slot.index, worker.describe_exit())
         if respawn:
+            cause = RestartReason.BOOT if worker.boot_failed else worker.kill_reason or RestartReason.CRASH
+            self._watcher.totals.restarted(cause)
             await self._respawn(slot, worker)
         if not self._table.stopping:
             await self._watcher.broadcast_health()
@@ -88,7 +91,12 @@ class Rollout:
             if not self._table.stopping:
                 slot.worker = await self.start_worker(slot)
 
-    async def replace_slot(self, slot: Slot, retired_sockets: list[socket.socket] | None = None) -> str | None:
+    async def replace_slot(
+        self,
+        slot: Slot,
+        retired_sockets: list[socket.socket] | None = None,
+        reason: RestartReason = RestartReason.ROLLING,
+    ) -> str | None:
         """Start a successor on the slot's sockets, wait for it, then drain the predecessor.
 
         Returns None when done, else why the successor did not take over (the old worker stays).
@@ -111,6 +119,7 @@ class Rollout:
         slot.worker_ready()
         close_sockets(retired_sockets or [])  # the old worker holds the last copy: it takes its backlog, then closes
         if old_worker is not None:
+            self._watcher.totals.restarted(reason)
             await self.drain_worker(old_worker, close_idle=False)
             log.info("slot %d: pid %d replaced by pid %d", slot.index, old_worker.pid, successor.pid)
         await self._watcher.broadcast_health()
@@ -146,6 +155,7 @@ class Rollout:
             log.warning("cannot go below one worker")
             return
         if slot.worker is not None:
+            self._watcher.totals.restarted(RestartReason.SCALE)
             await self.drain_worker(slot.worker, close_idle=False)
         await self._watcher.broadcast_health()
         count = len(self._table.slots)

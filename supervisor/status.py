@@ -11,6 +11,9 @@ whenever a SIGHUP or SIGUSR2 is received and when the action it asked for has fi
 `requested` counts the signals the supervisor has taken in; an action records in `finished` the
 count it had taken in when it began (signals that arrive while it runs are served by one more run).
 A command reads `requested`, sends its signal, and waits until `finished` is beyond what it read.
+The file also holds `admin`, the admin listener's effective URL ("" when there is none), and
+`loaded_at`, when the config generation served was loaded; the admin listener's POST /reload and
+/restart wait for `finished` in the process itself (`wait_finished`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import trio
 
 log = logging.getLogger("supervisor")
 
@@ -45,6 +51,7 @@ class ActionStatus:
     generation: int = 0
     summary: str = ""
     errors: list[str] = field(default_factory=list)
+    finished_at: float = 0.0  # unix time
 
 
 class StatusFile:
@@ -52,8 +59,11 @@ class StatusFile:
         self.path = path
         self.pid = pid
         self.generation = 1
+        self.loaded_at = time.time()
+        self.admin = ""
         self.reload = ActionStatus()
         self.restart = ActionStatus()
+        self._finished = trio.Event()
 
     def requested(self, action: ActionStatus) -> None:
         action.requested += 1
@@ -65,6 +75,18 @@ class StatusFile:
         action.generation = self.generation
         action.summary = outcome.summary
         action.errors = outcome.errors
+        action.finished_at = time.time()
+        self.write()
+        self._finished.set()
+        self._finished = trio.Event()
+
+    async def wait_finished(self, action: ActionStatus, number: int) -> None:
+        """Until `action` has finished the run that serves request `number`; bound it with a timeout."""
+        while action.finished < number:
+            await self._finished.wait()
+
+    def admin_bound(self, url: str) -> None:
+        self.admin = url
         self.write()
 
     def write(self) -> None:
@@ -73,6 +95,8 @@ class StatusFile:
         data = {
             "pid": self.pid,
             "generation": self.generation,
+            "loaded_at": self.loaded_at,
+            "admin": self.admin,
             "reload": asdict(self.reload),
             "restart": asdict(self.restart),
         }

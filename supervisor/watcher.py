@@ -9,7 +9,8 @@ caller's (see `rollout`).
 The watcher also keeps the shared health view: the workers' passive upstream and key reports are
 merged into the `HealthBoard`, `apply` logs what a report changed and broadcasts the table when a
 worker's decisions depend on the change, and `broadcast_health` sends the table, with every worker's
-state, to the workers that are ready.
+state, to the workers that are ready. The workers' `MetricsDelta`s are summed into the supervisor's
+`MetricsTotals`; a worker's gauges are forgotten once it is reaped.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from llmrelay.control import (
     Heartbeat,
     KeyEvent,
     Message,
+    MetricsDelta,
     Ready,
     Stopped,
     UpstreamEvent,
 )
 from supervisor.health import HealthBoard, Update
+from supervisor.metrics import MetricsTotals
 from supervisor.slots import Slot, SlotTable
 from supervisor.workers import SEND_TIMEOUT, STOP_GRACE, WorkerProcess
 
@@ -42,9 +45,10 @@ Handler = Callable[[WorkerProcess, Slot, M], Awaitable[None]]
 
 
 class Watcher:
-    def __init__(self, table: SlotTable, board: HealthBoard) -> None:
+    def __init__(self, table: SlotTable, board: HealthBoard, totals: MetricsTotals) -> None:
         self.table = table
         self.board = board
+        self.totals = totals
         self._handlers: dict[type[Message], Handler[Any]] = {}
         self._on(Heartbeat, self._heartbeat)
         self._on(UpstreamEvent, self._upstream_event)
@@ -53,6 +57,7 @@ class Watcher:
         self._on(ConfigApplied, self._config_applied)
         self._on(ConfigRejected, self._config_rejected)
         self._on(Stopped, self._stopped)
+        self._on(MetricsDelta, self._metrics)
 
     def _on(self, kind: type[M], handler: Handler[M]) -> None:
         self._handlers[kind] = handler
@@ -75,6 +80,7 @@ class Watcher:
                 await worker.process.wait()
             await worker.control.aclose()
         self.table.workers.discard(worker)
+        self.totals.forget(worker.pid)
         worker.mark_exited()
 
     async def broadcast_health(self) -> None:
@@ -126,6 +132,9 @@ class Watcher:
             message.error,
         )
         worker.record_answer(message.generation, message.error)
+
+    async def _metrics(self, worker: WorkerProcess, slot: Slot, message: MetricsDelta) -> None:
+        self.totals.add(message, time.time(), worker.pid)
 
     async def _stopped(self, worker: WorkerProcess, slot: Slot, message: Stopped) -> None:
         if message.cut:

@@ -20,6 +20,7 @@ from llmrelay.control import (
     WorkerInfo,
     WorkerStats,
 )
+from supervisor.metrics import RestartReason
 
 log = logging.getLogger("supervisor")
 
@@ -42,6 +43,7 @@ class WorkerProcess:
         self.stats: WorkerStats | None = None
         self.answers: dict[int, str | None] = {}  # config generation -> None (applied) or the error
         self.rejection = ""  # the last config error it reported
+        self.kill_reason: RestartReason | None = None  # why the supervisor killed it, if it did
         self._answered = trio.Event()
 
     @classmethod
