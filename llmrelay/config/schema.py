@@ -105,6 +105,13 @@ class ProcessorSection(_Section, frozen=True, forbid_unknown_fields=True, kw_onl
     plugin: str | None = None  # a processor registered under the `llmrelay.processors` entry points
     options: dict[str, Any] = {}  # the plugin's own keys
 
+    def __post_init__(self) -> None:
+        from llmrelay.relay.policy.processors import section_problem  # (the rules live with the processors)
+
+        problem = section_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
+
 
 class AdminSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """`[server.admin]`: the supervisor's own HTTP listener (metrics, health, status, reload, restart)."""
