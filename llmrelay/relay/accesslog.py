@@ -1,18 +1,25 @@
 """One line per request, with nothing secret in it.
 
 The path is logged without its query string (a Gemini key may travel as `?key=`), and no header value
-is ever logged. Every field is escaped (`llmrelay.io.logsafe.field`): a `"`, a space or a line break in
-a request target cannot end the quoted request, forge a `status=` field or start a second line.
+but the User-Agent is ever logged; a relay key appears only as its label (`observe.requestinfo`).
+In text format every field is escaped (`llmrelay.io.logsafe.field`): a `"`, a space or a line break
+in a request target cannot end the quoted request, forge a `status=` field or start a second line. In
+json format the line is one object (`fields()`), escaped by the JSON encoder.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from llmrelay.server.exchange import Refusal
+from llmrelay import logs
 from llmrelay.io.logsafe import field, needs_escape
+from llmrelay.observe.requestinfo import TrustedProxies
+from llmrelay.proto.messages import RequestHead
+from llmrelay.server.exchange import Refusal
 
 log = logging.getLogger("llmrelay.access")
+OK_OUTCOMES = frozenset({"ok"})
 
 
 class AccessRecord:
@@ -21,6 +28,7 @@ class AccessRecord:
         "endpoint",
         "upstream",
         "attempts",
+        "attempt_log",
         "path",
         "status",
         "bytes_in",
@@ -29,9 +37,14 @@ class AccessRecord:
         "first_byte",
         "finished",
         "streamed",
+        "events",
         "request_id",
         "client",
         "outcome",
+        "model",
+        "usage",
+        "relay_key",
+        "user_agent",
     )
 
     def __init__(self, method: str, path: str, request_id: str, client: str, started: float) -> None:
@@ -40,6 +53,7 @@ class AccessRecord:
         self.endpoint = "-"
         self.upstream = "-"  # the upstream of the last attempt
         self.attempts = 0
+        self.attempt_log: list[tuple[str, str]] = []  # (upstream, outcome) of each attempt
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -47,24 +61,85 @@ class AccessRecord:
         self.first_byte: float | None = None
         self.finished = started
         self.streamed = False
+        self.events = 0  # server-sent events relayed
         self.request_id = request_id
         self.client = client
         self.outcome = "ok"
+        self.model: str | None = None
+        self.usage: dict[str, int] | None = None  # tokens by kind ("input", "output"), when the provider said
+        self.relay_key: str | None = None  # the label of the relay key presented (never the key)
+        self.user_agent: bytes | None = None
+
+    @classmethod
+    def begin(
+        cls, head: RequestHead, target: str, request_id: str, proxies: TrustedProxies, started: float
+    ) -> AccessRecord:
+        """The record of a request whose head just arrived."""
+        record = cls(
+            head.method.decode("ascii", "replace"), target, request_id, proxies.client_ip(head.client[0], head.headers), started
+        )
+        record.user_agent = head.header(b"user-agent")
+        return record
+
+    def attempt_answered(self, upstream: str, outcome: str) -> None:
+        self.attempt_log.append((upstream, outcome))
+
+    def attempt_failed(self, upstream: str, reason: str) -> None:
+        """An attempt failed; it may be the one already recorded as answered (its body failed)."""
+        if len(self.attempt_log) >= self.attempts and self.attempt_log:
+            self.attempt_log[-1] = (upstream, reason)
+        else:
+            self.attempt_log.append((upstream, reason))
 
     def line(self) -> str:
         duration = (self.finished - self.started) * 1000
         ttfb = "-" if self.first_byte is None else f"{(self.first_byte - self.started) * 1000:.1f}"
         client, method, path = self.client, self.method, self.path
         endpoint, outcome, request_id = self.endpoint, self.outcome, self.request_id
-        if needs_escape(client + method + path + endpoint + outcome + request_id):  # one search for all
+        model = self.model or "-"
+        if needs_escape(client + method + path + endpoint + outcome + request_id + model):  # one search for all
             client, method, path = field(client), field(method), field(path)
-            endpoint, outcome, request_id = field(endpoint), field(outcome), field(request_id)
-        return (
+            endpoint, outcome, request_id, model = field(endpoint), field(outcome), field(request_id), field(model)
+        line = (
             f'{client} "{method} {path}" endpoint={endpoint} attempts={self.attempts} upstream={self.upstream} '
             f"status={self.status} "
             f"in={self.bytes_in} out={self.bytes_out} duration_ms={duration:.1f} ttfb_ms={ttfb} "
-            f"streamed={'yes' if self.streamed else 'no'} outcome={outcome} rid={request_id}"
+            f"streamed={'yes' if self.streamed else 'no'} outcome={outcome} rid={request_id} model={model}"
         )
+        if self.events:
+            line += f" events={self.events}"
+        if self.usage:
+            line += "".join(f" {kind}_tokens={count}" for kind, count in self.usage.items())
+        if self.relay_key is not None:
+            line += f" key={self.relay_key}"
+        return line
+
+    def fields(self) -> dict[str, Any]:
+        """The json line's fields."""
+        entry: dict[str, Any] = {
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "endpoint": self.endpoint,
+            "upstream": self.upstream,
+            "attempts": self.attempts,
+            "model": self.model,
+            "status": self.status,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_ms": round((self.finished - self.started) * 1000, 1),
+            "ttfb_ms": None if self.first_byte is None else round((self.first_byte - self.started) * 1000, 1),
+            "streamed": self.streamed,
+            "events": self.events,
+            "client_ip": self.client,
+            "relay_key": self.relay_key,
+            "user_agent": None if self.user_agent is None else self.user_agent.decode("latin-1")[:512],
+        }
+        if self.usage is not None:
+            entry["usage"] = self.usage
+        if self.outcome not in OK_OUTCOMES:
+            entry["error"] = self.outcome
+        return entry
 
     @classmethod
     def of_refusal(cls, refusal: Refusal, now: float) -> AccessRecord:
@@ -84,4 +159,7 @@ class AccessRecord:
 
 
 def write(record: AccessRecord) -> None:
-    log.info("%s", record.line())
+    if logs.log_format() == "json":
+        log.info("%s %s %d", record.method, record.path, record.status, extra={"fields": record.fields()})
+    else:
+        log.info("%s", record.line())

@@ -12,7 +12,9 @@ import trio
 
 from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint
 from llmrelay.control import HealthTable
+from llmrelay.observe.requestinfo import TrustedProxies, relay_key_label
 from llmrelay.relay.credentials import KeyRing
+from llmrelay.relay.policy.endpoint import build_policy
 from llmrelay.relay.routing import Router
 from llmrelay.relay.upstreams import EndpointUpstreams
 
@@ -33,6 +35,8 @@ class EndpointRuntime:
         "retry_deadline",
         "retry_body_limit",
         "generation",
+        "relay_key_labels",
+        "policy",
     )
 
     def __init__(self, config: ResolvedEndpoint, generation: int) -> None:
@@ -42,7 +46,9 @@ class EndpointRuntime:
         self.provider = config.provider
         self.relay_keys = KeyRing(config.auth_keys)
         self.needs_relay_key = self.relay_keys.required
+        self.relay_key_labels = [relay_key_label(key) for key in config.auth_keys]  # what the access log names
         self.upstreams = EndpointUpstreams(config)
+        self.policy = build_policy(config)  # CORS and processors; None: neither (nothing to pay)
         # Constants of every request to this endpoint, computed once per config generation.
         self.max_body_size = config.max_body_size
         self.forwarded = config.forwarded_headers
@@ -58,6 +64,7 @@ class RelayRuntime:
         self.config = config
         self.generation = generation
         self.endpoints = {e.name: EndpointRuntime(e, generation) for e in config.endpoints}
+        self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         self.router: Router[EndpointRuntime] = Router(
             (name, rt.config.hosts, rt) for name, rt in self.endpoints.items()
         )

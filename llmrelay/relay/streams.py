@@ -18,7 +18,7 @@ from time import monotonic
 import trio
 
 from llmrelay.proto.errors import ClientDisconnected
-from llmrelay.proto.messages import InvalidPhase
+from llmrelay.proto.messages import Headers, InvalidPhase
 from llmrelay.server.exchange import Exchange
 
 log = logging.getLogger("llmrelay.relay")
@@ -30,7 +30,9 @@ _EVENT_ENDINGS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 class ActiveResponse:
     """One response being relayed: how to interrupt it, and where its byte stream stands."""
 
-    __slots__ = ("exchange", "interrupt", "cut_by_drain", "sse", "at_event_boundary", "last_send", "sending")
+    __slots__ = (
+        "exchange", "interrupt", "cut_by_drain", "sse", "at_event_boundary", "last_send", "sending", "events", "_cr_lf"
+    )
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
@@ -40,6 +42,8 @@ class ActiveResponse:
         self.at_event_boundary = True
         self.last_send = monotonic()
         self.sending = False  # a send is under way: a keep-alive comment must wait for the next round
+        self.events = 0  # SSE events relayed (ends of events counted; keep-alive comments are not)
+        self._cr_lf = b""  # the line-break bytes a previous chunk ended with (an event end may straddle)
 
     async def send(self, chunk: bytes) -> None:
         """Send a body chunk (the relay's task is the only one that sends while this is set)."""
@@ -51,6 +55,28 @@ class ActiveResponse:
         self.last_send = monotonic()
         if self.sse:
             self.at_event_boundary = chunk.endswith(_EVENT_ENDINGS)
+            self._count_events(chunk)
+
+    async def end(self, chunk: bytes, trailers: Headers | None = None) -> None:
+        """Send the last bytes of the response (and its trailers) and end it."""
+        await self.exchange.end(chunk, trailers)
+        if self.sse and chunk:
+            self._count_events(chunk)
+
+    def _count_events(self, chunk: bytes) -> None:
+        """Count the ends of events in `chunk`, and the one that straddles it and the previous chunk."""
+        count = chunk.count(b"\n\n") or chunk.count(b"\r\n\r\n")
+        previous = self._cr_lf
+        if previous:
+            joined = previous + chunk[:3]
+            cut = len(previous)  # an event end that starts before the cut and ends after it
+            for ending in (b"\n\n", b"\r\n\r\n"):
+                at = joined.find(ending)
+                if 0 <= at < cut < at + len(ending):
+                    count += 1
+                    break
+        self._cr_lf = chunk[len(chunk.rstrip(b"\r\n")) :][-3:]
+        self.events += count
 
     def wants_keepalive(self, now: float, interval: float) -> bool:
         return self.sse and self.at_event_boundary and now - self.last_send >= interval and not self.sending

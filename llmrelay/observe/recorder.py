@@ -1,0 +1,182 @@
+"""The worker's metrics: cheap in-process counters and histograms, and the deltas sent to the supervisor.
+
+Each request is recorded once, when it ends, from its access record (`record_request`): a few dict
+updates keyed by label tuples, nothing else on the hot path (no prometheus_client here). At most once a
+second, and once more when the worker stops, `take_delta()` hands what grew since the previous call
+as one `control.MetricsDelta` (None when nothing grew and no gauge changed); the supervisor sums them.
+
+Labels come from the catalog (`observe.catalog`) and are bounded: endpoint and upstream names of the
+config ("-" for a request that matched none), status classes, attempt outcomes from a fixed list
+(`ATTEMPT_OUTCOMES`), models from `[server.metrics] models` (others "other", none known "unknown").
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from llmrelay.config.schema import MetricsSection
+from llmrelay.control import CounterDelta, GaugeValue, HistogramDelta, MetricsDelta
+from llmrelay.observe import catalog
+
+if TYPE_CHECKING:
+    from llmrelay.relay.accesslog import AccessRecord
+
+UNKNOWN_MODEL = "unknown"  # the request named no model the relay could read
+MODEL_CACHE_SIZE = 4096
+# An attempt's outcome: "ok" (answered 1xx-3xx), "status_4xx", "status_429", "status_5xx" (answered
+# with that status: retried, or relayed), or why it failed (`UpstreamError.reason`).
+ATTEMPT_OUTCOMES = (
+    "ok", "status_4xx", "status_429", "status_5xx",
+    "connect_failed", "proxy_failed", "bad_response", "timeout", "pool_exhausted", "upstream_error",
+)
+_STATUS_CLASSES = [catalog.status_class(status) for status in range(600)]
+_STREAMED = ("false", "true")
+
+
+def attempt_outcome(status: int) -> str:
+    if status < 400:
+        return "ok"
+    if status == 429:
+        return "status_429"
+    return "status_4xx" if status < 500 else "status_5xx"
+
+
+class _Histogram:
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+class ModelLabels:
+    """A model name as a label: itself when one of `[server.metrics] models` globs matches, else "other"."""
+
+    def __init__(self, globs: Iterable[str]) -> None:
+        self._globs = tuple(globs)
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, model: str | None) -> str:
+        if model is None:
+            return UNKNOWN_MODEL
+        label = self._cache.get(model)
+        if label is None:
+            matched = any(fnmatch.fnmatchcase(model, glob) for glob in self._globs)
+            label = model if matched else catalog.OTHER_MODEL
+            if len(self._cache) >= MODEL_CACHE_SIZE:  # (clients choose the names: keep the cache bounded)
+                self._cache.clear()
+            self._cache[model] = label
+        return label
+
+
+class MetricsRecorder:
+    """The counters and histograms a worker gained since its last delta, and its gauges' last values."""
+
+    def __init__(self, settings: MetricsSection | None = None) -> None:
+        self.enabled = True
+        self.model_label = ModelLabels(())
+        self.configure(settings or MetricsSection())
+        self._requests: dict[tuple[str, str, str, str], int] = {}
+        self._durations: dict[tuple[str, str], _Histogram] = {}
+        self._ttfb: dict[tuple[str, str], _Histogram] = {}
+        self._events: dict[tuple[str, str], int] = {}
+        self._attempts: dict[tuple[str, str, str], int] = {}
+        self._tokens: dict[tuple[str, str, str], int] = {}
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._dropped_seen: dict[str, int] = {}
+        self._gauges_sent: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def configure(self, settings: MetricsSection) -> None:
+        """The `[server.metrics]` section of the config in service (again on every reload)."""
+        self.enabled = settings.enabled
+        self.model_label = ModelLabels(settings.models)
+
+    # -- the hot path -------------------------------------------------------------------------------
+    def record_request(self, record: AccessRecord) -> None:
+        """One request ended (answered, failed or refused): everything it adds, at once."""
+        if not self.enabled:
+            return
+        endpoint, upstream = record.endpoint, record.upstream
+        status = record.status
+        key = (endpoint, upstream, _STATUS_CLASSES[status] if 0 <= status < 600 else "error", _STREAMED[record.streamed])
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
+        pair = (endpoint, upstream)
+        durations = self._durations.get(pair)
+        if durations is None:
+            durations = self._durations[pair] = _Histogram(catalog.DURATION_BUCKETS)
+        durations.observe(record.finished - record.started)
+        if record.first_byte is not None:
+            ttfb = self._ttfb.get(pair)
+            if ttfb is None:
+                ttfb = self._ttfb[pair] = _Histogram(catalog.TTFB_BUCKETS)
+            ttfb.observe(record.first_byte - record.started)
+        if record.events:
+            self._events[pair] = self._events.get(pair, 0) + record.events
+        if record.attempt_log:
+            attempts = self._attempts
+            for attempt_upstream, outcome in record.attempt_log:
+                attempt_key = (endpoint, attempt_upstream, outcome)
+                attempts[attempt_key] = attempts.get(attempt_key, 0) + 1
+        if record.usage is not None:
+            model = self.model_label(record.model)
+            tokens = self._tokens
+            for kind, count in record.usage.items():
+                if count:
+                    token_key = (endpoint, model, kind)
+                    tokens[token_key] = tokens.get(token_key, 0) + count
+        self._bytes_in += record.bytes_in
+        self._bytes_out += record.bytes_out
+
+    # -- the report -----------------------------------------------------------------------------------
+    def take_delta(
+        self, pid: int, gauges: Iterable[tuple[str, tuple[str, ...], float]], dropped_lines: Mapping[str, int]
+    ) -> MetricsDelta | None:
+        """What grew since the last call, and the gauges that changed; None when there is nothing."""
+        if not self.enabled:
+            return None
+        counters: list[CounterDelta] = []
+        for labels4, count in self._requests.items():
+            counters.append(CounterDelta(catalog.REQUESTS.name, list(labels4), count))
+        for pair, value in self._events.items():
+            counters.append(CounterDelta(catalog.STREAM_EVENTS.name, list(pair), value))
+        for labels3, value in self._attempts.items():
+            counters.append(CounterDelta(catalog.UPSTREAM_ATTEMPTS.name, list(labels3), value))
+        for labels3, value in self._tokens.items():
+            counters.append(CounterDelta(catalog.TOKENS.name, list(labels3), value))
+        if self._bytes_in:
+            counters.append(CounterDelta(catalog.BYTES.name, ["in"], self._bytes_in))
+        if self._bytes_out:
+            counters.append(CounterDelta(catalog.BYTES.name, ["out"], self._bytes_out))
+        for stream, total in dropped_lines.items():
+            grown = total - self._dropped_seen.get(stream, 0)
+            if grown > 0:
+                counters.append(CounterDelta(catalog.LOG_LINES_DROPPED.name, [stream], grown))
+                self._dropped_seen[stream] = total
+        histograms = [
+            HistogramDelta(name, list(pair), histogram.counts, histogram.sum, histogram.count)
+            for name, table in ((catalog.REQUEST_DURATION.name, self._durations), (catalog.TIME_TO_FIRST_BYTE.name, self._ttfb))
+            for pair, histogram in table.items()
+        ]
+        changed: list[GaugeValue] = []
+        for name, gauge_labels, gauge in gauges:
+            if self._gauges_sent.get((name, gauge_labels)) != gauge:
+                self._gauges_sent[(name, gauge_labels)] = gauge
+                changed.append(GaugeValue(name, list(gauge_labels), gauge))
+        self._requests, self._events, self._attempts, self._tokens = {}, {}, {}, {}
+        self._durations, self._ttfb = {}, {}
+        self._bytes_in = self._bytes_out = 0
+        if not (counters or histograms or changed):
+            return None
+        return MetricsDelta(pid=pid, counters=counters, histograms=histograms, gauges=changed)
