@@ -2,11 +2,13 @@
 FROM python:3.12-slim
 
 # The pid file lives where the unprivileged user may write; `docker exec <container> llmrelay reload`
-# finds it through the same variable and waits for the outcome.
+# finds it through the same variable and waits for the outcome. Logs are JSON lines on stderr (for a
+# log pipeline) unless the config sets `server.log_format`; `-e LLMRELAY_LOG_FORMAT=text` for readable lines.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    LLMRELAY_PID_FILE=/tmp/llmrelay.pid
+    LLMRELAY_PID_FILE=/tmp/llmrelay.pid \
+    LLMRELAY_LOG_FORMAT=json
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

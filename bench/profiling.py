@@ -171,11 +171,12 @@ def sample_pyspy(args: argparse.Namespace, py_spy: str, worker: int, output: Pat
 
 
 def sample_cprofile(args: argparse.Namespace, worker: int, mock: MockServer, output_dir: Path) -> tuple[list[str], str]:
-    """cProfile in `worker` for the window (SIGUSR1 on, SIGUSR2 off and dump); per-request figures."""
+    """cProfile in `worker` for the window (SIGRTMIN+1 on, SIGRTMIN+2 off and dump: see
+    `cprofile_hook`); per-request figures."""
     before = mock.stats().get("requests", 0)
-    os.kill(worker, signal.SIGUSR1)
+    os.kill(worker, signal.SIGRTMIN + 1)
     time.sleep(args.duration)
-    os.kill(worker, signal.SIGUSR2)
+    os.kill(worker, signal.SIGRTMIN + 2)
     requests = max(1, mock.stats().get("requests", 0) - before)
     dump = output_dir / f"worker-{worker}.prof"
     deadline = time.monotonic() + PROF_WAIT

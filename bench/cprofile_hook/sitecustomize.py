@@ -1,8 +1,9 @@
 """cProfile inside llmrelay workers, for `bench/profiling.py --cprofile` (nothing else imports this).
 
 profiling.py puts this directory on PYTHONPATH and sets LLMRELAY_BENCH_CPROFILE to an output
-directory. In a process started as `python -m llmrelay.worker`, SIGUSR1 then starts a cProfile
-profiler and SIGUSR2 stops it and writes `worker-PID.prof` there. Other processes are untouched.
+directory. In a process started as `python -m llmrelay.worker`, `PROFILE_ON` (SIGRTMIN+1) then starts
+a cProfile profiler and `PROFILE_OFF` (SIGRTMIN+2) stops it and writes `worker-PID.prof` there (SIGUSR1
+is the worker's own: it reopens the log files). Other processes are untouched.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from types import FrameType
 
 _OUTPUT = os.environ.get("LLMRELAY_BENCH_CPROFILE", "")
 _PROFILER = cProfile.Profile()
+PROFILE_ON = signal.SIGRTMIN + 1
+PROFILE_OFF = signal.SIGRTMIN + 2
 
 
 def _start(signum: int, frame: FrameType | None) -> None:
@@ -27,5 +30,5 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 if _OUTPUT and "llmrelay.worker" in getattr(sys, "orig_argv", []):
-    signal.signal(signal.SIGUSR1, _start)
-    signal.signal(signal.SIGUSR2, _stop)
+    signal.signal(PROFILE_ON, _start)
+    signal.signal(PROFILE_OFF, _stop)
