@@ -33,6 +33,8 @@ from llmrelay.proto.messages import Headers, ResponsePhase
 from llmrelay.server.exchange import Exchange, Refusal
 from llmrelay.io.logsafe import one_line
 from llmrelay.io.timers import TimerReason
+from llmrelay.observe.recorder import MetricsRecorder, attempt_outcome
+from llmrelay.observe.requestinfo import request_model
 from llmrelay.relay import accesslog
 from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts
 from llmrelay.relay.connect import ConnectTunnels
@@ -71,8 +73,10 @@ class Relay:
         health: Callable[[str], tuple[int, dict[str, object], Headers]],
         observer: UpstreamObserver,
         responses: ResponseRegistry,
+        recorder: MetricsRecorder | None = None,
     ) -> None:
         self.runtime = runtime
+        self.recorder = recorder or MetricsRecorder()
         self._health = health
         self._observer = observer
         self._responses = responses
@@ -83,10 +87,8 @@ class Relay:
         head = exchange.head
         request_id = request_id_for(head.headers)
         target = head.target.decode("latin-1")
-        record = accesslog.AccessRecord(
-            head.method.decode("ascii", "replace"), target, request_id, head.client[0], time.perf_counter()
-        )
         runtime = self.runtime
+        record = accesslog.AccessRecord.begin(head, target, request_id, runtime.trusted_proxies, time.perf_counter())
         runtime.acquire()
         try:
             await self._relay(exchange, runtime, record, target)
@@ -113,14 +115,17 @@ class Relay:
             record.finished = time.perf_counter()
             if runtime.config.server.access_log:
                 accesslog.write(record)
+            self.recorder.record_request(record)
             if runtime.release():
                 with trio.CancelScope(shield=True):
                     await runtime.aclose()
 
     def refused(self, refusal: Refusal) -> None:
         """A request refused before it became an exchange: it gets its access-log line too."""
+        record = accesslog.AccessRecord.of_refusal(refusal, time.perf_counter())
         if self.runtime.config.server.access_log:
-            accesslog.write(accesslog.AccessRecord.of_refusal(refusal, time.perf_counter()))
+            accesslog.write(record)
+        self.recorder.record_request(record)
 
     async def _relay(
         self, exchange: Exchange, runtime: RelayRuntime, record: accesslog.AccessRecord, target: str
@@ -150,6 +155,7 @@ class Relay:
                 record.outcome = "bad_relay_key"
                 await self._send_error(exchange, endpoint.provider, 401, "invalid or missing relay key", record)
                 return
+            record.relay_key = endpoint.relay_key_labels[relay_key]
         if head.websocket:  # (an HTTP/1.1 upgrade, or an HTTP/2 extended CONNECT)
             await self._websockets.relay(exchange, endpoint, path, query, record, relay_key)
             return
@@ -182,6 +188,7 @@ class Relay:
                 body = await self._whole_body(exchange, record)  # one send upstream, and replayable
             else:
                 body = ReplayableBody(exchange, record, endpoint.retry_body_limit)
+        record.model = request_model(path, body if isinstance(body, bytes) else b"")
         attempts = Attempts(endpoint, self._observer, relay_key, body, record.started)
         active = ActiveResponse(exchange)
         self._responses.add(active)
@@ -198,6 +205,7 @@ class Relay:
                     active.interrupt = call.interrupt  # a drain cut closes the upstream connection
                     async with call as response:
                         status = response.status
+                        record.attempt_answered(upstream.name, attempt_outcome(status))
                         if status in JUDGED or upstream.ejected_until or self._observer.failing:
                             attempts.judge(upstream, key, status, response.headers, now)
                         if status in RETRY_STATUSES or (status in KEY_REFUSED and key is not None):
@@ -209,6 +217,7 @@ class Relay:
                         await self._exchange_with_upstream(exchange, upstream, call, response, active, record)
                         return
                 except UpstreamError as exc:
+                    record.attempt_failed(upstream.name, exc.reason)
                     if active.cut_by_drain:
                         await self._cut_at_deadline(exchange, endpoint, active, record)
                         return
@@ -229,6 +238,7 @@ class Relay:
                         await body.finish_attempt()
         finally:
             self._responses.discard(active)
+            record.events = active.events
 
     def _log_retry(
         self,
@@ -326,7 +336,7 @@ class Relay:
             chunk = await response.read_chunk()
             record.bytes_out += len(chunk)
             if response.complete:
-                await exchange.end(chunk, response.trailers)  # the last bytes (and trailers) leave together
+                await active.end(chunk, response.trailers)  # the last bytes (and trailers) leave together
                 return
             if chunk:
                 await active.send(chunk)

@@ -5,6 +5,9 @@ one SO_REUSEPORT socket per slot, and keeps them open), and its config as the fi
 control pipe. It answers `Ready`, sends a `Heartbeat` every few seconds, switches config generations
 on `Config`, and on `Drain`, or when the pipe closes because the supervisor is gone, stops accepting,
 lets in-flight requests finish within the deadline, and exits.
+
+Its metrics (`observe.recorder`) are recorded as requests end and sent as a `MetricsDelta` at most
+once a second, and once more after the drain, before `Stopped`. SIGUSR1 reopens its log files.
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ from llmrelay.server.state import ServerState
 from llmrelay.config.schema import ListenSection
 from llmrelay.io.timers import TimerWheel, wheel
 from llmrelay.io.tls import server_context
-from llmrelay.logs import configure_logging
+from llmrelay.config.schema import ServerSection
+from llmrelay.logs import LogSetupError, configure_logging, dropped_lines, reopen_log_files
+from llmrelay.observe import catalog
+from llmrelay.observe.recorder import MetricsRecorder
 from llmrelay.worker.health import health_view
 from llmrelay.relay.handler import Relay
 from llmrelay.relay.observer import UpstreamObserver
@@ -56,6 +62,7 @@ from llmrelay.relay.streams import ResponseRegistry
 log = logging.getLogger("llmrelay.worker")
 
 CUT_GRACE = 2.0
+METRICS_INTERVAL = 1.0  # at most one MetricsDelta a second
 GC_THRESHOLD = 10_000  # after the drain deadline: time for cut responses to send their error events
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -68,6 +75,9 @@ class Worker:
         self.state = ServerState()
         self.observer = UpstreamObserver()
         self.responses = ResponseRegistry()
+        self.recorder = MetricsRecorder()
+        self.listener_connections: dict[str, int] = {}  # open client connections by listener address
+        self._log_settings: tuple[object, ...] | None = None
         self._started = time.monotonic()
         self._runtime: RelayRuntime | None = None
         self._relay: Relay | None = None
@@ -117,8 +127,10 @@ class Worker:
         self._runtime = runtime
         self._listeners = listeners
         self.responses.keepalive_interval = message.config.server.drain_keepalive_interval
+        self.recorder.configure(message.config.server.metrics)
+        self._configure_logs(message.config.server)
         if self._relay is None:
-            self._relay = Relay(runtime, self.health, self.observer, self.responses)
+            self._relay = Relay(runtime, self.health, self.observer, self.responses, self.recorder)
         else:
             self._relay.runtime = runtime
         self._serving = Serving(self._relay, message.config.client, message.config.server.http2)
@@ -127,6 +139,18 @@ class Worker:
         log.info("serving config generation %d (%d endpoints)", message.generation, len(runtime.endpoints))
         await self._send(ConfigApplied(generation=message.generation))
         return True
+
+    def _configure_logs(self, server: ServerSection) -> None:
+        """The config's log format and files (again when a reload changes them)."""
+        settings = (server.log_level, server.log_format, server.access_log_file, server.error_log_file)
+        if settings == self._log_settings:
+            return
+        try:
+            configure_logging(server.log_level, server)
+        except LogSetupError as exc:
+            log.error("%s; logging where it did", exc)
+            return
+        self._log_settings = settings
 
     def _listeners_for(self, config: RelayConfig) -> list[ListenerRuntime]:
         """The listeners of `config` with their TLS contexts (certificates and keys read again: a
@@ -192,7 +216,30 @@ class Worker:
         assert self._serving is not None
         listeners = self._listeners
         listener = listeners[index] if index < len(listeners) else ListenerRuntime(_PLAIN, None)
-        await self._connections.serve(sock, listener, self._serving)
+        address = listener.config.address
+        counts = self.listener_connections
+        counts[address] = counts.get(address, 0) + 1
+        try:
+            await self._connections.serve(sock, listener, self._serving)
+        finally:
+            counts[address] -= 1
+
+    # -- metrics ------------------------------------------------------------------------------------
+    def _gauges(self) -> list[tuple[str, tuple[str, ...], float]]:
+        gauges: list[tuple[str, tuple[str, ...], float]] = [(catalog.IN_FLIGHT.name, (), self.state.requests_in_flight)]
+        for address, count in self.listener_connections.items():
+            gauges.append((catalog.CONNECTIONS.name, (address,), count))
+        return gauges
+
+    async def _send_metrics(self) -> None:
+        delta = self.recorder.take_delta(os.getpid(), self._gauges(), dropped_lines())
+        if delta is not None:
+            await self._send(delta)
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await trio.sleep(METRICS_INTERVAL)
+            await self._send_metrics()
 
     async def _heartbeat_loop(self, interval: float) -> None:
         while True:
@@ -232,6 +279,7 @@ class Worker:
                 drain_requests, drain_wanted = trio.open_memory_channel[Drain](2)
                 background.start_soon(accept_all)
                 background.start_soon(self._heartbeat_loop, server.heartbeat_interval)
+                background.start_soon(self._metrics_loop)
                 background.start_soon(self._report_upstream_events)
                 background.start_soon(self._control_loop, drain_requests)
                 background.start_soon(self._signal_loop, drain_requests)
@@ -263,14 +311,19 @@ class Worker:
                 background.cancel_scope.cancel()
         if self._runtime is not None:
             await self._runtime.aclose()
+        await self._send_metrics()  # what the last requests added
         await self._send(Stopped(pid=os.getpid(), cut=cut))
         log.info("worker slot %d stopped", self.slot)
         return EXIT_OK
 
     async def _signal_loop(self, drain_requests: trio.MemorySendChannel[Drain]) -> None:
-        """SIGTERM sent to the worker itself (a process-group kill, an operator) drains it too."""
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async for _ in signals:
+        """SIGTERM sent to the worker itself (a process-group kill, an operator) drains it too;
+        SIGUSR1 reopens the log files (after logrotate renamed them)."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGUSR1) as signals:
+            async for signum in signals:
+                if signum == signal.SIGUSR1:
+                    reopen_log_files()
+                    continue
                 log.info("received SIGTERM: draining")
                 timeout = self._runtime.config.server.drain_timeout if self._runtime else 0.0
                 await drain_requests.send(Drain(timeout=timeout, close_idle=True))
@@ -349,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     # Terminal signals are the supervisor's to act on; it tells the worker what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # (until the signal loop takes it: reopening the logs)
     configure_logging(args.log_level)
     try:
         return trio.run(_amain, args)
