@@ -41,6 +41,7 @@ from llmrelay.relay.connect import ConnectTunnels
 from llmrelay.relay.credentials import identify_relay_key
 from llmrelay.relay.headers import client_response_headers, request_id_for
 from llmrelay.relay.observer import UpstreamObserver
+from llmrelay.relay.policy import Refused
 from llmrelay.relay.providers import error_format, error_response, sse_error_event
 from llmrelay.relay.replay import ReplayableBody
 from llmrelay.relay.runtime import EndpointRuntime, RelayRuntime
@@ -147,6 +148,13 @@ class Relay:
         endpoint = route.endpoint
         record.endpoint = endpoint.name
         exchange.error_format = error_format(endpoint.provider)  # errors the adapter answers, too
+        if endpoint.policy is not None:  # CORS and processors (`policy`): a preflight is answered here
+            preflight = endpoint.policy.preflight(head)
+            if preflight is not None:
+                record.outcome = "cors_preflight" if preflight[0] == 204 else "cors_refused"
+                await self._send_whole(exchange, *preflight, record)
+                return
+            exchange = endpoint.policy.wrap(exchange)
         path, _, query = route.rest.partition("?")
         relay_key: int | None = None
         if endpoint.needs_relay_key:
@@ -182,8 +190,19 @@ class Relay:
         if upstream is None:
             await self._nothing_usable(exchange, endpoint, relay_key, now, record)
             return
+        whole: bytes | None = None
+        if endpoint.policy is not None and endpoint.policy.steps:  # the processors (`policy`)
+            try:
+                prepared = await endpoint.policy.process(exchange, path, query, record, self.runtime.endpoints, self._observer)
+            except Refused as exc:
+                record.outcome = "refused_by_processor"
+                await self._send_error(exchange, endpoint.provider, exc.status, exc.message, record)
+                return
+            head, path, whole = prepared.head, prepared.path, prepared.body
         body: bytes | ReplayableBody = b""
-        if head.has_body:
+        if whole is not None:
+            body = whole
+        elif head.has_body:
             if head.body_length is not None and head.body_length <= WHOLE_BODY_LIMIT:
                 body = await self._whole_body(exchange, record)  # one send upstream, and replayable
             else:
