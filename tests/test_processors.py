@@ -4,6 +4,10 @@ received (the mock records it), what the client got; untouched requests arrive b
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
 
 import anthropic
 import httpx
@@ -189,3 +193,63 @@ def test_non_json_bodies(relay, mock: MockProvider) -> None:  # type: ignore[no-
     form = httpx.post(relay.url("/oai/v1/audio/transcriptions"), files={"file": ("a.wav", b"RIFF")}, timeout=10)
     assert form.status_code == 403  # (an allow-list cannot read its model)
     assert mock.count() == 0
+
+
+# -- the example plugin (examples/plugin), loaded through its entry point -----------------------------
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent / "examples" / "plugin"
+
+
+@pytest.fixture(scope="module")
+def example_plugin() -> str:
+    """Install examples/plugin into this interpreter's environment (editable) unless it is already:
+    the relay finds it only through the `llmrelay.processors` entry point it registers."""
+    if not entry_points(group="llmrelay.processors", name="tag_and_block"):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(PLUGIN_DIR)],
+            check=True,
+            timeout=300,
+        )
+    found = entry_points(group="llmrelay.processors", name="tag_and_block")
+    assert [entry.value for entry in found] == ["llmrelay_example_plugin:TagAndBlock"]
+    return "tag_and_block"
+
+
+def plugin_config(mock: MockProvider, options: dict[str, object], plugin: str = "tag_and_block") -> str:
+    return endpoint_config("oai", mock, "openai", "/v1", api_key="sk-openai") + processors(
+        "oai", {"plugin": plugin, "options": options}
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_example_plugin_from_its_entry_point(example_plugin: str, mock: MockProvider, start_relay, stream: bool) -> None:  # type: ignore[no-untyped-def]
+    relay = start_relay(plugin_config(mock, {"tag": "team-a", "blocked_words": ["password"]}))
+    client = oai(relay)
+    messages = [{"role": "user", "content": "hello"}]
+    if stream:
+        assert list(client.chat.completions.create(model="m", messages=messages, stream=True))  # type: ignore[arg-type]
+    else:
+        assert client.chat.completions.create(model="m", messages=messages).choices  # type: ignore[arg-type]
+    seen = mock.last()
+    assert seen.headers["x-request-tag"] == "team-a"
+    assert seen.json()["user"] == "team-a"
+    count = mock.count()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "my PASSWORD is"}], stream=stream)  # type: ignore[arg-type]
+    assert "blocked word" in str(refused.value)
+    assert mock.count() == count
+
+
+def test_plugin_problems_are_config_errors(example_plugin: str, mock: MockProvider, tmp_path: Path) -> None:
+    cases = {
+        "unknown": (plugin_config(mock, {}, plugin="no_such_plugin"), "unknown plugin 'no_such_plugin'"),
+        "options": (plugin_config(mock, {"blocked_words": ["x"]}), "options.tag: a non-empty string is required"),
+    }
+    for name, (config, message) in cases.items():
+        path = tmp_path / f"{name}.toml"
+        path.write_text(config)
+        result = subprocess.run(
+            [sys.executable, "-m", "llmrelay", "check-config", str(path)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert message in result.stdout + result.stderr
