@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -253,3 +255,98 @@ def test_plugin_problems_are_config_errors(example_plugin: str, mock: MockProvid
         )
         assert result.returncode == 1, result.stdout + result.stderr
         assert message in result.stdout + result.stderr
+
+
+# -- rewrite_with: another endpoint of the relay rewrites the last user message -------------------------
+
+PROMPT = "Rewrite the user's message as a clear question."
+
+
+@pytest.fixture
+def rewriter() -> Iterator[MockProvider]:
+    with MockProvider() as provider:
+        yield provider
+
+
+@pytest.fixture
+def rewrite_relay(mock: MockProvider, rewriter: MockProvider, start_relay):  # type: ignore[no-untyped-def]
+    def rewrite(fail_open: bool) -> dict[str, object]:
+        return {"rewrite_with": {"endpoint": "rewriter", "model": "small", "prompt": PROMPT, "timeout": 1.0, "fail_open": fail_open}}
+
+    config = (
+        endpoint_config("rewriter", rewriter, "openai", "/v1", api_key="sk-rewriter")
+        + endpoint_config("open", mock, "openai", "/v1", api_key="sk-openai")
+        + processors("open", rewrite(True))
+        + endpoint_config("closed", mock, "anthropic", "", api_key="sk-ant")
+        + processors("closed", rewrite(False))
+    )
+    return start_relay(config)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_rewrite_with_replaces_the_last_user_message(rewrite_relay, mock: MockProvider, rewriter: MockProvider, stream: bool) -> None:  # type: ignore[no-untyped-def]
+    messages = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "wat capital france"}]
+    client = oai(rewrite_relay, "/open/v1")
+    if stream:
+        assert list(client.chat.completions.create(model="big", messages=messages, stream=True))  # type: ignore[arg-type]
+    else:
+        assert client.chat.completions.create(model="big", messages=messages).choices  # type: ignore[arg-type]
+    asked = rewriter.last()
+    assert asked.key == "sk-rewriter"
+    assert asked.route_path == "/v1/chat/completions"
+    assert asked.json() == {
+        "model": "small",
+        "messages": [{"role": "system", "content": PROMPT}, {"role": "user", "content": "wat capital france"}],
+        "stream": False,
+    }
+    forwarded = mock.last().json()
+    assert forwarded["messages"][0]["content"] == "first"
+    assert forwarded["messages"][2]["content"] == "Hello from mock openai"  # (the rewriter's answer)
+    assert forwarded.get("stream", False) is stream
+    # an Anthropic endpoint rewritten through the OpenAI one
+    claude = anthropic.Anthropic(base_url=rewrite_relay.url("/closed"), api_key="x", timeout=10, max_retries=0)
+    assert claude.messages.create(model="c", max_tokens=10, messages=[{"role": "user", "content": "hi"}]).content
+    assert mock.last().json()["messages"] == [{"role": "user", "content": "Hello from mock openai"}]
+
+
+def test_rewrite_with_timeout_fail_open_and_closed(rewrite_relay, mock: MockProvider, rewriter: MockProvider) -> None:  # type: ignore[no-untyped-def]
+    rewriter.hang()
+    started = time.monotonic()
+    answer = httpx.post(
+        rewrite_relay.url("/open/v1/chat/completions"),
+        json={"model": "big", "messages": [{"role": "user", "content": "original text"}]},
+        timeout=10,
+    )
+    assert answer.status_code == 200
+    assert 0.9 <= time.monotonic() - started < 5
+    assert mock.last().json()["messages"][0]["content"] == "original text"
+    count = mock.count()
+    closed = httpx.post(
+        rewrite_relay.url("/closed/v1/messages"),
+        json={"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "original text"}]},
+        timeout=10,
+    )
+    assert closed.status_code == 502
+    assert closed.json()["error"]["type"] == "api_error"
+    assert "could not be rewritten" in closed.json()["error"]["message"]
+    assert mock.count() == count
+    assert "rewrite_with failed" in rewrite_relay.logs()
+
+
+def test_rewrite_with_error_answer_fails_closed(rewrite_relay, mock: MockProvider, rewriter: MockProvider) -> None:  # type: ignore[no-untyped-def]
+    rewriter.answer(400)
+    closed = httpx.post(
+        rewrite_relay.url("/closed/v1/messages"),
+        json={"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "original text"}]},
+        timeout=10,
+    )
+    assert closed.status_code == 502
+    assert "answered 400" in closed.json()["error"]["message"]
+    assert mock.count() == 0
+    opened = httpx.post(
+        rewrite_relay.url("/open/v1/chat/completions"),
+        json={"model": "big", "messages": [{"role": "user", "content": "original text"}]},
+        timeout=10,
+    )
+    assert opened.status_code == 200
+    assert mock.last().json()["messages"][0]["content"] == "original text"
