@@ -37,6 +37,7 @@ FORMAT = TEXT_FORMAT
 FORMAT_ENV = "LLMRELAY_LOG_FORMAT"
 ACCESS_LOGGER = "llmrelay.access"
 QUEUE_LINES = 10_000  # per output; past it lines are dropped (and counted), never waited for
+QUEUE_ENV = "LLMRELAY_LOG_QUEUE_LINES"  # another bound (memory against lines kept through a stall)
 
 _sinks: dict[str, LineSink] = {}  # by output ("" is stderr)
 _streams: dict[str, LineSink] = {}  # "access" / "error" -> its sink
@@ -50,6 +51,13 @@ def effective_format(configured: str | None) -> str:
         return configured
     from_env = os.environ.get(FORMAT_ENV, "").strip().lower()
     return from_env if from_env in ("text", "json") else "text"
+
+
+def _queue_lines() -> int:
+    try:
+        return max(1, int(os.environ.get(QUEUE_ENV, QUEUE_LINES)))
+    except ValueError:
+        return QUEUE_LINES
 
 
 def log_format() -> str:
@@ -74,7 +82,7 @@ def configure_logging(level: str = "info", server: ServerSection | None = None) 
     new: dict[str, LineSink] = {}  # (the files are opened first: one that cannot be opened changes nothing)
     try:
         for path in wanted - _sinks.keys():
-            new[path] = LineSink(path, stream="error" if path == error_file else "access", max_lines=QUEUE_LINES)
+            new[path] = LineSink(path, stream="error" if path == error_file else "access", max_lines=_queue_lines())
     except LogSetupError:
         for sink in new.values():
             sink.close()
