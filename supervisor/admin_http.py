@@ -147,23 +147,26 @@ async def _send(stream: trio.SocketStream, payload: bytes) -> None:
                 pass
 
 
-async def serve_listener(listener: trio.SocketListener, handler: Handler) -> None:
-    """Accept until cancelled; each connection in a task of its own, at most MAX_CONNECTIONS at once."""
-    limit = trio.CapacityLimiter(MAX_CONNECTIONS)
-    async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:  # EMFILE and the like: an expected state, not a reason to stop
-                log.error("admin listener: accept failed: %s; pausing for 0.1 s", exc.strerror or exc)
-                await trio.sleep(0.1)
-                continue
-            try:
-                limit.acquire_on_behalf_of_nowait(stream)
-            except trio.WouldBlock:
-                nursery.start_soon(_close, stream)
-                continue
-            nursery.start_soon(_serve_limited, stream, handler, limit)
+async def accept_loop(
+    listener: trio.SocketListener, handler: Handler, connections: trio.Nursery, limit: trio.CapacityLimiter
+) -> None:
+    """Accept until cancelled or closed; each connection in a task of `connections` (which outlives
+    this loop: a listener that moves lets the requests it took finish), at most `limit` at once."""
+    while True:
+        try:
+            stream = await listener.accept()
+        except trio.ClosedResourceError:
+            return
+        except OSError as exc:  # EMFILE and the like: an expected state, not a reason to stop
+            log.error("admin listener: accept failed: %s; pausing for 0.1 s", exc.strerror or exc)
+            await trio.sleep(0.1)
+            continue
+        try:
+            limit.acquire_on_behalf_of_nowait(stream)
+        except trio.WouldBlock:
+            connections.start_soon(_close, stream)
+            continue
+        connections.start_soon(_serve_limited, stream, handler, limit)
 
 
 async def _close(stream: trio.SocketStream) -> None:
@@ -224,8 +227,10 @@ class AdminListener:
         self._wanted: Address | None = None
         self._bound: Address | None = None  # the last address tried
         self._serving: Address | None = None  # the address of the socket being served
+        self._listener: trio.SocketListener | None = None
         self._scope: trio.CancelScope | None = None
         self._changed = trio.Event()
+        self._limit = trio.CapacityLimiter(MAX_CONNECTIONS)
         self.url = ""
 
     def follow(self, address: Address | None) -> None:
@@ -234,13 +239,16 @@ class AdminListener:
             self._changed.set()
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                wanted = self._wanted
-                if wanted != self._bound:
-                    self._move(nursery, wanted)
-                await self._changed.wait()
-                self._changed = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    wanted = self._wanted
+                    if wanted != self._bound:
+                        self._move(nursery, wanted)
+                    await self._changed.wait()
+                    self._changed = trio.Event()
+        finally:
+            self._stop()
 
     def _move(self, nursery: trio.Nursery, wanted: Address | None) -> None:
         self._bound = wanted
@@ -257,26 +265,24 @@ class AdminListener:
             log.error("admin listener: cannot listen on %s: %s%s", where, exc.strerror or exc, still)
             return
         self._stop()
-        self._serving = wanted
+        self._serving, self._listener = wanted, listener
         self.url = listener_url(listener)
         scope = self._scope = trio.CancelScope()
-        nursery.start_soon(self._serve, listener, scope)
+        nursery.start_soon(self._accept, listener, nursery, scope)
         log.info("admin listener on %s", self.url)
         self._on_bound(self.url)
 
     def _stop(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-            self._scope = None
-            self._serving = None
-            log.info("admin listener on %s closed", self.url)
-            self.url = ""
-            self._on_bound("")
+        """Close the listening socket now (so that nothing more is queued on it); requests taken finish."""
+        if self._scope is None or self._listener is None:
+            return
+        self._scope.cancel()
+        self._listener.socket.close()
+        log.info("admin listener on %s closed", self.url)
+        self._scope = self._listener = self._serving = None
+        self.url = ""
+        self._on_bound("")
 
-    async def _serve(self, listener: trio.SocketListener, scope: trio.CancelScope) -> None:
-        try:
-            with scope:
-                await serve_listener(listener, self._handler)
-        finally:
-            with trio.CancelScope(shield=True):
-                await listener.aclose()
+    async def _accept(self, listener: trio.SocketListener, connections: trio.Nursery, scope: trio.CancelScope) -> None:
+        with scope:
+            await accept_loop(listener, self._handler, connections, self._limit)
