@@ -1,11 +1,14 @@
-"""The `llmrelay` command: `serve`, `check-config`, `reload`, `restart`, `--version`."""
+"""The `llmrelay` command: `serve`, `check-config`, `reload`, `restart`, `status`, `--version`."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -266,6 +269,125 @@ def restart(pid_file: str, timeout: float) -> None:
     serving), or when there is no supervisor or no outcome within --timeout.
     """
     _signal_and_wait(pid_file, signal.SIGUSR2, "restart", timeout)
+
+
+ADMIN_KEY_ENV = "LLMRELAY_ADMIN_KEY"
+
+
+class AdminError(Exception):
+    """The admin listener could not be asked: the message says why, on one line."""
+
+
+def _admin_target(admin: str | None, config_path: str | None, pid_file: str) -> tuple[str, str | None]:
+    """The admin listener's URL, and the key the config gives it (None: no auth_keys, or --admin)."""
+    if admin:
+        return admin.rstrip("/"), None
+    path = find_config_path(config_path)
+    config = _load_or_exit(path)
+    section = config.server.admin
+    where = config.source
+    if not section.enabled:
+        raise AdminError(f"the admin listener is disabled in {where} ([server.admin] enabled = false); use --admin URL")
+    key: str | None = None
+    if section.auth_keys:
+        from llmrelay.config.secrets import SecretError, resolve_secret
+
+        try:
+            key = resolve_secret(section.auth_keys[0])
+        except SecretError as exc:
+            raise AdminError(f"server.admin.auth_keys[0] in {where}: {exc}") from None
+    if section.port == 0:  # the port it took is in the status file
+        from supervisor.status import read_status, status_path
+
+        status = read_status(status_path(Path(pid_file)))
+        url = status.get("admin") if status else None
+        if not isinstance(url, str) or not url:
+            raise AdminError(f"{where} sets [server.admin] port = 0 and no status file next to {pid_file} names the port; use --admin URL")
+        return url, key
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(section.host, section.host)
+    host = f"[{host.strip('[]')}]" if ":" in host else host
+    return f"http://{host}:{section.port}", key
+
+
+def _fetch_status(url: str, key: str | None, timeout: float) -> bytes:
+    request = urllib.request.Request(url + "/status", headers={"Accept": "application/json"})
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body: bytes = response.read()
+            return body
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise AdminError(f"{url} refused the admin key (401): pass --admin-key or set {ADMIN_KEY_ENV}") from None
+        raise AdminError(f"{url}/status answered {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason.strerror if isinstance(exc.reason, OSError) and exc.reason.strerror else exc.reason
+        raise AdminError(f"no llmrelay admin listener at {url} ({reason}): is llmrelay serve running?") from None
+    except (OSError, ValueError) as exc:
+        raise AdminError(f"cannot read {url}/status: {exc}") from None
+
+
+def _status_lines(body: bytes, as_json: bool) -> list[str]:
+    from supervisor.status_table import render
+
+    if as_json:
+        return [body.decode().rstrip("\n")]
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise AdminError("the admin listener answered something that is not JSON") from None
+    if not isinstance(document, dict):
+        raise AdminError("the admin listener answered an unexpected document")
+    return render(document)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file (TOML) naming the admin listener.")
+@click.option("--admin", "admin", metavar="URL", envvar="LLMRELAY_ADMIN", help="The admin listener's URL (instead of the config's).")
+@click.option("--admin-key", envvar=ADMIN_KEY_ENV, help=f"A key of server.admin.auth_keys [env: {ADMIN_KEY_ENV}; default: the config's first].")
+@_PID_FILE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw /status document.")
+@click.option("--watch", is_flag=True, help="Refresh every second, redrawing in place; Ctrl-C quits.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="Seconds to wait for an answer.")
+def status(
+    config_path: str | None,
+    admin: str | None,
+    admin_key: str | None,
+    pid_file: str,
+    as_json: bool,
+    watch: bool,
+    timeout: float,
+) -> None:
+    """Show the running relay: version, config generation, workers, upstreams, the last reload.
+
+    Asks the admin listener named by the config (found as `serve` finds it) or by --admin. Exit 1
+    when nothing answers there.
+    """
+    try:
+        url, config_key = _admin_target(admin, config_path, pid_file)
+        key = admin_key or config_key
+        if not watch:
+            for line in _status_lines(_fetch_status(url, key, timeout), as_json):
+                click.echo(line)
+            return
+    except AdminError as exc:
+        click.echo(f"llmrelay status: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    clear = "\x1b[2J"  # the whole screen, once
+    try:
+        while True:
+            try:
+                lines = _status_lines(_fetch_status(url, key, timeout), as_json)
+            except AdminError as exc:
+                lines = [f"llmrelay status: {exc}"]
+            lines += ["", f"{time.strftime('%H:%M:%S')}  every 1 s; Ctrl-C quits"]
+            # home, each line over the previous frame's (erasing its rest), then erase below: no flicker
+            click.echo(clear + "\x1b[H" + "".join(line + "\x1b[K\n" for line in lines) + "\x1b[J", nl=False, color=True)
+            clear = ""
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        sys.exit(0)
 
 
 if __name__ == "__main__":
