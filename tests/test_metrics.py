@@ -4,11 +4,14 @@ workers would send them), its exposition read by prometheus_client's own parsers
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -274,3 +277,77 @@ def test_a_killed_workers_counts_are_not_lost(start_relay, mock) -> None:  # typ
     relay.wait_ready(workers=3)
     send_requests(relay, 10)
     assert wait_until(lambda: total(scrape(admin), name, endpoint="oai") == 50, timeout=10), scrape(admin)
+
+
+# -- the Grafana dashboard ------------------------------------------------------------------------------
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "examples" / "grafana-dashboard.json"
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["title"] and dashboard["panels"] and dashboard["schemaVersion"] >= 30
+    exprs = []
+    for panel in dashboard["panels"]:
+        assert {"id", "type", "title", "gridPos"} <= panel.keys()
+        for target in panel.get("targets", []):
+            exprs.append(target["expr"])
+    return exprs
+
+
+def catalog_name(used: str) -> str | None:
+    """The catalog metric a name in a query refers to (a histogram's series included), or None."""
+    if used in catalog.BY_NAME:
+        return used
+    for suffix in HISTOGRAM_SUFFIXES:
+        base = used.removesuffix(suffix)
+        if base != used and catalog.BY_NAME.get(base, None) is not None and catalog.BY_NAME[base].kind == "histogram":
+            return base
+    return None
+
+
+def test_grafana_dashboard_queries_only_catalog_metrics() -> None:
+    exprs = dashboard_exprs()
+    used: set[str] = set()
+    for expr in exprs:
+        names = re.findall(r"\b(llmrelay_[a-z0-9_]+)", expr)
+        assert names, f"a query without an llmrelay metric: {expr}"
+        for name in names:
+            metric = catalog_name(name)
+            assert metric is not None, f"{name} (in {expr}) is not in the catalog"
+            used.add(metric)
+        for label in re.findall(r"by \(([^)]*)\)", expr):
+            for name in (part.strip() for part in label.split(",")):
+                labels = {label for m in names for label in catalog.BY_NAME[catalog_name(m) or ""].labels} | {"le", "job", "instance"}
+                assert name in labels, f"{name} is not a label of {names} (in {expr})"
+    wanted = {
+        catalog.REQUESTS, catalog.REQUEST_DURATION, catalog.TIME_TO_FIRST_BYTE, catalog.IN_FLIGHT, catalog.UPSTREAM_HEALTHY,
+        catalog.TOKENS, catalog.WORKER_RSS, catalog.WORKER_RESTARTS, catalog.RELOADS,
+    }
+    assert {metric.name for metric in wanted} <= used
+    assert any("status_class" in expr and catalog.REQUESTS.name in expr for expr in exprs)
+    for q in ("0.5", "0.99"):
+        for metric in (catalog.REQUEST_DURATION, catalog.TIME_TO_FIRST_BYTE):
+            assert any(f"histogram_quantile({q}" in e and metric.name + "_bucket" in e for e in exprs), (q, metric.name)
+
+
+def test_grafana_dashboard_queries_parse(tmp_path: Path) -> None:
+    """Every query, with Grafana's variables filled in, is valid PromQL (as a recording rule for promtool)."""
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"llmrelay_dashboard:query{index}", "expr": expr.replace("$__rate_interval", "5m").replace("$job", ".*")}
+                    for index, expr in enumerate(dashboard_exprs())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "rules.yml"
+    path.write_text(json.dumps(rules))  # (JSON is YAML)
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed (apt-get install -y prometheus; .ci/run installs it)"
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, timeout=30)
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
