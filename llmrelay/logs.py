@@ -25,7 +25,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from llmrelay.observe.logformat import JsonFormatter, TEXT_FORMAT, TextFormatter
+from llmrelay.observe.logformat import TEXT_FORMAT, DirectLines, JsonFormatter, TextFormatter
 from llmrelay.observe.sinks import LineSink, LogSetupError, QueueHandler
 
 __all__ = ["LogSetupError", "configure_logging", "reopen_log_files", "dropped_lines", "log_format"]
@@ -43,6 +43,7 @@ _sinks: dict[str, LineSink] = {}  # by output ("" is stderr)
 _streams: dict[str, LineSink] = {}  # "access" / "error" -> its sink
 _format = "text"
 _exit_hook = False
+_direct: tuple[LineSink, DirectLines] | None = None  # the access lines' sink and maker
 
 
 def effective_format(configured: str | None) -> str:
@@ -71,7 +72,7 @@ def configure_logging(level: str = "info", server: ServerSection | None = None) 
 
     Called again on a reload: outputs that stay the same keep their writer (and queued lines).
     Raises `LogSetupError` when a log file cannot be opened (the logging in place is kept)."""
-    global _format, _exit_hook
+    global _format, _exit_hook, _direct
     log_format_setting = server.log_format if server is not None else None
     access_file = (server.access_log_file or "") if server is not None else ""
     error_file = (server.error_log_file or "") if server is not None else ""
@@ -116,7 +117,16 @@ def configure_logging(level: str = "info", server: ServerSection | None = None) 
     access_handler.setFormatter(formatter)
     access.addHandler(access_handler)
     access.propagate = False
+    _direct = (_sinks[access_file], DirectLines(ACCESS_LOGGER))
     logging.getLogger("hpack").setLevel(logging.WARNING)
+
+
+def access_lines() -> tuple[LineSink, DirectLines] | None:
+    """Where access lines go and how they are made, when this module configured logging and the
+    access logger takes INFO; None otherwise (then they go through `logging`)."""
+    if _direct is None or not logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO):
+        return None
+    return _direct
 
 
 def reopen_log_files() -> None:
@@ -148,6 +158,8 @@ def shutdown_logging(timeout: float = 2.0) -> None:
         sink.close()
     _sinks.clear()
     _streams.clear()
+    global _direct
+    _direct = None
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

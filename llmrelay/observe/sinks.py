@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -20,6 +21,8 @@ from collections import deque
 DEFAULT_QUEUE_LINES = 10_000
 BATCH_BYTES = 4096  # PIPE_BUF on Linux: a write of at most this much to a pipe is atomic
 REPORT_INTERVAL = 1.0
+LINGER = 0.05  # seconds the writer waits after a wake-up before writing what gathered
+FILE_BATCH_BYTES = 65536  # a regular file opened O_APPEND takes a larger write whole
 STDERR = ""
 
 
@@ -45,6 +48,7 @@ class LineSink:
         self._reported = 0
         self._last_report = 0.0
         self._fd = self._open() if path else 2
+        self._batch_bytes = self._batch_limit()
         self._thread = threading.Thread(target=self._run, name=f"log-writer {path or 'stderr'}", daemon=True)
 
     def _open(self) -> int:
@@ -52,6 +56,12 @@ class LineSink:
             return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         except OSError as exc:
             raise LogSetupError(f"cannot open log file {self.path}: {exc.strerror or exc}") from None
+
+    def _batch_limit(self) -> int:
+        try:
+            return FILE_BATCH_BYTES if stat.S_ISREG(os.fstat(self._fd).st_mode) else BATCH_BYTES
+        except OSError:
+            return BATCH_BYTES
 
     def start(self) -> None:
         self._thread.start()
@@ -99,6 +109,8 @@ class LineSink:
                 if not self._lines and not self._reopen:
                     self._wake.wait(REPORT_INTERVAL)
                 self._idle = False
+                if self._lines and not self._closed:
+                    time.sleep(LINGER)  # let a batch gather: one wake-up and a few writes for many lines
             if self._reopen:
                 self._do_reopen()
             if self._lines:
@@ -114,9 +126,10 @@ class LineSink:
             parts: list[bytes] = []
             size = 0
             lines = self._lines
-            while lines and size < BATCH_BYTES:
+            limit = self._batch_bytes
+            while lines and size < limit:
                 line = (lines[0][0] + "\n").encode("utf-8", "replace")
-                if parts and size + len(line) > BATCH_BYTES:
+                if parts and size + len(line) > limit:
                     break
                 lines.popleft()
                 parts.append(line)
@@ -149,6 +162,7 @@ class LineSink:
             self._write(f"{exc}; still writing to the previous file\n".encode())
             return
         old, self._fd = self._fd, fd
+        self._batch_bytes = self._batch_limit()
         if old > 2:
             os.close(old)
 

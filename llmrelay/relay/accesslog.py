@@ -159,7 +159,14 @@ class AccessRecord:
 
 
 def write(record: AccessRecord) -> None:
-    if logs.log_format() == "json":
+    direct = logs.access_lines()
+    if direct is not None:  # (the usual case: straight to the access sink, no LogRecord)
+        sink, lines = direct
+        if logs.log_format() == "json":
+            sink.offer(lines.json(f"{record.method} {record.path} {record.status}", record.fields()), "access")
+        else:
+            sink.offer(lines.text(record.line()), "access")
+    elif logs.log_format() == "json":
         log.info("%s %s %d", record.method, record.path, record.status, extra={"fields": record.fields()})
     else:
         log.info("%s", record.line())
