@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import trio
 
+from llmrelay.logs import reopen_log_files
 from supervisor.jobs import Jobs
 from supervisor.reload import Reloads
 from supervisor.rollout import Rollout
@@ -32,6 +34,7 @@ SIGNALS = (
     signal.SIGQUIT,
     signal.SIGHUP,
     signal.SIGUSR2,
+    signal.SIGUSR1,
     signal.SIGTTIN,
     signal.SIGTTOU,
 )
@@ -54,6 +57,7 @@ class Arbiter:
             signal.SIGQUIT: self.handle_quit,
             signal.SIGHUP: self.handle_hup,
             signal.SIGUSR2: self.handle_usr2,
+            signal.SIGUSR1: self.handle_usr1,
             signal.SIGTTIN: self.handle_ttin,
             signal.SIGTTOU: self.handle_ttou,
         }
@@ -90,6 +94,15 @@ class Arbiter:
         """Rolling replacement: successors run the code installed now."""
         self.status.requested(self.status.restart)
         self.jobs.submit("rolling replacement", self._restart)
+
+    def handle_usr1(self) -> None:
+        """Reopen the log files (after logrotate renamed them): the supervisor's, and every worker's."""
+        reopen_log_files()
+        for worker in list(self.table.workers):
+            try:
+                os.kill(worker.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
 
     def handle_ttin(self) -> None:
         """One worker more."""

@@ -302,3 +302,23 @@ def test_default_config_does_not_need_the_admin_port(start_relay, mock, tmp_path
         assert httpx.get(relay.url("/health"), timeout=10).status_code == 200
     logs = first.logs() + second.logs()
     assert "admin listener on http://127.0.0.1:9811" in logs or "cannot listen on 127.0.0.1:9811" in logs
+
+
+def test_sigusr1_to_the_supervisor_reaches_every_worker(start_relay, mock, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """logrotate signals the pid in the pid file: the supervisor survives it and has the workers reopen their logs."""
+    access = tmp_path / "access.log"
+    port = free_port()
+    relay = start_relay(f'[server]\naccess_log_file = "{access}"\n' + admin_section(port) + endpoint_config("oai", mock), workers=2)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    workers = relay.worker_pids()
+    with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        assert client.post(relay.url("/oai/v1/chat/completions"), json=body).status_code == 200
+        assert wait_until(lambda: access.exists() and access.read_text().strip(), timeout=5)
+        access.rename(tmp_path / "access.log.1")
+        relay.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        for _ in range(4):
+            assert client.post(relay.url("/oai/v1/chat/completions"), json=body).status_code == 200
+    assert wait_until(lambda: access.exists() and len(access.read_text().splitlines()) >= 4, timeout=5)
+    assert relay.process.poll() is None and relay.worker_pids() == workers
+    assert httpx.get(admin_url(port, "/status"), timeout=5).status_code == 200
