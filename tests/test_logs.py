@@ -111,6 +111,7 @@ def test_json_logs_through_a_lifecycle(mock: MockProvider, start_relay) -> None:
         assert chat["user_agent"] == "logs-test/1.0" and chat["streamed"] is False and "error" not in chat
         assert int(str(chat["bytes_in"])) == len(json.dumps(CHAT).encode()) or int(str(chat["bytes_in"])) > 0
         assert isinstance(chat["duration_ms"], float) and isinstance(chat["ttfb_ms"], float)
+        assert chat["usage"] == {"input": 1, "output": 4}  # the mock's usage: "hi", and 4 words
         stream = _access(lines, f"{tag}-stream")
         assert stream["streamed"] is True and int(str(stream["events"])) >= 4 and stream["client_ip"] == "127.0.0.1"
         gemini = _access(lines, f"{tag}-gemini")

@@ -1,5 +1,5 @@
 """Workers driven over their control pipes: the `MetricsDelta`s they send add up, exactly, to the
-requests they served (spread over three workers), streamed events and gauges included; and the last
+requests they served (spread over three workers), streamed events, tokens and gauges included; and the last
 delta arrives before `Stopped`."""
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def test_metrics_deltas_of_three_workers_add_up_to_the_requests(mock: MockProvid
                     response = client.get(url + "/nowhere")  # no endpoint: 404, endpoint "-"
                     statuses[("-", "4xx")] += 1
                 elif index % 5 == 3:
-                    body = {**CHAT, "stream": True}
+                    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
                     response = client.post(url + "/oai/v1/chat/completions", json=body, headers={"x-mock-events": "4"})
                     events += response.content.count(b"\n\n")
                     statuses[("oai", "stream")] += 1
@@ -141,6 +141,9 @@ def test_metrics_deltas_of_three_workers_add_up_to_the_requests(mock: MockProvid
         assert sum(v for (name, _), v in counters.items() if name == requests) == 30
         assert counters[(catalog.UPSTREAM_ATTEMPTS.name, ("oai", "oai#0", "ok"))] == 24
         assert counters[(catalog.STREAM_EVENTS.name, ("oai", "oai#0"))] == events > 6 * 4
+        # the mock reports 1 prompt token ("hi") and 4 completion tokens, in JSON and in the last SSE chunk
+        assert counters[(catalog.TOKENS.name, ("oai", "gpt-4o-mini", "input"))] == 24
+        assert counters[(catalog.TOKENS.name, ("oai", "gpt-4o-mini", "output"))] == 24 * 4
         assert counters[(catalog.BYTES.name, ("in",))] == bytes_in
         assert counters[(catalog.BYTES.name, ("out",))] == bytes_out
         duration = histograms[(catalog.REQUEST_DURATION.name, ("oai", "oai#0"))]

@@ -258,6 +258,7 @@ class Relay:
         finally:
             self._responses.discard(active)
             record.events = active.events
+            record.usage = active.usage()
 
     def _log_retry(
         self,

@@ -17,6 +17,7 @@ from time import monotonic
 
 import trio
 
+from llmrelay.observe.usage import UsageReader
 from llmrelay.proto.errors import ClientDisconnected
 from llmrelay.proto.messages import Headers, InvalidPhase
 from llmrelay.server.exchange import Exchange
@@ -31,7 +32,8 @@ class ActiveResponse:
     """One response being relayed: how to interrupt it, and where its byte stream stands."""
 
     __slots__ = (
-        "exchange", "interrupt", "cut_by_drain", "sse", "at_event_boundary", "last_send", "sending", "events", "_cr_lf"
+        "exchange", "interrupt", "cut_by_drain", "sse", "at_event_boundary", "last_send", "sending", "events", "_cr_lf",
+        "_usage",
     )
 
     def __init__(self, exchange: Exchange) -> None:
@@ -44,6 +46,7 @@ class ActiveResponse:
         self.sending = False  # a send is under way: a keep-alive comment must wait for the next round
         self.events = 0  # SSE events relayed (ends of events counted; keep-alive comments are not)
         self._cr_lf = b""  # the line-break bytes a previous chunk ended with (an event end may straddle)
+        self._usage: UsageReader | None = None  # reads the provider's token usage from what passed
 
     async def send(self, chunk: bytes) -> None:
         """Send a body chunk (the relay's task is the only one that sends while this is set)."""
@@ -56,12 +59,24 @@ class ActiveResponse:
         if self.sse:
             self.at_event_boundary = chunk.endswith(_EVENT_ENDINGS)
             self._count_events(chunk)
+        usage = self._usage
+        if usage is None:
+            usage = self._usage = UsageReader(self.sse)
+        usage.feed(chunk)
 
     async def end(self, chunk: bytes, trailers: Headers | None = None) -> None:
         """Send the last bytes of the response (and its trailers) and end it."""
         await self.exchange.end(chunk, trailers)
-        if self.sse and chunk:
-            self._count_events(chunk)
+        if chunk:
+            if self.sse:
+                self._count_events(chunk)
+            if self._usage is None:
+                self._usage = UsageReader(self.sse)
+            self._usage.feed(chunk)
+
+    def usage(self) -> dict[str, int] | None:
+        """Tokens by kind, as the provider reported them in the response (None: it did not)."""
+        return None if self._usage is None else self._usage.result()
 
     def _count_events(self, chunk: bytes) -> None:
         """Count the ends of events in `chunk`, and the one that straddles it and the previous chunk."""

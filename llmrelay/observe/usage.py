@@ -1,0 +1,135 @@
+"""Token usage read from responses as they pass, without ever holding a chunk back (sans-IO).
+
+`UsageReader.feed(chunk)` is called after each chunk left for the client; `result()` at the end gives
+`{"input": N, "output": M}` (the kinds the provider reported), or None.
+
+- A JSON body: only its last `TAIL_BYTES` are kept; at the end the last `"usage"` / `"usageMetadata"`
+  object in them is decoded (OpenAI chat and Responses, Anthropic messages, Gemini put it last).
+- An SSE stream: only `data:` lines that contain `"usage` are decoded: OpenAI's last chunk (with
+  `stream_options.include_usage`) or `response.completed`, Anthropic's `message_start` (input) and
+  `message_delta` (output, cumulative), Gemini's `usageMetadata` (cumulative; the last one counts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+TAIL_BYTES = 4096
+MAX_LINE = 65536  # an SSE line longer than this is not looked into
+_INPUT_KEYS = ("prompt_tokens", "input_tokens", "promptTokenCount")
+_OUTPUT_KEYS = ("completion_tokens", "output_tokens", "candidatesTokenCount")
+_EXTRA_OUTPUT_KEYS = ("thoughtsTokenCount",)  # Gemini's thinking tokens are billed as output
+_USAGE_KEYS = (b'"usage"', b'"usageMetadata"')
+
+
+def _decode(data: bytes) -> Any:
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
+def _object_at(data: bytes, start: int) -> bytes | None:
+    """The JSON object that starts at `data[start]` (a `{`), by brace matching outside strings."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for index in range(start, len(data)):
+        byte = data[index]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte == 0x7B:
+            depth += 1
+        elif byte == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return data[start : index + 1]
+    return None
+
+
+class UsageReader:
+    __slots__ = ("sse", "_tail", "_partial", "_usage")
+
+    def __init__(self, sse: bool) -> None:
+        self.sse = sse
+        self._tail = b""
+        self._partial = b""
+        self._usage: dict[str, int] = {}
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if not self.sse:
+            tail = self._tail + chunk if self._tail else chunk
+            self._tail = tail[-TAIL_BYTES:] if len(tail) > TAIL_BYTES else tail
+            return
+        data = self._partial + chunk if self._partial else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._partial = data if len(data) <= MAX_LINE else b""
+            return
+        complete, rest = data[:cut], data[cut + 1 :]
+        self._partial = rest if len(rest) <= MAX_LINE else b""
+        if b'"usage' not in complete:
+            return
+        for line in complete.split(b"\n"):
+            if line.startswith(b"data:") and b'"usage' in line:
+                event = _decode(line[5:].strip())
+                if isinstance(event, dict):
+                    self._take(_usage_of(event))
+
+    def result(self) -> dict[str, int] | None:
+        if not self.sse and self._tail:
+            self._take(self._from_tail(self._tail))
+            self._tail = b""
+        return dict(self._usage) if self._usage else None
+
+    @staticmethod
+    def _from_tail(tail: bytes) -> Any:
+        """The last usage object of a JSON body's tail (`"usage": {...}`), decoded; or None."""
+        at, key_length = max((tail.rfind(key), len(key)) for key in _USAGE_KEYS)
+        if at < 0:
+            return None
+        rest = tail[at + key_length :].lstrip(b" \t\r\n")
+        if not rest.startswith(b":"):
+            return None
+        rest = rest[1:].lstrip(b" \t\r\n")
+        if not rest.startswith(b"{"):
+            return None
+        found = _object_at(tail, len(tail) - len(rest))
+        return None if found is None else _decode(found)
+
+    def _take(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        for kind, keys in (("input", _INPUT_KEYS), ("output", _OUTPUT_KEYS)):
+            for key in keys:
+                value = usage.get(key)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    if kind == "output":
+                        extra = sum(v for k in _EXTRA_OUTPUT_KEYS if isinstance(v := usage.get(k), int))
+                        value += extra
+                    self._usage[kind] = value
+                    break
+
+
+def _usage_of(event: dict[str, Any]) -> Any:
+    """The usage object of one SSE event of any provider, or None."""
+    for key in ("usage", "usageMetadata"):
+        value = event.get(key)
+        if isinstance(value, dict):
+            return value
+    for outer in ("message", "response"):  # Anthropic's message_start, OpenAI's response.completed
+        inner = event.get(outer)
+        if isinstance(inner, dict) and isinstance(inner.get("usage"), dict):
+            return inner["usage"]
+    return None
