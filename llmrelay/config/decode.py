@@ -122,6 +122,7 @@ def check_struct(cls: type[msgspec.Struct], data: Any, path: str, errors: list[s
     if not isinstance(data, dict):
         errors.append(f"{where}: expected a table, got {type(data).__name__}")
         return
+    before = len(errors)
     fields = {field.name: field for field in msgspec.structs.fields(cls)}
     for key in data:
         if key not in fields:
@@ -132,6 +133,11 @@ def check_struct(cls: type[msgspec.Struct], data: Any, path: str, errors: list[s
                 errors.append(f"{_join(path, name)}: required key is missing")
             continue
         _check_value(field.type, data[name], _join(path, name), errors)
+    if len(errors) == before and hasattr(cls, "__post_init__"):  # its cross-field checks, at its own path
+        try:
+            msgspec.convert(data, cls)
+        except msgspec.ValidationError as exc:
+            errors.append(f"{where}: {_describe(exc, '').split(': ', 1)[-1]}")
 
 
 def decode(cls: type[T], data: Any, errors: list[str]) -> T | None:

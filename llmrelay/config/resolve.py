@@ -234,6 +234,16 @@ def resolve_config(
         if endpoint is not None:
             endpoints.append(endpoint)
     connect_keys = resolve_connect(file, global_auth, errors, environ)
+    # (checked here so that a key that cannot be resolved is a config error; the supervisor resolves
+    # them again for its admin listener)
+    resolve_keys(server.admin.auth_keys, "server.admin.auth_keys", errors, environ)
+    for name, section in file.endpoints.items():
+        for index, processor in enumerate(section.processors):
+            rewrite = processor.rewrite_with
+            if rewrite is not None and rewrite.endpoint not in file.endpoints:
+                errors.append(
+                    f"endpoints.{name}.processors[{index}].rewrite_with.endpoint: no endpoint named {rewrite.endpoint!r}"
+                )
     if len(errors) > before:
         return None
     return RelayConfig(
