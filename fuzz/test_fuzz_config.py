@@ -40,8 +40,13 @@ from llmrelay.config.errors import ConfigError
 from llmrelay.config.load import Overrides, load_config_text
 from llmrelay.config.resolved import RelayConfig
 from llmrelay.config.schema import (
+    AdminSection,
     ApiKeyEntry,
     ConnectSection,
+    CorsSection,
+    MetricsSection,
+    ProcessorSection,
+    RewriteSection,
     EndpointSection,
     HealthCheckSection,
     Http2Section,
@@ -559,6 +564,8 @@ def key_paths(document: dict[str, Any]) -> set[str]:
     paths = {"the file", "server", "endpoints", "auth_keys"} | _document_paths(document)
     paths |= {f"server.{field.name}" for field in msgspec.structs.fields(ServerSection)}
     paths |= _schema_paths(Http2Section, "server.http2") | _schema_paths(ConnectSection, "server.connect")
+    paths |= _schema_paths(AdminSection, "server.admin") | _schema_paths(MetricsSection, "server.metrics")
+    paths |= _schema_paths(CorsSection, "server.cors")
     server = document.get("server")
     listen = server.get("listen") if isinstance(server, dict) else None
     for index, _listener in enumerate(listen if isinstance(listen, list) else []):
@@ -573,6 +580,11 @@ def key_paths(document: dict[str, Any]) -> set[str]:
                 continue
             paths |= _schema_paths(HealthCheckSection, f"{base}.health_check")
             paths |= _api_key_paths(section, base)
+            paths |= _schema_paths(CorsSection, f"{base}.cors")
+            processors = section.get("processors")
+            for index, _processor in enumerate(processors if isinstance(processors, list) else []):
+                where = f"{base}.processors[{index}]"
+                paths |= {where} | _schema_paths(ProcessorSection, where) | _schema_paths(RewriteSection, f"{where}.rewrite_with")
             upstreams = section.get("upstreams")
             for index, upstream in enumerate(upstreams if isinstance(upstreams, list) else []):
                 where = f"{base}.upstreams[{index}]"
