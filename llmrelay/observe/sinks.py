@@ -21,7 +21,8 @@ from collections import deque
 DEFAULT_QUEUE_LINES = 10_000
 BATCH_BYTES = 4096  # PIPE_BUF on Linux: a write of at most this much to a pipe is atomic
 REPORT_INTERVAL = 1.0
-LINGER = 0.05  # seconds the writer waits after a wake-up before writing what gathered
+LINGER = 0.01  # under a steady flow of lines, the writer waits this long after a wake-up to gather a batch
+URGENT_WAIT = 0.05  # a warning or error waits at most this long for an idle writer to write it (a loaded host)
 FILE_BATCH_BYTES = 65536  # a regular file opened O_APPEND takes a larger write whole
 STDERR = ""
 
@@ -41,12 +42,16 @@ class LineSink:
         self.report_formatter: logging.Formatter = logging.Formatter("%(message)s")
         self._lines: deque[tuple[str, str]] = deque()
         self._wake = threading.Event()
+        self._written = threading.Event()  # set when the writer has written everything queued
+        self._urgent = False
         self._idle = False
         self._writing = False
         self._closed = False
         self._reopen = False
         self._reported = 0
         self._last_report = 0.0
+        self._last_write = 0.0
+        self._write_started = 0.0
         self._fd = self._open() if path else 2
         self._batch_bytes = self._batch_limit()
         self._thread = threading.Thread(target=self._run, name=f"log-writer {path or 'stderr'}", daemon=True)
@@ -74,6 +79,19 @@ class LineSink:
         self._lines.append((line, stream))
         if self._idle:
             self._wake.set()
+
+    def offer_urgent(self, line: str, stream: str) -> None:
+        """A warning or an error: wait a moment (`URGENT_WAIT` at most) for the line to be written,
+        so that it is out before the response it explains; when the output is stuck (a write under
+        way for longer than that), only queue it, like any line."""
+        if self._writing and time.monotonic() - self._write_started > URGENT_WAIT:
+            self.offer(line, stream)  # (the output is stuck: never wait for it)
+            return
+        self._written.clear()
+        self._urgent = True
+        self.offer(line, stream)
+        self._wake.set()
+        self._written.wait(URGENT_WAIT)
 
     def reopen(self) -> None:
         if self.path:
@@ -109,18 +127,23 @@ class LineSink:
                 if not self._lines and not self._reopen:
                     self._wake.wait(REPORT_INTERVAL)
                 self._idle = False
-                if self._lines and not self._closed:
-                    time.sleep(LINGER)  # let a batch gather: one wake-up and a few writes for many lines
+                if self._lines and not self._closed and not self._urgent and time.monotonic() - self._last_write < LINGER:
+                    self._wake.clear()  # lines keep coming: let a batch gather (one wake-up, a few writes),
+                    self._wake.wait(LINGER)  # unless a warning or an error wants out
+                self._urgent = False
             if self._reopen:
                 self._do_reopen()
             if self._lines:
                 self._write_batch()
+                if not self._lines:
+                    self._written.set()
             elif self.dropped > self._reported:
                 self._report_drops()
         if self.path and self._fd > 2:
             os.close(self._fd)
 
     def _write_batch(self) -> None:
+        self._write_started = time.monotonic()
         self._writing = True
         try:
             parts: list[bytes] = []
@@ -137,6 +160,7 @@ class LineSink:
             self._write(b"".join(parts))
         finally:
             self._writing = False
+            self._last_write = time.monotonic()
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -201,4 +225,7 @@ class QueueHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        self.sink.offer(line, self.stream)
+        if record.levelno >= logging.WARNING:
+            self.sink.offer_urgent(line, self.stream)
+        else:
+            self.sink.offer(line, self.stream)
