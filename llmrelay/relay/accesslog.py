@@ -92,27 +92,21 @@ class AccessRecord:
             self.attempt_log.append((upstream, reason))
 
     def line(self) -> str:
+        """The text line (the same fields as always, in the same order: tools parse it; the json
+        line carries the newer ones)."""
         duration = (self.finished - self.started) * 1000
         ttfb = "-" if self.first_byte is None else f"{(self.first_byte - self.started) * 1000:.1f}"
         client, method, path = self.client, self.method, self.path
         endpoint, outcome, request_id = self.endpoint, self.outcome, self.request_id
-        model = self.model or "-"
-        if needs_escape(client + method + path + endpoint + outcome + request_id + model):  # one search for all
+        if needs_escape(client + method + path + endpoint + outcome + request_id):  # one search for all
             client, method, path = field(client), field(method), field(path)
-            endpoint, outcome, request_id, model = field(endpoint), field(outcome), field(request_id), field(model)
-        line = (
+            endpoint, outcome, request_id = field(endpoint), field(outcome), field(request_id)
+        return (
             f'{client} "{method} {path}" endpoint={endpoint} attempts={self.attempts} upstream={self.upstream} '
             f"status={self.status} "
             f"in={self.bytes_in} out={self.bytes_out} duration_ms={duration:.1f} ttfb_ms={ttfb} "
-            f"streamed={'yes' if self.streamed else 'no'} outcome={outcome} rid={request_id} model={model}"
+            f"streamed={'yes' if self.streamed else 'no'} outcome={outcome} rid={request_id}"
         )
-        if self.events:
-            line += f" events={self.events}"
-        if self.usage:
-            line += "".join(f" {kind}_tokens={count}" for kind, count in self.usage.items())
-        if self.relay_key is not None:
-            line += f" key={self.relay_key}"
-        return line
 
     def fields(self) -> dict[str, Any]:
         """The json line's fields."""
