@@ -31,28 +31,14 @@ def _decode(data: bytes) -> Any:
         return None
 
 
-def _object_at(data: bytes, start: int) -> bytes | None:
-    """The JSON object that starts at `data[start]` (a `{`), by brace matching outside strings."""
-    depth = 0
-    in_string = False
-    escaped = False
-    for index in range(start, len(data)):
-        byte = data[index]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte == 0x7B:
-            depth += 1
-        elif byte == 0x7D:
-            depth -= 1
-            if depth == 0:
-                return data[start : index + 1]
+def _object_at(data: bytes, start: int) -> Any:
+    """The JSON object that starts at `data[start]` (a `{`), decoded: it ends at the first `}` where
+    the braces balance (counted in C; a usage object holds no strings with braces)."""
+    end = data.find(b"}", start)
+    while end >= 0:
+        if data.count(b"{", start, end) == data.count(b"}", start, end + 1):
+            return _decode(data[start : end + 1])
+        end = data.find(b"}", end + 1)
     return None
 
 
@@ -96,17 +82,19 @@ class UsageReader:
     @staticmethod
     def _from_tail(tail: bytes) -> Any:
         """The last usage object of a JSON body's tail (`"usage": {...}`), decoded; or None."""
-        at, key_length = max((tail.rfind(key), len(key)) for key in _USAGE_KEYS)
+        at = tail.rfind(b'"usage')
         if at < 0:
             return None
-        rest = tail[at + key_length :].lstrip(b" \t\r\n")
+        key_end = tail.find(b'"', at + 1) + 1
+        if tail[at:key_end] not in _USAGE_KEYS:
+            return None
+        rest = tail[key_end:].lstrip(b" \t\r\n")
         if not rest.startswith(b":"):
             return None
         rest = rest[1:].lstrip(b" \t\r\n")
         if not rest.startswith(b"{"):
             return None
-        found = _object_at(tail, len(tail) - len(rest))
-        return None if found is None else _decode(found)
+        return _object_at(tail, len(tail) - len(rest))
 
     def _take(self, usage: Any) -> None:
         if not isinstance(usage, dict):
