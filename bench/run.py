@@ -231,7 +231,7 @@ def build_cases(args: argparse.Namespace, scenarios: list[str], wrk: bool) -> tu
 
 def make_targets(
     mock: MockServer, workers: list[int], nginx: bool, workdir: Path, baseline: Path | None = None, upstreams: int = 1,
-    scenario: str = "json",
+    scenario: str = "json", observed: bool = False,
 ) -> list[Target]:
     if scenario in PROTOCOL_SCENARIOS:  # the first worker count only: CPU per request hardly depends on it
         return tls_targets.protocol_targets(scenario, mock, workers[0], nginx and tls_targets.ListenersNginx.available(), workdir)
@@ -239,6 +239,8 @@ def make_targets(
     targets += [Relay(mock, count, workdir) for count in workers]
     if upstreams > 1:  # this tree only: a baseline may predate several upstreams per endpoint
         targets += [Relay(mock, count, workdir, upstreams=upstreams) for count in workers]
+    if observed:  # this tree with its JSON access log written to a file (and its metrics, on by default)
+        targets += [Relay(mock, count, workdir, observed=True) for count in workers]
     if baseline is not None:
         targets += [Relay(mock, count, workdir, source=baseline) for count in workers]
     if nginx:
@@ -371,7 +373,7 @@ def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool
     workdir = new_workdir()
     failures = len(report.failures)
     try:
-        targets = make_targets(mock, args.workers, nginx, workdir, args.baseline, case.upstreams, case.scenario)
+        targets = make_targets(mock, args.workers, nginx, workdir, args.baseline, case.upstreams, case.scenario, args.observed)
     except TargetError as exc:
         report.failures.append(f"{case.label}: {exc}")
         return
@@ -703,6 +705,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="another checkout of llmrelay (e.g. `git worktree add /tmp/base HEAD~3`), measured as 'llmrelay@base' in the same rounds",
+    )
+    parser.add_argument(
+        "--observed",
+        action="store_true",
+        help="also measure this tree with its JSON access log on, written to a file ('llmrelay+logs'; metrics are on in every row)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.md")
     parser.add_argument("--profile", action="store_true", help="run bench/profiling.py instead (py-spy on a worker)")

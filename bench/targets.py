@@ -275,14 +275,19 @@ class Relay(Target):
         env: dict[str, str] | None = None,
         source: Path | None = None,
         upstreams: int = 1,
+        observed: bool = False,
     ) -> None:
         super().__init__(mock, workers)
+        self.observed = observed and source is None  # JSON access log to a file (metrics are on by default)
+        if self.observed:
+            self.kind = "llmrelay+logs"
         if upstreams > 1 and len(mock.ports) < upstreams:
             raise ValueError(f"{upstreams} upstreams need a mock on {upstreams} ports (it has {len(mock.ports)})")
         if not 1 <= upstreams <= len(UPSTREAM_NAMES):
             raise ValueError(f"1 to {len(UPSTREAM_NAMES)} upstreams, not {upstreams}")
         self.upstreams = upstreams
         self.env = dict(env or {})  # extra environment variables for the supervisor (and so its workers)
+        self.source_tree = source
         if source is not None:
             # Another checkout of llmrelay (an earlier commit, say), measured in the same run: its
             # packages come first on the import path of the supervisor and of every worker it starts.
@@ -303,7 +308,13 @@ class Relay(Target):
     def server_text(self) -> str:
         # Connection limits are raised above every scenario's concurrency (10,000 streams through one
         # worker in scenario 4) so that the relay's code is measured, not its default limits.
-        return "[server]\naccess_log = false\nlog_level = \"warning\"\nmax_connections = 30000\n"
+        text = "[server]\naccess_log = false\nlog_level = \"warning\"\nmax_connections = 30000\n"
+        if self.observed:
+            text = text.replace("access_log = false", "access_log = true")
+            text += f'log_format = "json"\naccess_log_file = "{self.workdir / "access.log"}"\n'
+        if self.source_tree is None:  # (a baseline checkout may predate the admin listener)
+            text += "[server.admin]\nport = 0\n"
+        return text
 
     def endpoint_text(self) -> str:
         endpoint = RELAY_ROUTE.strip("/")
