@@ -18,7 +18,7 @@ from llmrelay import __version__
 from llmrelay.config.errors import ConfigError
 from llmrelay.config.load import Overrides, find_config_path, load_config
 from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint, ResolvedUpstream, redact_url
-from llmrelay.logs import configure_logging
+from llmrelay.logs import LogSetupError, configure_logging
 
 EXIT_CONFIG_ERROR = 1
 EXIT_FAILED = 1  # reload / restart: rejected, failed, or no outcome known
@@ -129,7 +129,11 @@ def serve(
     path = find_config_path(config_path)
     overrides = Overrides(host=host, port=port, workers=workers)
     config = _load_or_exit(path, overrides)
-    configure_logging(config.server.log_level)
+    try:
+        configure_logging(config.server.log_level, config.server)
+    except LogSetupError as exc:
+        click.echo(f"llmrelay: {exc}", err=True)
+        sys.exit(EXIT_CONFIG_ERROR)
     # Without --pid-file, ./llmrelay.pid is written when it can be, so that `llmrelay reload` run
     # from the same directory finds this supervisor; a read-only directory is no reason not to serve.
     optional = not pid_file

@@ -31,7 +31,9 @@ import trio
 
 from llmrelay.config.errors import ConfigError
 from llmrelay.config.resolved import RelayConfig
+from llmrelay.config.schema import ServerSection
 from llmrelay.control import Config
+from llmrelay.logs import LogSetupError, configure_logging
 from supervisor.health import HealthBoard
 from supervisor.jobs import Jobs
 from supervisor.metrics import MetricsTotals, RestartReason
@@ -143,6 +145,7 @@ class Reloads:
         changed = sum(1 for name in before.keys() & after.keys() if before[name] != after[name])
         self.health.board.sync(config)
         self.checks.restart(config)
+        _follow_log_settings(previous.server, new)
         summary = (
             f"generation {generation}: {len(after.keys() - before.keys())} endpoints added,"
             f" {len(before.keys() - after.keys())} removed, {changed} changed"
@@ -195,6 +198,19 @@ class Reloads:
                 close_sockets(sockets)
                 problems.append(why)
         return problems
+
+
+def _follow_log_settings(old: ServerSection, new: ServerSection) -> None:
+    """The supervisor's own lines follow a reload's log level, format and files (a file that cannot
+    be opened is logged, and the lines keep going where they went)."""
+    if (old.log_level, old.log_format, old.access_log_file, old.error_log_file) == (
+        new.log_level, new.log_format, new.access_log_file, new.error_log_file
+    ):
+        return
+    try:
+        configure_logging(new.log_level, new)
+    except LogSetupError as exc:
+        log.error("%s; the supervisor logs where it did", exc)
 
 
 async def send_config(
