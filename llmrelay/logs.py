@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 FORMAT = TEXT_FORMAT
 FORMAT_ENV = "LLMRELAY_LOG_FORMAT"
 ACCESS_LOGGER = "llmrelay.access"
+_ACCESS = logging.getLogger(ACCESS_LOGGER)  # (looked up once: getLogger takes a lock)
 QUEUE_LINES = 10_000  # per output; past it lines are dropped (and counted), never waited for
 QUEUE_ENV = "LLMRELAY_LOG_QUEUE_LINES"  # another bound (memory against lines kept through a stall)
 
@@ -124,7 +125,7 @@ def configure_logging(level: str = "info", server: ServerSection | None = None) 
 def access_lines() -> tuple[LineSink, DirectLines] | None:
     """Where access lines go and how they are made, when this module configured logging and the
     access logger takes INFO; None otherwise (then they go through `logging`)."""
-    if _direct is None or not logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO):
+    if _direct is None or not _ACCESS.isEnabledFor(logging.INFO):
         return None
     return _direct
 

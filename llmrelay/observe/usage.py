@@ -24,6 +24,66 @@ _EXTRA_OUTPUT_KEYS = ("thoughtsTokenCount",)  # Gemini's thinking tokens are bil
 _USAGE_KEYS = (b'"usage"', b'"usageMetadata"')
 
 
+class _Counts(msgspec.Struct):
+    """The token counts of a usage object, whichever provider wrote it (other fields are skipped)."""
+
+    prompt_tokens: int | None = None
+    input_tokens: int | None = None
+    promptTokenCount: int | None = None  # noqa: N815 (Gemini's names)
+    completion_tokens: int | None = None
+    output_tokens: int | None = None
+    candidatesTokenCount: int | None = None  # noqa: N815
+    thoughtsTokenCount: int | None = None  # noqa: N815
+
+
+_decode_counts = msgspec.json.Decoder(_Counts).decode
+
+
+class _Envelope(msgspec.Struct):
+    """A whole JSON response, of which only the usage object is read (every other field is skipped
+    by the decoder without being built)."""
+
+    usage: _Counts | None = None
+    usageMetadata: _Counts | None = None  # noqa: N815 (Gemini's name)
+
+
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode
+
+
+def _counts(data: bytes) -> dict[str, int] | None:
+    """A usage object's JSON as {"input": N, "output": M} (the kinds present), or None."""
+    try:
+        counts = _decode_counts(data)
+    except msgspec.DecodeError:
+        return None
+    return _kinds(counts)
+
+
+def _whole_body_counts(body: bytes) -> dict[str, int] | None:
+    """The usage of a whole JSON response body; None when it is not one (or names no usage)."""
+    try:
+        envelope = _decode_envelope(body)
+    except msgspec.DecodeError:
+        return None
+    counts = envelope.usage if envelope.usage is not None else envelope.usageMetadata
+    return None if counts is None else _kinds(counts)
+
+
+def _kinds(counts: _Counts) -> dict[str, int]:
+    usage: dict[str, int] = {}
+    value = counts.prompt_tokens if counts.prompt_tokens is not None else counts.input_tokens
+    if value is None:
+        value = counts.promptTokenCount
+    if value is not None:
+        usage["input"] = value
+    value = counts.completion_tokens if counts.completion_tokens is not None else counts.output_tokens
+    if value is None and counts.candidatesTokenCount is not None:
+        value = counts.candidatesTokenCount + (counts.thoughtsTokenCount or 0)
+    if value is not None:
+        usage["output"] = value
+    return usage
+
+
 def _decode(data: bytes) -> Any:
     try:
         return msgspec.json.decode(data)
@@ -31,23 +91,24 @@ def _decode(data: bytes) -> Any:
         return None
 
 
-def _object_at(data: bytes, start: int) -> Any:
-    """The JSON object that starts at `data[start]` (a `{`), decoded: it ends at the first `}` where
-    the braces balance (counted in C; a usage object holds no strings with braces)."""
+def _object_at(data: bytes, start: int) -> dict[str, int] | None:
+    """The token counts of the JSON object that starts at `data[start]` (a `{`): it ends at the first
+    `}` where the braces balance (counted in C; a usage object holds no strings with braces)."""
     end = data.find(b"}", start)
     while end >= 0:
         if data.count(b"{", start, end) == data.count(b"}", start, end + 1):
-            return _decode(data[start : end + 1])
+            return _counts(data[start : end + 1])
         end = data.find(b"}", end + 1)
     return None
 
 
 class UsageReader:
-    __slots__ = ("sse", "_tail", "_partial", "_usage")
+    __slots__ = ("sse", "_tail", "_whole", "_partial", "_usage")
 
     def __init__(self, sse: bool) -> None:
         self.sse = sse
         self._tail = b""
+        self._whole = True  # the tail is the whole body (it never grew past TAIL_BYTES)
         self._partial = b""
         self._usage: dict[str, int] = {}
 
@@ -56,7 +117,10 @@ class UsageReader:
             return
         if not self.sse:
             tail = self._tail + chunk if self._tail else chunk
-            self._tail = tail[-TAIL_BYTES:] if len(tail) > TAIL_BYTES else tail
+            if len(tail) > TAIL_BYTES:
+                tail = tail[-TAIL_BYTES:]
+                self._whole = False
+            self._tail = tail
             return
         data = self._partial + chunk if self._partial else chunk
         cut = data.rfind(b"\n")
@@ -75,12 +139,17 @@ class UsageReader:
 
     def result(self) -> dict[str, int] | None:
         if not self.sse and self._tail:
-            self._take(self._from_tail(self._tail))
+            # (a whole body is decoded at once, in C; the tail of a longer one is searched)
+            counts = _whole_body_counts(self._tail) if self._whole else None
+            if counts is None:
+                counts = self._from_tail(self._tail)
             self._tail = b""
+            if counts:
+                self._usage.update(counts)
         return dict(self._usage) if self._usage else None
 
     @staticmethod
-    def _from_tail(tail: bytes) -> Any:
+    def _from_tail(tail: bytes) -> dict[str, int] | None:
         """The last usage object of a JSON body's tail (`"usage": {...}`), decoded; or None."""
         at = tail.rfind(b'"usage')
         if at < 0:
