@@ -26,20 +26,24 @@ _encode = msgspec.json.Encoder(enc_hook=_fallback).encode
 
 
 class _Timestamps:
-    """RFC 3339 UTC timestamps with milliseconds; the part up to the second is cached."""
+    """Timestamps with milliseconds, the part up to the second cached: RFC 3339 UTC by default
+    ("2026-01-02T03:04:05.678Z"), or `logging`'s default asctime ("2026-01-02 03:04:05,678", local)."""
 
-    __slots__ = ("_second", "_prefix")
+    __slots__ = ("_second", "_prefix", "_format", "_convert", "_separator", "_suffix")
 
-    def __init__(self) -> None:
+    def __init__(self, utc: bool = True) -> None:
         self._second = -1
         self._prefix = ""
+        self._format = "%Y-%m-%dT%H:%M:%S" if utc else "%Y-%m-%d %H:%M:%S"
+        self._convert = time.gmtime if utc else time.localtime
+        self._separator, self._suffix = (".", "Z") if utc else (",", "")
 
     def __call__(self, created: float) -> str:
         second = int(created)
         if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._prefix = time.strftime(self._format, self._convert(second))
             self._second = second
-        return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
+        return f"{self._prefix}{self._separator}{int((created - second) * 1000):03d}{self._suffix}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,23 +76,6 @@ class JsonFormatter(logging.Formatter):
             return _encode({key: entry[key] for key in _BASE_KEYS}).decode()
 
 
-class _TextTimestamps:
-    """`logging`'s default asctime ("2026-01-02 03:04:05,678", local time); the second is cached."""
-
-    __slots__ = ("_second", "_prefix")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def __call__(self, created: float) -> str:
-        second = int(created)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            self._second = second
-        return f"{self._prefix},{int((created - second) * 1000):03d}"
-
-
 class DirectLines:
     """Whole lines of one logger at INFO, in either format, without a `LogRecord` (the access log's
     path: one line per request, where `logging`'s record, caller lookup and handler chain would cost
@@ -98,7 +85,7 @@ class DirectLines:
         self.logger = logger
         self.pid = os.getpid()
         self._json_ts = _Timestamps()
-        self._text_ts = _TextTimestamps()
+        self._text_ts = _Timestamps(utc=False)
         self._text_middle = f" INFO [{self.pid}] {logger}: "
 
     def json(self, msg: str, fields: dict[str, Any]) -> str:

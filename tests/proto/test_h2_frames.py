@@ -4,20 +4,11 @@ the frames we build (read back by hyperframe, an independent parser), and each p
 from __future__ import annotations
 
 import pytest
-from hyperframe.frame import ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
 
+from h2frames import parse_frames as parse
 from llmrelay.proto.h2 import frames as fr
 from llmrelay.proto.h2.frames import ErrorCodes, FrameError, FrameReader
-
-
-def parse(data: bytes) -> list[Frame]:
-    found = []
-    while data:
-        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
-        frame.parse_body(memoryview(data[9 : 9 + length]))
-        found.append(frame)
-        data = data[9 + length :]
-    return found
 
 
 def test_frames_split_at_every_byte_come_out_the_same() -> None:

@@ -18,6 +18,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from h2frames import parse_frames as parse
 from llmrelay.config.schema import Http2Section
 from llmrelay.proto.h1.head_guard import HeadLimits
 from llmrelay.proto.h2.connection import ConnectionFailed, Opened, PeerGoingAway, Readable, Reset, ServerConnection, StreamGone, Writable
@@ -26,16 +27,6 @@ from llmrelay.proto.h2.request import response_fields
 
 HTTP2 = Http2Section(max_concurrent_streams=2, initial_window_size=65535, connection_window_size=65535)
 POST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/up"), (b":authority", b"relay.test")]
-
-
-def parse(data: bytes) -> list[Frame]:
-    found = []
-    while data:
-        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
-        frame.parse_body(memoryview(data[9 : 9 + length]))
-        found.append(frame)
-        data = data[9 + length :]
-    return found
 
 
 class Client:
