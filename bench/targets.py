@@ -303,7 +303,12 @@ class Relay(Target):
         return f"{base} ×{self.upstreams} upstreams" if self.upstreams > 1 else base
 
     def config_text(self) -> str:
-        return self.server_text() + self.endpoint_text()
+        return self.server_text() + self.admin_text() + self.endpoint_text()
+
+    def admin_text(self) -> str:
+        # A free admin port, so that several relays of one run never compete for 9811 (a baseline
+        # checkout may predate the admin listener: it gets none of this).
+        return "[server.admin]\nport = 0\n" if self.source_tree is None else ""
 
     def server_text(self) -> str:
         # Connection limits are raised above every scenario's concurrency (10,000 streams through one
@@ -312,8 +317,6 @@ class Relay(Target):
         if self.observed:
             text = text.replace("access_log = false", "access_log = true")
             text += f'log_format = "json"\naccess_log_file = "{self.workdir / "access.log"}"\n'
-        if self.source_tree is None:  # (a baseline checkout may predate the admin listener)
-            text += "[server.admin]\nport = 0\n"
         return text
 
     def endpoint_text(self) -> str:
