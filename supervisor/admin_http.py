@@ -79,6 +79,15 @@ def response_head(response: AdminResponse) -> Headers:
     ]
 
 
+async def _feed(stream: trio.SocketStream, connection: ServerConnection) -> bool:
+    """The next bytes the client sent, into the parser; False when it closed."""
+    data = await stream.receive_some(RECEIVE_SIZE)
+    if not data:
+        return False
+    connection.receive_data(data)
+    return True
+
+
 async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
     """Read one request, answer it, close."""
     try:
@@ -92,10 +101,8 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
         with trio.fail_after(READ_TIMEOUT):
             head = connection.next_head()
             while head is None:
-                data = await stream.receive_some(RECEIVE_SIZE)
-                if not data:
+                if not await _feed(stream, connection):
                     return
-                connection.receive_data(data)
                 head = connection.next_head()
             exchange = ServerExchange(connection, head, close_after=True)
             if head.method == b"CONNECT" or head.websocket:
@@ -108,10 +115,8 @@ async def serve_connection(stream: trio.SocketStream, handler: Handler) -> None:
             while not exchange.body_complete:
                 content = exchange.next_body()
                 if content is None:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                    if not data:
+                    if not await _feed(stream, connection):
                         return
-                    connection.receive_data(data)
                     continue
                 size += len(content)
                 if size > MAX_BODY:
