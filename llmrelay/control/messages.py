@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from llmrelay.config.resolved import RelayConfig
+from llmrelay.limits.types import CounterAsk, CounterId, CounterCharge, CounterGrant, CounterReturn, UsageRow
 
 # Exit statuses of a worker process, read by the supervisor. A worker that could not start serving
 # (no config arrived, or it could not apply its first one) exits with EXIT_BOOT_FAILED, so that a
@@ -171,6 +172,45 @@ class MetricsDelta(Message, frozen=True):
     gauges: list[GaugeValue] = []
 
 
+class LeaseAsk(Message, frozen=True):
+    """worker -> supervisor: units of these counters for a request waiting now (`CounterAsk.need`)
+    and for those to come (`want`). Answered by one `LeaseGrant` with the same `ask_id`."""
+
+    ask_id: int
+    asks: list[CounterAsk]
+
+
+class LeaseGrant(Message, frozen=True):
+    """supervisor -> worker: the answer to `LeaseAsk` `ask_id`, one grant per ask, in order.
+    `backend_error`: the counters' owner (Redis) could not be asked; the grants follow
+    `limits.on_backend_error` (everything granted, or nothing with `retry_after`)."""
+
+    ask_id: int
+    grants: list[CounterGrant]
+    backend_error: str = ""
+
+
+class LeaseReturn(Message, frozen=True):
+    """worker -> supervisor: units given back unused (a lease past its TTL, a recall, a drain)."""
+
+    returns: list[CounterReturn]
+
+
+class LeaseRecall(Message, frozen=True):
+    """supervisor -> worker: give back now the unused units of these counters (another worker was
+    refused while this one holds some)."""
+
+    counters: list[CounterId]
+
+
+class UsageReport(Message, frozen=True):
+    """worker -> supervisor, at most once a second: token corrections for the limits' counters (the
+    real usage against what was taken) and the usage accounting rows that grew."""
+
+    charges: list[CounterCharge] = []
+    rows: list[UsageRow] = []
+
+
 class ConfigApplied(Message, frozen=True):
     """The worker serves `generation` from now on (the answer to every `Config`)."""
 
@@ -201,6 +241,11 @@ ControlMessage = (
     | UpstreamEvent
     | KeyEvent
     | MetricsDelta
+    | LeaseAsk
+    | LeaseGrant
+    | LeaseReturn
+    | LeaseRecall
+    | UsageReport
     | ConfigApplied
     | ConfigRejected
     | Stopped
