@@ -79,7 +79,8 @@ class JsonFormatter(logging.Formatter):
 class DirectLines:
     """Whole lines of one logger at INFO, in either format, without a `LogRecord` (the access log's
     path: one line per request, where `logging`'s record, caller lookup and handler chain would cost
-    more than the line itself). The lines are the same as the formatters would make."""
+    more than the line itself). The lines are the same as the formatters would make; a json line's
+    object is built by its caller (with `json_ts()`, `logger` and `pid`)."""
 
     def __init__(self, logger: str) -> None:
         self.logger = logger
@@ -88,15 +89,13 @@ class DirectLines:
         self._text_ts = _Timestamps(utc=False)
         self._text_middle = f" INFO [{self.pid}] {logger}: "
 
-    def json(self, msg: str, fields: dict[str, Any]) -> str:
-        entry: dict[str, Any] = {
-            "ts": self._json_ts(time.time()), "level": "info", "logger": self.logger, "pid": self.pid, "msg": msg,
-        }
-        entry.update(fields)
-        return _encode(entry).decode()
+    def json_ts(self) -> str:
+        """The `ts` of a json line written now."""
+        return self._json_ts(time.time())
 
-    def text(self, msg: str) -> str:
-        return self._text_ts(time.time()) + self._text_middle + msg
+    def text(self, msg: str) -> bytes:
+        """A whole text line (newline included)."""
+        return (self._text_ts(time.time()) + self._text_middle + msg + "\n").encode("utf-8", "replace")
 
 
 class TextFormatter(logging.Formatter):

@@ -1,8 +1,8 @@
 """Log outputs that never make the logging thread wait: a bounded line queue per output, drained by
 one writer thread.
 
-`LineSink.offer` appends a formatted line (or drops it and counts it when the queue is full: a slow
-disk or a pipe nobody reads must not stall requests). The writer thread writes lines in batches of at
+`LineSink.offer` appends a finished line (bytes ending in a newline; or drops it and counts it when the
+queue is full: a slow disk or a pipe nobody reads must not stall requests). The writer thread writes lines in batches of at
 most PIPE_BUF bytes, so that lines of several processes sharing a pipe or an O_APPEND file never
 interleave; it reopens its file when asked (`reopen`, after logrotate renamed it), and once it has
 caught up after dropping lines it writes one "N log lines dropped" line (at most once a second).
@@ -40,7 +40,7 @@ class LineSink:
         self.max_lines = max_lines
         self.dropped_by_stream: dict[str, int] = {}  # written only by the offering threads
         self.report_formatter: logging.Formatter = logging.Formatter("%(message)s")
-        self._lines: deque[tuple[str, str]] = deque()
+        self._lines: deque[bytes] = deque()  # whole lines, newline included
         self._wake = threading.Event()
         self._written = threading.Event()  # set when the writer has written everything queued
         self._urgent = False
@@ -72,15 +72,16 @@ class LineSink:
         self._thread.start()
 
     # -- the logging side (any thread; the event loop's in practice) --------------------------------
-    def offer(self, line: str, stream: str) -> None:
+    def offer(self, line: bytes, stream: str) -> None:
+        """Queue `line` (bytes ending in a newline), or count it dropped under `stream`."""
         if len(self._lines) >= self.max_lines or self._closed:
             self.dropped_by_stream[stream] = self.dropped_by_stream.get(stream, 0) + 1
             return
-        self._lines.append((line, stream))
+        self._lines.append(line)
         if self._idle:
             self._wake.set()
 
-    def offer_urgent(self, line: str, stream: str) -> None:
+    def offer_urgent(self, line: bytes, stream: str) -> None:
         """A warning or an error: wait a moment (`URGENT_WAIT` at most) for the line to be written,
         so that it is out before the response it explains; when the output is stuck (a write under
         way for longer than that), only queue it, like any line."""
@@ -151,7 +152,7 @@ class LineSink:
             lines = self._lines
             limit = self._batch_bytes
             while lines and size < limit:
-                line = (lines[0][0] + "\n").encode("utf-8", "replace")
+                line = lines[0]
                 if parts and size + len(line) > limit:
                     break
                 lines.popleft()
@@ -221,7 +222,7 @@ class QueueHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record)
+            line = (self.format(record) + "\n").encode("utf-8", "replace")
         except Exception:
             self.handleError(record)
             return

@@ -12,6 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
+from msgspec import UNSET, UnsetType
+
 from llmrelay import logs
 from llmrelay.io.logsafe import field, needs_escape
 from llmrelay.observe.requestinfo import TrustedProxies
@@ -20,6 +23,39 @@ from llmrelay.server.exchange import Refusal
 
 log = logging.getLogger("llmrelay.access")
 OK_OUTCOMES = frozenset({"ok"})
+_BASE_KEYS = ("ts", "level", "logger", "pid", "msg")
+
+
+class AccessLine(msgspec.Struct):
+    """The json access line, key by key in this order (a Struct: its keys are encoded once, not per line)."""
+
+    ts: str
+    level: str
+    logger: str
+    pid: int
+    msg: str
+    request_id: str
+    method: str
+    path: str
+    endpoint: str
+    upstream: str
+    attempts: int
+    model: str | None
+    status: int
+    bytes_in: int
+    bytes_out: int
+    duration_ms: float
+    ttfb_ms: float | None
+    streamed: bool
+    events: int
+    client_ip: str
+    relay_key: str | None
+    user_agent: str | None
+    usage: dict[str, int] | UnsetType = UNSET  # only when the provider reported it
+    error: str | UnsetType = UNSET  # only for failures
+
+
+_encode_line = msgspec.json.Encoder().encode
 
 
 class AccessRecord:
@@ -108,31 +144,39 @@ class AccessRecord:
             f"streamed={'yes' if self.streamed else 'no'} outcome={outcome} rid={request_id}"
         )
 
+    def json_line(self, ts: str, logger: str, pid: int) -> AccessLine:
+        return AccessLine(
+            ts,
+            "info",
+            logger,
+            pid,
+            f"{self.method} {self.path} {self.status}",
+            self.request_id,
+            self.method,
+            self.path,
+            self.endpoint,
+            self.upstream,
+            self.attempts,
+            self.model,
+            self.status,
+            self.bytes_in,
+            self.bytes_out,
+            round((self.finished - self.started) * 1000, 1),
+            None if self.first_byte is None else round((self.first_byte - self.started) * 1000, 1),
+            self.streamed,
+            self.events,
+            self.client,
+            self.relay_key,
+            None if self.user_agent is None else self.user_agent.decode("latin-1")[:512],
+            UNSET if self.usage is None else self.usage,
+            UNSET if self.outcome in OK_OUTCOMES else self.outcome,
+        )
+
     def fields(self) -> dict[str, Any]:
-        """The json line's fields."""
-        entry: dict[str, Any] = {
-            "request_id": self.request_id,
-            "method": self.method,
-            "path": self.path,
-            "endpoint": self.endpoint,
-            "upstream": self.upstream,
-            "attempts": self.attempts,
-            "model": self.model,
-            "status": self.status,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "duration_ms": round((self.finished - self.started) * 1000, 1),
-            "ttfb_ms": None if self.first_byte is None else round((self.first_byte - self.started) * 1000, 1),
-            "streamed": self.streamed,
-            "events": self.events,
-            "client_ip": self.client,
-            "relay_key": self.relay_key,
-            "user_agent": None if self.user_agent is None else self.user_agent.decode("latin-1")[:512],
-        }
-        if self.usage is not None:
-            entry["usage"] = self.usage
-        if self.outcome not in OK_OUTCOMES:
-            entry["error"] = self.outcome
+        """The json line's fields (for a line that goes through `logging`)."""
+        entry: dict[str, Any] = msgspec.to_builtins(self.json_line("", "", 0))
+        for key in _BASE_KEYS:
+            del entry[key]
         return entry
 
     @classmethod
@@ -157,7 +201,7 @@ def write(record: AccessRecord) -> None:
     if direct is not None:  # (the usual case: straight to the access sink, no LogRecord)
         sink, lines = direct
         if logs.log_format() == "json":
-            sink.offer(lines.json(f"{record.method} {record.path} {record.status}", record.fields()), "access")
+            sink.offer(_encode_line(record.json_line(lines.json_ts(), lines.logger, lines.pid)) + b"\n", "access")
         else:
             sink.offer(lines.text(record.line()), "access")
     elif logs.log_format() == "json":

@@ -68,7 +68,7 @@ def test_a_blocked_output_drops_and_counts_instead_of_waiting() -> None:
     try:
         started = time.monotonic()
         for index in range(2000):
-            sink.offer(f"line {index} " + "x" * 200, "access")
+            sink.offer(f"line {index} ".encode() + b"x" * 200 + b"\n", "access")
         assert time.monotonic() - started < 0.5  # never waited for the pipe
         assert sink.dropped_by_stream["access"] > 1000
         dropped = sink.dropped
