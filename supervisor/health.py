@@ -258,9 +258,9 @@ class HealthBoard:
             update.lines.append(LogLine(logging.INFO, f"upstream {track.label} recovered: its health check passed"))
         return update
 
-    def table(self, generation: int, workers: list[WorkerInfo], now: float) -> HealthTable:
+    def table(self, generation: int, workers: list[WorkerInfo], now: float, limits_degraded: str = "") -> HealthTable:
         endpoints = {
             name: EndpointHealth(upstreams={upstream: track.health(now) for upstream, track in tracks.items()})
             for name, tracks in self._endpoints.items()
         }
-        return HealthTable(generation=generation, endpoints=endpoints, workers=workers)
+        return HealthTable(generation=generation, endpoints=endpoints, workers=workers, limits_degraded=limits_degraded)

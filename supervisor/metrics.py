@@ -278,6 +278,9 @@ class LiveState:
 
     upstream_healthy: list[tuple[str, str, bool]]  # endpoint, upstream, takes traffic
     worker_rss: list[tuple[int, int]]  # slot, bytes
+    limits_backend: str = "local"  # "local" or "redis"
+    limits_up: bool = True  # the backend answers (limits exact)
+    limits_errors: int = 0  # times it could not be asked, since the supervisor started
 
 
 class MetricsCollector:
@@ -308,9 +311,17 @@ class MetricsCollector:
         rss = GaugeMetricFamily(catalog.WORKER_RSS.name, catalog.WORKER_RSS.help, labels=catalog.WORKER_RSS.labels)
         for slot, value in self.live.worker_rss:
             rss.add_metric([str(slot)], float(value))
+        backend_errors = CounterMetricFamily(
+            catalog.LIMITS_BACKEND_ERRORS.name, catalog.LIMITS_BACKEND_ERRORS.help, labels=catalog.LIMITS_BACKEND_ERRORS.labels
+        )
+        backend_errors.add_metric([self.live.limits_backend], float(self.live.limits_errors))
+        backend_up = GaugeMetricFamily(
+            catalog.LIMITS_BACKEND_UP.name, catalog.LIMITS_BACKEND_UP.help, labels=catalog.LIMITS_BACKEND_UP.labels
+        )
+        backend_up.add_metric([self.live.limits_backend], 1.0 if self.live.limits_up else 0.0)
         build = GaugeMetricFamily(catalog.BUILD_INFO.name, catalog.BUILD_INFO.help, labels=catalog.BUILD_INFO.labels)
         build.add_metric([__version__], 1.0)
-        yield from (healthy, restarts, rss, reloads, build)
+        yield from (healthy, restarts, rss, reloads, backend_errors, backend_up, build)
 
     def _worker_metric(self, metric: Metric) -> Iterable[MetricFamily]:
         totals = self.totals

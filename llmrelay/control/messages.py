@@ -77,6 +77,7 @@ class HealthTable(Message, frozen=True):
     generation: int
     endpoints: dict[str, EndpointHealth]
     workers: list[WorkerInfo]
+    limits_degraded: str = ""  # why the limits backend cannot be asked ("" while limits are exact)
 
 
 class Drain(Message, frozen=True):

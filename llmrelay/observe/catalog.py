@@ -51,6 +51,10 @@ TOKENS = Metric("llmrelay_tokens_total", "counter", "Tokens reported by provider
 BYTES = Metric("llmrelay_bytes_total", "counter", "Body bytes relayed, by direction (in: from clients, out: to clients).", ("direction",))
 CONNECTIONS = Metric("llmrelay_connections", "gauge", "Client connections open, by listener address.", ("listener",))
 LOG_LINES_DROPPED = Metric("llmrelay_log_lines_dropped_total", "counter", "Log lines dropped because the log output fell behind.", ("stream",))
+LIMIT_REFUSALS = Metric(
+    "llmrelay_limit_refusals_total", "counter", "Requests refused by a [limits] rule (429), by endpoint and rule.",
+    ("endpoint", "rule"),
+)
 UPSTREAM_HEALTHY = Metric(
     "llmrelay_upstream_healthy", "gauge", "1 when the upstream takes traffic (the supervisor's merged view), else 0.",
     ("endpoint", "upstream"), source="supervisor",
@@ -58,11 +62,20 @@ UPSTREAM_HEALTHY = Metric(
 WORKER_RESTARTS = Metric("llmrelay_worker_restarts_total", "counter", "Workers replaced, by reason.", ("reason",), source="supervisor")
 WORKER_RSS = Metric("llmrelay_worker_rss_bytes", "gauge", "Resident memory of each slot's worker.", ("slot",), source="supervisor")
 RELOADS = Metric("llmrelay_reloads_total", "counter", "Config reloads, by result.", ("result",), source="supervisor")
+LIMITS_BACKEND_ERRORS = Metric(
+    "llmrelay_limits_backend_errors_total", "counter", "Times the limits backend (Redis) could not be asked.",
+    ("backend",), source="supervisor",
+)
+LIMITS_BACKEND_UP = Metric(
+    "llmrelay_limits_backend_up", "gauge", "1 while the limits backend answers (limits exact), 0 while degraded.",
+    ("backend",), source="supervisor",
+)
 BUILD_INFO = Metric("llmrelay_build_info", "gauge", "Always 1; the running version as a label.", ("version",), source="supervisor")
 
 CATALOG: tuple[Metric, ...] = (
     REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_BYTE, STREAM_EVENTS, IN_FLIGHT, UPSTREAM_ATTEMPTS, TOKENS, BYTES,
-    CONNECTIONS, LOG_LINES_DROPPED, UPSTREAM_HEALTHY, WORKER_RESTARTS, WORKER_RSS, RELOADS, BUILD_INFO,
+    CONNECTIONS, LOG_LINES_DROPPED, LIMIT_REFUSALS, UPSTREAM_HEALTHY, WORKER_RESTARTS, WORKER_RSS, RELOADS,
+    LIMITS_BACKEND_ERRORS, LIMITS_BACKEND_UP, BUILD_INFO,
 )
 BY_NAME = {metric.name: metric for metric in CATALOG}
 

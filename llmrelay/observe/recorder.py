@@ -95,6 +95,7 @@ class MetricsRecorder:
         self._bytes_in = 0
         self._bytes_out = 0
         self._dropped_seen: dict[str, int] = {}
+        self._refusals_seen: dict[tuple[str, str], int] = {}
         self._gauges_sent: dict[tuple[str, tuple[str, ...]], float] = {}
 
     def configure(self, settings: MetricsSection) -> None:
@@ -141,7 +142,11 @@ class MetricsRecorder:
 
     # -- the report -----------------------------------------------------------------------------------
     def take_delta(
-        self, pid: int, gauges: Iterable[tuple[str, tuple[str, ...], float]], dropped_lines: Mapping[str, int]
+        self,
+        pid: int,
+        gauges: Iterable[tuple[str, tuple[str, ...], float]],
+        dropped_lines: Mapping[str, int],
+        limit_refusals: Mapping[tuple[str, str], int] | None = None,
     ) -> MetricsDelta | None:
         """What grew since the last call, and the gauges that changed; None when there is nothing."""
         if not self.enabled:
@@ -164,6 +169,11 @@ class MetricsRecorder:
             if grown > 0:
                 counters.append(CounterDelta(catalog.LOG_LINES_DROPPED.name, [stream], grown))
                 self._dropped_seen[stream] = total
+        for pair, total in (limit_refusals or {}).items():  # (cumulative counts, by endpoint and rule)
+            grown = total - self._refusals_seen.get(pair, 0)
+            if grown > 0:
+                counters.append(CounterDelta(catalog.LIMIT_REFUSALS.name, list(pair), grown))
+                self._refusals_seen[pair] = total
         histograms = [
             HistogramDelta(name, list(pair), histogram.counts, histogram.sum, histogram.count)
             for name, table in ((catalog.REQUEST_DURATION.name, self._durations), (catalog.TIME_TO_FIRST_BYTE.name, self._ttfb))

@@ -33,7 +33,7 @@ class ActiveResponse:
 
     __slots__ = (
         "exchange", "interrupt", "cut_by_drain", "sse", "at_event_boundary", "last_send", "sending", "events", "_cr_lf",
-        "_usage",
+        "_usage", "extra_headers",
     )
 
     def __init__(self, exchange: Exchange) -> None:
@@ -47,6 +47,7 @@ class ActiveResponse:
         self.events = 0  # SSE events relayed (ends of events counted; keep-alive comments are not)
         self._cr_lf = b""  # the line-break bytes a previous chunk ended with (an event end may straddle)
         self._usage: UsageReader | None = None  # reads the provider's token usage from what passed
+        self.extra_headers: Headers = []  # added to the response head (the relay's x-ratelimit-*)
 
     async def send(self, chunk: bytes) -> None:
         """Send a body chunk (the relay's task is the only one that sends while this is set)."""

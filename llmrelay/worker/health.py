@@ -58,6 +58,8 @@ def health_view(
             if not any_usable:
                 unusable.add(name)
             endpoints[name] = {"provider": endpoint.provider, "usable": any_usable, "upstreams": upstreams}
+    limits_degraded = table.limits_degraded if table else ""
+    degraded |= bool(limits_degraded)  # (rate limits not exact: the Redis behind them cannot be asked)
     overall = "failing" if unusable else "degraded" if degraded else "ok"
     code = 503 if unusable else 200
     asked = _endpoint_asked(target)
@@ -71,6 +73,8 @@ def health_view(
         "endpoints": endpoints,
         "workers": [msgspec.structs.asdict(w) for w in workers],
     }
+    if limits_degraded:
+        payload["limits"] = {"status": "degraded", "error": limits_degraded}
     return code, payload
 
 
