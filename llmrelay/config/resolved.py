@@ -13,6 +13,12 @@ import msgspec
 
 from llmrelay.config.limits import ClientLimits, PoolLimits, UpstreamTimeouts
 from llmrelay.config.schema import CorsSection, ListenSection, ProcessorSection, ServerSection
+from llmrelay.limits.types import Limits
+
+# Characters of message text per token, per provider, when a request's tokens are estimated before
+# it is sent (the real usage read from the response replaces the estimate). "default" applies to a
+# provider without an entry of its own.
+DEFAULT_CHARS_PER_TOKEN = {"openai": 4.0, "anthropic": 3.5, "gemini": 4.0, "forward": 4.0, "default": 4.0}
 
 
 class WeightedKey(msgspec.Struct, frozen=True):
@@ -105,6 +111,9 @@ class ResolvedEndpoint(msgspec.Struct, frozen=True, kw_only=True):
     websocket_idle_timeout: float = 300.0
     cors: CorsSection | None = None  # its own, else `[server.cors]`
     processors: list[ProcessorSection] = []  # the request policy, in order
+    # parallel to `auth_keys`: each key's configured name, else its label (`relay_key_label`): what
+    # the logs, the usage rows and the limit counters call the key (never its value)
+    auth_key_names: list[str] = []
 
     @property
     def max_body_size(self) -> int:
@@ -118,6 +127,51 @@ class ResolvedEndpoint(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+class ResolvedRule(msgspec.Struct, frozen=True):
+    """One `[[limits.rules]]` table: which requests it applies to, what it counts them by, its limits.
+
+    Every list is a set of alternatives, and an empty one matches anything. `version` changes exactly
+    when the match, the `per` or the limits change, so a reload that leaves a rule alone keeps its
+    counters and one that changes it starts fresh ones."""
+
+    name: str
+    version: str  # 12 hex digits: hash of match, per and limits (a changed rule gets new counters)
+    endpoints: list[str]  # globs; [] = any
+    models: list[str]  # globs; [] = any ("*" given explicitly also matches a request with no model)
+    upstreams: list[str]  # globs; [] = any
+    relay_keys: list[str]  # relay key NAMES (values in the file are turned into the key's name/label); [] = any
+    client_ips: list[str]  # CIDRs; [] = any
+    per: str  # "relay_key" | "client_ip" | "endpoint" | "upstream" | "model" | "header"
+    per_header: str  # lower-case header name when per == "header", else ""
+    limits: Limits
+
+
+class ResolvedLimits(msgspec.Struct, frozen=True):
+    """`[limits]`: where the counters live, what happens when that store fails, and the rules."""
+
+    backend: str = "local"  # "local" (the supervisor) or "redis"
+    redis_url: str = ""  # secrets resolved: never log it whole (`redacted_url()`)
+    on_backend_error: str = "allow"  # or "deny"
+    inject_stream_usage: bool = False
+    chars_per_token: dict[str, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_CHARS_PER_TOKEN))
+    rules: list[ResolvedRule] = []
+
+    def redacted_url(self) -> str:
+        """`redis_url` without its password (user names stay: they say which account is used)."""
+        return redact_password(self.redis_url)
+
+    def chars_per_token_for(self, provider: str) -> float:
+        """How many characters of a request to count as one token for `provider` (its own entry,
+        else the "default" one)."""
+        return self.chars_per_token.get(provider, self.chars_per_token.get("default", 4.0))
+
+    def __repr__(self) -> str:
+        return (
+            f"ResolvedLimits(backend={self.backend!r}, redis_url={self.redacted_url()!r}, "
+            f"on_backend_error={self.on_backend_error!r}, rules={[rule.name for rule in self.rules]})"
+        )
+
+
 class RelayConfig(msgspec.Struct, frozen=True, kw_only=True):
     server: ServerSection
     client: ClientLimits  # `server`'s client-connection keys, grouped for the protocol drivers
@@ -125,6 +179,7 @@ class RelayConfig(msgspec.Struct, frozen=True, kw_only=True):
     source: str
     listeners: list[ListenSection] = []  # `server.listen`, or the one `server.host`/`server.port` names
     connect_keys: list[str] = []  # relay keys a CONNECT tunnel accepts (`server.connect`)
+    limits: ResolvedLimits = ResolvedLimits()  # `[limits]`: no rules, nothing limited
 
     def __repr__(self) -> str:
         return f"RelayConfig(source={self.source!r}, endpoints={[e.name for e in self.endpoints]})"
@@ -141,4 +196,21 @@ def redact_url(url: str | None) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def redact_password(url: str) -> str:
+    """A URL with its password (if any) replaced by `***`, its user name kept; "" stays ""."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        password, username, host, port = parts.password, parts.username, parts.hostname or "", parts.port
+    except ValueError:  # (a URL that does not parse is never shown: it may hold anything)
+        return "<unparsable URL>"
+    if password is None:
+        return url
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{username or ''}:***@{host}" + (f":{port}" if port else "")
     return parts._replace(netloc=netloc).geturl()
