@@ -1,4 +1,4 @@
-"""The admin listener's routes: `GET /metrics`, `/health`, `/status`, `POST /reload`, `/restart`.
+"""The admin listener's routes: `GET /metrics`, `/health`, `/status`, `/usage`, `POST /reload`, `/restart`.
 
 Served by the supervisor itself (see `admin_http` for the server), so it answers while workers roll,
 crash or drain. With `server.admin.auth_keys`, every route asks for `Authorization: Bearer <key>`
@@ -11,6 +11,10 @@ finished: 200 with its outcome when it succeeded, 500 when it failed (a rejected
 successor that did not start), 503 when the supervisor is stopping. `/metrics` is 404 when
 `[server.metrics] enabled = false`.
 
+`GET /usage` (`?by=key|model|endpoint|upstream`) shows the usage accounting of the store the
+supervisor hands over (`usage`: a function, since a reload may move the accounts between memory and
+Redis); a `by` it does not know is 400, a store that cannot be read 503.
+
 `follow` takes each applied config: the keys are resolved (in a thread: a key may be a
 `$(command)`; one that does not resolve is logged and matches nothing) and the listener moves when
 the address changed (`enabled = false` closes it).
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -28,6 +33,7 @@ import trio
 from llmrelay.config.resolved import RelayConfig
 from llmrelay.config.schema import AdminSection
 from llmrelay.config.secrets import SecretError, resolve_secret
+from llmrelay.limits.store import StoreUnavailable, UsageStore
 from supervisor.admin_http import (
     Address,
     AdminListener,
@@ -40,6 +46,7 @@ from supervisor.admin_views import AdminViews
 from supervisor.metrics import exposition
 from supervisor.slots import SlotTable
 from supervisor.status import ActionStatus, StatusFile
+from supervisor.usage import DIMENSIONS, CountingSince, UsageTable, usage_document
 
 log = logging.getLogger("supervisor")
 
@@ -65,11 +72,19 @@ def resolve_admin_keys(section: AdminSection) -> list[bytes]:
     return keys
 
 
+def _fixed(store: UsageStore) -> Callable[[], UsageStore]:
+    return lambda: store
+
+
 class Admin:
-    def __init__(self, views: AdminViews, table: SlotTable, status: StatusFile) -> None:
+    def __init__(
+        self, views: AdminViews, table: SlotTable, status: StatusFile, usage: Callable[[], UsageStore] | None = None
+    ) -> None:
         self.views = views
         self.table = table
         self.status = status
+        # the store `/usage` reads, asked on every request (without one: an empty table)
+        self.usage: Callable[[], UsageStore] = usage if usage is not None else _fixed(UsageTable())
         self.listener = AdminListener(self.handle, status.admin_bound)
         self._auth_required = False
         self._keys: list[bytes] = []
@@ -78,6 +93,7 @@ class Admin:
             "/metrics": ("GET", self.get_metrics),
             "/health": ("GET", self.get_health),
             "/status": ("GET", self.get_status),
+            "/usage": ("GET", self.get_usage),
             "/reload": ("POST", self.post_reload),
             "/restart": ("POST", self.post_restart),
         }
@@ -130,6 +146,19 @@ class Admin:
 
     async def get_status(self, request: AdminRequest) -> AdminResponse:
         return json_response(200, self.views.status_document())
+
+    async def get_usage(self, request: AdminRequest) -> AdminResponse:
+        asked = urllib.parse.parse_qs(request.query, keep_blank_values=True).get("by", [])
+        if len(asked) > 1 or (asked and asked[0] not in DIMENSIONS):
+            return error_response(400, "by must be one of: " + ", ".join(DIMENSIONS))
+        dimension = asked[0] if asked else None
+        store = self.usage()
+        try:
+            rows = await store.rows()
+        except StoreUnavailable as exc:
+            return error_response(503, f"the usage store cannot be read: {exc}")
+        since = store.since if isinstance(store, CountingSince) else self.views.started
+        return json_response(200, usage_document(rows, dimension, since))
 
     async def post_reload(self, request: AdminRequest) -> AdminResponse:
         assert self._actions is not None
