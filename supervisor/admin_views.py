@@ -104,6 +104,7 @@ class AdminViews:
                 }
             )
         endpoints: dict[str, object] = {}
+        upstream_in_flight = self.totals.gauge_sum(catalog.UPSTREAM_IN_FLIGHT.name)
         for name, entry in _dict(health.get("endpoints")).items():
             upstreams: dict[str, object] = {}
             for upstream, info in _dict(_dict(entry).get("upstreams")).items():
@@ -114,7 +115,7 @@ class AdminViews:
                     "usable": shown.get("usable"),
                     "consecutive_failures": shown.get("consecutive_failures"),
                     "last_error": shown.get("last_error"),
-                    "in_flight": None,  # the workers count in-flight requests per worker, not per upstream
+                    "in_flight": int(upstream_in_flight.get((name, upstream), 0)),
                     "requests": int(requests.get((name, upstream), 0)),
                     "requests_per_second": round(stats_now.requests_per_second, 3) if stats_now else 0.0,
                     "p50_ms": _ms(stats_now.p50 if stats_now else None),

@@ -188,6 +188,28 @@ def test_status_shows_every_worker_and_upstream(start_relay, mock) -> None:  # t
         if upstream["requests"]:
             assert upstream["requests_per_second"] > 0
             assert 0 < upstream["p50_ms"] <= upstream["p99_ms"]
+        assert upstream["in_flight"] == 0
+    # a stream under way counts at its upstream until it ends
+    stream_body = {**body, "stream": True}
+    with httpx.Client(timeout=20) as client:
+        with client.stream(
+            "POST", relay.url("/oai/v1/chat/completions"), json=stream_body, headers={"x-mock-delay": "0.3", "x-mock-events": "12"}
+        ) as streaming:
+            assert streaming.status_code == 200
+            busy = streaming.headers["x-llmrelay-upstream"]
+
+            def counted() -> dict | None:
+                upstreams = httpx.get(admin_url(port, "/status"), timeout=10).json()["endpoints"]["oai"]["upstreams"]
+                return upstreams if upstreams[busy]["in_flight"] == 1 else None
+
+            assert wait_until(counted, timeout=5), "the stream's upstream shows it in flight"
+            streaming.read()
+
+    def idle() -> dict | None:
+        upstreams = httpx.get(admin_url(port, "/status"), timeout=10).json()["endpoints"]["oai"]["upstreams"]
+        return upstreams if all(u["in_flight"] == 0 for u in upstreams.values()) else None
+
+    assert wait_until(idle, timeout=5)
 
 
 def test_admin_answers_while_workers_are_killed(start_relay, mock) -> None:  # type: ignore[no-untyped-def]

@@ -43,6 +43,10 @@ TIME_TO_FIRST_BYTE = Metric(
 )
 STREAM_EVENTS = Metric("llmrelay_stream_events_total", "counter", "Server-sent events relayed.", ("endpoint", "upstream"))
 IN_FLIGHT = Metric("llmrelay_in_flight_requests", "gauge", "Requests being served now, over every worker.")
+UPSTREAM_IN_FLIGHT = Metric(
+    "llmrelay_upstream_in_flight_requests", "gauge", "Attempts under way at each upstream, over every worker.",
+    ("endpoint", "upstream"),
+)
 UPSTREAM_ATTEMPTS = Metric(
     "llmrelay_upstream_attempts_total", "counter", "Attempts sent to an upstream, by outcome.",
     ("endpoint", "upstream", "outcome"),
@@ -73,7 +77,7 @@ LIMITS_BACKEND_UP = Metric(
 BUILD_INFO = Metric("llmrelay_build_info", "gauge", "Always 1; the running version as a label.", ("version",), source="supervisor")
 
 CATALOG: tuple[Metric, ...] = (
-    REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_BYTE, STREAM_EVENTS, IN_FLIGHT, UPSTREAM_ATTEMPTS, TOKENS, BYTES,
+    REQUESTS, REQUEST_DURATION, TIME_TO_FIRST_BYTE, STREAM_EVENTS, IN_FLIGHT, UPSTREAM_IN_FLIGHT, UPSTREAM_ATTEMPTS, TOKENS, BYTES,
     CONNECTIONS, LOG_LINES_DROPPED, LIMIT_REFUSALS, UPSTREAM_HEALTHY, WORKER_RESTARTS, WORKER_RSS, RELOADS,
     LIMITS_BACKEND_ERRORS, LIMITS_BACKEND_UP, BUILD_INFO,
 )

@@ -81,6 +81,7 @@ class Relay:
         self._health = health
         self._observer = observer
         self._responses = responses
+        self.upstream_in_flight: dict[tuple[str, str], int] = {}  # attempts under way, by (endpoint, upstream)
         self._websockets = WebSocketRelay(observer, responses)
         self._tunnels = ConnectTunnels(responses)
 
@@ -219,6 +220,9 @@ class Relay:
                 # (the probe of an ejected upstream; `upstream` may change below)
                 probed = upstream if upstream.ejected_until and upstream.start_attempt(now) else None
                 request = attempts.request(head, upstream, key, path, query, record.request_id)
+                counted = (endpoint.name, upstream.name)
+                in_flight = self.upstream_in_flight
+                in_flight[counted] = in_flight.get(counted, 0) + 1
                 try:
                     call = upstream.pool.stream(request)
                     active.interrupt = call.interrupt  # a drain cut closes the upstream connection
@@ -251,6 +255,7 @@ class Relay:
                     await self._failed(exchange, endpoint, upstream, active, record, exc)
                     return
                 finally:
+                    in_flight[counted] -= 1
                     if probed is not None:
                         probed.end_probe()
                     if isinstance(body, ReplayableBody):

@@ -229,6 +229,9 @@ class Worker:
         gauges: list[tuple[str, tuple[str, ...], float]] = [(catalog.IN_FLIGHT.name, (), self.state.requests_in_flight)]
         for address, count in self.listener_connections.items():
             gauges.append((catalog.CONNECTIONS.name, (address,), count))
+        if self._relay is not None:
+            for pair, count in self._relay.upstream_in_flight.items():
+                gauges.append((catalog.UPSTREAM_IN_FLIGHT.name, pair, count))
         return gauges
 
     async def _send_metrics(self) -> None:
