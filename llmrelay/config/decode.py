@@ -77,6 +77,13 @@ def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
     return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
 
 
+def _holds_struct(tp: Any) -> bool:
+    """A Struct, or a union with a Struct among its members."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_struct_type(arg) for arg in typing.get_args(tp))
+    return _struct_type(tp) is not None
+
+
 def _union_member(tp: Any, value: Any) -> Any:
     """The member of a union (`bool | Section | None`, `list[Entry] | None`) that a table or an
     array would be decoded as, so that its own keys are checked one by one; else `tp` itself."""
@@ -105,9 +112,9 @@ def _check_value(tp: Any, value: Any, path: str, errors: list[str]) -> None:
                 continue
             _check_value(args[1], item, _join(path, key), errors)
         return
-    if origin is list and args and _struct_type(args[0]) and isinstance(value, list):
-        for index, item in enumerate(value):
-            check_struct(args[0], item, f"{path}[{index}]", errors)
+    if origin is list and args and _holds_struct(args[0]) and isinstance(value, list):
+        for index, item in enumerate(value):  # (`auth_keys`: strings or `{ name, key }` tables)
+            _check_value(args[0], item, f"{path}[{index}]", errors)
         return
     try:
         msgspec.convert(value, tp)

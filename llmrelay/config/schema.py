@@ -7,6 +7,10 @@ defaults are inherited). `decode.py` decodes raw TOML into them collecting every
 An endpoint's upstreams are either the flat keys (`target_base`, `proxy_url`, `api_key`, timeouts...:
 the one-upstream shorthand) or a list of `[[endpoints.NAME.upstreams]]` tables; every per-upstream key
 set on the endpoint is the default of its upstreams (`None` on an upstream: inherit).
+
+`auth_keys` entries (top level, endpoint, upstream scope) are a key value, or `{ name, key }`: a name
+is what logs, usage rows and limit counters call the key. `[limits]` holds the rate limiter's backend
+and its `[[limits.rules]]`; what a rule's `per` and `match` mean is checked when resolving (`resolve`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ TlsVersion = Literal["1.2", "1.3"]
 WindowSize = Annotated[int, Meta(ge=65535, le=2**31 - 1)]
 LogFormat = Literal["text", "json"]
 PromptMode = Literal["prepend", "replace", "if_absent"]
+LimitsBackend = Literal["local", "redis"]
+BackendErrorPolicy = Literal["allow", "deny"]
+# A rate limit or budget: 0 is no limit. Bounded so that every store (the Redis script counts in
+# doubles) holds it exactly.
+LimitCount = Annotated[int, Meta(ge=0, le=10**12)]
+CharsPerToken = Annotated[float, Meta(gt=0, le=100)]
+Patterns = str | list[str]  # one glob (or CIDR, or key) or a list of them
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -42,6 +53,17 @@ class ApiKeyEntry(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     key: str
     weight: Weight = 1.0
     name: str | None = None  # how /health and the logs name it (default: its index)
+
+
+class RelayKeyEntry(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`{ name = "alice", key = "${ALICE_KEY}" }` in `auth_keys`: a relay key with a name, which the
+    access log, the usage rows and the limit counters show instead of its label."""
+
+    name: str
+    key: str
+
+
+RelayKey = str | RelayKeyEntry
 
 
 class HealthCheckSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -151,7 +173,7 @@ class UpstreamSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     weight: Weight = 1.0
     priority: int = 0
     fallback: bool = False
-    auth_keys: list[str] | None = None  # None: every key the endpoint accepts; a list: only these
+    auth_keys: list[RelayKey] | None = None  # None: every key the endpoint accepts; a list: only these
     api_key: str | None = None
     api_keys: list[ApiKeyEntry] | None = None
     proxy_url: str | None = None
@@ -175,7 +197,7 @@ class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     proxy_url: str | None = None
     provider: ProviderName | None = None
     hosts: list[str] = []
-    auth_keys: list[str] | None = None  # None: inherit the top-level auth_keys; []: none (pass-through)
+    auth_keys: list[RelayKey] | None = None  # None: inherit the top-level auth_keys; []: none (pass-through)
     api_key: str | None = None
     api_keys: list[ApiKeyEntry] = []
     public: bool = False
@@ -290,9 +312,57 @@ class ServerSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
                 raise ValueError(f"trusted_proxies: {cidr!r} is not an IP address or CIDR") from None
 
 
+class MatchSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`match = { ... }` of a limit rule: which requests it applies to. An absent field matches any
+    request; a present one matches when one of its entries does."""
+
+    endpoint: Patterns | None = None  # globs of endpoint names
+    model: Patterns | None = None  # globs of model names ("*" also matches a request naming none)
+    upstream: Patterns | None = None  # globs of upstream names
+    relay_key: Patterns | None = None  # relay key values ("${INTERN_KEY}") or key names
+    client_ip: Patterns | None = None  # CIDRs (a bare address is its /32 or /128)
+
+
+class LimitRuleSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[[limits.rules]]`: one counter per value of `per` among the requests `match` selects."""
+
+    name: str
+    match: MatchSection = MatchSection()
+    per: str = "relay_key"  # relay_key | client_ip | endpoint | upstream | model | header:NAME
+    requests_per_minute: LimitCount = 0
+    tokens_per_minute: LimitCount = 0  # input + output
+    input_tokens_per_minute: LimitCount = 0
+    output_tokens_per_minute: LimitCount = 0
+    concurrent_requests: LimitCount = 0
+    tokens_per_day: LimitCount = 0  # input + output, per UTC day
+
+
+class CharsPerTokenSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`chars_per_token = { ... }`: characters of message text counted as one token when a request's
+    tokens are estimated before it is sent. `None`: the documented default."""
+
+    openai: CharsPerToken | None = None  # 4.0
+    anthropic: CharsPerToken | None = None  # 3.5
+    gemini: CharsPerToken | None = None  # 4.0
+    forward: CharsPerToken | None = None  # `default`, else openai's
+    default: CharsPerToken | None = None  # every provider without an entry or a default of its own
+
+
+class LimitsSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[limits]`: where the counters live, what a failing store means, and the rules."""
+
+    backend: LimitsBackend = "local"
+    redis_url: str | None = None  # required with backend = "redis"; `${NAME}` inside is substituted
+    on_backend_error: BackendErrorPolicy = "allow"
+    inject_stream_usage: bool = False
+    chars_per_token: CharsPerTokenSection = CharsPerTokenSection()
+    rules: list[LimitRuleSection] = []
+
+
 class ConfigFile(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole file."""
 
     server: ServerSection = ServerSection()
     endpoints: dict[str, EndpointSection] = {}
-    auth_keys: list[str] = []
+    auth_keys: list[RelayKey] = []
+    limits: LimitsSection = LimitsSection()
