@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from time import monotonic
+from typing import Protocol
 
 import trio
 
@@ -28,12 +29,20 @@ KEEPALIVE_COMMENT = b": keepalive\n\n"
 _EVENT_ENDINGS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
+class ChunkRewrite(Protocol):
+    """Changes a response body as it passes, holding back at most an incomplete event."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
 class ActiveResponse:
     """One response being relayed: how to interrupt it, and where its byte stream stands."""
 
     __slots__ = (
         "exchange", "interrupt", "cut_by_drain", "sse", "at_event_boundary", "last_send", "sending", "events", "_cr_lf",
-        "_usage", "extra_headers",
+        "_usage", "extra_headers", "rewrite",
     )
 
     def __init__(self, exchange: Exchange) -> None:
@@ -48,29 +57,33 @@ class ActiveResponse:
         self._cr_lf = b""  # the line-break bytes a previous chunk ended with (an event end may straddle)
         self._usage: UsageReader | None = None  # reads the provider's token usage from what passed
         self.extra_headers: Headers = []  # added to the response head (the relay's x-ratelimit-*)
+        self.rewrite: ChunkRewrite | None = None  # changes the body on its way (usage the client did not ask for)
 
     async def send(self, chunk: bytes) -> None:
         """Send a body chunk (the relay's task is the only one that sends while this is set)."""
-        self.sending = True
-        try:
-            await self.exchange.send_body(chunk)
-        finally:
-            self.sending = False
-        self.last_send = monotonic()
-        if self.sse:
-            self.at_event_boundary = chunk.endswith(_EVENT_ENDINGS)
-            self._count_events(chunk)
+        out = chunk if self.rewrite is None else self.rewrite.feed(chunk)
+        if out:
+            self.sending = True
+            try:
+                await self.exchange.send_body(out)
+            finally:
+                self.sending = False
+            self.last_send = monotonic()
+            if self.sse:
+                self.at_event_boundary = out.endswith(_EVENT_ENDINGS)
+                self._count_events(out)
         usage = self._usage
         if usage is None:
             usage = self._usage = UsageReader(self.sse)
-        usage.feed(chunk)
+        usage.feed(chunk)  # (what the provider sent: its usage, even where the client does not see it)
 
     async def end(self, chunk: bytes, trailers: Headers | None = None) -> None:
         """Send the last bytes of the response (and its trailers) and end it."""
-        await self.exchange.end(chunk, trailers)
+        out = chunk if self.rewrite is None else self.rewrite.feed(chunk) + self.rewrite.finish()
+        await self.exchange.end(out, trailers)
+        if out and self.sse:
+            self._count_events(out)
         if chunk:
-            if self.sse:
-                self._count_events(chunk)
             if self._usage is None:
                 self._usage = UsageReader(self.sse)
             self._usage.feed(chunk)
