@@ -1,4 +1,4 @@
-"""The `llmrelay` command: `serve`, `check-config`, `reload`, `restart`, `status`, `--version`."""
+"""The `llmrelay` command: `serve`, `check-config`, `reload`, `restart`, `status`, `usage`, `--version`."""
 
 from __future__ import annotations
 
@@ -313,8 +313,9 @@ def _admin_target(admin: str | None, config_path: str | None, pid_file: str) -> 
     return f"http://{host}:{section.port}", key
 
 
-def _fetch_status(url: str, key: str | None, timeout: float) -> bytes:
-    request = urllib.request.Request(url + "/status", headers={"Accept": "application/json"})
+def _fetch_status(url: str, key: str | None, timeout: float, route: str = "/status") -> bytes:
+    """The body of GET `route` (with its query) on the admin listener at `url`."""
+    request = urllib.request.Request(url + route, headers={"Accept": "application/json"})
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
@@ -324,12 +325,12 @@ def _fetch_status(url: str, key: str | None, timeout: float) -> bytes:
     except urllib.error.HTTPError as exc:
         if exc.code == 401:
             raise AdminError(f"{url} refused the admin key (401): pass --admin-key or set {ADMIN_KEY_ENV}") from None
-        raise AdminError(f"{url}/status answered {exc.code} {exc.reason}") from None
+        raise AdminError(f"{url}{route} answered {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         reason = exc.reason.strerror if isinstance(exc.reason, OSError) and exc.reason.strerror else exc.reason
         raise AdminError(f"no llmrelay admin listener at {url} ({reason}): is llmrelay serve running?") from None
     except (OSError, ValueError) as exc:
-        raise AdminError(f"cannot read {url}/status: {exc}") from None
+        raise AdminError(f"cannot read {url}{route}: {exc}") from None
 
 
 def _status_lines(body: bytes, as_json: bool) -> list[str]:
@@ -392,6 +393,52 @@ def status(
             time.sleep(1.0)
     except KeyboardInterrupt:
         sys.exit(0)
+
+
+def _usage_lines(body: bytes, as_json: bool) -> list[str]:
+    from supervisor.usage import render
+
+    if as_json:
+        return [body.decode().rstrip("\n")]
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise AdminError("the admin listener answered something that is not JSON") from None
+    if not isinstance(document, dict):
+        raise AdminError("the admin listener answered an unexpected document")
+    return render(document)
+
+
+@main.command()
+@click.option("--by", "by", type=click.Choice(["key", "model", "endpoint", "upstream"]), help="Sum the rows by one dimension.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file (TOML) naming the admin listener.")
+@click.option("--admin", "admin", metavar="URL", envvar="LLMRELAY_ADMIN", help="The admin listener's URL (instead of the config's).")
+@click.option("--admin-key", envvar=ADMIN_KEY_ENV, help=f"A key of server.admin.auth_keys [env: {ADMIN_KEY_ENV}; default: the config's first].")
+@_PID_FILE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw /usage document.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="Seconds to wait for an answer.")
+def usage(
+    by: str | None,
+    config_path: str | None,
+    admin: str | None,
+    admin_key: str | None,
+    pid_file: str,
+    as_json: bool,
+    timeout: float,
+) -> None:
+    """Show what was used: requests, input and output tokens and errors per relay key, endpoint,
+    upstream and model (or summed --by one of them), since the counting started.
+
+    Asks the admin listener found as `status` finds it. Exit 1 when nothing answers there.
+    """
+    try:
+        url, config_key = _admin_target(admin, config_path, pid_file)
+        route = "/usage" + (f"?by={by}" if by else "")
+        for line in _usage_lines(_fetch_status(url, admin_key or config_key, timeout, route), as_json):
+            click.echo(line)
+    except AdminError as exc:
+        click.echo(f"llmrelay usage: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":
