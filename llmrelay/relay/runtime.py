@@ -46,7 +46,8 @@ class EndpointRuntime:
         self.provider = config.provider
         self.relay_keys = KeyRing(config.auth_keys)
         self.needs_relay_key = self.relay_keys.required
-        self.relay_key_labels = [relay_key_label(key) for key in config.auth_keys]  # what the access log names
+        # what the access log, the usage rows and the limits call each key: its name, else its label
+        self.relay_key_labels = list(config.auth_key_names) or [relay_key_label(key) for key in config.auth_keys]
         self.upstreams = EndpointUpstreams(config)
         self.policy = build_policy(config)  # CORS and processors; None: neither (nothing to pay)
         # Constants of every request to this endpoint, computed once per config generation.
