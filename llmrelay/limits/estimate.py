@@ -1,0 +1,133 @@
+"""A request's tokens before it is sent: the estimate a token limit admits it on. The real usage read
+from the response replaces it afterwards (`LeaseBook.finish`), so the estimate only has to be cheap
+and in the right range, never exact.
+
+Input: the characters of the text the model reads (OpenAI chat `messages[].content` strings and text
+parts, Responses `input` and `instructions`, completions `prompt`, Anthropic `system` + `messages`,
+Gemini `contents[].parts[].text` + `systemInstruction`, and every API's `tools` definitions as JSON)
+divided by the provider's characters per token, rounded up, plus a few tokens per message. Output: the
+ceiling the client asked for (`max_tokens`, `max_output_tokens`, `max_completion_tokens`, Gemini's
+`generationConfig.maxOutputTokens`), times OpenAI's `n`, else nothing.
+
+The body is decoded once by msgspec into Structs holding only these fields (the rest is skipped in
+C). A body that is not JSON, has odd types or is not held falls back to its length / chars per token;
+this never raises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+MESSAGE_OVERHEAD = 4  # tokens a chat template adds around each message (role, separators)
+DEFAULT_CHARS_PER_TOKEN = 4.0
+MAX_CHOICES = 16  # `n` beyond this is not believed for the output reserve
+
+
+class _Piece(msgspec.Struct):
+    """A message, a content part or a Gemini Content: whichever of these fields it has."""
+
+    text: str | None = None
+    content: str | list[str | _Piece] | None = None
+    parts: list[_Piece] | None = None
+
+
+class _GenerationConfig(msgspec.Struct):
+    maxOutputTokens: int | None = None
+    max_output_tokens: int | None = None
+
+
+class _Body(msgspec.Struct):
+    messages: list[_Piece] | None = None  # OpenAI chat, Anthropic
+    system: str | list[_Piece] | None = None  # Anthropic
+    input: str | list[str | _Piece] | None = None  # OpenAI Responses, embeddings
+    instructions: str | None = None  # OpenAI Responses
+    prompt: str | list[str] | None = None  # OpenAI completions
+    contents: list[_Piece] | None = None  # Gemini
+    systemInstruction: _Piece | None = None
+    system_instruction: _Piece | None = None
+    tools: msgspec.Raw = msgspec.Raw(b"")
+    max_tokens: int | None = None
+    max_output_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    generationConfig: _GenerationConfig | None = None
+    generation_config: _GenerationConfig | None = None
+    n: int | None = None
+
+
+_decoder = msgspec.json.Decoder(_Body)
+
+
+def _chars(roots: list[str | _Piece]) -> int:
+    """Characters of every text under `roots` (iterative: a deep body cannot exhaust the stack)."""
+    total = 0
+    stack = list(roots)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+            continue
+        if item.text is not None:
+            total += len(item.text)
+        content = item.content
+        if isinstance(content, str):
+            total += len(content)
+        elif content is not None:
+            stack.extend(content)
+        if item.parts is not None:
+            stack.extend(item.parts)
+    return total
+
+
+def _output_reserve(body: _Body) -> int:
+    config = body.generationConfig or body.generation_config
+    for value in (
+        body.max_tokens,
+        body.max_completion_tokens,
+        body.max_output_tokens,
+        config.maxOutputTokens if config is not None else None,
+        config.max_output_tokens if config is not None else None,
+    ):
+        if value is not None:
+            choices = min(MAX_CHOICES, max(1, body.n or 1))
+            return max(0, value) * choices
+    return 0
+
+
+def estimate(provider: str, body: bytes | None, body_length: int | None, chars_per_token: float) -> tuple[int, int]:
+    """(input tokens, output tokens reserved) for a request to `provider`.
+
+    `body`: the request body when held (for replay), else None; `body_length`: its length when
+    known (Content-Length). `provider` is accepted for per-provider refinements; the body shapes of
+    every provider are recognised whatever it says (a "forward" endpoint may carry any of them)."""
+    per_token = chars_per_token if chars_per_token > 0 and math.isfinite(chars_per_token) else DEFAULT_CHARS_PER_TOKEN
+    if body is None:
+        return (math.ceil(body_length / per_token) if body_length else 0), 0
+    try:
+        parsed = _decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        length = body_length if body_length is not None else len(body)
+        return math.ceil(length / per_token), 0
+    roots: list[str | _Piece] = []
+    messages = 0
+    for listed in (parsed.messages, parsed.contents):
+        if listed:
+            roots.extend(listed)
+            messages += len(listed)
+    if isinstance(parsed.input, list):  # Responses items (or embeddings inputs): each a message
+        roots.extend(parsed.input)
+        messages += len(parsed.input)
+    for text in (parsed.system, parsed.input if isinstance(parsed.input, str) else None, parsed.prompt):
+        if isinstance(text, str):
+            roots.append(text)
+        elif text:
+            roots.extend(text)
+    for single in (parsed.instructions, parsed.systemInstruction, parsed.system_instruction):
+        if single is not None:
+            roots.append(single)
+    chars = _chars(roots) + len(parsed.tools)
+    return math.ceil(chars / per_token) + MESSAGE_OVERHEAD * messages, _output_reserve(parsed)
+
+
+__all__ = ["DEFAULT_CHARS_PER_TOKEN", "MESSAGE_OVERHEAD", "estimate"]

@@ -1,0 +1,102 @@
+"""The rate-limit headers of an answer, under OpenAI's names whatever the provider (SDKs and tools
+already read them): `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the rule closest to
+refusing, and `retry-after` on a refusal. Only the dimensions a rule limits appear.
+
+The tokens trio shows the first limited of tokens per minute, input tokens per minute, output tokens
+per minute and tokens per day; its `remaining` is the least left on any token dimension (what can
+still be used before one of them refuses). Resets are in OpenAI's duration format ("1s", "6m0s",
+"20ms").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from llmrelay.limits.types import CounterState, Limits
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def token_limit(limits: Limits) -> int:
+    """The token limit the headers show (0: tokens are not limited)."""
+    return limits.tokens_per_minute or limits.input_tokens_per_minute or limits.output_tokens_per_minute or limits.tokens_per_day
+
+
+def tokens_left(limits: Limits, state: CounterState) -> int:
+    """The least left on any token dimension the rule limits."""
+    left = state.remaining
+    both = limits.tokens_per_minute > 0 or limits.tokens_per_day > 0
+    if both or (limits.input_tokens_per_minute and limits.output_tokens_per_minute):
+        return min(left.input_tokens, left.output_tokens)
+    return left.input_tokens if limits.input_tokens_per_minute else left.output_tokens
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's (Go's) duration text, to the millisecond: 0.02 -> "20ms", 1 -> "1s", 1.5 -> "1.5s",
+    360 -> "6m0s", 3725 -> "1h2m5s"."""
+    ms = max(0, math.ceil(seconds * 1000 - 1e-6))
+    if ms < 1000:
+        return f"{ms}ms" if ms else "0s"
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    whole, frac = divmod(ms, 1000)
+    secs = f"{whole}.{frac:03d}".rstrip("0").rstrip(".") if frac else str(whole)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def rate_limit_headers(limits: Limits, state: CounterState) -> Headers:
+    headers: Headers = []
+    if limits.requests_per_minute:
+        headers += [
+            (b"x-ratelimit-limit-requests", str(limits.requests_per_minute).encode()),
+            (b"x-ratelimit-remaining-requests", str(max(0, state.remaining.requests)).encode()),
+            (b"x-ratelimit-reset-requests", duration(state.reset_requests).encode()),
+        ]
+    tokens = token_limit(limits)
+    if tokens:
+        headers += [
+            (b"x-ratelimit-limit-tokens", str(tokens).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(0, tokens_left(limits, state))).encode()),
+            (b"x-ratelimit-reset-tokens", duration(state.reset_tokens).encode()),
+        ]
+    return headers
+
+
+def retry_after_header(seconds: float) -> Headers:
+    """`retry-after` in whole seconds, rounded up, at least 1 (0 would invite an immediate retry)."""
+    return [(b"retry-after", str(max(1, math.ceil(seconds - 1e-9))).encode())]
+
+
+def closeness(limits: Limits, state: CounterState) -> float:
+    """The lowest fraction left on any limited dimension (0: refusing; 1: untouched)."""
+    fraction = 1.0
+    left = state.remaining
+    if limits.requests_per_minute:
+        fraction = min(fraction, left.requests / limits.requests_per_minute)
+    tokens = token_limit(limits)
+    if tokens:
+        fraction = min(fraction, tokens_left(limits, state) / tokens)
+    if limits.concurrent_requests:
+        fraction = min(fraction, left.concurrent / limits.concurrent_requests)
+    return fraction
+
+
+def tightest(states: Iterable[tuple[Limits, CounterState]]) -> tuple[Limits, CounterState] | None:
+    """The counter closest to refusing (the lowest fraction left), the first of equals; None for none.
+    Counters whose rule shows no header (a concurrency-only rule) are passed over when others show."""
+    best: tuple[Limits, CounterState] | None = None
+    best_key = (2, 2.0)
+    for limits, state in states:
+        shows = 0 if (limits.requests_per_minute or token_limit(limits)) else 1
+        key = (shows, closeness(limits, state))
+        if key < best_key:
+            best, best_key = (limits, state), key
+    return best
+
+
+__all__ = ["closeness", "duration", "rate_limit_headers", "retry_after_header", "tightest", "token_limit", "tokens_left"]

@@ -1,0 +1,303 @@
+"""One worker's leases: units of counters granted by the supervisor, from which the worker admits
+requests without asking for each one.
+
+A request under counters C1..Cn is admitted only when every counter's lease covers its `need`; then
+the need is taken from each, all or nothing. When a lease falls short, `admit` takes nothing and
+returns the asks to send; the answer is added with `granted`, and `admit` is tried again. Units are
+only ever granted by the counters' owner, so however many workers admit from their leases, together
+they never admit more than a counter allows.
+
+Request and token units expire LEASE_TTL seconds after the grant that opened the lease (a later grant
+adds to it but does not extend it): a unit is admitted at most LEASE_TTL after it left the counter,
+and what was not used goes back with `expired`. Concurrency units are held by the requests that use
+them; when a request ends, its unit stays here for the next request of this worker until the next
+`expired`, which gives back every unit not in use (so a slot freed here is soon free everywhere).
+
+Sans-IO: times come from the caller; the worker's trio glue sends the asks, returns and charges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from llmrelay.limits.headers import tightest
+from llmrelay.limits.types import (
+    LEASE_TTL,
+    CounterAsk,
+    CounterCharge,
+    CounterGrant,
+    CounterId,
+    CounterReturn,
+    CounterState,
+    Limits,
+    Units,
+)
+
+BATCH_SECONDS = LEASE_TTL / 4  # a grant asked for covers about this long at the recent rate
+MAX_BATCH = 64  # requests' worth at most in one ask
+RATE_WINDOW = 1.0  # the admission rate is measured over windows of at least this long
+FORGET_AFTER = 60.0  # an empty lease record unused this long is dropped (its rate is stale anyway)
+NO_STATE = CounterState(remaining=Units())
+
+
+class Lease:
+    """What this worker holds of one counter, and how fast it admits under it."""
+
+    __slots__ = (
+        "counter", "limits", "counts_requests", "counts_input", "counts_output", "counts_concurrent",
+        "requests", "input_tokens", "output_tokens", "free", "in_use", "expires", "state",
+        "window_start", "window_count", "rate", "used_at",
+    )  # fmt: skip
+
+    def __init__(self, counter: CounterId, limits: Limits, now: float) -> None:
+        self.counter = counter
+        self.limits = limits
+        # Only dimensions the counter limits are asked for and tracked: units of the others are free.
+        self.counts_requests = limits.requests_per_minute > 0
+        tokens = limits.tokens_per_minute > 0 or limits.tokens_per_day > 0
+        self.counts_input = tokens or limits.input_tokens_per_minute > 0
+        self.counts_output = tokens or limits.output_tokens_per_minute > 0
+        self.counts_concurrent = limits.concurrent_requests > 0
+        self.requests = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.free = 0  # concurrency units held and not in use
+        self.in_use = 0  # concurrency units held by requests running now
+        self.expires = -math.inf  # request and token units are unusable from then on
+        self.state = NO_STATE  # the counter as of the last answer (for the headers)
+        self.window_start = now
+        self.window_count = 0
+        self.rate = 0.0  # admissions per second here, recently
+        self.used_at = now
+
+    def view(self) -> CounterState:
+        """The counter as a client sees it from here: what the supervisor had left after its last
+        answer, plus what this lease still holds."""
+        left = self.state.remaining
+        return CounterState(
+            remaining=Units(
+                requests=left.requests + self.requests,
+                input_tokens=left.input_tokens + self.input_tokens,
+                output_tokens=left.output_tokens + self.output_tokens,
+                concurrent=left.concurrent + self.free,
+            ),
+            reset_requests=self.state.reset_requests,
+            reset_tokens=self.state.reset_tokens,
+        )
+
+    def unused(self) -> Units:
+        """Take out every request and token unit (whether or not expired) and every free slot."""
+        units = Units(requests=self.requests, input_tokens=self.input_tokens, output_tokens=self.output_tokens, concurrent=self.free)
+        self.requests = self.input_tokens = self.output_tokens = self.free = 0
+        return units
+
+
+class Taken:
+    """What one admission took from one lease."""
+
+    __slots__ = ("lease", "requests", "input_tokens", "output_tokens", "concurrent")
+
+    def __init__(self, lease: Lease, requests: int, input_tokens: int, output_tokens: int, concurrent: int) -> None:
+        self.lease = lease
+        self.requests = requests
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.concurrent = concurrent
+
+
+class Admission:
+    """An admitted request: what it took from each counter's lease, to be `finish`ed exactly once."""
+
+    __slots__ = ("parts", "finished")
+
+    def __init__(self, parts: list[Taken]) -> None:
+        self.parts = parts
+        self.finished = False
+
+    @property
+    def taken(self) -> list[tuple[CounterId, Units]]:
+        return [(p.lease.counter, Units(p.requests, p.input_tokens, p.output_tokens, p.concurrent)) for p in self.parts]
+
+    def tightest(self) -> tuple[Limits, CounterState] | None:
+        """The counter closest to refusing, and where it stands (the success answer's headers)."""
+        return tightest((p.lease.limits, p.lease.view()) for p in self.parts)
+
+
+def _has_units(units: Units) -> bool:
+    return bool(units.requests or units.input_tokens or units.output_tokens or units.concurrent)
+
+
+class LeaseBook:
+    def __init__(self) -> None:
+        self.leases: dict[CounterId, Lease] = {}
+        self._returns: list[CounterReturn] = []  # units of leases that lapsed before a new grant
+        self._charges: dict[CounterId, tuple[Limits, int, int]] = {}
+
+    # -- the request path -------------------------------------------------------------------------
+    def admit(self, counters: list[tuple[CounterId, Limits]], need: Units, now: float) -> Admission | list[CounterAsk]:
+        """Take `need` from every counter's lease, or nothing and the asks for those that fall short."""
+        leases = self.leases
+        found: list[Lease] = []
+        short: list[CounterAsk] | None = None
+        for counter, limits in counters:
+            lease = leases.get(counter)
+            if lease is None:
+                lease = leases[counter] = Lease(counter, limits, now)
+            found.append(lease)
+            r = need.requests if lease.counts_requests else 0
+            i = need.input_tokens if lease.counts_input else 0
+            o = need.output_tokens if lease.counts_output else 0
+            c = need.concurrent if lease.counts_concurrent else 0
+            if ((r or i or o) and now >= lease.expires) or lease.requests < r or lease.input_tokens < i or lease.output_tokens < o or lease.free < c:
+                if short is None:
+                    short = []
+                short.append(self._ask(lease, Units(r, i, o, c)))
+        if short is not None:
+            return short
+        parts: list[Taken] = []
+        for lease in found:
+            r = need.requests if lease.counts_requests else 0
+            i = need.input_tokens if lease.counts_input else 0
+            o = need.output_tokens if lease.counts_output else 0
+            c = need.concurrent if lease.counts_concurrent else 0
+            lease.requests -= r
+            lease.input_tokens -= i
+            lease.output_tokens -= o
+            lease.free -= c
+            lease.in_use += c
+            lease.used_at = now
+            lease.window_count += 1
+            elapsed = now - lease.window_start
+            if elapsed >= RATE_WINDOW or elapsed < 0:
+                measured = lease.window_count / elapsed if elapsed > 0 else 0.0
+                lease.rate = measured if elapsed > 10 * RATE_WINDOW else (lease.rate + measured) / 2
+                lease.window_start, lease.window_count = now, 0
+            parts.append(Taken(lease, r, i, o, c))
+        return Admission(parts)
+
+    def _ask(self, lease: Lease, need: Units) -> CounterAsk:
+        """Ask for `need` now and about BATCH_SECONDS' worth at this worker's recent rate. Slots are
+        never batched: a slot held idle here is one another worker is refused."""
+        batch = min(MAX_BATCH, max(1, math.ceil(lease.rate * BATCH_SECONDS)))
+        want = Units(need.requests * batch, need.input_tokens * batch, need.output_tokens * batch, need.concurrent)
+        return CounterAsk(counter=lease.counter, limits=lease.limits, need=need, want=want)
+
+    def granted(self, asks: list[CounterAsk], grants: list[CounterGrant], now: float) -> bool:
+        """Add the answer to the leases. True when every ask's `need` is now covered, so `admit`
+        will succeed: by its own grant, or by units another request's grant brought meanwhile."""
+        covered = True
+        for ask, grant in zip(asks, grants):
+            lease = self.leases.get(ask.counter)
+            if lease is None:
+                lease = self.leases[ask.counter] = Lease(ask.counter, ask.limits, now)
+            units = grant.granted
+            if units.requests or units.input_tokens or units.output_tokens:
+                if now >= lease.expires:  # a lapsed lease's units go back; the new grant opens a new one
+                    left = Units(lease.requests, lease.input_tokens, lease.output_tokens)
+                    lease.requests = lease.input_tokens = lease.output_tokens = 0
+                    if _has_units(left):
+                        self._returns.append(CounterReturn(counter=lease.counter, limits=lease.limits, units=left))
+                    lease.expires = now + LEASE_TTL
+                lease.requests += units.requests if lease.counts_requests else 0
+                lease.input_tokens += units.input_tokens if lease.counts_input else 0
+                lease.output_tokens += units.output_tokens if lease.counts_output else 0
+            lease.free += units.concurrent if lease.counts_concurrent else 0
+            lease.state = grant.state
+            need = ask.need
+            if (
+                ((need.requests or need.input_tokens or need.output_tokens) and now >= lease.expires)
+                or lease.requests < need.requests
+                or lease.input_tokens < need.input_tokens
+                or lease.output_tokens < need.output_tokens
+                or lease.free < need.concurrent
+            ):
+                covered = False
+        return covered and len(grants) == len(asks)
+
+    def finish(self, admission: Admission, input_tokens: int | None, output_tokens: int | None, now: float) -> None:
+        """The request ended (on any path). Its slots come back to the leases; with the real usage
+        known, an overestimate goes back into a live lease (else to the counter) and an
+        underestimate is charged (sent with the next `take_charges`)."""
+        if admission.finished:
+            return
+        admission.finished = True
+        for part in admission.parts:
+            lease = part.lease
+            current = self.leases.get(lease.counter) is lease  # (not released since: else its slot went back)
+            if part.concurrent:
+                lease.in_use -= part.concurrent
+                if current:
+                    lease.free += part.concurrent
+            extra_in = input_tokens - part.input_tokens if input_tokens is not None and lease.counts_input else 0
+            extra_out = output_tokens - part.output_tokens if output_tokens is not None and lease.counts_output else 0
+            if current and now < lease.expires:
+                if extra_in < 0:
+                    lease.input_tokens -= extra_in
+                    extra_in = 0
+                if extra_out < 0:
+                    lease.output_tokens -= extra_out
+                    extra_out = 0
+            if extra_in or extra_out:
+                known = self._charges.get(lease.counter)
+                if known is None:
+                    self._charges[lease.counter] = (lease.limits, extra_in, extra_out)
+                else:
+                    self._charges[lease.counter] = (lease.limits, known[1] + extra_in, known[2] + extra_out)
+
+    # -- what goes back ---------------------------------------------------------------------------
+    def take_charges(self) -> list[CounterCharge]:
+        charges = [
+            CounterCharge(counter=counter, limits=limits, input_tokens=inp, output_tokens=out)
+            for counter, (limits, inp, out) in self._charges.items()
+            if inp or out
+        ]
+        self._charges = {}
+        return charges
+
+    def expired(self, now: float) -> list[CounterReturn]:
+        """Units to give back now: request and token units of leases past their TTL, and every slot
+        not in use. Lease records idle for long are forgotten (bounded memory)."""
+        returns, self._returns = self._returns, []
+        forget: list[CounterId] = []
+        for counter, lease in self.leases.items():
+            if now >= lease.expires:
+                units = lease.unused()
+            elif lease.free:
+                units = Units(concurrent=lease.free)
+                lease.free = 0
+            else:
+                units = None
+            if units is not None and _has_units(units):
+                returns.append(CounterReturn(counter=counter, limits=lease.limits, units=units))
+            if now >= lease.expires and not lease.in_use and now - lease.used_at > FORGET_AFTER:
+                forget.append(counter)
+        for counter in forget:
+            del self.leases[counter]
+        return returns
+
+    def recall(self, counters: Iterable[CounterId]) -> list[CounterReturn]:
+        """The supervisor refused another worker: give back everything unused of these counters."""
+        returns: list[CounterReturn] = []
+        for counter in counters:
+            lease = self.leases.get(counter)
+            if lease is not None:
+                units = lease.unused()
+                if _has_units(units):
+                    returns.append(CounterReturn(counter=counter, limits=lease.limits, units=units))
+        return returns
+
+    def release_all(self) -> list[CounterReturn]:
+        """The worker stops: give back everything, slots in use included (their requests are over or
+        cut; a `finish` after this gives nothing back twice)."""
+        returns, self._returns = self._returns, []
+        for counter, lease in self.leases.items():
+            units = lease.unused()
+            units.concurrent += lease.in_use
+            if _has_units(units):
+                returns.append(CounterReturn(counter=counter, limits=lease.limits, units=units))
+        self.leases = {}
+        return returns
+
+
+__all__ = ["Admission", "Lease", "LeaseBook", "Taken"]

@@ -1,0 +1,186 @@
+"""Which counters a request falls under: every `[[limits.rules]]` whose match applies, in config
+order, each with the counter of the request's value of the rule's `per`.
+
+A rule matches on globs of the endpoint, model and upstream (fnmatch, case-sensitive), relay key
+names and client networks; an empty list matches anything. A rule naming models does not match a
+request whose model is unknown unless one of its globs is "*" (so that "gpt-4o*" is never bypassed by
+leaving the model out, while "*" still covers requests without one).
+
+Counter keys never hold a secret and never grow without bound: a header value is hashed, and any
+client-supplied value (model, header, IP) longer than MAX_KEY is cut and suffixed with a hash of the
+whole. The matchers are compiled once per config; a config without rules costs one length check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from fnmatch import translate
+from functools import lru_cache
+from typing import Protocol
+
+import msgspec
+
+from llmrelay.limits.types import CounterId, Limits
+
+MAX_KEY = 96  # characters of a client-supplied value kept in a counter key
+NONE = "-"  # the key of a request without the value (no relay key, no such header)
+PERS = ("relay_key", "client_ip", "endpoint", "upstream", "model", "header")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RuleLike(Protocol):
+    """The shape of `config.resolved.ResolvedRule` this module reads."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def endpoints(self) -> list[str]: ...
+    @property
+    def models(self) -> list[str]: ...
+    @property
+    def upstreams(self) -> list[str]: ...
+    @property
+    def relay_keys(self) -> list[str]: ...
+    @property
+    def client_ips(self) -> list[str]: ...
+    @property
+    def per(self) -> str: ...
+    @property
+    def per_header(self) -> str: ...
+    @property
+    def limits(self) -> Limits: ...
+
+
+class RequestFacts(msgspec.Struct):
+    """What the rules look at, gathered once per request. `relay_key` is the key's name (never its
+    value); `upstream` is "" when not chosen yet; header names as received (matched case-blind)."""
+
+    endpoint: str
+    model: str | None = None
+    relay_key: str | None = None
+    client_ip: str = ""
+    upstream: str = ""
+    headers: list[tuple[bytes, bytes]] = []
+
+
+Matcher = Callable[[str], object]
+
+
+def _globs(globs: Sequence[str]) -> Matcher | None:
+    """One compiled regex for a list of globs; None: anything matches."""
+    if not globs or "*" in globs:
+        return None
+    return re.compile("|".join(translate(glob) for glob in globs)).match
+
+
+def bounded(value: str) -> str:
+    """`value` as a counter key: as it is when short, else cut and made unique by a hash."""
+    if len(value) <= MAX_KEY:
+        return value
+    return value[: MAX_KEY - 17] + "~" + hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def hashed(value: bytes) -> str:
+    """A header value as a counter key: a hash, the same in every worker and on every machine (the
+    counters may live in Redis), so never the value itself (it may be a credential)."""
+    return "h:" + hashlib.blake2b(value, digest_size=12, person=b"llmrelay-per-hdr").hexdigest()
+
+
+@lru_cache(maxsize=4096)
+def parse_ip(text: str) -> IPAddress | None:
+    """The client address, an IPv4-mapped IPv6 address as its IPv4 form; None when unparsable."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class CompiledRule:
+    __slots__ = ("name", "version", "limits", "per", "header", "endpoints", "models", "models_need_one", "upstreams", "relay_keys", "networks")
+
+    def __init__(self, rule: RuleLike) -> None:
+        if rule.per not in PERS:
+            raise ValueError(f"limits rule {rule.name!r}: unknown per {rule.per!r}")
+        self.name = rule.name
+        self.version = rule.version
+        self.limits = rule.limits
+        self.per = rule.per
+        self.header = rule.per_header.lower().encode("latin-1")
+        self.endpoints = _globs(rule.endpoints)
+        self.models = _globs(rule.models)
+        self.models_need_one = bool(rule.models) and "*" not in rule.models
+        self.upstreams = _globs(rule.upstreams)
+        self.relay_keys = frozenset(rule.relay_keys) if rule.relay_keys else None
+        self.networks: tuple[IPNetwork, ...] | None = (
+            tuple(ipaddress.ip_network(cidr, strict=False) for cidr in rule.client_ips) if rule.client_ips else None
+        )
+
+    def matches(self, facts: RequestFacts) -> bool:
+        if self.endpoints is not None and not self.endpoints(facts.endpoint):
+            return False
+        if self.models_need_one:
+            if facts.model is None or self.models is None or not self.models(facts.model):
+                return False
+        if self.upstreams is not None and not (facts.upstream and self.upstreams(facts.upstream)):
+            return False
+        if self.relay_keys is not None and facts.relay_key not in self.relay_keys:
+            return False
+        if self.networks is not None:
+            address = parse_ip(facts.client_ip)
+            if address is None or not any(address in network for network in self.networks):
+                return False
+        return True
+
+    def key(self, facts: RequestFacts) -> str:
+        per = self.per
+        if per == "relay_key":
+            return facts.relay_key or NONE
+        if per == "client_ip":
+            return bounded(facts.client_ip) if facts.client_ip else NONE
+        if per == "endpoint":
+            return facts.endpoint
+        if per == "model":
+            return bounded(facts.model) if facts.model else NONE
+        if per == "upstream":
+            return facts.upstream or NONE
+        values = [value for name, value in facts.headers if name.lower() == self.header]
+        return hashed(b", ".join(values)) if values else NONE
+
+
+class RuleSet:
+    """The rules of one config, compiled."""
+
+    __slots__ = ("rules",)
+
+    def __init__(self, rules: Sequence[RuleLike]) -> None:
+        self.rules = [CompiledRule(rule) for rule in rules]
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def counters(self, facts: RequestFacts) -> list[tuple[CounterId, Limits]]:
+        """The counters of every rule that applies to the request, in config order."""
+        if not self.rules:
+            return []
+        return [
+            (CounterId(rule=rule.name, version=rule.version, key=rule.key(facts)), rule.limits)
+            for rule in self.rules
+            if rule.matches(facts)
+        ]
+
+    def versions(self) -> set[tuple[str, str]]:
+        """(rule, version) of every rule: the counters a reload keeps."""
+        return {(rule.name, rule.version) for rule in self.rules}
+
+
+__all__ = ["MAX_KEY", "RequestFacts", "RuleLike", "RuleSet", "bounded", "hashed", "parse_ip"]
