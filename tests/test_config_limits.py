@@ -3,7 +3,9 @@ versions that change exactly when a rule does, and the example that `check-confi
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -246,7 +248,7 @@ def test_named_and_unnamed_keys_everywhere_have_names() -> None:
     assert by_name["scoped"].auth_keys == ["relay-carol", "relay-bob"] and by_name["scoped"].auth_source == "upstreams"
     assert by_name["scoped"].auth_key_names == ["carol", "bob"]
     assert by_name["scoped"].upstreams[0].scope == ["relay-carol", "relay-bob"]
-    assert relay_key_label("plain-own") == __import__("hashlib").sha256(b"plain-own").hexdigest()[:8]
+    assert relay_key_label("plain-own") == hashlib.sha256(b"plain-own").hexdigest()[:8]
 
 
 def test_string_keys_behave_as_before() -> None:
@@ -414,3 +416,17 @@ def test_check_config_names_a_limits_error() -> None:
     assert result.returncode == 1
     assert "auth_keys[2].key: environment variable INTERN_KEY is not set" in result.stderr
     assert "limits.rules[1].match.relay_key[0]: neither a relay key" in result.stderr
+
+
+def test_the_configuration_examples_in_docs_limits_load() -> None:
+    """The complete configs in docs/limits.md's configuration part load (its one-line `match`
+    illustration is a fragment, not a config)."""
+    text = (ROOT / "docs" / "limits.md").read_text()
+    configuration = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [block for block in re.findall(r"```toml\n(.*?)```", configuration, re.DOTALL) if "[endpoints." in block]
+    assert len(blocks) == 2
+    for block in blocks:
+        environ = {name: f"value-of-{name}" for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", block)}
+        block = block.replace("$(cat /run/secrets/ci_key)", "ci-key")
+        config = load(block, environ)
+        assert config.endpoints and all(config.endpoints[0].auth_key_names)
