@@ -157,35 +157,27 @@ class InjectedUsageFilter:
                     out.append(b"\n")
                 else:
                     self._hold(b"\n")
-        event_start = line_start = start
-        size = len(chunk)
-        for match in _TERMINATOR.finditer(chunk, start):
-            blank = self._line_empty and match.start() == line_start
-            line_start = match.end()
-            self._line_empty = True
-            at_end_cr = line_start == size and match.group() == b"\r"
-            if not blank:
-                if at_end_cr:
-                    self._cr_owner = "held"
-                continue
-            event = chunk[event_start:line_start]
+        event_start = start
+        kept = True
+        for end in self._event_ends(chunk, start):
+            event = chunk[event_start:end]
+            event_start = end
             if self._passing:
                 out.append(event)
-                kept = True
-                self._passing = False
-            else:
-                if self._held:
-                    self._held.append(event)
-                    event = self._take_held()
-                changed = self._event(event)
-                kept = changed is not None
-                if changed:
-                    out.append(changed)
-            event_start = line_start
-            if at_end_cr:
+                kept, self._passing = True, False
+                continue
+            if self._held:
+                self._held.append(event)
+                event = self._take_held()
+            changed = self._event(event)
+            kept = changed is not None
+            if changed:
+                out.append(changed)
+        if chunk[-1] == 0x0D and len(chunk) > start:  # a CR line ending whose LF may come next
+            if event_start == len(chunk):
                 self._cr_owner = "sent" if kept else "dropped"
-        if line_start < size:
-            self._line_empty = False
+            else:
+                self._cr_owner = "held"
         rest = chunk[event_start:]
         if rest:
             if self._passing:
@@ -196,6 +188,37 @@ class InjectedUsageFilter:
                     out.append(self._take_held())
                     self._passing = True
         return b"".join(out)
+
+    def _event_ends(self, chunk: bytes, start: int) -> list[int]:
+        """Where the events that `chunk[start:]` completes end (just past their blank line); the
+        line state is carried to the next chunk."""
+        size = len(chunk)
+        if start >= size:
+            return []
+        ends: list[int] = []
+        empty = self._line_empty  # the line at `start` has no byte yet
+        if 0x0D not in chunk:  # LF only (OpenAI's streams): blank lines found by `find`, in C
+            pos = start
+            while pos < size:
+                if empty and chunk[pos] == 0x0A:
+                    pos += 1
+                else:
+                    found = chunk.find(b"\n\n", pos)
+                    if found < 0:
+                        break
+                    pos = found + 2
+                ends.append(pos)
+                empty = True
+            self._line_empty = chunk[-1] == 0x0A
+            return ends
+        line_start = start
+        for match in _TERMINATOR.finditer(chunk, start):
+            if empty and match.start() == line_start:
+                ends.append(match.end())
+            empty = True
+            line_start = match.end()
+        self._line_empty = line_start == size
+        return ends
 
     def finish(self) -> bytes:
         """The bytes still held (an event the stream never ended), unchanged."""
@@ -215,6 +238,11 @@ class InjectedUsageFilter:
         """The event as the client would have had it; None to drop it (the usage-only chunk)."""
         if _USAGE not in event:
             return event
+        if event.startswith(b"data:") and event.find(b"\n") == len(event) - 2 and event.endswith(b"\n\n") and 0x0D not in event:
+            content = event[:-2]  # (one data line, LF endings: OpenAI's shape, no line splitting)
+            prefix = 6 if content.startswith(b"data: ") else 5
+            changed = self._payload(content[prefix:])
+            return None if changed is None else content[:prefix] + changed + b"\n\n"
         lines = _LINE.findall(event)
         data = [index for index, (content, _) in enumerate(lines) if content.startswith(b"data:")]
         if len(data) != 1:
