@@ -120,7 +120,7 @@ class RespParser:
         self._bulk = -1  # length of the bulk string whose bytes are awaited, -1 when none
         self._broken: ProtocolError | None = None
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         if self._position and self._position == len(self._buffer):
             self._buffer.clear()
             self._position = 0

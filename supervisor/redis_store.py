@@ -1,0 +1,522 @@
+"""The counters and the usage accounts in Redis, shared by every machine (`limits.backend = "redis"`).
+
+`RedisStore` implements `CounterStore` and `UsageStore` (llmrelay/limits/store.py) with the
+arithmetic of the in-memory ledger, run as Lua scripts inside Redis (supervisor/redis_scripts/): one
+counter is one hash, `llmrelay:limit:{<rule>:<version>:<key>}`, whose braces are the Redis Cluster
+hash tag, so a script never spans slots. A batch of asks is one pipeline of per-counter script calls:
+one round trip, whatever the number of counters.
+
+Holders are this supervisor's workers (`"<instance>:w<pid>"`; the instance holds the host name, the
+supervisor's pid and a random part), so only this process ever touches or drops them: it keeps, in
+its own memory, which counters each holder holds concurrency units of. When this process dies, its
+holders stop being touched and every script that sees them after `holder_ttl` frees their units.
+
+The connection (`RedisConnection`) is one socket speaking RESP (llmrelay.limits.resp), used by one
+call at a time under a lock, each call bounded by `timeout`. Losing it raises `StoreUnavailable` (the
+message names the server, never the password); the next call reconnects, after a backoff of 0.1 s
+doubling to 5 s during which calls fail at once.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import msgspec
+import trio
+
+from llmrelay.limits.resp import NEED_DATA, Argument, ErrorReply, ProtocolError, Reply, RespParser, encode_commands
+from llmrelay.limits.store import StoreUnavailable
+from llmrelay.limits.types import (
+    HOLDER_TTL,
+    CounterAsk,
+    CounterCharge,
+    CounterGrant,
+    CounterId,
+    CounterReturn,
+    CounterState,
+    Limits,
+    Units,
+    UsageRow,
+)
+from supervisor.redis_scripts import COUNTER, REPLY_LENGTH, USAGE, Script
+
+TIMEOUT = 1.0  # every call: connect, handshake and replies included
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+STATES_WINDOW = 300.0  # `states()` reports the counters this store used within this many seconds
+USAGE_BATCH = 500  # usage increments per script call (a pipeline of calls is still one round trip)
+FIELD_SEPARATOR = "\x1f"
+USAGE_FIELDS = ("requests", "input_tokens", "output_tokens", "errors")
+
+
+class RedisAddress(msgspec.Struct, frozen=True):
+    """Where the server is and how to log in, from `redis://[user:password@]host:port/db` or
+    `rediss://...` (TLS; `?ssl_cert_reqs=none` skips verification, `?ssl_ca_certs=PATH` trusts a CA)."""
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    verify: bool = True
+    ca_file: str = ""
+
+    @property
+    def shown(self) -> str:
+        """The server as logs and errors name it: never the credentials."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """`ValueError` (whose message never holds the password) for a URL that cannot be used."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("redis_url: not a URL of the form redis://[user:password@]host:port/db") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"redis_url: the scheme must be redis:// or rediss://, not {parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError("redis_url: no host")
+    path = parts.path.strip("/")
+    if path and not (path.isascii() and path.isdigit()):
+        raise ValueError("redis_url: the path must be a database number (/0)")
+    query = parse_qs(parts.query)
+    cert_reqs = query.get("ssl_cert_reqs", ["required"])[-1].lower()
+    if cert_reqs not in ("none", "required"):
+        raise ValueError("redis_url: ssl_cert_reqs must be none or required")
+    return RedisAddress(
+        host=parts.hostname,
+        port=port,
+        db=int(path or 0),
+        username=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        tls=parts.scheme == "rediss",
+        verify=cert_reqs == "required",
+        ca_file=query.get("ssl_ca_certs", [""])[-1],
+    )
+
+
+class _Lost(Exception):
+    """The connection cannot be used any more (closed, broken, garbage, too slow)."""
+
+
+class ScriptCall(msgspec.Struct, frozen=True):
+    script: Script
+    key: str
+    args: list[Argument]
+
+
+class RedisConnection:
+    """One RESP connection, one call at a time, reconnected with backoff after a failure."""
+
+    def __init__(self, address: RedisAddress, timeout: float = TIMEOUT) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._lock = trio.Lock()
+        self._stream: trio.abc.Stream | None = None
+        self._parser = RespParser()
+        self._loaded: set[str] = set()  # scripts loaded on this connection
+        self._eval_only = False  # the server (or a proxy) refuses SCRIPT or EVALSHA
+        self._delay = 0.0
+        self._retry_at = 0.0
+        self._last_error = ""
+
+    @property
+    def connected(self) -> bool:
+        return self._stream is not None
+
+    async def execute(self, commands: list[tuple[Argument, ...]]) -> list[Reply]:
+        """Replies in the order of the commands (an error reply is a value, not raised)."""
+        async with self._lock:
+            return await self._guarded(lambda: self._exchange(commands))
+
+    async def run_scripts(self, calls: list[ScriptCall]) -> list[Reply]:
+        """Each call's reply, in order, from one pipeline (more only when a script has to be loaded
+        again, or the server turns out to refuse EVALSHA)."""
+        async with self._lock:
+            return await self._guarded(lambda: self._scripts(calls))
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            await self._drop()
+
+    # -- the parts under the lock -----------------------------------------------------------------
+    async def _guarded(self, operation: Callable[[], Awaitable[list[Reply]]]) -> list[Reply]:
+        now = time.monotonic()
+        if self._stream is None and now < self._retry_at:
+            raise StoreUnavailable(
+                f"redis {self.address.shown} unreachable ({self._last_error}); next attempt in {self._retry_at - now:.1f} s"
+            )
+        try:
+            with trio.fail_after(self.timeout):
+                if self._stream is None:
+                    await self._connect()
+                return await operation()
+        except (_Lost, OSError, trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError, trio.TooSlowError) as exc:
+            await self._drop()
+            self._last_error = self._describe(exc)
+            self._delay = BACKOFF_FIRST if self._delay == 0 else min(BACKOFF_MAX, self._delay * 2)
+            self._retry_at = time.monotonic() + self._delay
+            raise StoreUnavailable(f"redis {self.address.shown}: {self._last_error}") from None
+        except BaseException:
+            # Cancelled (or a bug) between a request and its reply: what is still to come on this
+            # connection would be taken for the next call's replies.
+            await self._drop()
+            raise
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, trio.TooSlowError):
+            text = f"no answer within {self.timeout:g} s"
+        elif isinstance(exc, ProtocolError):
+            text = f"not a Redis reply ({exc})"
+        elif isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
+            text = "connection lost"
+        else:
+            text = str(exc) or type(exc).__name__
+        if self.address.password:
+            text = text.replace(self.address.password, "***")
+        return text
+
+    async def _connect(self) -> None:
+        stream: trio.abc.Stream = await trio.open_tcp_stream(self.address.host, self.address.port)
+        try:
+            if self.address.tls:
+                tls = trio.SSLStream(stream, self._tls_context(), server_hostname=self.address.host)
+                await tls.do_handshake()
+                stream = tls
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        self._stream = stream
+        self._parser = RespParser()
+        self._loaded = set()
+        self._eval_only = False
+        hello: list[tuple[Argument, ...]] = []
+        if self.address.password:
+            user = (self.address.username,) if self.address.username else ()
+            hello.append(("AUTH", *user, self.address.password))
+        if self.address.db:
+            hello.append(("SELECT", self.address.db))
+        for command, reply in zip(hello, await self._exchange(hello)):
+            if isinstance(reply, ErrorReply):
+                what = "authentication refused" if command[0] == "AUTH" else f"SELECT {self.address.db} refused"
+                raise _Lost(f"{what}: {reply.message}")
+        self._delay = 0.0
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.address.ca_file or None)
+        if not self.address.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def _drop(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+
+    async def _exchange(self, commands: list[tuple[Argument, ...]]) -> list[Reply]:
+        if not commands:
+            return []
+        stream = self._stream
+        assert stream is not None
+        await stream.send_all(encode_commands(commands))
+        replies: list[Reply] = []
+        while len(replies) < len(commands):
+            reply = self._parser.next_reply()
+            if reply is NEED_DATA:
+                data = await stream.receive_some(65536)
+                if not data:
+                    raise _Lost("connection closed by the server")
+                self._parser.feed(data)
+            else:
+                replies.append(reply)
+        return replies
+
+    async def _scripts(self, calls: list[ScriptCall]) -> list[Reply]:
+        results: list[Reply] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for _ in range(3):  # load, then at most a reload and a fall back to EVAL
+            loads = [] if self._eval_only else list({calls[i].script.sha: calls[i].script for i in pending if calls[i].script.sha not in self._loaded}.values())
+            commands: list[tuple[Argument, ...]] = [("SCRIPT", "LOAD", script.body) for script in loads]
+            for i in pending:
+                call = calls[i]
+                if self._eval_only:
+                    commands.append(("EVAL", call.script.body, 1, call.key, *call.args))
+                else:
+                    commands.append(("EVALSHA", call.script.sha, 1, call.key, *call.args))
+            sent_eval = self._eval_only
+            replies = await self._exchange(commands)
+            for script, reply in zip(loads, replies):
+                if isinstance(reply, ErrorReply):
+                    self._eval_only = True  # Twemproxy, Codis, a renamed SCRIPT: EVAL from now on
+                else:
+                    self._loaded.add(script.sha)
+            retry = []
+            for i, reply in zip(pending, replies[len(loads) :]):
+                if isinstance(reply, ErrorReply) and not sent_eval:
+                    if reply.code == "NOSCRIPT":  # SCRIPT FLUSH, a restart, a failover; or not loadable
+                        self._loaded.discard(calls[i].script.sha)
+                        retry.append(i)
+                        continue
+                    if "unknown command" in reply.message.lower():  # EVALSHA refused
+                        self._eval_only = True
+                        retry.append(i)
+                        continue
+                results[i] = reply
+            pending = retry
+            if not pending:
+                return results
+        raise _Lost("scripts could not be run (NOSCRIPT after loading them)")
+
+
+def counter_key(counter: CounterId) -> str:
+    return f"llmrelay:limit:{{{counter.rule}:{counter.version}:{counter.key}}}"
+
+
+def _limit_args(limits: Limits) -> list[Argument]:
+    return [
+        limits.requests_per_minute,
+        limits.tokens_per_minute,
+        limits.input_tokens_per_minute,
+        limits.output_tokens_per_minute,
+        limits.concurrent_requests,
+        limits.tokens_per_day,
+    ]
+
+
+def _units_args(units: Units) -> list[Argument]:
+    return [units.requests, units.input_tokens, units.output_tokens, units.concurrent]
+
+
+def _refused(server: str, reply: ErrorReply) -> StoreUnavailable:
+    message = reply.message
+    if reply.code == "NOAUTH" or "unauthenticated" in message:
+        message += " (the server requires a password: give it in redis_url)"
+    return StoreUnavailable(f"redis {server}: {message}")
+
+
+def _numbers(reply: Reply, server: str) -> list[int]:
+    if isinstance(reply, ErrorReply):
+        raise _refused(server, reply)
+    if not isinstance(reply, list) or len(reply) != REPLY_LENGTH or not all(isinstance(v, int) for v in reply):
+        raise StoreUnavailable(f"redis {server}: unexpected reply from the counter script")
+    return [v for v in reply if isinstance(v, int)]
+
+
+def _state(limits: Limits, numbers: list[int]) -> CounterState:
+    """The script's figures as a `CounterState`: `remaining.input_tokens` is the tightest of the
+    token limits (per minute in total, input, output, and the day's budget), so that
+    `remaining.tokens` is what the x-ratelimit-remaining-tokens header shows."""
+    left_requests, left_tokens, left_input, left_output, left_concurrent, left_day = numbers[5:11]
+    token_limits = [
+        (limits.tokens_per_minute, left_tokens),
+        (limits.input_tokens_per_minute, left_input),
+        (limits.output_tokens_per_minute, left_output),
+        (limits.tokens_per_day, left_day),
+    ]
+    tokens = [left for limit, left in token_limits if limit > 0]
+    remaining = Units(
+        requests=max(0, left_requests),
+        input_tokens=max(0, min(tokens)) if tokens else 0,
+        concurrent=max(0, left_concurrent),
+    )
+    return CounterState(remaining=remaining, reset_requests=numbers[11] / 1000, reset_tokens=numbers[12] / 1000)
+
+
+class _Known(msgspec.Struct):
+    counter: CounterId
+    limits: Limits
+    used: float  # time.monotonic() of the last call about it
+
+
+class RedisStore:
+    """`CounterStore` and `UsageStore` in Redis (see the module's docstring)."""
+
+    def __init__(self, url: str, instance: str, *, holder_ttl: float = HOLDER_TTL, timeout: float = TIMEOUT) -> None:
+        self.instance = instance
+        self.holder_ttl = holder_ttl
+        self.usage_key = "llmrelay:usage"
+        try:
+            self._address: RedisAddress | None = parse_redis_url(url)
+            self._url_error = ""
+        except ValueError as exc:
+            # A reload must not fail here: every call says why instead (the config checks URLs).
+            self._address, self._url_error = None, str(exc)
+        self._connection = RedisConnection(self._address, timeout) if self._address else None
+        self._known: dict[str, _Known] = {}
+        self._holdings: dict[str, set[str]] = {}  # holder → keys of counters it holds units of
+        self._pruned = time.monotonic()
+
+    @property
+    def server(self) -> str:
+        return self._address.shown if self._address else "(invalid redis_url)"
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            await self._connection.aclose()
+
+    # -- CounterStore -----------------------------------------------------------------------------
+    async def ask(self, holder: str, asks: list[CounterAsk]) -> list[CounterGrant]:
+        calls = []
+        for ask in asks:
+            key = self._remember(ask.counter, ask.limits)
+            if ask.limits.concurrent_requests and (ask.need.concurrent or ask.want.concurrent):
+                # Before the call: a reply lost after the script ran must not hide a holding.
+                self._holdings.setdefault(holder, set()).add(key)
+            args = ["ask", holder, self._ttl(), *_limit_args(ask.limits), *_units_args(ask.need), *_units_args(ask.want)]
+            calls.append(ScriptCall(COUNTER, key, args))
+        replies = await self._run(calls)
+        grants = []
+        for ask, call, reply in zip(asks, calls, replies):
+            numbers = _numbers(reply, self.server)
+            if ask.limits.concurrent_requests:
+                self._note_holding(holder, call.key, numbers[13])
+            granted = Units(requests=numbers[0], input_tokens=numbers[1], output_tokens=numbers[2], concurrent=numbers[3])
+            grants.append(CounterGrant(ask.counter, granted, _state(ask.limits, numbers), retry_after=numbers[4] / 1000))
+        return grants
+
+    async def give_back(self, holder: str, returns: list[CounterReturn]) -> None:
+        keep = [r for r in returns if r.units != Units()]
+        keys = [self._remember(r.counter, r.limits) for r in keep]
+        calls = [
+            ScriptCall(COUNTER, key, ["give", holder, self._ttl(), *_limit_args(r.limits), *_units_args(r.units)])
+            for key, r in zip(keys, keep)
+        ]
+        for key, reply in zip(keys, await self._run(calls)):
+            self._note_holding(holder, key, _numbers(reply, self.server)[13])
+
+    async def charge(self, charges: list[CounterCharge]) -> None:
+        calls = [
+            ScriptCall(
+                COUNTER,
+                self._remember(c.counter, c.limits),
+                ["charge", "", self._ttl(), *_limit_args(c.limits), c.input_tokens, c.output_tokens],
+            )
+            for c in charges
+            if c.input_tokens or c.output_tokens
+        ]
+        for reply in await self._run(calls):
+            _numbers(reply, self.server)
+
+    async def drop_holder(self, holder: str) -> None:
+        keys = sorted(self._holdings.pop(holder, set()))
+        calls = [ScriptCall(COUNTER, key, ["drop", holder, self._ttl(), *_limit_args(self._limits(key))]) for key in keys]
+        for reply in await self._run(calls):
+            _numbers(reply, self.server)
+
+    async def touch(self, holders: list[str]) -> None:
+        calls = [
+            ScriptCall(COUNTER, key, ["touch", holder, self._ttl(), *_limit_args(self._limits(key))])
+            for holder in holders
+            for key in sorted(self._holdings.get(holder, ()))
+        ]
+        for reply in await self._run(calls):
+            _numbers(reply, self.server)
+
+    async def states(self) -> list[tuple[CounterId, CounterState]]:
+        self._prune(force=True)
+        known = list(self._known.items())
+        calls = [ScriptCall(COUNTER, key, ["state", "", self._ttl(), *_limit_args(k.limits)]) for key, k in known]
+        replies = await self._run(calls)
+        return [(k.counter, _state(k.limits, _numbers(reply, self.server))) for (_, k), reply in zip(known, replies)]
+
+    def retain(self, versions: set[tuple[str, str]]) -> None:
+        self._known = {key: k for key, k in self._known.items() if (k.counter.rule, k.counter.version) in versions}
+
+    # -- UsageStore -------------------------------------------------------------------------------
+    async def add(self, rows: list[UsageRow]) -> None:
+        increments: list[Argument] = []
+        for row in rows:
+            prefix = FIELD_SEPARATOR.join(_field_part(v) for v in (row.relay_key, row.endpoint, row.upstream, row.model))
+            for name in USAGE_FIELDS:
+                value = getattr(row, name)
+                if value:
+                    increments += [f"{prefix}{FIELD_SEPARATOR}{name}", value]
+        step = 2 * USAGE_BATCH
+        calls = [ScriptCall(USAGE, self.usage_key, increments[n : n + step]) for n in range(0, len(increments), step)]
+        for reply in await self._run(calls):
+            if isinstance(reply, ErrorReply):
+                raise _refused(self.server, reply)
+            if not isinstance(reply, int):
+                raise StoreUnavailable(f"redis {self.server}: unexpected reply from the usage script")
+
+    async def rows(self) -> list[UsageRow]:
+        (reply,) = await self._execute([("HGETALL", self.usage_key)])
+        if isinstance(reply, ErrorReply):
+            raise _refused(self.server, reply)
+        if not isinstance(reply, list) or len(reply) % 2 or not all(isinstance(v, bytes) for v in reply):
+            raise StoreUnavailable(f"redis {self.server}: unexpected reply to HGETALL")
+        sums: dict[tuple[str, str, str, str], dict[str, int]] = {}
+        for field, value in zip(reply[::2], reply[1::2]):
+            assert isinstance(field, bytes) and isinstance(value, bytes)
+            parts = field.decode("utf-8", "replace").split(FIELD_SEPARATOR)
+            if len(parts) != 5 or parts[4] not in USAGE_FIELDS:
+                continue  # not ours
+            try:
+                number = int(value)
+            except ValueError:
+                continue
+            sums.setdefault((parts[0], parts[1], parts[2], parts[3]), {})[parts[4]] = number
+        return [
+            UsageRow(*names, requests=c.get("requests", 0), input_tokens=c.get("input_tokens", 0),
+                     output_tokens=c.get("output_tokens", 0), errors=c.get("errors", 0))
+            for names, c in sorted(sums.items())
+        ]
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _note_holding(self, holder: str, key: str, units: int) -> None:
+        """What the script said `holder` holds in `key` now. (Replies are taken in the order the
+        scripts ran: one connection, and nothing yields between a reply and this.)"""
+        if units > 0:
+            self._holdings.setdefault(holder, set()).add(key)
+        elif holder in self._holdings:
+            held = self._holdings[holder]
+            held.discard(key)
+            if not held:
+                del self._holdings[holder]
+
+    def _ttl(self) -> str:
+        return f"{self.holder_ttl:.3f}"
+
+    def _remember(self, counter: CounterId, limits: Limits) -> str:
+        key = counter_key(counter)
+        self._known[key] = _Known(counter, limits, time.monotonic())
+        self._prune()
+        return key
+
+    def _limits(self, key: str) -> Limits:
+        known = self._known.get(key)
+        return known.limits if known is not None else Limits()
+
+    def _prune(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._pruned > 60.0:
+            self._pruned = now
+            self._known = {key: k for key, k in self._known.items() if now - k.used <= STATES_WINDOW}
+
+    def _connection_or_fail(self) -> RedisConnection:
+        if self._connection is None:
+            raise StoreUnavailable(self._url_error)
+        return self._connection
+
+    async def _run(self, calls: list[ScriptCall]) -> list[Reply]:
+        if not calls:
+            return []
+        return await self._connection_or_fail().run_scripts(calls)
+
+    async def _execute(self, commands: list[tuple[Argument, ...]]) -> list[Reply]:
+        return await self._connection_or_fail().execute(commands)
+
+
+def _field_part(value: str) -> str:
+    return value.replace(FIELD_SEPARATOR, " ")
+
+
+__all__ = ["RedisAddress", "RedisConnection", "RedisStore", "counter_key", "parse_redis_url"]
