@@ -42,6 +42,11 @@ from llmrelay.config.resolved import RelayConfig
 from llmrelay.config.schema import (
     AdminSection,
     ApiKeyEntry,
+    CharsPerTokenSection,
+    LimitRuleSection,
+    LimitsSection,
+    MatchSection,
+    RelayKeyEntry,
     ConnectSection,
     CorsSection,
     MetricsSection,
@@ -562,6 +567,7 @@ def _document_paths(value: Any, path: str = "", top: bool = True) -> set[str]:
 def key_paths(document: dict[str, Any]) -> set[str]:
     """Every key path an error about `document` may name: the document's own and the schema's."""
     paths = {"the file", "server", "endpoints", "auth_keys"} | _document_paths(document)
+    paths |= _relay_key_paths(document, "") | _limits_paths(document.get("limits"))
     paths |= {f"server.{field.name}" for field in msgspec.structs.fields(ServerSection)}
     paths |= _schema_paths(Http2Section, "server.http2") | _schema_paths(ConnectSection, "server.connect")
     paths |= _schema_paths(AdminSection, "server.admin") | _schema_paths(MetricsSection, "server.metrics")
@@ -579,7 +585,7 @@ def key_paths(document: dict[str, Any]) -> set[str]:
             if not isinstance(section, dict):
                 continue
             paths |= _schema_paths(HealthCheckSection, f"{base}.health_check")
-            paths |= _api_key_paths(section, base)
+            paths |= _api_key_paths(section, base) | _relay_key_paths(section, base)
             paths |= _schema_paths(CorsSection, f"{base}.cors")
             processors = section.get("processors")
             for index, _processor in enumerate(processors if isinstance(processors, list) else []):
@@ -591,7 +597,28 @@ def key_paths(document: dict[str, Any]) -> set[str]:
                 paths |= {where} | _schema_paths(UpstreamSection, where)
                 paths |= _schema_paths(HealthCheckSection, f"{where}.health_check")
                 if isinstance(upstream, dict):
-                    paths |= _api_key_paths(upstream, where)
+                    paths |= _api_key_paths(upstream, where) | _relay_key_paths(upstream, where)
+    return paths
+
+
+def _relay_key_paths(table: dict[str, Any], base: str) -> set[str]:
+    """`auth_keys[i].name` and `.key` of a table's `auth_keys` entries (`{ name, key }` tables)."""
+    entries = table.get("auth_keys")
+    where = f"{base}.auth_keys" if base else "auth_keys"
+    return {
+        path
+        for index in range(len(entries) if isinstance(entries, list) else 0)
+        for path in _schema_paths(RelayKeyEntry, f"{where}[{index}]")
+    }
+
+
+def _limits_paths(limits: Any) -> set[str]:
+    """The keys of `[limits]`, its `chars_per_token`, and of each rule and its `match`."""
+    paths = {"limits"} | _schema_paths(LimitsSection, "limits") | _schema_paths(CharsPerTokenSection, "limits.chars_per_token")
+    rules = limits.get("rules") if isinstance(limits, dict) else None
+    for index, _rule in enumerate(rules if isinstance(rules, list) else []):
+        where = f"limits.rules[{index}]"
+        paths |= {where} | _schema_paths(LimitRuleSection, where) | _schema_paths(MatchSection, f"{where}.match")
     return paths
 
 
