@@ -2,8 +2,8 @@
 rewrite that asks for it.
 
 - `InjectedUsageFilter` never raises, whatever bytes arrive in whatever pieces; bytes without a
-  `"usage"` in them come out exactly as they went in (only the pieces of the last, unended event
-  wait for `finish`); a generated OpenAI-style stream with `include_usage` (any chunk contents, any
+  `"usage"` in them come out exactly as they went in, every event as soon as the piece that
+  completes it was fed (only the bytes of the unended event wait); a generated OpenAI-style stream with `include_usage` (any chunk contents, any
   spacing, LF, CRLF or CR line endings, the usage member anywhere among the chunk's members), split
   anywhere, comes out as the same stream without it, and its usage is reported once, exactly;
 - `add_include_usage` never raises; on any JSON request it adds exactly
@@ -13,6 +13,7 @@ rewrite that asks for it.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import msgspec
@@ -51,11 +52,30 @@ def test_arbitrary_bytes_never_raise(data: bytes, cut_points: list[int], max_hel
 sse_text = st.lists(st.sampled_from(list('ab :{}[],"\\\n\r') + ["data:", "data: ", "usage", '"usage"', "null"]), max_size=60).map("".join)
 
 
+def _event_ends(data: bytes) -> list[int]:
+    """Where each event of a whole stream ends (just past its blank line): the oracle."""
+    ends, line_start = [], 0
+    for match in re.finditer(rb"\r\n|\r|\n", data):
+        if match.start() == line_start:
+            ends.append(match.end())
+        line_start = match.end()
+    return ends
+
+
 @given(st.lists(sse_text, max_size=20), cuts)
-def test_sse_like_text_without_usage_passes_untouched(parts: list[str], cut_points: list[int]) -> None:
+def test_sse_like_text_without_usage_passes_untouched_and_at_once(parts: list[str], cut_points: list[int]) -> None:
     data = "".join(parts).replace('"usage"', '"usagE"').encode()
-    out, _, seen = _run(_split(data, cut_points))
-    assert out == data and seen == []
+    ends = _event_ends(data)
+    stream_filter = InjectedUsageFilter()
+    out, fed = b"", 0
+    for piece in _split(data, cut_points):
+        out += stream_filter.feed(piece)
+        fed += len(piece)
+        assert data.startswith(out) and len(out) <= fed
+        # every event complete in what was fed is out (and one whose blank line ends with a CR
+        # whose LF has not come yet, too: that may only make `out` longer)
+        assert len(out) >= max((end for end in ends if end <= fed), default=0)
+    assert out + stream_filter.finish() == data and stream_filter.usage is None
 
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.text(max_size=12))
