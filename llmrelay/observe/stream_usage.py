@@ -10,7 +10,8 @@ without the option:
   the `data:` JSON (whatever the spacing around `:` and `,`), leaving the rest of the bytes as they
   were. The usual place, last before the closing brace, is recognised without decoding; elsewhere a
   removal is kept only when the JSON without it decodes to the same object minus `usage` (a nested
-  `usage` member or a look-alike inside a string is never touched);
+  `usage` member or a look-alike inside a string is never touched; the last `MAX_CUTS_TRIED` places
+  are tried, so a chunk full of nested look-alikes costs bounded work and goes out as it came);
 - the final usage-only chunk (`"choices":[]` and a usage object) is dropped whole, and its usage is
   kept in `usage` (`{"input": N, "output": M}`) and handed to `on_usage`, for the accounting. A
   usage object on a chunk that also carries choices (some OpenAI-compatible servers) is counted the
@@ -33,6 +34,7 @@ from typing import Any
 import msgspec
 
 MAX_HELD = 1 << 20  # bytes of one incomplete event held back at most
+MAX_CUTS_TRIED = 8  # `"usage":` places tried (each one decoded) in one chunk, the last ones first
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
@@ -81,29 +83,12 @@ def _usage_counts(usage: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
-def _value_end(payload: bytes, start: int) -> int:
-    """Where the JSON value at `start` ends, for the two values a usage member holds: `null`, or an
-    object whose braces balance (a usage object holds numbers and objects, no strings with braces;
-    a wrong guess is caught by the decoding check). -1 when it is neither."""
-    if payload.startswith(b"null", start):
-        return start + 4
-    if payload[start : start + 1] != b"{":
-        return -1
-    end = payload.find(b"}", start)
-    while end >= 0:
-        if payload.count(b"{", start, end) == payload.count(b"}", start, end + 1):
-            return end + 1
-        end = payload.find(b"}", end + 1)
-    return -1
-
-
 def _without_member(payload: bytes, expected: dict[str, Any]) -> bytes | None:
-    """`payload` (a JSON object) with its top-level `usage` member cut out textually, checked to
-    decode to `expected` (the object without `usage`); None when no cut passes the check."""
-    for match in reversed(list(_MEMBER.finditer(payload))):
-        key, value = match.start(), match.end()
-        end = _value_end(payload, value)
-        if end < 0:
+    """`payload` (a JSON object) with its top-level `"usage": null` member cut out textually,
+    checked to decode to `expected` (the object without it); None when no cut passes the check."""
+    for match in reversed(list(_MEMBER.finditer(payload))[-MAX_CUTS_TRIED:]):
+        key, end = match.start(), match.end() + 4
+        if not payload.startswith(b"null", match.end()):
             continue
         before = payload[:key].rstrip(_WS)
         if before.endswith(b","):  # `..., "usage": null` : the comma before it goes with it

@@ -146,6 +146,8 @@ def test_members_that_are_not_the_top_level_usage_are_kept() -> None:
         b'data: {"id":"a","usage":null\n\n',  # not JSON
         b'data: {"id":"a",\ndata: "usage":null}\n\n',  # two data lines
         b': comment "usage":null}\n\n',
+        # past MAX_CUTS_TRIED look-alikes after it, the work stops: the chunk goes out as it came
+        b'data: {"usage":null,"x":[' + b",".join([b'{"usage":null}'] * 20) + b"]}\n\n",
     ]
     for event in kept:
         assert run([event])[0] == event, event
