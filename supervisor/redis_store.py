@@ -46,6 +46,7 @@ from supervisor.redis_scripts import COUNTER, REPLY_LENGTH, USAGE, Script
 TIMEOUT = 1.0  # every call: connect, handshake and replies included
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+ACTIVE_WINDOW = 60.0  # a holder granted units this recently counts among a counter's active ones
 STATES_WINDOW = 300.0  # `states()` reports the counters this store used within this many seconds
 USAGE_BATCH = 500  # usage increments per script call (a pipeline of calls is still one round trip)
 FIELD_SEPARATOR = "\x1f"
@@ -311,29 +312,45 @@ def _numbers(reply: Reply, server: str) -> list[int]:
 
 
 def _state(limits: Limits, numbers: list[int]) -> CounterState:
-    """The script's figures as a `CounterState`: `remaining.input_tokens` is the tightest of the
-    token limits (per minute in total, input, output, and the day's budget), so that
-    `remaining.tokens` is what the x-ratelimit-remaining-tokens header shows."""
+    """The script's figures as the ledger states them (llmrelay/limits/ledger.py): what is left of
+    input tokens is the least of the tokens, input tokens and day dimensions, of output tokens the
+    least of tokens, output tokens and day; `reset_tokens` follows the first limited of tokens, input
+    tokens, output tokens, day (the one the headers show)."""
     left_requests, left_tokens, left_input, left_output, left_concurrent, left_day = numbers[5:11]
-    token_limits = [
-        (limits.tokens_per_minute, left_tokens),
-        (limits.input_tokens_per_minute, left_input),
-        (limits.output_tokens_per_minute, left_output),
-        (limits.tokens_per_day, left_day),
-    ]
-    tokens = [left for limit, left in token_limits if limit > 0]
+    full_requests, full_tokens, full_input, full_output, to_midnight = numbers[11:16]
+    both = [left for limit, left in ((limits.tokens_per_minute, left_tokens), (limits.tokens_per_day, left_day)) if limit > 0]
+    input_left = min([*both, left_input] if limits.input_tokens_per_minute > 0 else both, default=0)
+    output_left = min([*both, left_output] if limits.output_tokens_per_minute > 0 else both, default=0)
+    shown = 0
+    for limit, reset in (
+        (limits.tokens_per_minute, full_tokens),
+        (limits.input_tokens_per_minute, full_input),
+        (limits.output_tokens_per_minute, full_output),
+        (limits.tokens_per_day, to_midnight),
+    ):
+        if limit > 0:
+            shown = reset
+            break
     remaining = Units(
         requests=max(0, left_requests),
-        input_tokens=max(0, min(tokens)) if tokens else 0,
+        input_tokens=max(0, input_left),
+        output_tokens=max(0, output_left),
         concurrent=max(0, left_concurrent),
     )
-    return CounterState(remaining=remaining, reset_requests=numbers[11] / 1000, reset_tokens=numbers[12] / 1000)
+    return CounterState(remaining=remaining, reset_requests=full_requests / 1000, reset_tokens=shown / 1000)
 
 
 class _Known(msgspec.Struct):
     counter: CounterId
     limits: Limits
     used: float  # time.monotonic() of the last call about it
+
+
+class _Held(msgspec.Struct):
+    """What one holder has in one counter, as the last script about both said."""
+
+    units: int = 0  # concurrency units held
+    granted: float = 0.0  # time.monotonic() of the last grant (the holder is active for 60 s)
 
 
 class RedisStore:
@@ -351,8 +368,10 @@ class RedisStore:
             self._address, self._url_error = None, str(exc)
         self._connection = RedisConnection(self._address, timeout) if self._address else None
         self._known: dict[str, _Known] = {}
-        self._holdings: dict[str, set[str]] = {}  # holder → keys of counters it holds units of
+        # holder → counter key → what it holds there: what `touch` renews and `drop_holder` frees.
+        self._holders: dict[str, dict[str, _Held]] = {}
         self._pruned = time.monotonic()
+        self.clock = 0.0  # Redis's time at the last counter script (seconds)
 
     @property
     def server(self) -> str:
@@ -367,17 +386,18 @@ class RedisStore:
         calls = []
         for ask in asks:
             key = self._remember(ask.counter, ask.limits)
-            if ask.limits.concurrent_requests and (ask.need.concurrent or ask.want.concurrent):
-                # Before the call: a reply lost after the script ran must not hide a holding.
-                self._holdings.setdefault(holder, set()).add(key)
+            # Noted before the call: if the reply is lost after the script ran, `drop_holder` still
+            # knows where to look (and `touch` leaves that unknown holding to expire).
+            self._holders.setdefault(holder, {}).setdefault(key, _Held())
             args = ["ask", holder, self._ttl(), *_limit_args(ask.limits), *_units_args(ask.need), *_units_args(ask.want)]
             calls.append(ScriptCall(COUNTER, key, args))
         replies = await self._run(calls)
         grants = []
         for ask, call, reply in zip(asks, calls, replies):
             numbers = _numbers(reply, self.server)
-            if ask.limits.concurrent_requests:
-                self._note_holding(holder, call.key, numbers[13])
+            self.clock = numbers[17] / 1_000_000
+            refused = numbers[4] > 0
+            self._note(holder, call.key, numbers[16], granted=not refused)
             granted = Units(requests=numbers[0], input_tokens=numbers[1], output_tokens=numbers[2], concurrent=numbers[3])
             grants.append(CounterGrant(ask.counter, granted, _state(ask.limits, numbers), retry_after=numbers[4] / 1000))
         return grants
@@ -390,7 +410,9 @@ class RedisStore:
             for key, r in zip(keys, keep)
         ]
         for key, reply in zip(keys, await self._run(calls)):
-            self._note_holding(holder, key, _numbers(reply, self.server)[13])
+            numbers = _numbers(reply, self.server)
+            self.clock = numbers[17] / 1_000_000
+            self._note(holder, key, numbers[16], granted=False)
 
     async def charge(self, charges: list[CounterCharge]) -> None:
         calls = [
@@ -403,10 +425,10 @@ class RedisStore:
             if c.input_tokens or c.output_tokens
         ]
         for reply in await self._run(calls):
-            _numbers(reply, self.server)
+            self.clock = _numbers(reply, self.server)[17] / 1_000_000
 
     async def drop_holder(self, holder: str) -> None:
-        keys = sorted(self._holdings.pop(holder, set()))
+        keys = sorted(self._holders.pop(holder, {}))
         calls = [ScriptCall(COUNTER, key, ["drop", holder, self._ttl(), *_limit_args(self._limits(key))]) for key in keys]
         for reply in await self._run(calls):
             _numbers(reply, self.server)
@@ -415,7 +437,7 @@ class RedisStore:
         calls = [
             ScriptCall(COUNTER, key, ["touch", holder, self._ttl(), *_limit_args(self._limits(key))])
             for holder in holders
-            for key in sorted(self._holdings.get(holder, ()))
+            for key in self._renewed(holder)
         ]
         for reply in await self._run(calls):
             _numbers(reply, self.server)
@@ -471,16 +493,26 @@ class RedisStore:
         ]
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _note_holding(self, holder: str, key: str, units: int) -> None:
-        """What the script said `holder` holds in `key` now. (Replies are taken in the order the
+    def _note(self, holder: str, key: str, units: int, granted: bool) -> None:
+        """What a script said `holder` holds in `key` now. (Replies are taken in the order the
         scripts ran: one connection, and nothing yields between a reply and this.)"""
-        if units > 0:
-            self._holdings.setdefault(holder, set()).add(key)
-        elif holder in self._holdings:
-            held = self._holdings[holder]
-            held.discard(key)
-            if not held:
-                del self._holdings[holder]
+        held = self._holders.setdefault(holder, {}).setdefault(key, _Held())
+        held.units = units
+        if granted:
+            held.granted = time.monotonic()
+
+    def _renewed(self, holder: str) -> list[str]:
+        """The counters whose holdings of `holder` a touch renews; the others are forgotten once
+        the holder is no longer among their active ones either."""
+        counters = self._holders.get(holder)
+        if counters is None:
+            return []
+        now = time.monotonic()
+        for key in [key for key, held in counters.items() if not held.units and now - held.granted > ACTIVE_WINDOW]:
+            del counters[key]
+        if not counters:
+            del self._holders[holder]
+        return sorted(key for key, held in counters.items() if held.units)
 
     def _ttl(self) -> str:
         return f"{self.holder_ttl:.3f}"

@@ -5,6 +5,7 @@ exactly, scripts flushed or refused, outages, authentication, TLS, and the usage
 from __future__ import annotations
 
 import math
+import random
 import socket
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
@@ -19,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from redis_server import RedisServer, free_port, redis_available  # noqa: E402
 
+from llmrelay.limits.ledger import Ledger  # noqa: E402
 from llmrelay.limits.store import StoreUnavailable  # noqa: E402
 from llmrelay.limits.types import (  # noqa: E402
     CounterAsk,
@@ -99,9 +102,9 @@ async def test_want_is_granted_up_to_a_share_of_what_is_left(redis: RedisServer,
     first = await one(store, A, ask(limits, ONE, Units(requests=80)))
     assert first.granted.requests == 50  # alone: at most half of 100
     second = await one(store, B, ask(limits, ONE, Units(requests=80)))
-    assert second.granted.requests == 25  # one active holder before it: 50 / 2
+    assert second.granted.requests == 12  # two active holders (A and itself): floor(50 / 4)
     third = await one(store, C, ask(limits, ONE, Units(requests=80)))
-    assert third.granted.requests == 6  # two active holders: floor(25 / 4)
+    assert third.granted.requests == 6  # three: floor(38 / 6)
     # Near the end, grants shrink to the single request, never below it, until none is left.
     sizes = []
     for _ in range(30):
@@ -110,7 +113,7 @@ async def test_want_is_granted_up_to_a_share_of_what_is_left(redis: RedisServer,
             break
         sizes.append(grant.granted.requests)
     assert sizes[-1] == 1 and min(sizes) >= 1
-    assert 100 <= 50 + 25 + 6 + sum(sizes) <= 101  # (a refill of 100/min adds one in 0.6 s)
+    assert 100 <= 50 + 12 + 6 + sum(sizes) <= 101  # (a refill of 100/min adds one in 0.6 s)
 
 
 async def test_buckets_refill_continuously(redis: RedisServer, make_store: StoreFactory) -> None:
@@ -140,12 +143,12 @@ async def test_a_charge_can_leave_a_debt_the_refill_pays_back(redis: RedisServer
     limits = Limits(tokens_per_minute=600)  # 10 tokens a second
     grant = await one(store, A, ask(limits, Units(requests=1, input_tokens=100)))
     assert grant.granted.input_tokens == 100
-    assert grant.state.remaining.tokens == 500
+    assert grant.state.remaining.input_tokens == grant.state.remaining.output_tokens == 500
     await store.charge([CounterCharge(ALICE, limits, input_tokens=300, output_tokens=900)])  # 1300 used in all
     late = await one(store, A, ask(limits, Units(requests=1, input_tokens=1)))
     assert refused(late)
     assert 69 < late.retry_after < 71.5  # from -700 to +1 at 10 a second
-    assert late.state.remaining.tokens == 0  # (never shown below zero)
+    assert late.state.remaining.input_tokens == 0  # (never shown below zero)
     # A negative charge (the estimate was too high) gives tokens back.
     await store.charge([CounterCharge(ALICE, limits, input_tokens=-1000, output_tokens=0)])
     assert (await one(store, A, ask(limits, Units(requests=1, input_tokens=250)))).granted.input_tokens == 250
@@ -159,12 +162,12 @@ async def test_a_request_larger_than_a_minute_of_tokens_passes_a_full_bucket(red
     assert refused(await one(store, A, ask(limits, Units(requests=1, input_tokens=1))))
 
 
-async def test_token_grants_cut_output_first_and_never_below_need(redis: RedisServer, make_store: StoreFactory) -> None:
+async def test_token_grants_shrink_in_proportion_never_below_need(redis: RedisServer, make_store: StoreFactory) -> None:
     store = make_store(redis.url)
     limits = Limits(tokens_per_minute=1000)
     need = Units(requests=1, input_tokens=100, output_tokens=100)
     grant = await one(store, A, ask(limits, need, Units(requests=1, input_tokens=400, output_tokens=400)))
-    assert grant.granted == Units(requests=1, input_tokens=400, output_tokens=100)  # 500: half of 1000
+    assert grant.granted == Units(requests=1, input_tokens=250, output_tokens=250)  # 500: half of 1000
 
 
 async def test_the_day_budget_refuses_until_midnight_utc(redis: RedisServer, make_store: StoreFactory) -> None:
@@ -176,7 +179,8 @@ async def test_the_day_budget_refuses_until_midnight_utc(redis: RedisServer, mak
     now = time.time()
     to_midnight = (math.floor(now / 86400) + 1) * 86400 - now
     assert abs(late.retry_after - to_midnight) < 5
-    assert late.state.remaining.tokens == 40
+    assert late.state.remaining.input_tokens == 40
+    assert abs(late.state.reset_tokens - to_midnight) < 5
     pttl = int(redis.command("PTTL", counter_key(ALICE)))
     assert pttl >= (to_midnight - 5) * 1000  # the day's use is kept until the day ends
 
@@ -238,6 +242,57 @@ async def test_two_machines_share_a_limit_exactly(redis: RedisServer, make_store
         assert time.monotonic() - started < 2.5  # (a refill of 20/min adds one request in 3 s)
         assert len(granted) == 100
         assert sum(granted) == 20
+
+
+async def test_the_same_arithmetic_as_the_ledger(redis: RedisServer, make_store: StoreFactory) -> None:
+    """The script and the in-memory ledger, fed the same operations at the same instants (the
+    ledger is given the Redis clock each script ran at), grant the same units and state the same
+    counters, step after step."""
+    store = make_store(redis.url, holder_ttl=600.0)
+    ledger = Ledger()
+    rng = random.Random(20241203)
+    counters = [
+        (CounterId("r1", "v", "a"), Limits(requests_per_minute=300, tokens_per_minute=30000, concurrent_requests=3)),
+        (CounterId("r2", "v", "b"), Limits(input_tokens_per_minute=9000, output_tokens_per_minute=6000, tokens_per_day=40000)),
+        (CounterId("r3", "v", "c"), Limits(60, 12000, 9000, 9000, concurrent_requests=2, tokens_per_day=30000)),
+    ]
+    holders = [A, B, C]
+    for counter, limits in counters:  # (the ledger does not create a counter on a give back)
+        need = Units(requests=1)
+        (got,) = await store.ask(A, [CounterAsk(counter, limits, need, need)])
+        (expected,) = ledger.ask(A, [CounterAsk(counter, limits, need, need)], store.clock)
+        assert got == expected
+    compared = 0
+    for step in range(400):
+        counter, limits = rng.choice(counters)
+        holder = rng.choice(holders)
+        roll = rng.random()
+        if roll < 0.6:
+            need = Units(rng.choice([0, 1, 1, 1]), rng.randint(0, 300), rng.randint(0, 200), rng.choice([0, 1]))
+            extra = Units(rng.randint(0, 10), rng.randint(0, 600), rng.randint(0, 400), rng.randint(0, 2))
+            want = Units(*(a + b for a, b in zip(msgspec.structs.astuple(need), msgspec.structs.astuple(extra))))
+            request = CounterAsk(counter, limits, need, want)
+            (got,) = await store.ask(holder, [request])
+            (expected,) = ledger.ask(holder, [request], store.clock)
+            context = f"step {step}: {holder} asks {need} / {want} of {counter.rule}"
+            assert got.granted == expected.granted, context
+            assert abs(got.retry_after - expected.retry_after) <= 0.0011, context
+            assert got.state.remaining == expected.state.remaining, context
+            assert abs(got.state.reset_requests - expected.state.reset_requests) <= 0.0011, context
+            assert abs(got.state.reset_tokens - expected.state.reset_tokens) <= 0.0011, context
+            compared += 1
+        elif roll < 0.8:
+            back = CounterReturn(counter, limits, Units(rng.randint(0, 3), rng.randint(0, 300), rng.randint(0, 300), rng.randint(0, 1)))
+            await store.give_back(holder, [back])
+            ledger.give_back(holder, [back], store.clock)
+        elif roll < 0.95:
+            charge = CounterCharge(counter, limits, rng.randint(-100, 400), rng.randint(-100, 400))
+            await store.charge([charge])
+            ledger.charge([charge], store.clock)
+        else:
+            await store.drop_holder(holder)
+            ledger.drop_holder(holder)
+    assert compared > 200
 
 
 # -- scripts --------------------------------------------------------------------------------------

@@ -25,13 +25,18 @@ output per minute, concurrent, tokens per day; 0 is unlimited), then per op:
 
 The reply is REPLY_LENGTH integers: granted requests, input, output, concurrent; retry_after in ms;
 what remains of requests, tokens, input, output per minute, of concurrency and of the day's budget
-(floored; 0 where unlimited); ms until the request bucket and until the token buckets are full; and
-the concurrency units the holder holds now.
+(floored, possibly below zero; 0 where unlimited); ms until each per-minute bucket (requests,
+tokens, input, output) is full; ms until 00:00 UTC; the concurrency units the holder holds now;
+and the script's clock, in microseconds.
+
+A grant follows the ledger's rule (llmrelay/limits/ledger.py): all of `need` or nothing (token needs
+clamped to each dimension's capacity), and of `want` at most `floor(available / (2 * active
+holders))` per dimension, never less than `need`.
 """
 
 from __future__ import annotations
 
-REPLY_LENGTH = 14
+REPLY_LENGTH = 18
 
 COUNTER_LUA = r"""
 if redis.replicate_commands then pcall(redis.replicate_commands) end
@@ -43,9 +48,11 @@ local cap = {r = tonumber(ARGV[4]), t = tonumber(ARGV[5]), i = tonumber(ARGV[6])
 local conc_limit = tonumber(ARGV[8])
 local day_limit = tonumber(ARGV[9])
 local DIMS = {'r', 't', 'i', 'o'}
+local EPSILON = 1e-9  -- float refills: a bucket refilled to 9.999999999 of 10 is full
 
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local now = now_us / 1000000
 local today = math.floor(now / 86400)
 local to_midnight = (today + 1) * 86400 - now
 
@@ -62,7 +69,7 @@ local elapsed = math.max(0, now - (tonumber(h['ts'] or '') or now))
 for _, d in ipairs(DIMS) do
   if cap[d] > 0 then
     local v = tonumber(h['b:' .. d] or '')
-    if v == nil then v = cap[d] else v = math.min(cap[d], v + elapsed * cap[d] / 60) end
+    if v == nil then v = cap[d] else v = math.min(cap[d], v + elapsed * (cap[d] / 60)) end
     level[d] = v
   end
 end
@@ -111,37 +118,35 @@ if op == 'ask' then
   local function short(w) refused = true; if w > wait then wait = w end end
   for _, d in ipairs(DIMS) do
     if cap[d] > 0 and need[d] > 0 then
-      local must = need[d]
-      if d ~= 'r' then must = math.min(must, cap[d]) end
-      if level[d] < must then short((must - level[d]) * 60 / cap[d]) end
+      local deficit = math.min(need[d], cap[d]) - level[d]
+      if deficit > EPSILON then short(deficit * 60 / cap[d]) end
     end
   end
   if day_limit > 0 and need.t > 0 and day_limit - day_used < math.min(need.t, day_limit) then short(to_midnight) end
-  if conc_limit > 0 and need.c > 0 and conc_limit - held < need.c then short(1.0) end
+  if conc_limit > 0 and need.c > 0 and need.c > conc_limit - held then short(1.0) end
   if not refused then
-    local active = math.max(1, askers)
-    local function share(available, least) return math.max(least, math.floor(available / (2 * active))) end
-    granted.r = want.r
-    if cap.r > 0 then granted.r = math.min(want.r, share(level.r, need.r)) end
-    granted.i = want.i
-    if cap.i > 0 then granted.i = math.min(want.i, share(level.i, need.i)) end
-    granted.o = want.o
-    if cap.o > 0 then granted.o = math.min(want.o, share(level.o, need.o)) end
-    granted.c = want.c
-    if conc_limit > 0 then granted.c = math.min(want.c, share(conc_limit - held, need.c)) end
-    -- Limits on input + output: what is beyond the need is cut from output first, then input.
-    local total = nil
-    if cap.t > 0 then total = share(level.t, need.t) end
-    if day_limit > 0 then
-      local budget = share(day_limit - day_used, need.t)
-      if total == nil or budget < total then total = budget end
+    -- Active holders: those granted units within 60 s, counting the one asking now.
+    local active = askers
+    if h['a:' .. holder] == nil then active = active + 1 end
+    local split = 2 * active
+    local function sized(limited, available, least, most)
+      if not limited then return most end
+      return math.max(least, math.min(most, math.floor(available / split)))
     end
-    if total ~= nil and granted.i + granted.o > total then
-      local excess = granted.i + granted.o - total
-      local cut = math.min(excess, granted.o - need.o)
-      granted.o = granted.o - cut
-      excess = excess - cut
-      granted.i = granted.i - math.min(excess, granted.i - need.i)
+    granted.r = sized(cap.r > 0, level.r, need.r, want.r)
+    granted.i = sized(cap.i > 0, level.i, need.i, want.i)
+    granted.o = sized(cap.o > 0, level.o, need.o, want.o)
+    granted.c = sized(conc_limit > 0, conc_limit - held, need.c, want.c)
+    -- Limits on input + output: beyond the need, both extras shrink in proportion.
+    local total = math.huge
+    if cap.t > 0 then total = math.min(total, math.max(0, math.floor(level.t / split))) end
+    if day_limit > 0 then total = math.min(total, math.max(0, math.floor((day_limit - day_used) / split))) end
+    local extra_i, extra_o = granted.i - need.i, granted.o - need.o
+    if granted.i + granted.o > total and extra_i + extra_o > 0 then
+      local room = math.max(0, total - need.i - need.o)
+      local give_i = math.min(extra_i, math.floor(room * extra_i / (extra_i + extra_o)))
+      granted.i = need.i + give_i
+      granted.o = need.o + math.min(extra_o, room - give_i)
     end
     local tokens = granted.i + granted.o
     if cap.r > 0 then level.r = level.r - granted.r end
@@ -150,7 +155,7 @@ if op == 'ask' then
     if cap.o > 0 then level.o = level.o - granted.o end
     if day_limit > 0 then day_used = day_used + tokens end
     if conc_limit > 0 then mine = mine + granted.c; held = held + granted.c end
-    if granted.r + tokens + granted.c > 0 then put('a:' .. holder, now) end
+    put('a:' .. holder, now)
   end
 elseif op == 'give' then
   local units = {r = n(10), i = n(11), o = n(12), c = n(13)}
@@ -215,13 +220,16 @@ if op == 'ask' or op == 'give' or op == 'charge' or ((op == 'drop' or op == 'tou
   end
 end
 
-local function left(d) if cap[d] > 0 then return math.floor(level[d]) end return 0 end
-local function full_in(d) if cap[d] > 0 then return math.ceil((cap[d] - level[d]) * 60000 / cap[d]) end return 0 end
+local function left(d) if cap[d] > 0 then return math.floor(level[d] + EPSILON) end return 0 end
+local function full_in(d)
+  if cap[d] > 0 and cap[d] - level[d] > EPSILON then return math.ceil((cap[d] - level[d]) * 60000 / cap[d]) end
+  return 0
+end
 local conc_left = 0
 if conc_limit > 0 then conc_left = conc_limit - held end
 local day_left = 0
 if day_limit > 0 then day_left = math.floor(day_limit - day_used) end
 return {granted.r, granted.i, granted.o, granted.c, math.ceil(wait * 1000),
         left('r'), left('t'), left('i'), left('o'), conc_left, day_left,
-        full_in('r'), math.max(full_in('t'), full_in('i'), full_in('o')), mine}
+        full_in('r'), full_in('t'), full_in('i'), full_in('o'), math.ceil(to_midnight * 1000), mine, now_us}
 """
