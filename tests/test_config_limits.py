@@ -21,14 +21,7 @@ from mock_providers import MockProvider
 from relaytest import EXAMPLES, ROOT, endpoint_config
 
 ENDPOINT = '[endpoints.openai]\ntarget_base = "https://api.openai.com/v1"\n'
-EXAMPLE_ENV = {
-    "ALICE_KEY": "relay-alice",
-    "BOB_KEY": "relay-bob",
-    "INTERN_KEY": "relay-intern",
-    "CI_KEY": "relay-ci",
-    "OPENAI_API_KEY": "sk-o",
-    "ANTHROPIC_API_KEY": "sk-ant",
-}
+EXAMPLE_ENV = {"LLMRELAY_TEAM_KEY": "relay-team", "TENANT_B_KEY": "relay-b", "OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-ant"}
 
 
 def load(text: str, environ: dict[str, str] | None = None) -> RelayConfig:
@@ -269,9 +262,9 @@ def test_a_rule_names_a_key_by_value_or_by_name() -> None:
 def test_a_rule_may_name_a_key_that_only_an_upstream_scope_holds() -> None:
     text = (
         '[endpoints.e]\n[[endpoints.e.upstreams]]\ntarget_base = "https://a.example.com"\n'
-        'auth_keys = [{ name = "tenant-b", key = "relay-b" }]\n' + rule('match = { relay_key = "tenant-b" }\nrequests_per_minute = 1')
+        'auth_keys = [{ name = "acme", key = "relay-b" }]\n' + rule('match = { relay_key = "acme" }\nrequests_per_minute = 1')
     )
-    assert only_rule(text).relay_keys == ["tenant-b"]
+    assert only_rule(text).relay_keys == ["acme"]
 
 
 @pytest.mark.parametrize(
@@ -387,12 +380,13 @@ def test_the_example_loads() -> None:
     config = load_config(EXAMPLES / "limits.toml", environ=EXAMPLE_ENV)
     limits = config.limits
     assert limits.backend == "local" and limits.inject_stream_usage
-    assert [r.name for r in limits.rules] == ["per-key", "gpt-4o-for-interns", "ci-output", "office", "per-user"]
+    assert [r.name for r in limits.rules] == ["per-key", "gpt-4o-for-acme", "team-output", "office", "per-user"]
     rules = {r.name: r for r in limits.rules}
-    assert rules["gpt-4o-for-interns"].relay_keys == ["intern"]
-    assert rules["ci-output"].relay_keys == [relay_key_label("relay-ci")]
+    assert rules["gpt-4o-for-acme"].relay_keys == ["acme"]
+    assert rules["team-output"].relay_keys == [relay_key_label("relay-team")]
+    assert rules["office"].client_ips == ["10.20.0.0/16", "2001:db8::/48"]
     assert rules["per-user"].per_header == "x-end-user"
-    assert config.endpoints[0].auth_key_names == ["alice", "bob", "intern", relay_key_label("relay-ci")]
+    assert config.endpoints[0].auth_key_names == [relay_key_label("relay-team"), "acme"]
 
 
 def test_check_config_accepts_the_example() -> None:
@@ -407,15 +401,15 @@ def test_check_config_accepts_the_example() -> None:
 
 
 def test_check_config_names_a_limits_error() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_PATH", "PORT", "INTERN_KEY")} | EXAMPLE_ENV
-    del env["INTERN_KEY"]
+    env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_PATH", "PORT")} | EXAMPLE_ENV
+    del env["LLMRELAY_TEAM_KEY"]
     result = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "llmrelay"), "check-config", "examples/limits.toml"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 1
-    assert "auth_keys[2].key: environment variable INTERN_KEY is not set" in result.stderr
-    assert "limits.rules[1].match.relay_key[0]: neither a relay key" in result.stderr
+    assert "auth_keys[0]: environment variable LLMRELAY_TEAM_KEY is not set" in result.stderr
+    assert "limits.rules[2].match.relay_key: environment variable LLMRELAY_TEAM_KEY is not set" in result.stderr
 
 
 def test_the_configuration_examples_in_docs_limits_load() -> None:
