@@ -12,7 +12,7 @@ its own memory, which counters each holder holds concurrency units of. When this
 holders stop being touched and every script that sees them after `holder_ttl` frees their units.
 
 The connection (`RedisConnection`) is one socket speaking RESP (llmrelay.limits.resp), used by one
-call at a time under a lock, each call bounded by `timeout`. Losing it raises `StoreUnavailable` (the
+call at a time under a lock; waiting for the lock and the call itself are each bounded by `timeout`. Losing it raises `StoreUnavailable` (the
 message names the server, never the password); the next call reconnects, after a backoff of 0.1 s
 doubling to 5 s during which calls fail at once.
 """
@@ -134,20 +134,29 @@ class RedisConnection:
 
     async def execute(self, commands: list[tuple[Argument, ...]]) -> list[Reply]:
         """Replies in the order of the commands (an error reply is a value, not raised)."""
-        async with self._lock:
-            return await self._guarded(lambda: self._exchange(commands))
+        return await self._in_turn(lambda: self._exchange(commands))
 
     async def run_scripts(self, calls: list[ScriptCall]) -> list[Reply]:
         """Each call's reply, in order, from one pipeline (more only when a script has to be loaded
         again, or the server turns out to refuse EVALSHA)."""
-        async with self._lock:
-            return await self._guarded(lambda: self._scripts(calls))
+        return await self._in_turn(lambda: self._scripts(calls))
 
     async def aclose(self) -> None:
         async with self._lock:
             await self._drop()
 
     # -- the parts under the lock -----------------------------------------------------------------
+    async def _in_turn(self, operation: Callable[[], Awaitable[list[Reply]]]) -> list[Reply]:
+        """Wait for the connection (at most `timeout`: calls queue behind a slow one), then run."""
+        with trio.move_on_after(self.timeout) as waiting:
+            await self._lock.acquire()
+        if waiting.cancelled_caught:
+            raise StoreUnavailable(f"redis {self.address.shown}: busy (the calls before this one took over {self.timeout:g} s)")
+        try:
+            return await self._guarded(operation)
+        finally:
+            self._lock.release()
+
     async def _guarded(self, operation: Callable[[], Awaitable[list[Reply]]]) -> list[Reply]:
         now = time.monotonic()
         if self._stream is None and now < self._retry_at:

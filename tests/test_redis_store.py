@@ -371,6 +371,20 @@ async def test_a_server_that_never_answers_is_a_timeout_not_a_hang(make_store: S
             await one(store, A, ask(Limits(requests_per_minute=1), ONE))
         assert 0.25 < time.monotonic() - started < 1.0
         assert accepted
+        # Many calls at once: none waits longer than its turn plus its own timeout.
+        await trio.sleep(0.5)  # (past the backoff)
+        failures: list[float] = []
+
+        async def call() -> None:
+            begun = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await one(store, A, ask(Limits(requests_per_minute=1), ONE))
+            failures.append(time.monotonic() - begun)
+
+        async with trio.open_nursery() as callers:
+            for _ in range(10):
+                callers.start_soon(call)
+        assert len(failures) == 10 and max(failures) < 0.8
         nursery.cancel_scope.cancel()
 
 
