@@ -8,13 +8,14 @@ one round trip, whatever the number of counters.
 
 Holders are this supervisor's workers (`"<instance>:w<pid>"`; the instance holds the host name, the
 supervisor's pid and a random part), so only this process ever touches or drops them: it keeps, in
-its own memory, which counters each holder holds concurrency units of. When this process dies, its
-holders stop being touched and every script that sees them after `holder_ttl` frees their units.
+its own memory, the counters each holder holds units of or was lately active in. When this process
+dies, its holders stop being touched and every script that sees them after `holder_ttl` frees their
+units. (So no per-holder set lives in Redis: it would be another Cluster slot, written on every ask.)
 
 The connection (`RedisConnection`) is one socket speaking RESP (llmrelay.limits.resp), used by one
-call at a time under a lock; waiting for the lock and the call itself are each bounded by `timeout`. Losing it raises `StoreUnavailable` (the
-message names the server, never the password); the next call reconnects, after a backoff of 0.1 s
-doubling to 5 s during which calls fail at once.
+call at a time under a lock; waiting for the lock and the call itself are each bounded by
+`timeout`. Losing it raises `StoreUnavailable` (the message names the server, never the password);
+the next call reconnects, after a backoff of 0.1 s doubling to 5 s during which calls fail at once.
 """
 
 from __future__ import annotations
@@ -127,10 +128,6 @@ class RedisConnection:
         self._delay = 0.0
         self._retry_at = 0.0
         self._last_error = ""
-
-    @property
-    def connected(self) -> bool:
-        return self._stream is not None
 
     async def execute(self, commands: list[tuple[Argument, ...]]) -> list[Reply]:
         """Replies in the order of the commands (an error reply is a value, not raised)."""
@@ -275,7 +272,7 @@ class RedisConnection:
                         self._loaded.discard(calls[i].script.sha)
                         retry.append(i)
                         continue
-                    if "unknown command" in reply.message.lower():  # EVALSHA refused
+                    if _refuses_evalsha(reply):
                         self._eval_only = True
                         retry.append(i)
                         continue
@@ -284,6 +281,15 @@ class RedisConnection:
             if not pending:
                 return results
         raise _Lost("scripts could not be run (NOSCRIPT after loading them)")
+
+
+def _refuses_evalsha(reply: ErrorReply) -> bool:
+    """Redis with EVALSHA renamed away ("unknown command"), a proxy that does not allow it (Codis:
+    "command 'EVALSHA' is not allowed"), an ACL that denies it (NOPERM)."""
+    text = reply.message.lower()
+    if "unknown command" in text:
+        return True
+    return "evalsha" in text and (reply.code == "NOPERM" or any(w in text for w in ("not allowed", "not supported", "unsupported")))
 
 
 def counter_key(counter: CounterId) -> str:

@@ -327,6 +327,16 @@ async def test_eval_when_only_evalsha_is_refused(make_store: StoreFactory) -> No
         assert (await one(store, B, ask(limits, ONE))).granted == Units()
 
 
+async def test_eval_when_an_acl_user_may_not_load_scripts(make_store: StoreFactory) -> None:
+    acl = ["--user", "relay", "on", ">acl-pw-77", "~llmrelay:*", "&*", "+@all", "-evalsha", "-script"]
+    with RedisServer(*acl) as redis:
+        store = make_store(f"redis://relay:acl-pw-77@127.0.0.1:{redis.port}/0")
+        limits = Limits(requests_per_minute=2)
+        assert [g.granted.requests for g in await store.ask(A, [ask(limits, ONE)] * 3)] == [1, 1, 0]
+        await store.add([UsageRow("alice", "e", "u", "m", requests=1)])
+        assert await store.rows() == [UsageRow("alice", "e", "u", "m", requests=1)]
+
+
 # -- outages --------------------------------------------------------------------------------------
 
 
