@@ -22,6 +22,7 @@ import msgspec
 
 MESSAGE_OVERHEAD = 4  # tokens a chat template adds around each message (role, separators)
 DEFAULT_CHARS_PER_TOKEN = 4.0
+MIN_CHARS_PER_TOKEN = 0.1  # below this a setting is a mistake, and a tiny divisor overflows
 MAX_CHOICES = 16  # `n` beyond this is not believed for the output reserve
 
 
@@ -101,7 +102,10 @@ def estimate(provider: str, body: bytes | None, body_length: int | None, chars_p
     `body`: the request body when held (for replay), else None; `body_length`: its length when
     known (Content-Length). `provider` is accepted for per-provider refinements; the body shapes of
     every provider are recognised whatever it says (a "forward" endpoint may carry any of them)."""
-    per_token = chars_per_token if chars_per_token > 0 and math.isfinite(chars_per_token) else DEFAULT_CHARS_PER_TOKEN
+    if chars_per_token > 0 and math.isfinite(chars_per_token):
+        per_token = max(MIN_CHARS_PER_TOKEN, chars_per_token)
+    else:
+        per_token = DEFAULT_CHARS_PER_TOKEN
     if body is None:
         return (math.ceil(body_length / per_token) if body_length else 0), 0
     try:

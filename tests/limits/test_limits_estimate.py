@@ -102,5 +102,9 @@ def test_a_bad_chars_per_token_uses_the_default(per_token: float) -> None:
     assert estimate("openai", None, 400, per_token) == (100, 0)
 
 
+def test_a_tiny_chars_per_token_is_raised_to_the_minimum() -> None:
+    assert estimate("openai", None, 400, 2.2e-309) == (4000, 0)
+
+
 def test_negative_max_tokens_reserves_nothing() -> None:
     assert estimate("openai", body({"max_tokens": -5}), None, 4.0) == (0, 0)
