@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "limits"))
 
 from limits_sim import T0, Simulation, bucket_bound, check_windows, most_in_window  # noqa: E402
 
+from llmrelay.config.resolved import ResolvedRule  # noqa: E402
 from llmrelay.limits.estimate import estimate  # noqa: E402
 from llmrelay.limits.headers import duration, retry_after_header  # noqa: E402
 from llmrelay.limits.rules import MAX_KEY, RequestFacts, RuleSet, hashed  # noqa: E402
@@ -32,19 +33,14 @@ from llmrelay.limits.types import Limits  # noqa: E402
 HORIZON = 150.0
 
 
-class Rule(msgspec.Struct, frozen=True, kw_only=True):
-    """The fields of `config.resolved.ResolvedRule` that the rules read."""
-
-    name: str
-    version: str = "v1"
-    endpoints: list[str] = []
-    models: list[str] = []
-    upstreams: list[str] = []
-    relay_keys: list[str] = []
-    client_ips: list[str] = []
-    per: str = "relay_key"
-    per_header: str = ""
-    limits: Limits = Limits(requests_per_minute=10)
+def make_rule(name: str, **fields: Any) -> ResolvedRule:
+    """A resolved rule that matches anything unless told otherwise."""
+    base: dict[str, Any] = {
+        "version": "v1", "endpoints": [], "models": [], "upstreams": [], "relay_keys": [], "client_ips": [],
+        "per": "relay_key", "per_header": "", "limits": Limits(requests_per_minute=10),
+    }  # fmt: skip
+    base.update(fields)
+    return ResolvedRule(name=name, **base)
 
 
 arrival = st.tuples(
@@ -135,7 +131,7 @@ def test_the_estimate_of_any_bytes_never_raises(raw: bytes, length: int | None) 
     per=st.sampled_from(["relay_key", "client_ip", "endpoint", "upstream", "model", "header"]),
 )
 def test_counter_keys_are_bounded_and_never_hold_a_header_value(model: str | None, client_ip: str, header: bytes, per: str) -> None:
-    rules = RuleSet([Rule(name="r", per=per, per_header="x-team", client_ips=[] if per != "client_ip" else ["0.0.0.0/0", "::/0"])])
+    rules = RuleSet([make_rule(name="r", per=per, per_header="x-team", client_ips=[] if per != "client_ip" else ["0.0.0.0/0", "::/0"])])
     facts = RequestFacts(endpoint="openai", model=model, relay_key="alice", client_ip=client_ip, upstream="main", headers=[(b"X-Team", header)])
     for counter, _ in rules.counters(facts):
         assert len(counter.key) <= MAX_KEY

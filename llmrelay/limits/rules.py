@@ -19,10 +19,9 @@ import re
 from collections.abc import Callable, Sequence
 from fnmatch import translate
 from functools import lru_cache
-from typing import Protocol
-
 import msgspec
 
+from llmrelay.config.resolved import ResolvedRule
 from llmrelay.limits.types import CounterId, Limits
 
 MAX_KEY = 96  # characters of a client-supplied value kept in a counter key
@@ -31,31 +30,6 @@ PERS = ("relay_key", "client_ip", "endpoint", "upstream", "model", "header")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class RuleLike(Protocol):
-    """The shape of `config.resolved.ResolvedRule` this module reads."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> str: ...
-    @property
-    def endpoints(self) -> list[str]: ...
-    @property
-    def models(self) -> list[str]: ...
-    @property
-    def upstreams(self) -> list[str]: ...
-    @property
-    def relay_keys(self) -> list[str]: ...
-    @property
-    def client_ips(self) -> list[str]: ...
-    @property
-    def per(self) -> str: ...
-    @property
-    def per_header(self) -> str: ...
-    @property
-    def limits(self) -> Limits: ...
 
 
 class RequestFacts(msgspec.Struct):
@@ -108,7 +82,7 @@ def parse_ip(text: str) -> IPAddress | None:
 class CompiledRule:
     __slots__ = ("name", "version", "limits", "per", "header", "endpoints", "models", "models_need_one", "upstreams", "relay_keys", "networks")
 
-    def __init__(self, rule: RuleLike) -> None:
+    def __init__(self, rule: ResolvedRule) -> None:
         if rule.per not in PERS:
             raise ValueError(f"limits rule {rule.name!r}: unknown per {rule.per!r}")
         self.name = rule.name
@@ -162,7 +136,7 @@ class RuleSet:
 
     __slots__ = ("rules",)
 
-    def __init__(self, rules: Sequence[RuleLike]) -> None:
+    def __init__(self, rules: Sequence[ResolvedRule]) -> None:
         self.rules = [CompiledRule(rule) for rule in rules]
 
     def __bool__(self) -> bool:
@@ -183,4 +157,4 @@ class RuleSet:
         return {(rule.name, rule.version) for rule in self.rules}
 
 
-__all__ = ["MAX_KEY", "RequestFacts", "RuleLike", "RuleSet", "bounded", "hashed", "parse_ip"]
+__all__ = ["MAX_KEY", "RequestFacts", "RuleSet", "bounded", "hashed", "parse_ip"]

@@ -3,26 +3,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 
+from llmrelay.config.resolved import ResolvedRule
 from llmrelay.limits.rules import MAX_KEY, RequestFacts, RuleSet, hashed, parse_ip
 from llmrelay.limits.types import CounterId, Limits
 
 
-class Rule(msgspec.Struct, frozen=True, kw_only=True):
-    """The fields of `config.resolved.ResolvedRule` that the rules read."""
-
-    name: str
-    version: str = "v1"
-    endpoints: list[str] = []
-    models: list[str] = []
-    upstreams: list[str] = []
-    relay_keys: list[str] = []
-    client_ips: list[str] = []
-    per: str = "relay_key"
-    per_header: str = ""
-    limits: Limits = Limits(requests_per_minute=10)
+def make_rule(name: str, **fields: Any) -> ResolvedRule:
+    """A resolved rule that matches anything unless told otherwise."""
+    base: dict[str, Any] = {
+        "version": "v1", "endpoints": [], "models": [], "upstreams": [], "relay_keys": [], "client_ips": [],
+        "per": "relay_key", "per_header": "", "limits": Limits(requests_per_minute=10),
+    }  # fmt: skip
+    base.update(fields)
+    return ResolvedRule(name=name, **base)
 
 
 def facts(**fields: object) -> RequestFacts:
@@ -43,7 +41,7 @@ def test_no_rules_no_counters() -> None:
 
 def test_every_matching_rule_in_config_order_with_its_limits() -> None:
     limits = Limits(tokens_per_minute=1000)
-    rules = RuleSet([Rule(name="all"), Rule(name="other", endpoints=["anthropic"]), Rule(name="tok", per="endpoint", limits=limits, version="x")])
+    rules = RuleSet([make_rule(name="all"), make_rule(name="other", endpoints=["anthropic"]), make_rule(name="tok", per="endpoint", limits=limits, version="x")])
     assert rules.counters(facts()) == [
         (CounterId("all", "v1", "alice"), Limits(requests_per_minute=10)),
         (CounterId("tok", "x", "openai"), limits),
@@ -66,12 +64,12 @@ def test_every_matching_rule_in_config_order_with_its_limits() -> None:
     ],
 )
 def test_model_globs(globs: list[str], model: str | None, matches: bool) -> None:
-    rules = RuleSet([Rule(name="m", models=globs)])
+    rules = RuleSet([make_rule(name="m", models=globs)])
     assert bool(rules.counters(facts(model=model))) is matches
 
 
 def test_endpoint_and_upstream_globs() -> None:
-    rules = RuleSet([Rule(name="e", endpoints=["open*", "groq"], upstreams=["main", "backup-*"])])
+    rules = RuleSet([make_rule(name="e", endpoints=["open*", "groq"], upstreams=["main", "backup-*"])])
     assert rules.counters(facts(endpoint="openai", upstream="backup-eu"))
     assert not rules.counters(facts(endpoint="anthropic"))
     assert not rules.counters(facts(upstream="other"))
@@ -79,7 +77,7 @@ def test_endpoint_and_upstream_globs() -> None:
 
 
 def test_relay_key_names() -> None:
-    rules = RuleSet([Rule(name="interns", relay_keys=["bob", "carol"])])
+    rules = RuleSet([make_rule(name="interns", relay_keys=["bob", "carol"])])
     assert rules.counters(facts(relay_key="bob"))
     assert not rules.counters(facts(relay_key="alice"))
     assert not rules.counters(facts(relay_key=None))
@@ -100,13 +98,13 @@ def test_relay_key_names() -> None:
     ],
 )
 def test_client_networks(ip: str, matches: bool) -> None:
-    rules = RuleSet([Rule(name="n", client_ips=["10.0.0.0/8", "2001:db8::/32"])])
+    rules = RuleSet([make_rule(name="n", client_ips=["10.0.0.0/8", "2001:db8::/32"])])
     assert bool(rules.counters(facts(client_ip=ip))) is matches
 
 
 def test_the_key_of_each_per() -> None:
     def key(per: str, **fields: object) -> str:
-        [(cid, _)] = RuleSet([Rule(name="r", per=per, per_header="x-team")]).counters(facts(**fields))
+        [(cid, _)] = RuleSet([make_rule(name="r", per=per, per_header="x-team")]).counters(facts(**fields))
         return cid.key
 
     assert key("relay_key") == "alice"
@@ -131,7 +129,7 @@ def test_header_keys_never_hold_the_value_and_are_the_same_everywhere() -> None:
 
 
 def test_client_supplied_keys_are_bounded_and_stay_distinct() -> None:
-    rules = RuleSet([Rule(name="r", per="model")])
+    rules = RuleSet([make_rule(name="r", per="model")])
     long_a, long_b = "m" * 5000 + "a", "m" * 5000 + "b"
     [(a, _)] = rules.counters(facts(model=long_a))
     [(b, _)] = rules.counters(facts(model=long_b))
@@ -144,7 +142,7 @@ def test_client_supplied_keys_are_bounded_and_stay_distinct() -> None:
 
 def test_an_unknown_per_is_refused_when_compiled() -> None:
     with pytest.raises(ValueError, match="unknown per"):
-        RuleSet([Rule(name="r", per="nonsense")])
+        RuleSet([make_rule(name="r", per="nonsense")])
 
 
 def test_parse_ip_caches_and_maps() -> None:
