@@ -21,7 +21,7 @@ from llmrelay.config.decode import decode
 from llmrelay.config.errors import ConfigError
 from llmrelay.config.resolve import resolve_config
 from llmrelay.config.resolved import RelayConfig
-from llmrelay.config.schema import ConfigFile, EndpointSection, ServerSection
+from llmrelay.config.schema import ConfigFile, EndpointSection, LimitsSection, RelayKey, ServerSection
 from llmrelay.config.secrets import is_command
 
 DEFAULT_FILE_NAME = "llmrelay.toml"
@@ -96,10 +96,12 @@ def _salvage(data: dict[str, Any]) -> ConfigFile:
             endpoint = decode(EndpointSection, section, [])
             if endpoint is not None and isinstance(name, str):
                 endpoints[name] = endpoint
-    auth_keys = data.get("auth_keys", [])
-    if not (isinstance(auth_keys, list) and all(isinstance(k, str) for k in auth_keys)):
+    try:
+        auth_keys = msgspec.convert(data.get("auth_keys", []), list[RelayKey])
+    except msgspec.ValidationError:
         auth_keys = []
-    return ConfigFile(server=server, endpoints=endpoints, auth_keys=auth_keys)
+    limits = decode(LimitsSection, data.get("limits", {}), []) or LimitsSection()
+    return ConfigFile(server=server, endpoints=endpoints, auth_keys=auth_keys, limits=limits)
 
 
 def load_config_text(
