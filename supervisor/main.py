@@ -40,6 +40,7 @@ from supervisor.arbiter import SIGNALS, Arbiter
 from supervisor.checks import ActiveChecks
 from supervisor.health import HealthBoard
 from supervisor.jobs import Jobs
+from supervisor.limits import LimitsService
 from supervisor.metrics import MetricsTotals
 from supervisor.monitor import monitor
 from supervisor.pidfile import PidFile, PidFileError
@@ -119,7 +120,9 @@ def _take_pid_file(path: Path | None, optional: bool) -> PidFile | None:
 async def _run_parts(table: SlotTable, status: StatusFile, config_path: Path | None, overrides: Overrides) -> None:
     board = HealthBoard(table.config)
     totals = MetricsTotals(time.time())
-    watcher = Watcher(table, board, totals)
+    limits = LimitsService()
+    limits.configure(table.config.limits)
+    watcher = Watcher(table, board, totals, limits)
     admin = Admin(AdminViews(table, board, totals, status), table, status)
     checks = ActiveChecks(board, watcher.apply, table.config)
     load = functools.partial(load_config, config_path, overrides)
@@ -128,9 +131,15 @@ async def _run_parts(table: SlotTable, status: StatusFile, config_path: Path | N
             rollout = Rollout(table, watcher, nursery)
             async with trio.open_nursery() as changes:  # jobs, reloads, checks: cancelled when a stop begins
                 jobs = Jobs(table, changes)
-                reloads = Reloads(load, table, jobs, rollout, watcher, status, checks, totals, admin.follow)
+
+                async def follow(config: RelayConfig) -> None:  # (a reload applied: the parts that read the config)
+                    limits.configure(config.limits)
+                    await admin.follow(config)
+
+                reloads = Reloads(load, table, jobs, rollout, watcher, status, checks, totals, follow)
                 arbiter = Arbiter(table, rollout, jobs, reloads, status)
                 nursery.start_soon(arbiter.run, signals)
+                nursery.start_soon(limits.run, watcher.broadcast_health)
                 await admin.follow(table.config)
                 nursery.start_soon(admin.run, AdminActions(reloads.request, arbiter.handle_usr2))
                 changes.start_soon(reloads.run)

@@ -10,7 +10,8 @@ The watcher also keeps the shared health view: the workers' passive upstream and
 merged into the `HealthBoard`, `apply` logs what a report changed and broadcasts the table when a
 worker's decisions depend on the change, and `broadcast_health` sends the table, with every worker's
 state, to the workers that are ready. The workers' `MetricsDelta`s are summed into the supervisor's
-`MetricsTotals`; a worker's gauges are forgotten once it is reaped.
+`MetricsTotals`; a worker's gauges are forgotten once it is reaped. Lease asks and returns and usage
+reports go to the `LimitsService`, which drops a reaped worker's holdings.
 """
 
 from __future__ import annotations
@@ -27,13 +28,17 @@ from llmrelay.control import (
     ConfigRejected,
     Heartbeat,
     KeyEvent,
+    LeaseAsk,
+    LeaseReturn,
     Message,
     MetricsDelta,
     Ready,
     Stopped,
     UpstreamEvent,
+    UsageReport,
 )
 from supervisor.health import HealthBoard, Update
+from supervisor.limits import LimitsService
 from supervisor.metrics import MetricsTotals
 from supervisor.slots import Slot, SlotTable
 from supervisor.workers import SEND_TIMEOUT, STOP_GRACE, WorkerProcess
@@ -45,10 +50,11 @@ Handler = Callable[[WorkerProcess, Slot, M], Awaitable[None]]
 
 
 class Watcher:
-    def __init__(self, table: SlotTable, board: HealthBoard, totals: MetricsTotals) -> None:
+    def __init__(self, table: SlotTable, board: HealthBoard, totals: MetricsTotals, limits: LimitsService | None = None) -> None:
         self.table = table
         self.board = board
         self.totals = totals
+        self.limits = limits or LimitsService()
         self._handlers: dict[type[Message], Handler[Any]] = {}
         self._on(Heartbeat, self._heartbeat)
         self._on(UpstreamEvent, self._upstream_event)
@@ -58,6 +64,9 @@ class Watcher:
         self._on(ConfigRejected, self._config_rejected)
         self._on(Stopped, self._stopped)
         self._on(MetricsDelta, self._metrics)
+        self._on(LeaseAsk, self._lease_ask)
+        self._on(LeaseReturn, self._lease_return)
+        self._on(UsageReport, self._usage_report)
 
     def _on(self, kind: type[M], handler: Handler[M]) -> None:
         self._handlers[kind] = handler
@@ -81,11 +90,13 @@ class Watcher:
             await worker.control.aclose()
         self.table.workers.discard(worker)
         self.totals.forget(worker.pid)
+        with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE):
+            await self.limits.worker_gone(worker)  # its concurrency holdings are freed
         worker.mark_exited()
 
     async def broadcast_health(self) -> None:
         workers = sorted(self.table.workers, key=lambda w: (w.slot, w.started))
-        table = self.board.table(self.table.generation, [w.info() for w in workers], time.time())
+        table = self.board.table(self.table.generation, [w.info() for w in workers], time.time(), self.limits.degraded)
         for worker in workers:
             if worker.ready.is_set():
                 with trio.move_on_after(SEND_TIMEOUT):
@@ -135,6 +146,15 @@ class Watcher:
 
     async def _metrics(self, worker: WorkerProcess, slot: Slot, message: MetricsDelta) -> None:
         self.totals.add(message, time.time(), worker.pid)
+
+    async def _lease_ask(self, worker: WorkerProcess, slot: Slot, message: LeaseAsk) -> None:
+        await self.limits.ask(worker, message)
+
+    async def _lease_return(self, worker: WorkerProcess, slot: Slot, message: LeaseReturn) -> None:
+        await self.limits.give_back(worker, message)
+
+    async def _usage_report(self, worker: WorkerProcess, slot: Slot, message: UsageReport) -> None:
+        await self.limits.report(worker, message)
 
     async def _stopped(self, worker: WorkerProcess, slot: Slot, message: Stopped) -> None:
         if message.cut:

@@ -67,12 +67,13 @@ def _argument(value: Argument) -> bytes:
     if isinstance(value, int):
         return b"%d" % value
     if isinstance(value, str):
-        return value.encode()
+        return value.encode("utf-8", "surrogatepass")  # any str goes: a lone surrogate is no crash
     raise TypeError(f"a Redis command argument must be bytes, str or int, not {type(value).__name__}")
 
 
 def encode_command(*args: Argument) -> bytes:
-    """One command as RESP: an array of bulk strings (str as UTF-8, int in decimal)."""
+    """One command as RESP: an array of bulk strings (str as UTF-8, lone surrogates included; int
+    in decimal)."""
     if not args:
         raise ValueError("a Redis command needs at least its name")
     parts = [b"*%d\r\n" % len(args)]

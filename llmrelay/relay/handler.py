@@ -35,7 +35,10 @@ from llmrelay.io.logsafe import one_line
 from llmrelay.io.timers import TimerReason
 from llmrelay.observe.recorder import MetricsRecorder, attempt_outcome
 from llmrelay.observe.requestinfo import request_model
+from llmrelay.observe.usage_rows import UsageRecorder
+from llmrelay.limits.rules import RequestFacts
 from llmrelay.relay import accesslog
+from llmrelay.relay.admission import Admissions, LimitRefusal
 from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts
 from llmrelay.relay.connect import ConnectTunnels
 from llmrelay.relay.credentials import identify_relay_key
@@ -75,9 +78,13 @@ class Relay:
         observer: UpstreamObserver,
         responses: ResponseRegistry,
         recorder: MetricsRecorder | None = None,
+        admissions: Admissions | None = None,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.runtime = runtime
         self.recorder = recorder or MetricsRecorder()
+        self.admissions = admissions or Admissions()
+        self.usage = usage or UsageRecorder()
         self._health = health
         self._observer = observer
         self._responses = responses
@@ -118,6 +125,8 @@ class Relay:
             if runtime.config.server.access_log:
                 accesslog.write(record)
             self.recorder.record_request(record)
+            if record.endpoint != "-":
+                self.usage.record(record, record.relay_key)
             if runtime.release():
                 with trio.CancelScope(shield=True):
                     await runtime.aclose()
@@ -209,8 +218,19 @@ class Relay:
             else:
                 body = ReplayableBody(exchange, record, endpoint.retry_body_limit)
         record.model = request_model(path, body if isinstance(body, bytes) else b"")
+        admission = None
+        admissions = self.admissions
+        if admissions.active:  # `[limits]`: admitted from this worker's leases, or refused here
+            facts = RequestFacts(endpoint.name, record.model, record.relay_key, record.client, upstream.name, head.headers)
+            decision = await admissions.admit(facts, endpoint.provider, body if isinstance(body, bytes) else None, head.body_length)
+            if isinstance(decision, LimitRefusal):
+                record.outcome = "rate_limited" if decision.status == 429 else "limits_unavailable"
+                await self._send_error(exchange, endpoint.provider, decision.status, decision.message, record, decision.headers)
+                return
+            admission = decision
         attempts = Attempts(endpoint, self._observer, relay_key, body, record.started)
         active = ActiveResponse(exchange)
+        active.extra_headers = admissions.success_headers(admission)
         self._responses.add(active)
         try:
             while True:
@@ -264,6 +284,7 @@ class Relay:
             self._responses.discard(active)
             record.events = active.events
             record.usage = active.usage()
+            admissions.finish(admission, record.usage)
 
     def _log_retry(
         self,
@@ -349,6 +370,9 @@ class Relay:
         record.status = response.status
         out_headers, sse, has_length = client_response_headers(response.headers, record.request_id)
         out_headers.append((b"x-llmrelay-upstream", upstream.name_bytes))
+        if active.extra_headers:  # (the relay's own rate limits replace the provider's)
+            out_headers = [field for field in out_headers if not field[0].startswith(b"x-ratelimit-")]
+            out_headers += active.extra_headers
         active.sse = sse
         record.streamed = sse or not has_length
         try:

@@ -36,6 +36,8 @@ from llmrelay.control import (
     Drain,
     FrameError,
     HealthTable,
+    LeaseGrant,
+    LeaseRecall,
     Heartbeat,
     Ready,
     Stopped,
@@ -53,6 +55,7 @@ from llmrelay.config.schema import ServerSection
 from llmrelay.logs import LogSetupError, configure_logging, dropped_lines, reopen_log_files
 from llmrelay.observe import catalog
 from llmrelay.observe.recorder import MetricsRecorder
+from llmrelay.worker.accounts import Accounts
 from llmrelay.worker.health import health_view
 from llmrelay.relay.handler import Relay
 from llmrelay.relay.observer import UpstreamObserver
@@ -76,6 +79,8 @@ class Worker:
         self.observer = UpstreamObserver()
         self.responses = ResponseRegistry()
         self.recorder = MetricsRecorder()
+        self.accounts = Accounts()  # limits (leases from the supervisor) and usage accounting
+        self.accounts.attach(self._send)
         self.listener_connections: dict[str, int] = {}  # open client connections by listener address
         self._log_settings: tuple[object, ...] | None = None
         self._started = time.monotonic()
@@ -128,9 +133,12 @@ class Worker:
         self._listeners = listeners
         self.responses.keepalive_interval = message.config.server.drain_keepalive_interval
         self.recorder.configure(message.config.server.metrics)
+        self.accounts.admissions.configure(message.config.limits)
         self._configure_logs(message.config.server)
         if self._relay is None:
-            self._relay = Relay(runtime, self.health, self.observer, self.responses, self.recorder)
+            self._relay = Relay(
+                runtime, self.health, self.observer, self.responses, self.recorder, self.accounts.admissions, self.accounts.usage
+            )
         else:
             self._relay.runtime = runtime
         self._serving = Serving(self._relay, message.config.client, message.config.server.http2)
@@ -235,7 +243,7 @@ class Worker:
         return gauges
 
     async def _send_metrics(self) -> None:
-        delta = self.recorder.take_delta(os.getpid(), self._gauges(), dropped_lines())
+        delta = self.recorder.take_delta(os.getpid(), self._gauges(), dropped_lines(), self.accounts.admissions.refusals)
         if delta is not None:
             await self._send(delta)
 
@@ -283,6 +291,7 @@ class Worker:
                 background.start_soon(accept_all)
                 background.start_soon(self._heartbeat_loop, server.heartbeat_interval)
                 background.start_soon(self._metrics_loop)
+                background.start_soon(self.accounts.run)
                 background.start_soon(self._report_upstream_events)
                 background.start_soon(self._control_loop, drain_requests)
                 background.start_soon(self._signal_loop, drain_requests)
@@ -314,6 +323,7 @@ class Worker:
                 background.cancel_scope.cancel()
         if self._runtime is not None:
             await self._runtime.aclose()
+        await self.accounts.final()  # leases given back, the last corrections and usage
         await self._send_metrics()  # what the last requests added
         await self._send(Stopped(pid=os.getpid(), cut=cut))
         log.info("worker slot %d stopped", self.slot)
@@ -352,6 +362,10 @@ class Worker:
                     await self._apply_config(message)
                 elif isinstance(message, HealthTable):
                     self._apply_health(message)
+                elif isinstance(message, LeaseGrant):
+                    self.accounts.admissions.granted(message)
+                elif isinstance(message, LeaseRecall):
+                    await self.accounts.recall(message)
 
 
 _PLAIN = ListenSection(port=0)  # (a descriptor the config does not describe: served as plain HTTP)

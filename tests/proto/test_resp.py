@@ -184,6 +184,7 @@ def test_encode_command() -> None:
         b"*5\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$2\r\n12\r\n$2\r\n-3\r\n$2\r\n\xc3\xa9\r\n"
     )
     assert encode_command("GET", b"") == b"*2\r\n$3\r\nGET\r\n$0\r\n\r\n"
+    assert encode_command("GET", "\ud800") == b"*2\r\n$3\r\nGET\r\n$3\r\n\xed\xa0\x80\r\n"  # never a crash
     assert encode_commands([("PING",), ("ECHO", "x")]) == encode_command("PING") + encode_command("ECHO", "x")
 
 
