@@ -1,0 +1,181 @@
+"""A worker's side of `[limits]`: which counters a request falls under, admitting it from the
+worker's leases, and asking the supervisor when a lease falls short.
+
+The common case costs no round trip: the worker holds leased units of each counter
+(`limits.leases.LeaseBook`) and admits from them. Only when a lease falls short does the request
+wait for the supervisor (`LeaseAsk` → `LeaseGrant`), which grants from the counters it owns (in its
+memory, or in Redis), so that all workers together never admit more than a rule allows. A supervisor
+that does not answer within `ASK_TIMEOUT` is treated like an unreachable Redis: the request follows
+`limits.on_backend_error`.
+
+Every admission is finished on every path (`finish`): the concurrency unit goes back, and the real
+usage, once known, replaces the estimate (the difference is sent as a charge with the next
+`UsageReport`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from llmrelay.config.resolved import ResolvedLimits
+from llmrelay.control import LeaseAsk, LeaseGrant, LeaseRecall, LeaseReturn, Message
+from llmrelay.limits.estimate import estimate
+from llmrelay.limits.headers import rate_limit_headers, retry_after_header
+from llmrelay.limits.leases import Admission, LeaseBook
+from llmrelay.limits.rules import RequestFacts, RuleSet
+from llmrelay.limits.types import CounterAsk, CounterCharge, CounterId, Limits, Units
+from llmrelay.proto.messages import Headers
+
+log = logging.getLogger("llmrelay.limits")
+
+ASK_TIMEOUT = 2.0  # the supervisor answers an ask in well under a millisecond; past this it is stuck
+ASK_ROUNDS = 3  # grants taken by concurrent requests of this worker before this one could use them
+
+
+class LimitRefusal:
+    """A request the limits refuse: 429 (a rule) or 503 (the limits backend cannot be asked and
+    `on_backend_error = "deny"`), with its headers."""
+
+    __slots__ = ("status", "message", "headers", "rule")
+
+    def __init__(self, status: int, message: str, headers: Headers, rule: str) -> None:
+        self.status = status
+        self.message = message
+        self.headers = headers
+        self.rule = rule
+
+
+class _PendingAsk:
+    __slots__ = ("done", "answer")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.answer: LeaseGrant | None = None
+
+
+class Admissions:
+    def __init__(self) -> None:
+        self.settings = ResolvedLimits()
+        self.rules = RuleSet([])
+        self.book = LeaseBook()
+        self.refusals: dict[tuple[str, str], int] = {}  # (endpoint, rule) -> requests refused (metrics)
+        self._send: Callable[[Message], Awaitable[None]] | None = None
+        self._pending: dict[int, _PendingAsk] = {}
+        self._ids = itertools.count(1)
+
+    def configure(self, settings: ResolvedLimits) -> None:
+        """The `[limits]` of the config in service. Leases of rules that changed or went are given
+        back when they expire (their counters are no longer asked for)."""
+        self.settings = settings
+        self.rules = RuleSet(settings.rules)
+
+    def attach(self, send: Callable[[Message], Awaitable[None]]) -> None:
+        """How to reach the supervisor (the control channel's send)."""
+        self._send = send
+
+    @property
+    def active(self) -> bool:
+        return bool(self.settings.rules)
+
+    # -- the request path -------------------------------------------------------------------------
+    async def admit(
+        self, facts: RequestFacts, provider: str, body: bytes | None, body_length: int | None
+    ) -> Admission | LimitRefusal | None:
+        """Admit a request (an `Admission` to `finish` later), refuse it, or None: no rule applies."""
+        counters = self.rules.counters(facts)
+        if not counters:
+            return None
+        need = Units(requests=1, concurrent=1)
+        if any(_counts_tokens(limits) for _, limits in counters):
+            per_token = self.settings.chars_per_token_for(provider)
+            need.input_tokens, need.output_tokens = estimate(provider, body, body_length, per_token)
+        for _ in range(ASK_ROUNDS):
+            result = self.book.admit(counters, need, time.time())
+            if isinstance(result, Admission):
+                return result
+            answer = await self._ask(result)
+            if answer is None or answer.backend_error:  # the counters' owner cannot be asked
+                if self.settings.on_backend_error != "allow":
+                    return LimitRefusal(503, "rate limits cannot be checked right now; try again shortly", [(b"retry-after", b"1")], "-")
+                if answer is None:
+                    return None  # admitted with nothing to count it against
+            if not self.book.granted(result, answer.grants, time.time()):
+                return self._refused(facts.endpoint, result, answer)
+        return self._refused_busy(facts.endpoint, counters)
+
+    def finish(self, admission: Admission | None, usage: dict[str, int] | None) -> None:
+        """The request ended (on any path): give back its concurrency unit, and correct the
+        estimate with the real usage when the provider reported it."""
+        if admission is None:
+            return
+        if usage is None:
+            self.book.finish(admission, None, None, time.time())
+        else:
+            self.book.finish(admission, usage.get("input", 0), usage.get("output", 0), time.time())
+
+    def success_headers(self, admission: Admission | None) -> Headers:
+        """x-ratelimit-* of the rule closest to refusing, for a successful answer."""
+        if admission is None:
+            return []
+        tightest = admission.tightest()
+        return [] if tightest is None else rate_limit_headers(*tightest)
+
+    # -- the supervisor's answers -----------------------------------------------------------------
+    def granted(self, message: LeaseGrant) -> None:
+        pending = self._pending.pop(message.ask_id, None)
+        if pending is not None:
+            pending.answer = message
+            pending.done.set()
+
+    def recalled(self, message: LeaseRecall) -> LeaseReturn | None:
+        returns = self.book.recall(message.counters)
+        return LeaseReturn(returns=returns) if returns else None
+
+    def expired(self) -> LeaseReturn | None:
+        returns = self.book.expired(time.time())
+        return LeaseReturn(returns=returns) if returns else None
+
+    def release_all(self) -> LeaseReturn | None:
+        returns = self.book.release_all()
+        return LeaseReturn(returns=returns) if returns else None
+
+    def take_charges(self) -> list[CounterCharge]:
+        return self.book.take_charges()
+
+    # -- inside -----------------------------------------------------------------------------------
+    async def _ask(self, asks: list[CounterAsk]) -> LeaseGrant | None:
+        if self._send is None:
+            return None
+        ask_id = next(self._ids)
+        pending = self._pending[ask_id] = _PendingAsk()
+        try:
+            with trio.move_on_after(ASK_TIMEOUT):
+                await self._send(LeaseAsk(ask_id=ask_id, asks=asks))
+                await pending.done.wait()
+        finally:
+            self._pending.pop(ask_id, None)
+        if pending.answer is None:
+            log.warning("the supervisor did not answer a limits lease ask within %.0f s", ASK_TIMEOUT)
+        return pending.answer
+
+    def _refused(self, endpoint: str, asks: list[CounterAsk], answer: LeaseGrant) -> LimitRefusal:
+        worst = max(zip(asks, answer.grants), key=lambda pair: pair[1].retry_after)
+        ask, grant = worst
+        rule = ask.counter.rule
+        self.refusals[(endpoint, rule)] = self.refusals.get((endpoint, rule), 0) + 1
+        headers = retry_after_header(grant.retry_after) + rate_limit_headers(ask.limits, grant.state)
+        return LimitRefusal(429, f"rate limit of rule {rule!r} reached; retry after {grant.retry_after:.0f} s", headers, rule)
+
+    def _refused_busy(self, endpoint: str, counters: list[tuple[CounterId, Limits]]) -> LimitRefusal:
+        rule = counters[0][0].rule
+        self.refusals[(endpoint, rule)] = self.refusals.get((endpoint, rule), 0) + 1
+        return LimitRefusal(429, f"rate limit of rule {rule!r} reached; retry shortly", retry_after_header(1.0), rule)
+
+
+def _counts_tokens(limits: Limits) -> bool:
+    return bool(limits.tokens_per_minute or limits.input_tokens_per_minute or limits.output_tokens_per_minute or limits.tokens_per_day)

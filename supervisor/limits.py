@@ -1,0 +1,193 @@
+"""The supervisor's side of `[limits]`: it owns the counters (in its memory, or through Redis) and
+answers the workers' lease asks.
+
+- `LeaseAsk` → the store grants per counter → `LeaseGrant` back to the worker. When someone is
+  refused while other workers were recently granted units of the same counter, those workers get a
+  `LeaseRecall` and give back what they hold unused (their next asks find it).
+- `LeaseReturn` gives units back; `UsageReport` carries token corrections (charged to the counters)
+  and usage accounting rows (summed in the usage store); a worker that exits has its holdings
+  dropped, so a dead worker never keeps a concurrency slot.
+- With Redis, asks run concurrently (one round trip per ask batch); a Redis that cannot be reached
+  makes every grant follow `limits.on_backend_error` ("allow": granted as asked; "deny": refused with
+  `backend_error` set, which the worker answers with 503), never silently: a warning at most every
+  10 s, `llmrelay_limits_backend_errors_total`, `llmrelay_limits_backend_up 0`, and `/health` and
+  `/status` say the limits are degraded. The holders of this machine are touched every few seconds
+  so that Redis keeps their concurrency holdings, and only theirs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from llmrelay.config.resolved import ResolvedLimits
+from llmrelay.control import LeaseAsk, LeaseGrant, LeaseRecall, LeaseReturn, UsageReport
+from llmrelay.limits.local_store import LocalStore
+from llmrelay.limits.store import CounterStore, StoreUnavailable, UsageStore
+from llmrelay.limits.types import HOLDER_TTL, CounterGrant, CounterId, CounterState, Units, UsageRow
+from supervisor.redis_store import RedisStore
+from supervisor.usage import UsageTable
+from supervisor.workers import SEND_TIMEOUT, WorkerProcess
+
+log = logging.getLogger("supervisor.limits")
+
+WARN_INTERVAL = 10.0  # at most one "limits backend unreachable" warning this often
+PENDING_ROWS = 10_000  # usage rows kept for Redis while it cannot be reached
+
+
+def holder_of(worker: WorkerProcess) -> str:
+    return f"w{worker.pid}"
+
+
+class LimitsService:
+    def __init__(self) -> None:
+        self.settings = ResolvedLimits()
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.local_usage = UsageTable()
+        self.store: CounterStore = LocalStore()
+        self.redis: RedisStore | None = None
+        self.backend_errors = 0
+        self.degraded = ""  # why the limits backend is not answering ("" when it is)
+        self._warned = 0.0
+        self._workers: dict[str, WorkerProcess] = {}
+        self._pending_rows: list[UsageRow] = []
+        self._nursery: trio.Nursery | None = None
+
+    # -- config -----------------------------------------------------------------------------------
+    def configure(self, settings: ResolvedLimits) -> None:
+        """The `[limits]` of the config in service (again on every reload): the counters of rules
+        that did not change are kept; a new backend or Redis URL starts a new store."""
+        previous = self.settings
+        self.settings = settings
+        if settings.backend == "redis":
+            if self.redis is None or previous.backend != "redis" or previous.redis_url != settings.redis_url:
+                self.redis = RedisStore(settings.redis_url, self.instance)
+                self.store = self.redis
+                self.degraded = ""
+        elif not isinstance(self.store, LocalStore):
+            self.store, self.redis, self.degraded = LocalStore(), None, ""
+        self.store.retain({(rule.name, rule.version) for rule in settings.rules})
+
+    @property
+    def usage(self) -> UsageStore:
+        """Where `/usage` reads: Redis when it holds the accounts (every machine's), else this one's."""
+        return self.redis if self.redis is not None else self.local_usage
+
+    # -- the workers' messages --------------------------------------------------------------------
+    async def run(self, announce: Callable[[], Awaitable[None]]) -> None:
+        """Own the tasks of concurrent asks, keep this machine's holders alive in Redis, and
+        `announce` (the health table's broadcast) when the limits become degraded or exact again."""
+        announced = ""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            touched = time.monotonic()
+            while True:
+                await trio.sleep(1.0)
+                if self.redis is not None and self._workers and time.monotonic() - touched >= HOLDER_TTL / 6:
+                    touched = time.monotonic()
+                    try:
+                        await self.redis.touch([self._redis_holder(h) for h in self._workers])
+                    except StoreUnavailable as exc:
+                        self._backend_failed(exc)
+                if self.degraded != announced:
+                    announced = self.degraded
+                    await announce()
+
+    async def ask(self, worker: WorkerProcess, message: LeaseAsk) -> None:
+        self._workers[holder_of(worker)] = worker
+        if self.redis is None or self._nursery is None:
+            await self._answer(worker, message)  # (in memory: no wait worth a task)
+        else:
+            self._nursery.start_soon(self._answer, worker, message)
+
+    async def give_back(self, worker: WorkerProcess, message: LeaseReturn) -> None:
+        try:
+            await self.store.give_back(self._holder(worker), message.returns)
+        except StoreUnavailable as exc:
+            self._backend_failed(exc)
+
+    async def report(self, worker: WorkerProcess, message: UsageReport) -> None:
+        if message.rows:
+            await self.local_usage.add(message.rows)
+        try:
+            if message.charges:
+                await self.store.charge(message.charges)
+            if self.redis is not None:
+                rows = self._pending_rows + list(message.rows)
+                self._pending_rows = []
+                if rows:
+                    await self.redis.add(rows)
+        except StoreUnavailable as exc:
+            if self.redis is not None:
+                self._pending_rows = (self._pending_rows + list(message.rows))[-PENDING_ROWS:]
+            self._backend_failed(exc)
+
+    async def worker_gone(self, worker: WorkerProcess) -> None:
+        holder = holder_of(worker)
+        self._workers.pop(holder, None)
+        try:
+            await self.store.drop_holder(self._holder(worker))
+        except StoreUnavailable as exc:
+            self._backend_failed(exc)  # (Redis frees its holdings when they expire)
+
+    # -- answering --------------------------------------------------------------------------------
+    async def _answer(self, worker: WorkerProcess, message: LeaseAsk) -> None:
+        backend_error = ""
+        try:
+            grants = await self.store.ask(self._holder(worker), message.asks)
+            if self.degraded:
+                log.warning("limits backend answers again; limits are exact again")
+                self.degraded = ""
+        except StoreUnavailable as exc:
+            self._backend_failed(exc)
+            backend_error = str(exc)
+            grants = [self._degraded_grant(ask.counter, ask.want if self.settings.on_backend_error == "allow" else None) for ask in message.asks]
+        refused = [grant.counter for grant in grants if grant.retry_after > 0 and grant.granted == Units()]
+        if refused and not backend_error:
+            await self._recall(worker, refused)
+        with trio.move_on_after(SEND_TIMEOUT):
+            await worker.send(LeaseGrant(ask_id=message.ask_id, grants=grants, backend_error=backend_error))
+
+    async def _recall(self, refused: WorkerProcess, counters: list[CounterId]) -> None:
+        """Ask the other workers that were granted units of these counters to give back what they do
+        not use (only the local store knows who holds what)."""
+        if not counters or not isinstance(self.store, LocalStore):
+            return
+        now = time.time()
+        holders: set[str] = set()
+        for counter in counters:
+            holders.update(self.store.ledger.recent_holders(counter, now))
+        holders.discard(holder_of(refused))
+        for holder in holders:
+            worker = self._workers.get(holder)
+            if worker is not None and worker.ready.is_set():
+                with trio.move_on_after(SEND_TIMEOUT):
+                    await worker.send(LeaseRecall(counters=counters))
+
+    def _degraded_grant(self, counter: CounterId, granted: Units | None) -> CounterGrant:
+        state = CounterState(remaining=Units())
+        if granted is None:
+            return CounterGrant(counter=counter, granted=Units(), state=state, retry_after=1.0)
+        return CounterGrant(counter=counter, granted=granted, state=state)
+
+    def _backend_failed(self, exc: StoreUnavailable) -> None:
+        self.backend_errors += 1
+        self.degraded = str(exc)
+        now = time.monotonic()
+        if now - self._warned >= WARN_INTERVAL:
+            self._warned = now
+            policy = "admitting every request" if self.settings.on_backend_error == "allow" else "refusing requests with 503"
+            log.warning("limits backend unreachable (%s): %s until it answers (limits.on_backend_error)", exc, policy)
+
+    def _holder(self, worker: WorkerProcess) -> str:
+        holder = holder_of(worker)
+        return self._redis_holder(holder) if self.redis is not None else holder
+
+    def _redis_holder(self, holder: str) -> str:
+        return f"{self.instance}:{holder}"
