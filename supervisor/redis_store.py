@@ -493,7 +493,7 @@ class RedisStore:
         sums: dict[tuple[str, str, str, str], dict[str, int]] = {}
         for field, value in zip(reply[::2], reply[1::2]):
             assert isinstance(field, bytes) and isinstance(value, bytes)
-            parts = field.decode("utf-8", "replace").split(FIELD_SEPARATOR)
+            parts = _text(field).split(FIELD_SEPARATOR)
             if len(parts) != 5 or parts[4] not in USAGE_FIELDS:
                 continue  # not ours
             try:
@@ -560,6 +560,15 @@ class RedisStore:
 
     async def _execute(self, commands: list[tuple[Argument, ...]]) -> list[Reply]:
         return await self._connection_or_fail().execute(commands)
+
+
+def _text(data: bytes) -> str:
+    """The str a field was written from (lone surrogates included), or a readable one if it was
+    not written by us."""
+    try:
+        return data.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace")
 
 
 def _field_part(value: str) -> str:

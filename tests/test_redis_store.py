@@ -513,6 +513,15 @@ async def test_every_key_of_a_counter_carries_its_hash_tag_and_an_expiry(redis: 
     assert 60_000 < int(redis.command("PTTL", keys[0])) <= 600_000
 
 
+async def test_any_counter_key_is_a_counter(redis: RedisServer, make_store: StoreFactory) -> None:
+    store = make_store(redis.url)
+    limits = Limits(requests_per_minute=1)
+    odd = [CounterId("r", "v", key) for key in ("\ud800", "a}b{c", "", "x" * 2000, "é:\r\n")]
+    grants = await store.ask(A, [ask(limits, ONE, counter=counter) for counter in odd])
+    assert [g.granted for g in grants] == [ONE] * len(odd)  # five counters, not one
+    assert all(refused(g) for g in await store.ask(A, [ask(limits, ONE, counter=counter) for counter in odd]))
+
+
 async def test_states_report_the_counters_in_use_and_retain_forgets_old_rules(redis: RedisServer, make_store: StoreFactory) -> None:
     store = make_store(redis.url)
     old = CounterId("old-rule", "v0", "alice")
@@ -534,6 +543,7 @@ async def test_usage_sums_survive_every_supervisor(redis: RedisServer, make_stor
     await first.add([
         UsageRow("alice", "openai", "main", "gpt-4o", requests=1, input_tokens=5, output_tokens=1, errors=1),
         UsageRow("-", "anthropic", "a\x1fb", "claude", requests=1),
+        UsageRow("\ud800é", "e", "u", "m", errors=2),
     ])
     await first.aclose()
     second = make_store(redis.url, instance="host:2:def")  # another machine, or this one restarted
@@ -542,6 +552,7 @@ async def test_usage_sums_survive_every_supervisor(redis: RedisServer, make_stor
         UsageRow("-", "anthropic", "a b", "claude", requests=1),
         UsageRow("alice", "openai", "main", "gpt-4o", requests=3, input_tokens=105, output_tokens=21, errors=1),
         UsageRow("bob", "openai", "main", "gpt-4o", requests=1, output_tokens=7),
+        UsageRow("\ud800é", "e", "u", "m", errors=2),
     ]
 
 
