@@ -20,6 +20,7 @@ the next call reconnects, after a backoff of 0.1 s doubling to 5 s during which 
 
 from __future__ import annotations
 
+import itertools
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -133,10 +134,15 @@ class RedisConnection:
         """Replies in the order of the commands (an error reply is a value, not raised)."""
         return await self._in_turn(lambda: self._exchange(commands))
 
-    async def run_scripts(self, calls: list[ScriptCall]) -> list[Reply]:
+    async def run_scripts(self, calls: list[ScriptCall], first: Callable[[], list[ScriptCall]] | None = None) -> list[Reply]:
         """Each call's reply, in order, from one pipeline (more only when a script has to be loaded
-        again, or the server turns out to refuse EVALSHA)."""
-        return await self._in_turn(lambda: self._scripts(calls))
+        again, or the server turns out to refuse EVALSHA). `first()`, called once the connection
+        is this call's and up, gives calls to send before `calls` (their replies come first)."""
+
+        async def operation() -> list[Reply]:
+            return await self._scripts((first() if first is not None else []) + calls)
+
+        return await self._in_turn(operation)
 
     async def aclose(self) -> None:
         async with self._lock:
@@ -387,6 +393,10 @@ class RedisStore:
         self._holders: dict[str, dict[str, _Held]] = {}
         self._pruned = time.monotonic()
         self.clock = 0.0  # Redis's time at the last counter script (seconds)
+        # Asks whose grants the caller never learnt of (a lost reply, a batch that failed): undone
+        # at the start of the next call that reaches the server, before any new ask.
+        self._undo: dict[tuple[str, str], ScriptCall] = {}
+        self._ask_ids = itertools.count(1)
 
     @property
     def server(self) -> str:
@@ -398,23 +408,38 @@ class RedisStore:
 
     # -- CounterStore -----------------------------------------------------------------------------
     async def ask(self, holder: str, asks: list[CounterAsk]) -> list[CounterGrant]:
-        calls = []
+        """One pipeline of per-counter scripts. If it fails, no grant of it reaches the caller, so
+        every ask of it that may have run is undone (see `_undo`): a concurrency unit granted to a
+        reply that was lost would otherwise be held, and touched, for as long as the holder lives."""
+        calls, undo = [], []
+        ask_id = f"{next(self._ask_ids)}"
         for ask in asks:
             key = self._remember(ask.counter, ask.limits)
-            # Noted before the call: if the reply is lost after the script ran, `drop_holder` still
-            # knows where to look (and `touch` leaves that unknown holding to expire).
-            self._holders.setdefault(holder, {}).setdefault(key, _Held())
-            args = ["ask", holder, self._ttl(), *_limit_args(ask.limits), *_units_args(ask.need), *_units_args(ask.want)]
+            self._holders.setdefault(holder, {}).setdefault(key, _Held())  # (for `drop_holder`)
+            args = ["ask", holder, self._ttl(), *_limit_args(ask.limits), *_units_args(ask.need), *_units_args(ask.want), ask_id]
             calls.append(ScriptCall(COUNTER, key, args))
-        replies = await self._run(calls)
-        grants = []
+            undo.append(ScriptCall(COUNTER, key, ["undo", holder, self._ttl(), *_limit_args(ask.limits), ask_id]))
+        sent: list[bool] = []
+        try:
+            replies = await self._run(calls, sent)
+        except BaseException:
+            if sent:  # (else it failed before anything was written: nothing ran)
+                self._undo.update(((holder, call.key), call) for call in undo)
+            raise
+        grants, failure = [], None
         for ask, call, reply in zip(asks, calls, replies):
-            numbers = _numbers(reply, self.server)
+            try:
+                numbers = _numbers(reply, self.server)
+            except StoreUnavailable as exc:
+                failure = failure or exc
+                continue
             self.clock = numbers[17] / 1_000_000
-            refused = numbers[4] > 0
-            self._note(holder, call.key, numbers[16], granted=not refused)
+            self._note(holder, call.key, numbers[16], granted=numbers[4] == 0)
             granted = Units(requests=numbers[0], input_tokens=numbers[1], output_tokens=numbers[2], concurrent=numbers[3])
             grants.append(CounterGrant(ask.counter, granted, _state(ask.limits, numbers), retry_after=numbers[4] / 1000))
+        if failure is not None:
+            self._undo.update(((holder, call.key), call) for call in undo)
+            raise failure
         return grants
 
     async def give_back(self, holder: str, returns: list[CounterReturn]) -> None:
@@ -553,10 +578,25 @@ class RedisStore:
             raise StoreUnavailable(self._url_error)
         return self._connection
 
-    async def _run(self, calls: list[ScriptCall]) -> list[Reply]:
-        if not calls:
+    async def _run(self, calls: list[ScriptCall], sent: list[bool] | None = None) -> list[Reply]:
+        """The calls' replies, after the pending undos (`sent` gets an entry once the connection is
+        up and the calls are about to be written)."""
+        if not calls and not self._undo:
             return []
-        return await self._connection_or_fail().run_scripts(calls)
+        undone: list[ScriptCall] = []
+
+        def undo_first() -> list[ScriptCall]:
+            # Taken under the connection's lock: no ask can run between these and its own undo.
+            if sent is not None:
+                sent.append(True)
+            undone[:] = self._undo.values()
+            return list(undone)
+
+        replies = await self._connection_or_fail().run_scripts(calls, undo_first)
+        if undone:  # done (an undo that fails is not retried: it may have run)
+            sent_ids = {id(call) for call in undone}
+            self._undo = {where: call for where, call in self._undo.items() if id(call) not in sent_ids}
+        return replies[len(undone) :]
 
     async def _execute(self, commands: list[tuple[Argument, ...]]) -> list[Reply]:
         return await self._connection_or_fail().execute(commands)

@@ -364,6 +364,61 @@ async def test_a_dead_server_fails_fast_and_a_returning_one_is_used_again(redis:
     assert grant.granted == ONE  # (a fresh server: a fresh counter)
 
 
+class ReplyEater:
+    """A TCP proxy to Redis that, when told to, passes a request on and loses its reply (the
+    connection breaks after the server acted: the caller cannot know whether it did)."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.eat_next = False
+        self.port = 0
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", self.redis_port)
+        async with client, upstream, trio.open_nursery() as nursery:
+
+            async def forward() -> None:
+                async for data in client:
+                    await upstream.send_all(data)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(forward)
+            async for data in upstream:
+                if self.eat_next:
+                    self.eat_next = False
+                    break
+                await client.send_all(data)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_grant_whose_reply_was_lost_is_undone(redis: RedisServer, make_store: StoreFactory) -> None:
+    eater = ReplyEater(redis.port)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(eater.serve)
+        store = make_store(f"redis://127.0.0.1:{eater.port}/0")
+        other_machine = make_store(redis.url, instance="host:2:def")
+        limits = Limits(requests_per_minute=10, concurrent_requests=2)
+        slot = Units(requests=1, concurrent=1)
+        assert (await one(store, A, ask(limits, slot))).granted == slot  # (scripts loaded)
+        eater.eat_next = True
+        with pytest.raises(StoreUnavailable, match="closed by the server"):
+            await one(store, A, ask(limits, slot))  # granted in Redis; the answer never came
+        assert refused(await one(other_machine, C, ask(limits, slot)))  # both slots held by A
+        await trio.sleep(0.15)  # (past the backoff)
+        await store.touch([A])  # any call: the lost grant is undone first
+        assert (await one(other_machine, C, ask(limits, slot))).granted == slot
+        assert refused(await one(other_machine, C, ask(limits, slot)))  # A's first slot is still its own
+        states = await other_machine.states()
+        assert [s.remaining.requests for c, s in states if c == ALICE] == [8]  # 10 - A's 1 - C's 1: the lost one is back
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_server_that_never_answers_is_a_timeout_not_a_hang(make_store: StoreFactory) -> None:
     accepted: list[trio.SocketStream] = []
 

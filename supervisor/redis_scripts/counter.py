@@ -13,12 +13,17 @@ Hash fields:
   the holder is heard from again (every script that sees an expired holding deletes it: a machine
   that died frees its share by itself);
 - `a:<holder>`: when a holder was last granted units (holders granted within 60 s are the active
-  ones that share what is left).
+  ones that share what is left);
+- `u:<holder>`: the holder's last grant here, "<ask id> <requests> <input> <output> <concurrent>",
+  so that a grant whose answer was lost can be undone rather than held for as long as the holder
+  lives.
 
 KEYS[1] is the counter. ARGV: op, holder, holder_ttl, the six limits (requests, tokens, input,
 output per minute, concurrent, tokens per day; 0 is unlimited), then per op:
-- `ask`: need then want (requests, input tokens, output tokens, concurrent);
+- `ask`: need then want (requests, input tokens, output tokens, concurrent), then the ask's id;
 - `give`: units given back (the same four);
+- `undo`: an ask's id: if it was this holder's last granted ask here, what it granted comes back
+  (the caller never learnt of the grant: its reply was lost, or its batch failed elsewhere);
 - `charge`: input and output tokens beyond (or, negative, short of) what was taken;
 - `drop`: the holder's holdings are freed; `touch`: its holding's expiry is renewed;
 - `state`: nothing is written.
@@ -100,10 +105,30 @@ for f, v in pairs(h) do
   end
 end
 for _, f in ipairs(removed) do h[f] = nil end
+-- A grant's record outlives neither its holder's holding nor its holder's activity.
+for f, _ in pairs(h) do
+  if string.sub(f, 1, 2) == 'u:' then
+    local who = string.sub(f, 3)
+    if h['h:' .. who] == nil and h['a:' .. who] == nil then removed[#removed + 1] = f end
+  end
+end
+for _, f in ipairs(removed) do h[f] = nil end
 local mine = tonumber(h['h:' .. holder] or '') or 0
 local set = {}
 local function put(f, v) set[#set + 1] = f; set[#set + 1] = string.format('%.17g', v) end
 local function del(f) removed[#removed + 1] = f end
+local function give(units)
+  units.t = units.i + units.o
+  for _, d in ipairs(DIMS) do
+    if cap[d] > 0 then level[d] = math.min(cap[d], level[d] + units[d]) end
+  end
+  if day_limit > 0 then day_used = math.max(0, day_used - units.t) end
+  if conc_limit > 0 then
+    local back = math.min(mine, units.c)
+    mine = mine - back
+    held = held - back
+  end
+end
 
 local granted = {r = 0, i = 0, o = 0, c = 0}
 local wait = 0
@@ -156,18 +181,18 @@ if op == 'ask' then
     if day_limit > 0 then day_used = day_used + tokens end
     if conc_limit > 0 then mine = mine + granted.c; held = held + granted.c end
     put('a:' .. holder, now)
+    set[#set + 1] = 'u:' .. holder
+    set[#set + 1] = table.concat({ARGV[18] or '', granted.r, granted.i, granted.o, granted.c}, ' ')
   end
 elseif op == 'give' then
-  local units = {r = n(10), i = n(11), o = n(12), c = n(13)}
-  units.t = units.i + units.o
-  for _, d in ipairs(DIMS) do
-    if cap[d] > 0 then level[d] = math.min(cap[d], level[d] + units[d]) end
-  end
-  if day_limit > 0 then day_used = math.max(0, day_used - units.t) end
-  if conc_limit > 0 then
-    local back = math.min(mine, units.c)
-    mine = mine - back
-    held = held - back
+  give({r = n(10), i = n(11), o = n(12), c = n(13)})
+elseif op == 'undo' then
+  -- The ask ARGV[10] of this holder ran but its answer never reached the caller: give it back.
+  local record = {}
+  for word in string.gmatch(h['u:' .. holder] or '', '%S+') do record[#record + 1] = word end
+  if record[1] == ARGV[10] and #record == 5 then
+    give({r = tonumber(record[2]), i = tonumber(record[3]), o = tonumber(record[4]), c = tonumber(record[5])})
+    del('u:' .. holder)
   end
 elseif op == 'charge' then
   local input = tonumber(ARGV[10]) or 0
@@ -181,12 +206,14 @@ elseif op == 'drop' then
   held = held - mine
   mine = 0
   del('a:' .. holder)
+  del('u:' .. holder)
 end
 
--- Write back (a state read writes nothing; drop and touch never create a counter).
-if op == 'ask' or op == 'give' or op == 'charge' or ((op == 'drop' or op == 'touch') and exists) then
+-- Write back (a state read writes nothing; drop, touch and undo never create a counter).
+local counts = op == 'ask' or op == 'give' or op == 'charge' or (op == 'undo' and exists)
+if counts or ((op == 'drop' or op == 'touch') and exists) then
   local ttl = 120
-  if op == 'ask' or op == 'give' or op == 'charge' then
+  if counts then
     put('ts', now)
     for _, d in ipairs(DIMS) do
       if cap[d] > 0 then
@@ -200,7 +227,7 @@ if op == 'ask' or op == 'give' or op == 'charge' or ((op == 'drop' or op == 'tou
       if day_used > 0 then ttl = math.max(ttl, to_midnight + 60) end
     end
   end
-  if conc_limit > 0 or op == 'drop' or op == 'touch' then
+  if conc_limit > 0 or op == 'drop' or op == 'touch' or op == 'undo' then
     if mine > 0 then
       put('h:' .. holder, mine)
       put('x:' .. holder, now + holder_ttl)
@@ -213,7 +240,7 @@ if op == 'ask' or op == 'give' or op == 'charge' or ((op == 'drop' or op == 'tou
   if latest_expiry > 0 then ttl = math.max(ttl, latest_expiry - now + 60) end
   if #removed > 0 then redis.call('HDEL', key, unpack(removed)) end
   if #set > 0 then redis.call('HSET', key, unpack(set)) end
-  if op == 'ask' or op == 'give' or op == 'charge' then
+  if counts then
     redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
   elseif redis.call('EXISTS', key) == 1 and redis.call('PTTL', key) < ttl * 1000 then
     redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
