@@ -38,7 +38,8 @@ from supervisor.workers import SEND_TIMEOUT, WorkerProcess
 log = logging.getLogger("supervisor.limits")
 
 WARN_INTERVAL = 10.0  # at most one "limits backend unreachable" warning this often
-PENDING_ROWS = 10_000  # usage rows kept for Redis while it cannot be reached
+PENDING_ROWS = 10_000
+RECALL_WAIT = 0.2  # how long a refused ask waits for the other workers to give back unused units  # usage rows kept for Redis while it cannot be reached
 
 
 def holder_of(worker: WorkerProcess) -> str:
@@ -58,6 +59,7 @@ class LimitsService:
         self._workers: dict[str, WorkerProcess] = {}
         self._pending_rows: list[UsageRow] = []
         self._nursery: trio.Nursery | None = None
+        self._recalls: list[tuple[set[str], trio.Event]] = []  # holders still to answer a recall
 
     # -- config -----------------------------------------------------------------------------------
     def configure(self, settings: ResolvedLimits) -> None:
@@ -101,16 +103,22 @@ class LimitsService:
 
     async def ask(self, worker: WorkerProcess, message: LeaseAsk) -> None:
         self._workers[holder_of(worker)] = worker
-        if self.redis is None or self._nursery is None:
-            await self._answer(worker, message)  # (in memory: no wait worth a task)
-        else:
+        if self._nursery is None:
+            await self._answer(worker, message)
+        else:  # (an answer may wait for Redis, or for a recall: never in the worker's message loop)
             self._nursery.start_soon(self._answer, worker, message)
 
     async def give_back(self, worker: WorkerProcess, message: LeaseReturn) -> None:
         try:
-            await self.store.give_back(self._holder(worker), message.returns)
+            if message.returns:
+                await self.store.give_back(self._holder(worker), message.returns)
         except StoreUnavailable as exc:
             self._backend_failed(exc)
+        holder = holder_of(worker)
+        for waiting, answered in self._recalls:  # (a recall waits for every worker it asked)
+            waiting.discard(holder)
+            if not waiting:
+                answered.set()
 
     async def report(self, worker: WorkerProcess, message: UsageReport) -> None:
         if message.rows:
@@ -139,36 +147,50 @@ class LimitsService:
     # -- answering --------------------------------------------------------------------------------
     async def _answer(self, worker: WorkerProcess, message: LeaseAsk) -> None:
         backend_error = ""
+        asks = message.asks
         try:
-            grants = await self.store.ask(self._holder(worker), message.asks)
+            grants = await self.store.ask(self._holder(worker), asks)
             if self.degraded:
                 log.warning("limits backend answers again; limits are exact again")
                 self.degraded = ""
+            refused = [index for index, grant in enumerate(grants) if grant.retry_after > 0 and grant.granted == Units()]
+            if refused and await self._recall(worker, [asks[index].counter for index in refused]):
+                again = await self.store.ask(self._holder(worker), [asks[index] for index in refused])
+                for index, grant in zip(refused, again):
+                    grants[index] = grant
         except StoreUnavailable as exc:
             self._backend_failed(exc)
             backend_error = str(exc)
-            grants = [self._degraded_grant(ask.counter, ask.want if self.settings.on_backend_error == "allow" else None) for ask in message.asks]
-        refused = [grant.counter for grant in grants if grant.retry_after > 0 and grant.granted == Units()]
-        if refused and not backend_error:
-            await self._recall(worker, refused)
+            allow = self.settings.on_backend_error == "allow"
+            grants = [self._degraded_grant(ask.counter, ask.want if allow else None) for ask in asks]
         with trio.move_on_after(SEND_TIMEOUT):
             await worker.send(LeaseGrant(ask_id=message.ask_id, grants=grants, backend_error=backend_error))
 
-    async def _recall(self, refused: WorkerProcess, counters: list[CounterId]) -> None:
-        """Ask the other workers that were granted units of these counters to give back what they do
-        not use (only the local store knows who holds what)."""
-        if not counters or not isinstance(self.store, LocalStore):
-            return
+    async def _recall(self, refused: WorkerProcess, counters: list[CounterId]) -> bool:
+        """The other workers granted units of these counters lately give back what they do not
+        use; True once they all answered (or RECALL_WAIT passed) when there was anyone to ask.
+        (Only the local store knows who holds what; across machines, leases lapse by themselves.)"""
+        if not isinstance(self.store, LocalStore):
+            return False
         now = time.time()
         holders: set[str] = set()
         for counter in counters:
             holders.update(self.store.ledger.recent_holders(counter, now))
         holders.discard(holder_of(refused))
-        for holder in holders:
-            worker = self._workers.get(holder)
-            if worker is not None and worker.ready.is_set():
+        asked = {h for h in holders if (w := self._workers.get(h)) is not None and w.ready.is_set() and w.active}
+        if not asked:
+            return False
+        waiter = (set(asked), trio.Event())
+        self._recalls.append(waiter)
+        try:
+            for holder in asked:
                 with trio.move_on_after(SEND_TIMEOUT):
-                    await worker.send(LeaseRecall(counters=counters))
+                    await self._workers[holder].send(LeaseRecall(counters=counters))
+            with trio.move_on_after(RECALL_WAIT):
+                await waiter[1].wait()
+        finally:
+            self._recalls.remove(waiter)
+        return True
 
     def _degraded_grant(self, counter: CounterId, granted: Units | None) -> CounterGrant:
         state = CounterState(remaining=Units())

@@ -152,7 +152,7 @@ class LeaseBook:
             if ((r or i or o) and now >= lease.expires) or lease.requests < r or lease.input_tokens < i or lease.output_tokens < o or lease.free < c:
                 if short is None:
                     short = []
-                short.append(self._ask(lease, Units(r, i, o, c)))
+                short.append(self._ask(lease, Units(r, i, o, c), now))
         if short is not None:
             return short
         parts: list[Taken] = []
@@ -176,11 +176,25 @@ class LeaseBook:
             parts.append(Taken(lease, r, i, o, c))
         return Admission(parts)
 
-    def _ask(self, lease: Lease, need: Units) -> CounterAsk:
-        """Ask for `need` now and about BATCH_SECONDS' worth at this worker's recent rate. Slots are
-        never batched: a slot held idle here is one another worker is refused."""
+    def _ask(self, lease: Lease, full: Units, now: float) -> CounterAsk:
+        """Ask for what the request lacks beyond what the lease holds (all of it when the lease has
+        lapsed), and for about BATCH_SECONDS' worth at this worker's recent rate. Slots are never
+        batched: a slot held idle here is one another worker is refused."""
+        live = now < lease.expires
+        held_r, held_i, held_o = (lease.requests, lease.input_tokens, lease.output_tokens) if live else (0, 0, 0)
+        need = Units(
+            max(0, full.requests - held_r),
+            max(0, full.input_tokens - held_i),
+            max(0, full.output_tokens - held_o),
+            max(0, full.concurrent - lease.free),
+        )
         batch = min(MAX_BATCH, max(1, math.ceil(lease.rate * BATCH_SECONDS)))
-        want = Units(need.requests * batch, need.input_tokens * batch, need.output_tokens * batch, need.concurrent)
+        want = Units(
+            max(need.requests, full.requests * batch - held_r),
+            max(need.input_tokens, full.input_tokens * batch - held_i),
+            max(need.output_tokens, full.output_tokens * batch - held_o),
+            need.concurrent,
+        )
         return CounterAsk(counter=lease.counter, limits=lease.limits, need=need, want=want)
 
     def granted(self, asks: list[CounterAsk], grants: list[CounterGrant], now: float) -> bool:

@@ -105,7 +105,9 @@ class Admissions:
                 if answer is None:
                     return None  # admitted with nothing to count it against
             if not self.book.granted(result, answer.grants, time.time()):
-                return self._refused(facts.endpoint, result, answer)
+                if answer.backend_error or any(grant.retry_after > 0 for grant in answer.grants):
+                    return self._refused(facts.endpoint, result, answer)
+                # (granted, but a lease lapsed meanwhile: ask again for the whole need)
         return self._refused_busy(facts.endpoint, counters)
 
     def finish(self, admission: Admission | None, usage: dict[str, int] | None) -> None:
@@ -132,9 +134,10 @@ class Admissions:
             pending.answer = message
             pending.done.set()
 
-    def recalled(self, message: LeaseRecall) -> LeaseReturn | None:
-        returns = self.book.recall(message.counters)
-        return LeaseReturn(returns=returns) if returns else None
+    def recalled(self, message: LeaseRecall) -> LeaseReturn:
+        """Give back the unused units of the recalled counters (an empty return still answers: the
+        supervisor waits for every recalled worker before it asks the counters again)."""
+        return LeaseReturn(returns=self.book.recall(message.counters))
 
     def expired(self) -> LeaseReturn | None:
         returns = self.book.expired(time.time())

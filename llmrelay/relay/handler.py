@@ -82,9 +82,9 @@ class Relay:
         usage: UsageRecorder | None = None,
     ) -> None:
         self.runtime = runtime
-        self.recorder = recorder or MetricsRecorder()
-        self.admissions = admissions or Admissions()
-        self.usage = usage or UsageRecorder()
+        self.recorder = MetricsRecorder() if recorder is None else recorder
+        self.admissions = Admissions() if admissions is None else admissions
+        self.usage = UsageRecorder() if usage is None else usage  # (an empty recorder is falsy: it has a len)
         self._health = health
         self._observer = observer
         self._responses = responses

@@ -36,9 +36,8 @@ class Accounts:
         return isinstance(message, LeaseRecall)
 
     async def recall(self, message: LeaseRecall) -> None:
-        returned = self.admissions.recalled(message)
-        if returned is not None and self._send is not None:
-            await self._send(returned)
+        if self._send is not None:
+            await self._send(self.admissions.recalled(message))
 
     async def run(self) -> None:
         """Give back expired leases and send corrections and usage, until cancelled."""
