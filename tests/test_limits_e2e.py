@@ -239,9 +239,11 @@ def test_a_concurrency_slot_is_released_on_every_path(mock: MockProvider, start_
                 headers={"authorization": f"Bearer {ALICE}", "x-mock-delay": "0.5", "x-mock-events": "20"},
             ) as streaming:
                 assert streaming.status_code == 200
-                next(streaming.iter_bytes())
+                chunks = streaming.iter_bytes()
+                next(chunks)
                 # a second request while the first holds the slot is refused
                 assert post(relay).status_code == 429
+                chunks.close()  # (the client goes away mid-stream)
         assert mock.wait_for_disconnect(10)
     assert wait_until(lambda: post(relay).status_code == 200, timeout=5)
 

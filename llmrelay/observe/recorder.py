@@ -59,6 +59,19 @@ class _Histogram:
         self.count += 1
 
 
+class _PairStats:
+    """What the requests of one (endpoint, upstream) added since the last delta: one lookup per
+    request finds all of it."""
+
+    __slots__ = ("requests", "durations", "ttfb", "events")
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str], int] = {}  # (status class, streamed) -> requests
+        self.durations = _Histogram(catalog.DURATION_BUCKETS)
+        self.ttfb = _Histogram(catalog.TTFB_BUCKETS)
+        self.events = 0
+
+
 class ModelLabels:
     """A model name as a label: itself when one of `[server.metrics] models` globs matches, else "other"."""
 
@@ -86,10 +99,7 @@ class MetricsRecorder:
         self.enabled = True
         self.model_label = ModelLabels(())
         self.configure(settings or MetricsSection())
-        self._requests: dict[tuple[str, str, str, str], int] = {}
-        self._durations: dict[tuple[str, str], _Histogram] = {}
-        self._ttfb: dict[tuple[str, str], _Histogram] = {}
-        self._events: dict[tuple[str, str], int] = {}
+        self._pairs: dict[tuple[str, str], _PairStats] = {}
         self._attempts: dict[tuple[str, str, str], int] = {}
         self._tokens: dict[tuple[str, str, str], int] = {}
         self._bytes_in = 0
@@ -108,23 +118,20 @@ class MetricsRecorder:
         """One request ended (answered, failed or refused): everything it adds, at once."""
         if not self.enabled:
             return
-        endpoint, upstream = record.endpoint, record.upstream
+        endpoint = record.endpoint
+        pair = (endpoint, record.upstream)
+        stats = self._pairs.get(pair)
+        if stats is None:
+            stats = self._pairs[pair] = _PairStats()
         status = record.status
-        key = (endpoint, upstream, _STATUS_CLASSES[status] if 0 <= status < 600 else "error", _STREAMED[record.streamed])
-        requests = self._requests
+        key = (_STATUS_CLASSES[status] if 0 <= status < 600 else "error", _STREAMED[record.streamed])
+        requests = stats.requests
         requests[key] = requests.get(key, 0) + 1
-        pair = (endpoint, upstream)
-        durations = self._durations.get(pair)
-        if durations is None:
-            durations = self._durations[pair] = _Histogram(catalog.DURATION_BUCKETS)
-        durations.observe(record.finished - record.started)
+        stats.durations.observe(record.finished - record.started)
         if record.first_byte is not None:
-            ttfb = self._ttfb.get(pair)
-            if ttfb is None:
-                ttfb = self._ttfb[pair] = _Histogram(catalog.TTFB_BUCKETS)
-            ttfb.observe(record.first_byte - record.started)
+            stats.ttfb.observe(record.first_byte - record.started)
         if record.events:
-            self._events[pair] = self._events.get(pair, 0) + record.events
+            stats.events += record.events
         if record.attempt_log:
             attempts = self._attempts
             for attempt_upstream, outcome in record.attempt_log:
@@ -152,10 +159,15 @@ class MetricsRecorder:
         if not self.enabled:
             return None
         counters: list[CounterDelta] = []
-        for labels4, count in self._requests.items():
-            counters.append(CounterDelta(catalog.REQUESTS.name, list(labels4), count))
-        for pair, value in self._events.items():
-            counters.append(CounterDelta(catalog.STREAM_EVENTS.name, list(pair), value))
+        histograms: list[HistogramDelta] = []
+        for (endpoint, upstream), stats in self._pairs.items():
+            for (status_class, streamed), count in stats.requests.items():
+                counters.append(CounterDelta(catalog.REQUESTS.name, [endpoint, upstream, status_class, streamed], count))
+            if stats.events:
+                counters.append(CounterDelta(catalog.STREAM_EVENTS.name, [endpoint, upstream], stats.events))
+            for name, histogram in ((catalog.REQUEST_DURATION.name, stats.durations), (catalog.TIME_TO_FIRST_BYTE.name, stats.ttfb)):
+                if histogram.count:
+                    histograms.append(HistogramDelta(name, [endpoint, upstream], histogram.counts, histogram.sum, histogram.count))
         for labels3, value in self._attempts.items():
             counters.append(CounterDelta(catalog.UPSTREAM_ATTEMPTS.name, list(labels3), value))
         for labels3, value in self._tokens.items():
@@ -174,18 +186,12 @@ class MetricsRecorder:
             if grown > 0:
                 counters.append(CounterDelta(catalog.LIMIT_REFUSALS.name, list(pair), grown))
                 self._refusals_seen[pair] = total
-        histograms = [
-            HistogramDelta(name, list(pair), histogram.counts, histogram.sum, histogram.count)
-            for name, table in ((catalog.REQUEST_DURATION.name, self._durations), (catalog.TIME_TO_FIRST_BYTE.name, self._ttfb))
-            for pair, histogram in table.items()
-        ]
         changed: list[GaugeValue] = []
         for name, gauge_labels, gauge in gauges:
             if self._gauges_sent.get((name, gauge_labels)) != gauge:
                 self._gauges_sent[(name, gauge_labels)] = gauge
                 changed.append(GaugeValue(name, list(gauge_labels), gauge))
-        self._requests, self._events, self._attempts, self._tokens = {}, {}, {}, {}
-        self._durations, self._ttfb = {}, {}
+        self._pairs, self._attempts, self._tokens = {}, {}, {}
         self._bytes_in = self._bytes_out = 0
         if not (counters or histograms or changed):
             return None

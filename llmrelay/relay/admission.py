@@ -28,6 +28,7 @@ from llmrelay.limits.estimate import estimate
 from llmrelay.limits.headers import rate_limit_headers, retry_after_header
 from llmrelay.limits.leases import Admission, LeaseBook
 from llmrelay.limits.rules import RequestFacts, RuleSet
+from llmrelay.observe.stream_usage import InjectedUsageFilter, add_include_usage
 from llmrelay.limits.types import CounterAsk, CounterCharge, CounterId, Limits, Units
 from llmrelay.proto.messages import Headers
 
@@ -109,6 +110,15 @@ class Admissions:
                     return self._refused(facts.endpoint, result, answer)
                 # (granted, but a lease lapsed meanwhile: ask again for the whole need)
         return self._refused_busy(facts.endpoint, counters)
+
+    def stream_usage_asked(self, provider: str, path: str, body: bytes) -> tuple[bytes, InjectedUsageFilter] | None:
+        """With `limits.inject_stream_usage`: an OpenAI streamed chat completion that did not ask for
+        its usage gets `stream_options.include_usage` (the body to send instead), and the filter
+        that keeps the extra usage out of what the client sees."""
+        if not self.settings.inject_stream_usage or provider != "openai" or not path.endswith("/chat/completions"):
+            return None
+        asked = add_include_usage(body)
+        return None if asked is None else (asked, InjectedUsageFilter())
 
     def finish(self, admission: Admission | None, usage: dict[str, int] | None) -> None:
         """The request ended (on any path): give back its concurrency unit, and correct the

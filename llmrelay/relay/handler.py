@@ -42,7 +42,7 @@ from llmrelay.relay.admission import Admissions, LimitRefusal
 from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts
 from llmrelay.relay.connect import ConnectTunnels
 from llmrelay.relay.credentials import identify_relay_key
-from llmrelay.relay.headers import client_response_headers, request_id_for
+from llmrelay.relay.headers import client_response_headers, request_id_for, with_whole_body
 from llmrelay.relay.observer import UpstreamObserver
 from llmrelay.relay.policy import Refused
 from llmrelay.relay.providers import error_format, error_response, sse_error_event
@@ -228,9 +228,14 @@ class Relay:
                 await self._send_error(exchange, endpoint.provider, decision.status, decision.message, record, decision.headers)
                 return
             admission = decision
+        usage_asked = admissions.stream_usage_asked(endpoint.provider, path, body) if isinstance(body, bytes) else None
+        if usage_asked is not None:  # (`limits.inject_stream_usage`)
+            body = usage_asked[0]
+            head = with_whole_body(head, body)
         attempts = Attempts(endpoint, self._observer, relay_key, body, record.started)
         active = ActiveResponse(exchange)
         active.extra_headers = admissions.success_headers(admission)
+        active.rewrite = None if usage_asked is None else usage_asked[1]
         self._responses.add(active)
         try:
             while True:
@@ -375,6 +380,8 @@ class Relay:
             out_headers += active.extra_headers
         active.sse = sse
         record.streamed = sse or not has_length
+        if active.rewrite is not None and (not sse or has_length):
+            active.rewrite = None  # (only an event stream of no announced length may change on its way)
         try:
             await exchange.send_head(response.status, out_headers)
         except InvalidResponseHead as exc:

@@ -12,7 +12,9 @@ import itertools
 import os
 import re
 
-from llmrelay.proto.messages import Headers
+import msgspec
+
+from llmrelay.proto.messages import Headers, RequestHead
 
 HOP_BY_HOP = frozenset(
     {
@@ -148,3 +150,12 @@ def client_response_headers(headers: Headers, request_id: str) -> tuple[Headers,
     if not has_request_id:
         out.append((b"x-request-id", request_id.encode("ascii")))
     return out, sse, has_length
+
+
+def with_whole_body(head: RequestHead, body: bytes, headers: Headers | None = None) -> RequestHead:
+    """`head` (with `headers` instead of its own, when given) for a body now held whole: its
+    Content-Length says the body's length and no Transfer-Encoding is left."""
+    kept = [field for field in (head.headers if headers is None else headers) if field[0] != b"content-length" and field[0] != b"transfer-encoding"]
+    kept.append((b"content-length", str(len(body)).encode()))
+    return msgspec.structs.replace(head, headers=kept, body_length=len(body))
+

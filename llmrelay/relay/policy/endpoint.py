@@ -21,6 +21,7 @@ from llmrelay.config.resolved import ResolvedEndpoint
 from llmrelay.io.logsafe import one_line
 from llmrelay.proto.errors import ClientDisconnected
 from llmrelay.proto.messages import Headers, RequestHead
+from llmrelay.relay.headers import with_whole_body
 from llmrelay.relay.observer import UpstreamObserver
 from llmrelay.relay.policy import bodies, rewrite
 from llmrelay.relay.policy.cors import CorsPolicy
@@ -144,9 +145,7 @@ class EndpointPolicy:
         if body is not None:
             if request.changed and request.body is not None:
                 body = msgspec.json.encode(request.body)
-            headers = [field for field in headers if field[0] != b"content-length" and field[0] != b"transfer-encoding"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            head = msgspec.structs.replace(head, headers=headers, body_length=len(body))
+            head = with_whole_body(head, body, headers)
         elif headers != head.headers:
             head = msgspec.structs.replace(head, headers=headers)
         return Prepared(head, request.path, body)
