@@ -27,6 +27,7 @@ from llmrelay.relay.runtime import RelayRuntime
 from llmrelay.worker.health import health_view
 from supervisor.health import HealthBoard
 from supervisor.metrics import LiveState, MetricsTotals
+from supervisor.limits import LimitsService
 from supervisor.slots import SlotTable
 from supervisor.status import ActionStatus, StatusFile
 
@@ -46,16 +47,19 @@ class _ConfigView:
 
 
 class AdminViews:
-    def __init__(self, table: SlotTable, board: HealthBoard, totals: MetricsTotals, status: StatusFile) -> None:
+    def __init__(
+        self, table: SlotTable, board: HealthBoard, totals: MetricsTotals, status: StatusFile, limits: LimitsService | None = None
+    ) -> None:
         self.table = table
         self.board = board
         self.totals = totals
         self.status = status
+        self.limits = limits if limits is not None else LimitsService()
         self.started = time.time()
 
     def health_table(self) -> HealthTable:
         workers = sorted(self.table.workers, key=lambda w: (w.slot, w.started))
-        return self.board.table(self.table.generation, [w.info() for w in workers], time.time())
+        return self.board.table(self.table.generation, [w.info() for w in workers], time.time(), self.limits.degraded)
 
     def health(self, target: str = "/health") -> tuple[int, dict[str, object]]:
         """The status code and payload of `/health` (`/health?endpoint=NAME`)."""
@@ -79,7 +83,8 @@ class AdminViews:
             worker = slot.worker
             if worker is not None and worker.stats is not None and not worker.exited.is_set():
                 rss.append((slot.index, worker.stats.rss_bytes))
-        return LiveState(healthy, rss)
+        limits = self.limits
+        return LiveState(healthy, rss, limits.settings.backend, not limits.degraded, limits.backend_errors)
 
     def status_document(self) -> dict[str, object]:
         now = time.time()
@@ -143,6 +148,17 @@ class AdminViews:
             "endpoints": endpoints,
             "last_reload": _action(self.status.reload),
             "last_restart": _action(self.status.restart),
+            "limits": self._limits(),
+        }
+
+    def _limits(self) -> dict[str, object]:
+        limits = self.limits
+        return {
+            "backend": limits.settings.backend,
+            "redis": limits.settings.redacted_url() if limits.settings.backend == "redis" else None,
+            "rules": [rule.name for rule in limits.settings.rules],
+            "degraded": limits.degraded or None,
+            "backend_errors": limits.backend_errors,
         }
 
 

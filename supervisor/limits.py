@@ -67,6 +67,7 @@ class LimitsService:
         that did not change are kept; a new backend or Redis URL starts a new store."""
         previous = self.settings
         self.settings = settings
+        old = self.redis
         if settings.backend == "redis":
             if self.redis is None or previous.backend != "redis" or previous.redis_url != settings.redis_url:
                 self.redis = RedisStore(settings.redis_url, self.instance)
@@ -74,6 +75,8 @@ class LimitsService:
                 self.degraded = ""
         elif not isinstance(self.store, LocalStore):
             self.store, self.redis, self.degraded = LocalStore(), None, ""
+        if old is not None and old is not self.redis and self._nursery is not None:
+            self._nursery.start_soon(old.aclose)  # (the previous Redis connection, closed off the reload's path)
         self.store.retain({(rule.name, rule.version) for rule in settings.rules})
 
     @property

@@ -123,7 +123,7 @@ async def _run_parts(table: SlotTable, status: StatusFile, config_path: Path | N
     limits = LimitsService()
     limits.configure(table.config.limits)
     watcher = Watcher(table, board, totals, limits)
-    admin = Admin(AdminViews(table, board, totals, status), table, status, usage=lambda: limits.usage)
+    admin = Admin(AdminViews(table, board, totals, status, limits), table, status, usage=lambda: limits.usage)
     checks = ActiveChecks(board, watcher.apply, table.config)
     load = functools.partial(load_config, config_path, overrides)
     with trio.open_signal_receiver(*SIGNALS) as signals:
