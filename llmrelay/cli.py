@@ -86,6 +86,15 @@ def summary(config: RelayConfig) -> list[str]:
         f"workers: {server.workers}  http2: {'on' if server.http2.enabled else 'off'}"
         + (f"  connect: {len(server.connect.allow)} destinations" if server.connect.enabled else "")
     )
+    limits = config.limits
+    if limits.rules or limits.backend != "local":
+        lines.append(
+            f"limits: {len(limits.rules)} rule(s)  backend={limits.backend}"
+            + (f" ({limits.redacted_url()})" if limits.backend == "redis" else "")
+            + f"  on_backend_error={limits.on_backend_error}"
+            + ("  inject_stream_usage" if limits.inject_stream_usage else "")
+        )
+        lines += [f"  rule {rule.name}: per {rule.per}{':' + rule.per_header if rule.per_header else ''}" for rule in limits.rules]
     lines.append("endpoints:")
     for endpoint in config.endpoints:
         route = f"/{endpoint.name}/"

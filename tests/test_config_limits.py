@@ -398,6 +398,8 @@ def test_check_config_accepts_the_example() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
     assert all(value not in result.stdout for value in EXAMPLE_ENV.values())
+    assert "limits: 5 rule(s)  backend=local  on_backend_error=allow" in result.stdout
+    assert "  rule per-user: per header:x-end-user" in result.stdout
 
 
 def test_check_config_names_a_limits_error() -> None:

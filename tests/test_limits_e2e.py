@@ -69,7 +69,8 @@ def usage(admin_port: int, by: str | None = None) -> dict[str, Any]:
 
 
 def test_four_workers_admit_exactly_the_limit_and_refuse_the_rest_in_openai_shape(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
-    config = KEYS + endpoints(mock) + rule("per-key", per="relay_key", requests_per_minute=10)
+    port = free_port()
+    config = KEYS + admin(port) + endpoints(mock) + rule("per-key", per="relay_key", requests_per_minute=10)
     relay = start_relay(config, workers=4)
     answers = run_load(lambda client, index: post(relay, client=client), count=50, concurrency=50)
     statuses = sorted(a.status_code for a in answers)
@@ -87,6 +88,8 @@ def test_four_workers_admit_exactly_the_limit_and_refuse_the_rest_in_openai_shap
     assert int(admitted.headers["x-ratelimit-remaining-requests"]) < 10
     # bob has a counter of his own
     assert post(relay, key=BOB).status_code == 200
+    refusals = 'llmrelay_limit_refusals_total{endpoint="oai",rule="per-key"} 40.0'
+    assert wait_until(lambda: refusals in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text, timeout=10)
 
 
 def test_sdks_raise_their_rate_limit_errors_in_each_provider_shape(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
