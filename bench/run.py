@@ -231,7 +231,7 @@ def build_cases(args: argparse.Namespace, scenarios: list[str], wrk: bool) -> tu
 
 def make_targets(
     mock: MockServer, workers: list[int], nginx: bool, workdir: Path, baseline: Path | None = None, upstreams: int = 1,
-    scenario: str = "json", observed: bool = False,
+    scenario: str = "json", observed: bool = False, limited: bool = False,
 ) -> list[Target]:
     if scenario in PROTOCOL_SCENARIOS:  # the first worker count only: CPU per request hardly depends on it
         return tls_targets.protocol_targets(scenario, mock, workers[0], nginx and tls_targets.ListenersNginx.available(), workdir)
@@ -241,6 +241,8 @@ def make_targets(
         targets += [Relay(mock, count, workdir, upstreams=upstreams) for count in workers]
     if observed:  # this tree with its JSON access log written to a file (and its metrics, on by default)
         targets += [Relay(mock, count, workdir, observed=True) for count in workers]
+    if limited:  # this tree with one limit rule on every request
+        targets += [Relay(mock, count, workdir, limited=True) for count in workers]
     if baseline is not None:
         targets += [Relay(mock, count, workdir, source=baseline) for count in workers]
     if nginx:
@@ -373,7 +375,7 @@ def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool
     workdir = new_workdir()
     failures = len(report.failures)
     try:
-        targets = make_targets(mock, args.workers, nginx, workdir, args.baseline, case.upstreams, case.scenario, args.observed)
+        targets = make_targets(mock, args.workers, nginx, workdir, args.baseline, case.upstreams, case.scenario, args.observed, args.limited)
     except TargetError as exc:
         report.failures.append(f"{case.label}: {exc}")
         return
@@ -710,6 +712,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--observed",
         action="store_true",
         help="also measure this tree with its JSON access log on, written to a file ('llmrelay+logs'; metrics are on in every row)",
+    )
+    parser.add_argument(
+        "--limited",
+        action="store_true",
+        help="also measure this tree with one per = \"relay_key\" limit rule (requests and tokens) on every request ('llmrelay+limits')",
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.md")
     parser.add_argument("--profile", action="store_true", help="run bench/profiling.py instead (py-spy on a worker)")

@@ -276,11 +276,15 @@ class Relay(Target):
         source: Path | None = None,
         upstreams: int = 1,
         observed: bool = False,
+        limited: bool = False,
     ) -> None:
         super().__init__(mock, workers)
         self.observed = observed and source is None  # JSON access log to a file (metrics are on by default)
         if self.observed:
             self.kind = "llmrelay+logs"
+        self.limited = limited and source is None  # one `per = "relay_key"` rule that never refuses
+        if self.limited:
+            self.kind = "llmrelay+limits"
         if upstreams > 1 and len(mock.ports) < upstreams:
             raise ValueError(f"{upstreams} upstreams need a mock on {upstreams} ports (it has {len(mock.ports)})")
         if not 1 <= upstreams <= len(UPSTREAM_NAMES):
@@ -303,7 +307,17 @@ class Relay(Target):
         return f"{base} ×{self.upstreams} upstreams" if self.upstreams > 1 else base
 
     def config_text(self) -> str:
-        return self.server_text() + self.admin_text() + self.endpoint_text()
+        return self.server_text() + self.admin_text() + self.endpoint_text() + self.limits_text()
+
+    def limits_text(self) -> str:
+        # The rule every request falls under, counted in requests and tokens (so each request is
+        # estimated, admitted from a lease and corrected by its usage), with limits it never reaches.
+        if not self.limited:
+            return ""
+        return (
+            '\n[[limits.rules]]\nname = "per-key"\nper = "relay_key"\n'
+            "requests_per_minute = 1000000000\ntokens_per_minute = 1000000000000\n"
+        )
 
     def admin_text(self) -> str:
         # A free admin port, so that several relays of one run never compete for 9811 (a baseline

@@ -106,10 +106,16 @@ class LimitsService:
 
     async def ask(self, worker: WorkerProcess, message: LeaseAsk) -> None:
         self._workers[holder_of(worker)] = worker
+        grants: list[CounterGrant] | None = None
+        if self.redis is None:  # in memory: answered at once, unless it waits for a recall
+            grants = await self.store.ask(holder_of(worker), message.asks)
+            if self._nursery is None or not self._refused(grants):
+                await self._send_grant(worker, message, grants, "")
+                return
         if self._nursery is None:
-            await self._answer(worker, message)
-        else:  # (an answer may wait for Redis, or for a recall: never in the worker's message loop)
-            self._nursery.start_soon(self._answer, worker, message)
+            await self._answer(worker, message, grants)
+        else:  # (waiting for Redis, or for a recall: never in the worker's message loop)
+            self._nursery.start_soon(self._answer, worker, message, grants)
 
     async def give_back(self, worker: WorkerProcess, message: LeaseReturn) -> None:
         try:
@@ -148,15 +154,17 @@ class LimitsService:
             self._backend_failed(exc)  # (Redis frees its holdings when they expire)
 
     # -- answering --------------------------------------------------------------------------------
-    async def _answer(self, worker: WorkerProcess, message: LeaseAsk) -> None:
+    async def _answer(self, worker: WorkerProcess, message: LeaseAsk, grants: list[CounterGrant] | None = None) -> None:
+        """Answer an ask (`grants`: the store's first answer, when it was already asked)."""
         backend_error = ""
         asks = message.asks
         try:
-            grants = await self.store.ask(self._holder(worker), asks)
+            if grants is None:
+                grants = await self.store.ask(self._holder(worker), asks)
             if self.degraded:
                 log.warning("limits backend answers again; limits are exact again")
                 self.degraded = ""
-            refused = [index for index, grant in enumerate(grants) if grant.retry_after > 0 and grant.granted == Units()]
+            refused = self._refused(grants)
             if refused and await self._recall(worker, [asks[index].counter for index in refused]):
                 again = await self.store.ask(self._holder(worker), [asks[index] for index in refused])
                 for index, grant in zip(refused, again):
@@ -166,6 +174,13 @@ class LimitsService:
             backend_error = str(exc)
             allow = self.settings.on_backend_error == "allow"
             grants = [self._degraded_grant(ask.counter, ask.want if allow else None) for ask in asks]
+        await self._send_grant(worker, message, grants, backend_error)
+
+    @staticmethod
+    def _refused(grants: list[CounterGrant]) -> list[int]:
+        return [index for index, grant in enumerate(grants) if grant.retry_after > 0 and grant.granted == Units()]
+
+    async def _send_grant(self, worker: WorkerProcess, message: LeaseAsk, grants: list[CounterGrant], backend_error: str) -> None:
         with trio.move_on_after(SEND_TIMEOUT):
             await worker.send(LeaseGrant(ask_id=message.ask_id, grants=grants, backend_error=backend_error))
 

@@ -36,7 +36,7 @@ from llmrelay.limits.types import (
 
 BATCH_SECONDS = LEASE_TTL / 4  # a grant asked for covers about this long at the recent rate
 MAX_BATCH = 64  # requests' worth at most in one ask
-RATE_WINDOW = 1.0  # the admission rate is measured over windows of at least this long
+RATE_WINDOW = 0.25  # the admission rate is measured over windows of at least this long
 FORGET_AFTER = 60.0  # an empty lease record unused this long is dropped (its rate is stale anyway)
 NO_STATE = CounterState(remaining=Units())
 
@@ -176,26 +176,35 @@ class LeaseBook:
             parts.append(Taken(lease, r, i, o, c))
         return Admission(parts)
 
-    def _ask(self, lease: Lease, full: Units, now: float) -> CounterAsk:
-        """Ask for what the request lacks beyond what the lease holds (all of it when the lease has
-        lapsed), and for about BATCH_SECONDS' worth at this worker's recent rate. Slots are never
-        batched: a slot held idle here is one another worker is refused."""
-        live = now < lease.expires
-        held_r, held_i, held_o = (lease.requests, lease.input_tokens, lease.output_tokens) if live else (0, 0, 0)
-        need = Units(
-            max(0, full.requests - held_r),
-            max(0, full.input_tokens - held_i),
-            max(0, full.output_tokens - held_o),
-            max(0, full.concurrent - lease.free),
-        )
+    def _ask(self, lease: Lease, need: Units, now: float) -> CounterAsk:
+        """Ask for `need` now and about BATCH_SECONDS' worth at this worker's recent rate. The whole
+        need, not what the lease lacks: concurrent requests of this worker each ask for their own,
+        so none counts on units another one is about to take. Slots are never batched: a slot held
+        idle here is one another worker is refused."""
         batch = min(MAX_BATCH, max(1, math.ceil(lease.rate * BATCH_SECONDS)))
-        want = Units(
-            max(need.requests, full.requests * batch - held_r),
-            max(need.input_tokens, full.input_tokens * batch - held_i),
-            max(need.output_tokens, full.output_tokens * batch - held_o),
-            need.concurrent,
-        )
+        want = Units(need.requests * batch, need.input_tokens * batch, need.output_tokens * batch, need.concurrent)
         return CounterAsk(counter=lease.counter, limits=lease.limits, need=need, want=want)
+
+    def refills(self, admission: Admission, now: float) -> list[CounterAsk]:
+        """Asks to send ahead of need (nothing waits on them) for the leases `admission` drew from
+        that run low: under half a batch at the recent rate left, or lapsing within a quarter of a
+        batch's time. So a busy worker's requests find units in their lease, and none waits."""
+        asks: list[CounterAsk] = []
+        for part in admission.parts:
+            lease = part.lease
+            if lease.rate <= 0 or not (part.requests or part.input_tokens or part.output_tokens):
+                continue
+            batch = min(MAX_BATCH, max(1, math.ceil(lease.rate * BATCH_SECONDS)))
+            low = (
+                (part.requests and lease.requests < part.requests * batch / 2)
+                or (part.input_tokens and lease.input_tokens < part.input_tokens * batch / 2)
+                or (part.output_tokens and lease.output_tokens < part.output_tokens * batch / 2)
+                or lease.expires - now < BATCH_SECONDS / 4
+            )
+            if low:
+                want = Units(part.requests * batch, part.input_tokens * batch, part.output_tokens * batch, 0)
+                asks.append(CounterAsk(counter=lease.counter, limits=lease.limits, need=Units(), want=want))
+        return asks
 
     def granted(self, asks: list[CounterAsk], grants: list[CounterGrant], now: float) -> bool:
         """Add the answer to the leases. True when every ask's `need` is now covered, so `admit`
@@ -207,7 +216,9 @@ class LeaseBook:
                 lease = self.leases[ask.counter] = Lease(ask.counter, ask.limits, now)
             units = grant.granted
             if units.requests or units.input_tokens or units.output_tokens:
-                if now >= lease.expires:  # a lapsed lease's units go back; the new grant opens a new one
+                if now >= lease.expires - BATCH_SECONDS / 4:
+                    # a lapsed (or lapsing) lease's units go back; the new grant opens a new one, so
+                    # that a busy worker's lease is renewed by its asks ahead of need, never lapses
                     left = Units(lease.requests, lease.input_tokens, lease.output_tokens)
                     lease.requests = lease.input_tokens = lease.output_tokens = 0
                     if _has_units(left):

@@ -67,6 +67,9 @@ class Admissions:
         self.refusals: dict[tuple[str, str], int] = {}  # (endpoint, rule) -> requests refused (metrics)
         self._send: Callable[[Message], Awaitable[None]] | None = None
         self._pending: dict[int, _PendingAsk] = {}
+        self._asking: dict[CounterId, trio.Event] = {}  # counters with an ask under way, set when answered
+        self._waiting: dict[CounterId, int] = {}  # requests waiting for that ask, by counter
+        self.nursery: trio.Nursery | None = None  # where asks ahead of need run (the worker's accounts task)
         self._ids = itertools.count(1)
 
     def configure(self, settings: ResolvedLimits) -> None:
@@ -95,11 +98,37 @@ class Admissions:
         if any(_counts_tokens(limits) for _, limits in counters):
             per_token = self.settings.chars_per_token_for(provider)
             need.input_tokens, need.output_tokens = estimate(provider, body, body_length, per_token)
-        for _ in range(ASK_ROUNDS):
+        own_units_returned = False
+        rounds = 0
+        deadline = trio.current_time() + ASK_TIMEOUT
+        while rounds < ASK_ROUNDS:
             result = self.book.admit(counters, need, time.time())
             if isinstance(result, Admission):
+                if self.nursery is not None:
+                    refills = [ask for ask in self.book.refills(result, time.time()) if ask.counter not in self._asking]
+                    if refills:
+                        self._mark_asking(refills)
+                        self.nursery.start_soon(self._refill, refills)
                 return result
-            answer = await self._ask(result)
+            under_way = [self._asking[ask.counter] for ask in result if ask.counter in self._asking]
+            if under_way:  # another request of this worker asks for these counters now: its grant may do
+                waiting = self._waiting
+                for ask in result:
+                    waiting[ask.counter] = waiting.get(ask.counter, 0) + 1
+                try:
+                    with trio.move_on_at(deadline):
+                        await under_way[0].wait()
+                finally:
+                    for ask in result:
+                        if waiting[ask.counter] > 1:
+                            waiting[ask.counter] -= 1
+                        else:
+                            del waiting[ask.counter]
+                if trio.current_time() < deadline:
+                    continue
+                return self._refused_busy(facts.endpoint, counters)
+            rounds += 1
+            answer = await self._ask([self._with_waiters(ask) for ask in result])
             if answer is None or answer.backend_error:  # the counters' owner cannot be asked
                 if self.settings.on_backend_error != "allow":
                     return LimitRefusal(503, "rate limits cannot be checked right now; try again shortly", [(b"retry-after", b"1")], "-")
@@ -107,8 +136,11 @@ class Admissions:
                     return None  # admitted with nothing to count it against
             if not self.book.granted(result, answer.grants, time.time()):
                 if answer.backend_error or any(grant.retry_after > 0 for grant in answer.grants):
+                    if not own_units_returned and await self._return_own(result, answer):
+                        own_units_returned = True
+                        continue  # (what this worker held unused is back with the counters: ask again)
                     return self._refused(facts.endpoint, result, answer)
-                # (granted, but a lease lapsed meanwhile: ask again for the whole need)
+                # (granted, but a lease lapsed meanwhile: ask again)
         return self._refused_busy(facts.endpoint, counters)
 
     def stream_usage_asked(self, provider: str, path: str, body: bytes) -> tuple[bytes, InjectedUsageFilter] | None:
@@ -162,8 +194,43 @@ class Admissions:
 
     # -- inside -----------------------------------------------------------------------------------
     async def _ask(self, asks: list[CounterAsk]) -> LeaseGrant | None:
+        """Send `asks` and wait for the answer (None: none within ASK_TIMEOUT). While it is under
+        way, other requests of this worker needing these counters wait for it instead of asking too
+        (one ask in flight per counter; its `want` covers the requests to come)."""
         if self._send is None:
             return None
+        self._mark_asking(asks)
+        try:
+            answer = await self._exchange(asks)
+        finally:
+            self._done_asking(asks)
+        if answer is None:
+            log.warning("the supervisor did not answer a limits lease ask within %.0f s", ASK_TIMEOUT)
+        return answer
+
+    def _with_waiters(self, ask: CounterAsk) -> CounterAsk:
+        """An ask that also wants units for the requests of this worker waiting on the same counter
+        (a burst before the worker knows its rate): the owner still grants no more than its share
+        of what is left, so this never admits more than the limit."""
+        waiting = self._waiting.get(ask.counter, 0)
+        need = ask.need
+        if not waiting or ask.want.requests >= need.requests * (waiting + 1):
+            return ask
+        factor = waiting + 1
+        want = Units(need.requests * factor, need.input_tokens * factor, need.output_tokens * factor, ask.want.concurrent)
+        return CounterAsk(counter=ask.counter, limits=ask.limits, need=need, want=want)
+
+    async def _refill(self, asks: list[CounterAsk]) -> None:
+        """Ask ahead for leases running low (`LeaseBook.refills`); no request waits on it."""
+        try:
+            answer = await self._exchange(asks)
+            if answer is not None and not answer.backend_error:
+                self.book.granted(asks, answer.grants, time.time())
+        finally:
+            self._done_asking(asks)
+
+    async def _exchange(self, asks: list[CounterAsk]) -> LeaseGrant | None:
+        assert self._send is not None
         ask_id = next(self._ids)
         pending = self._pending[ask_id] = _PendingAsk()
         try:
@@ -172,9 +239,29 @@ class Admissions:
                 await pending.done.wait()
         finally:
             self._pending.pop(ask_id, None)
-        if pending.answer is None:
-            log.warning("the supervisor did not answer a limits lease ask within %.0f s", ASK_TIMEOUT)
         return pending.answer
+
+    def _mark_asking(self, asks: list[CounterAsk]) -> None:
+        event = trio.Event()
+        for ask in asks:
+            self._asking.setdefault(ask.counter, event)
+
+    def _done_asking(self, asks: list[CounterAsk]) -> None:
+        for ask in asks:
+            event = self._asking.pop(ask.counter, None)
+            if event is not None:
+                event.set()
+
+    async def _return_own(self, asks: list[CounterAsk], answer: LeaseGrant) -> bool:
+        """A refusal while this worker holds unused units of the refused counters (a lease smaller
+        than this request, tokens an earlier response did not use): give them back, so that the
+        next ask counts them. False when there was nothing to give back."""
+        refused = [ask.counter for ask, grant in zip(asks, answer.grants) if grant.retry_after > 0]
+        returns = self.book.recall(refused)
+        if not returns or self._send is None:
+            return False
+        await self._send(LeaseReturn(returns=returns))
+        return True
 
     def _refused(self, endpoint: str, asks: list[CounterAsk], answer: LeaseGrant) -> LimitRefusal:
         worst = max(zip(asks, answer.grants), key=lambda pair: pair[1].retry_after)

@@ -43,10 +43,15 @@ class Accounts:
         """Give back expired leases and send corrections and usage, until cancelled."""
         ticks = 0
         rows_every = max(1, round(ROWS_INTERVAL / REPORT_INTERVAL))
-        while True:
-            await trio.sleep(REPORT_INTERVAL)
-            ticks += 1
-            await self.report(with_rows=ticks % rows_every == 0)
+        async with trio.open_nursery() as nursery:
+            self.admissions.nursery = nursery  # (asks ahead of need run here)
+            try:
+                while True:
+                    await trio.sleep(REPORT_INTERVAL)
+                    ticks += 1
+                    await self.report(with_rows=ticks % rows_every == 0)
+            finally:
+                self.admissions.nursery = None
 
     async def report(self, with_rows: bool = True) -> None:
         if self._send is None:
