@@ -10,6 +10,7 @@ still be used before one of them refuses). Resets are in OpenAI's duration forma
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
@@ -52,19 +53,21 @@ def duration(seconds: float) -> str:
 def rate_limit_headers(limits: Limits, state: CounterState) -> Headers:
     headers: Headers = []
     if limits.requests_per_minute:
-        headers += [
-            (b"x-ratelimit-limit-requests", str(limits.requests_per_minute).encode()),
-            (b"x-ratelimit-remaining-requests", str(max(0, state.remaining.requests)).encode()),
-            (b"x-ratelimit-reset-requests", duration(state.reset_requests).encode()),
-        ]
+        headers.append((b"x-ratelimit-limit-requests", _number(limits.requests_per_minute)))
+        headers.append((b"x-ratelimit-remaining-requests", b"%d" % max(0, state.remaining.requests)))
+        headers.append((b"x-ratelimit-reset-requests", duration(state.reset_requests).encode()))
     tokens = token_limit(limits)
     if tokens:
-        headers += [
-            (b"x-ratelimit-limit-tokens", str(tokens).encode()),
-            (b"x-ratelimit-remaining-tokens", str(max(0, tokens_left(limits, state))).encode()),
-            (b"x-ratelimit-reset-tokens", duration(state.reset_tokens).encode()),
-        ]
+        headers.append((b"x-ratelimit-limit-tokens", _number(tokens)))
+        headers.append((b"x-ratelimit-remaining-tokens", b"%d" % max(0, tokens_left(limits, state))))
+        headers.append((b"x-ratelimit-reset-tokens", duration(state.reset_tokens).encode()))
     return headers
+
+
+@functools.lru_cache(maxsize=256)
+def _number(value: int) -> bytes:
+    """A limit as header bytes (limits are few and fixed: made once)."""
+    return b"%d" % value
 
 
 def retry_after_header(seconds: float) -> Headers:

@@ -95,7 +95,12 @@ class Admissions:
         if not counters:
             return None
         need = Units(requests=1, concurrent=1)
-        if any(_counts_tokens(limits) for _, limits in counters):
+        for _, limits in counters:
+            if limits.tokens_per_minute or limits.input_tokens_per_minute or limits.output_tokens_per_minute or limits.tokens_per_day:
+                break
+        else:
+            limits = None  # (no rule counts tokens: nothing to estimate)
+        if limits is not None:
             per_token = self.settings.chars_per_token_for(provider)
             need.input_tokens, need.output_tokens = estimate(provider, body, body_length, per_token)
         own_units_returned = False
@@ -166,6 +171,10 @@ class Admissions:
         """x-ratelimit-* of the rule closest to refusing, for a successful answer."""
         if admission is None:
             return []
+        parts = admission.parts
+        if len(parts) == 1:  # (one rule: the usual case, no comparison to make)
+            lease = parts[0].lease
+            return rate_limit_headers(lease.limits, lease.view())
         tightest = admission.tightest()
         return [] if tightest is None else rate_limit_headers(*tightest)
 
@@ -275,7 +284,3 @@ class Admissions:
         rule = counters[0][0].rule
         self.refusals[(endpoint, rule)] = self.refusals.get((endpoint, rule), 0) + 1
         return LimitRefusal(429, f"rate limit of rule {rule!r} reached; retry shortly", retry_after_header(1.0), rule)
-
-
-def _counts_tokens(limits: Limits) -> bool:
-    return bool(limits.tokens_per_minute or limits.input_tokens_per_minute or limits.output_tokens_per_minute or limits.tokens_per_day)
