@@ -42,7 +42,7 @@ def test_every_config_key_is_documented() -> None:
 
 def test_every_listener_http2_and_connect_key_is_documented() -> None:
     readme = (ROOT / "README.md").read_text()
-    headings = {
+    headings: dict[type[msgspec.Struct], str] = {
         ListenSection: "### `[[server.listen]]`",
         TlsSection: "### `[[server.listen]]`",
         Http2Section: "### `[server.http2]`",
