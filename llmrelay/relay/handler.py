@@ -228,14 +228,18 @@ class Relay:
                 await self._send_error(exchange, endpoint.provider, decision.status, decision.message, record, decision.headers)
                 return
             admission = decision
-        usage_asked = admissions.stream_usage_asked(endpoint.provider, path, body) if isinstance(body, bytes) else None
-        if usage_asked is not None:  # (`limits.inject_stream_usage`)
-            body = usage_asked[0]
-            head = with_whole_body(head, body)
+        usage_asked = None
+        if admissions.settings.inject_stream_usage and isinstance(body, bytes):
+            usage_asked = admissions.stream_usage_asked(endpoint.provider, path, body)
+            if usage_asked is not None:
+                body = usage_asked[0]
+                head = with_whole_body(head, body)
         attempts = Attempts(endpoint, self._observer, relay_key, body, record.started)
         active = ActiveResponse(exchange)
-        active.extra_headers = admissions.success_headers(admission)
-        active.rewrite = None if usage_asked is None else usage_asked[1]
+        if admission is not None:
+            active.extra_headers = admissions.success_headers(admission)
+        if usage_asked is not None:
+            active.rewrite = usage_asked[1]
         self._responses.add(active)
         try:
             while True:
@@ -289,7 +293,8 @@ class Relay:
             self._responses.discard(active)
             record.events = active.events
             record.usage = active.usage()
-            admissions.finish(admission, record.usage)
+            if admission is not None:
+                admissions.finish(admission, record.usage)
 
     def _log_retry(
         self,
