@@ -308,3 +308,34 @@ def test_rule_matches_by_model_and_relay_key(mock: MockProvider, start_relay, mo
     assert post(relay, key=BOB, body=BODY).status_code == 200  # another model: no rule
     assert post(relay, key=ALICE, body=big).status_code == 200  # another key: no rule
     assert post(relay, key=ALICE, body=big).status_code == 200
+
+
+def test_a_large_body_cannot_hide_its_model_from_a_rule(mock: MockProvider, start_relay) -> None:  # type: ignore[no-untyped-def]
+    """A body too large to be held whole (over 64 KiB, or chunked) is read ahead for its model when a
+    rule looks at models; one too large even to keep for replay counts under every rule naming models."""
+    config = (
+        KEYS
+        + endpoint_config("oai", mock, "openai", "/v1", api_key="sk-openai-provider", retry_body_limit=300_000)
+        + rule("gpt4o", per="relay_key", requests_per_minute=1, match={"model": "gpt-4o*"})
+    )
+    relay = start_relay(config)
+    padding = "x" * 70_000
+    big = {"messages": [{"role": "user", "content": padding}], "model": "gpt-4o-mini"}  # (the model after 70 KB)
+    assert post(relay, body=big).status_code == 200
+    assert post(relay, body=big).status_code == 429
+    other = {**big, "model": "gpt-3.5-turbo"}
+    assert post(relay, body=other).status_code == 200  # another model: the rule does not apply
+    assert mock.last().json()["messages"][0]["content"] == padding  # the body read ahead arrives whole
+
+    def chunks() -> Any:
+        import json
+
+        text = json.dumps(big).encode()
+        for start in range(0, len(text), 8192):
+            yield text[start : start + 8192]
+
+    with httpx.Client(timeout=20) as client:  # chunked, no Content-Length
+        answer = client.post(relay.url(CHAT), content=chunks(), headers={"authorization": f"Bearer {ALICE}", "content-type": "application/json"})
+    assert answer.status_code == 429
+    huge = {"messages": [{"role": "user", "content": "y" * 400_000}], "model": "gpt-3.5-turbo"}
+    assert post(relay, body=huge).status_code == 429  # too large to read ahead: every model rule applies

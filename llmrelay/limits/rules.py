@@ -3,8 +3,9 @@ order, each with the counter of the request's value of the rule's `per`.
 
 A rule matches on globs of the endpoint, model and upstream (fnmatch, case-sensitive), relay key
 names and client networks; an empty list matches anything. A rule naming models does not match a
-request whose model is unknown unless one of its globs is "*" (so that "gpt-4o*" is never bypassed by
-leaving the model out, while "*" still covers requests without one).
+request that names no model unless one of its globs is "*"; a request whose body was too large to
+read for its model (`MODEL_UNREAD`) matches every rule naming models (so that "gpt-4o*" is never
+bypassed by padding the body past what the relay reads ahead).
 
 Counter keys never hold a secret and never grow without bound: a header value is hashed, and any
 client-supplied value (model, header, IP) longer than MAX_KEY is cut and suffixed with a hash of the
@@ -26,6 +27,7 @@ from llmrelay.limits.types import CounterId, Limits
 
 MAX_KEY = 96  # characters of a client-supplied value kept in a counter key
 NONE = "-"  # the key of a request without the value (no relay key, no such header)
+MODEL_UNREAD = "\x00unread"  # the model of a body too large to read ahead (never a real name)
 PERS = ("relay_key", "client_ip", "endpoint", "upstream", "model", "header")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -102,7 +104,7 @@ class CompiledRule:
     def matches(self, facts: RequestFacts) -> bool:
         if self.endpoints is not None and not self.endpoints(facts.endpoint):
             return False
-        if self.models_need_one:
+        if self.models_need_one and facts.model is not MODEL_UNREAD:
             if facts.model is None or self.models is None or not self.models(facts.model):
                 return False
         if self.upstreams is not None and not (facts.upstream and self.upstreams(facts.upstream)):
@@ -124,6 +126,8 @@ class CompiledRule:
         if per == "endpoint":
             return facts.endpoint
         if per == "model":
+            if facts.model is MODEL_UNREAD:
+                return "unread"
             return bounded(facts.model) if facts.model else NONE
         if per == "upstream":
             return facts.upstream or NONE
@@ -134,10 +138,12 @@ class CompiledRule:
 class RuleSet:
     """The rules of one config, compiled."""
 
-    __slots__ = ("rules",)
+    __slots__ = ("rules", "need_model")
 
     def __init__(self, rules: Sequence[ResolvedRule]) -> None:
         self.rules = [CompiledRule(rule) for rule in rules]
+        # some rule depends on the model: a body too large to be held whole is read ahead for it
+        self.need_model = any(rule.models_need_one or rule.per == "model" for rule in self.rules)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -157,4 +163,4 @@ class RuleSet:
         return {(rule.name, rule.version) for rule in self.rules}
 
 
-__all__ = ["MAX_KEY", "RequestFacts", "RuleSet", "bounded", "hashed", "parse_ip"]
+__all__ = ["MAX_KEY", "MODEL_UNREAD", "RequestFacts", "RuleSet", "bounded", "hashed", "parse_ip"]

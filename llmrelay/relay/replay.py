@@ -17,7 +17,7 @@ from llmrelay.server.exchange import Exchange
 
 
 class ReplayableBody:
-    __slots__ = ("_exchange", "_record", "_limit", "_kept", "_kept_bytes", "replayable", "_done", "_current")
+    __slots__ = ("_exchange", "_record", "_limit", "_kept", "_kept_bytes", "replayable", "_done", "_current", "_ahead")
 
     def __init__(self, exchange: Exchange, record: AccessRecord, limit: int) -> None:
         self._exchange = exchange
@@ -29,6 +29,7 @@ class ReplayableBody:
         self.replayable = length is None or length <= limit
         self._done = False
         self._current: AsyncIterator[bytes] | None = None
+        self._ahead: list[bytes] = []  # read ahead past the limit: for the first attempt only
 
     def for_attempt(self, max_size: int) -> AsyncIterator[bytes] | bytes:
         """The body of the next attempt (whole bytes when the client's body was read to its end)."""
@@ -37,6 +38,31 @@ class ReplayableBody:
         self._current = self._stream(max_size)
         return self._current
 
+    async def read_whole(self, max_size: int) -> bytes | None:
+        """Read the rest of the body now, as long as it can be kept for replay: the whole body when
+        it ended within the limit (the first attempt then sends it at once), else None (what was
+        read is still sent by the first attempt; later attempts cannot replay it). For what must be
+        known before an attempt starts: the model a limit rule looks at."""
+        if not self.replayable or self._current is not None:
+            return None
+        exchange, record = self._exchange, self._record
+        while not self._done:
+            chunk = await exchange.receive_body()
+            if not chunk:
+                self._done = True
+                break
+            record.bytes_in += len(chunk)
+            if record.bytes_in > max_size:
+                raise RequestRejected(413, f"request body exceeds {max_size} bytes")
+            self._kept.append(chunk)
+            self._kept_bytes += len(chunk)
+            if self._kept_bytes > self._limit:
+                self._ahead = self._kept  # (the first attempt sends them; nothing more is kept)
+                self._kept = []
+                self.replayable = False
+                return None
+        return b"".join(self._kept)
+
     async def finish_attempt(self) -> None:
         """Close the iterator of an attempt that ended (it may stand in the middle of the body)."""
         current, self._current = self._current, None
@@ -44,7 +70,8 @@ class ReplayableBody:
             await current.aclose()  # type: ignore[attr-defined]
 
     async def _stream(self, max_size: int) -> AsyncIterator[bytes]:
-        for chunk in list(self._kept):
+        ahead, self._ahead = self._ahead, []
+        for chunk in ahead or list(self._kept):
             yield chunk
         exchange, record = self._exchange, self._record
         while not self._done:
