@@ -36,7 +36,12 @@ def tokens_left(limits: Limits, state: CounterState) -> int:
 def duration(seconds: float) -> str:
     """OpenAI's (Go's) duration text, to the millisecond: 0.02 -> "20ms", 1 -> "1s", 1.5 -> "1.5s",
     360 -> "6m0s", 3725 -> "1h2m5s"."""
-    ms = max(0, math.ceil(seconds * 1000 - 1e-6))
+    return _duration_ms(max(0, math.ceil(seconds * 1000 - 1e-6)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _duration_ms(ms: int) -> str:
+    """(Resets repeat: a busy counter's are a few milliseconds, over and over.)"""
     if ms < 1000:
         return f"{ms}ms" if ms else "0s"
     hours, ms = divmod(ms, 3_600_000)

@@ -26,6 +26,7 @@ from llmrelay.config.resolved import ResolvedRule
 from llmrelay.limits.types import CounterId, Limits
 
 MAX_KEY = 96  # characters of a client-supplied value kept in a counter key
+MAX_IDS = 65536  # counters whose ids are kept made
 NONE = "-"  # the key of a request without the value (no relay key, no such header)
 MODEL_UNREAD = "\x00unread"  # the model of a body too large to read ahead (never a real name)
 PERS = ("relay_key", "client_ip", "endpoint", "upstream", "model", "header")
@@ -138,12 +139,13 @@ class CompiledRule:
 class RuleSet:
     """The rules of one config, compiled."""
 
-    __slots__ = ("rules", "need_model")
+    __slots__ = ("rules", "need_model", "_ids")
 
     def __init__(self, rules: Sequence[ResolvedRule]) -> None:
         self.rules = [CompiledRule(rule) for rule in rules]
         # some rule depends on the model: a body too large to be held whole is read ahead for it
         self.need_model = any(rule.models_need_one or rule.per == "model" for rule in self.rules)
+        self._ids: dict[tuple[str, str], CounterId] = {}  # (rule, key) -> its counter, made once
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -152,11 +154,18 @@ class RuleSet:
         """The counters of every rule that applies to the request, in config order."""
         if not self.rules:
             return []
-        return [
-            (CounterId(rule=rule.name, version=rule.version, key=rule.key(facts)), rule.limits)
-            for rule in self.rules
-            if rule.matches(facts)
-        ]
+        found: list[tuple[CounterId, Limits]] = []
+        ids = self._ids
+        for rule in self.rules:
+            if rule.matches(facts):
+                key = rule.key(facts)
+                counter = ids.get((rule.name, key))
+                if counter is None:
+                    if len(ids) >= MAX_IDS:  # (keys come from clients: the cache stays bounded)
+                        ids.clear()
+                    counter = ids[(rule.name, key)] = CounterId(rule=rule.name, version=rule.version, key=key)
+                found.append((counter, rule.limits))
+        return found
 
     def versions(self) -> set[tuple[str, str]]:
         """(rule, version) of every rule: the counters a reload keeps."""
