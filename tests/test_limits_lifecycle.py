@@ -294,7 +294,8 @@ def refilled(since: float) -> int:
 
 def paced(client: httpx.Client, relay: RelayProcess, count: int) -> list[int]:
     """`count` requests at a steady 4 a second on one connection: at this pace the worker measures
-    a rate and is granted batches, so it holds leased units ahead of its requests."""
+    a rate and asks for batches, so it may hold leased units ahead of its requests (the supervisor
+    shrinks batches near the limit, so that no worker holds what another is refused)."""
     answers = []
     for _ in range(count):
         started = time.monotonic()
@@ -342,7 +343,7 @@ def test_a_killed_worker_never_lets_more_than_the_limit_through(mock: MockProvid
     victim = sorted(clients)[0]
     began = time.monotonic()
     assert paced(clients[victim][0], relay, 5) == [200] * 5
-    # the victim has requests in flight (admitted and sent upstream) and likely leased units unused
+    # the victim has requests in flight (admitted and sent upstream), and maybe leased units unused
     slow = {"x-mock-delay": "5"}
     cut = [in_background(partial(post, relay, headers=slow, client=client)) for client in clients[victim][1:]]
     assert wait_until(lambda: mock.count(path=UPSTREAM_CHAT) == 8, timeout=10)
