@@ -59,6 +59,16 @@ def _counts(data: bytes) -> dict[str, int] | None:
     return _kinds(counts)
 
 
+def whole_body_usage(body: bytes) -> dict[str, int] | None:
+    """The usage of a JSON response body held whole (one decode in C; a body longer than what a
+    reader keeps is searched in its tail, as `UsageReader` does)."""
+    if len(body) > TAIL_BYTES:
+        return UsageReader._from_tail(body[-TAIL_BYTES:]) or None
+    if b'"usage' not in body:
+        return None
+    return _whole_body_counts(body) or UsageReader._from_tail(body) or None
+
+
 def _whole_body_counts(body: bytes) -> dict[str, int] | None:
     """The usage of a whole JSON response body; None when it is not one (or names no usage)."""
     try:

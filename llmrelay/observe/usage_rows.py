@@ -68,8 +68,9 @@ class UsageRecorder:
         if usage is not None:
             counts[1] += usage.get("input", 0)
             counts[2] += usage.get("output", 0)
-        if is_error(record.status, record.outcome):
-            counts[3] += 1
+        status = record.status
+        if status >= 400 or status == 0 or record.outcome != "ok" and record.outcome not in _NOT_FAILURES:
+            counts[3] += 1  # (is_error, inline: this runs for every request)
 
     def take_rows(self) -> list[UsageRow]:
         """What grew since the previous call (and forget it: the supervisor keeps the sums)."""

@@ -18,7 +18,7 @@ from msgspec import UNSET, UnsetType
 from llmrelay import logs
 from llmrelay.io.logsafe import field, needs_escape
 from llmrelay.observe.requestinfo import TrustedProxies
-from llmrelay.proto.messages import RequestHead
+from llmrelay.proto.messages import Headers, RequestHead
 from llmrelay.server.exchange import Refusal
 
 log = logging.getLogger("llmrelay.access")
@@ -80,7 +80,7 @@ class AccessRecord:
         "model",
         "usage",
         "relay_key",
-        "user_agent",
+        "headers",
     )
 
     def __init__(self, method: str, path: str, request_id: str, client: str, started: float) -> None:
@@ -104,7 +104,7 @@ class AccessRecord:
         self.model: str | None = None
         self.usage: dict[str, int] | None = None  # tokens by kind ("input", "output"), when the provider said
         self.relay_key: str | None = None  # the label of the relay key presented (never the key)
-        self.user_agent: bytes | None = None
+        self.headers: Headers = []  # the request's, for the json line's user agent (looked up only there)
 
     @classmethod
     def begin(
@@ -114,7 +114,7 @@ class AccessRecord:
         record = cls(
             head.method.decode("ascii", "replace"), target, request_id, proxies.client_ip(head.client[0], head.headers), started
         )
-        record.user_agent = head.header(b"user-agent")
+        record.headers = head.headers
         return record
 
     def attempt_answered(self, upstream: str, outcome: str) -> None:
@@ -144,6 +144,12 @@ class AccessRecord:
             f"streamed={'yes' if self.streamed else 'no'} outcome={outcome} rid={request_id}"
         )
 
+    def user_agent(self) -> str | None:
+        for name, value in self.headers:
+            if name == b"user-agent":
+                return value.decode("latin-1")[:512]
+        return None
+
     def json_line(self, ts: str, logger: str, pid: int) -> AccessLine:
         return AccessLine(
             ts,
@@ -167,7 +173,7 @@ class AccessRecord:
             self.events,
             self.client,
             self.relay_key,
-            None if self.user_agent is None else self.user_agent.decode("latin-1")[:512],
+            self.user_agent(),
             UNSET if self.usage is None else self.usage,
             UNSET if self.outcome in OK_OUTCOMES else self.outcome,
         )

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import trio
 
-from llmrelay.observe.usage import UsageReader
+from llmrelay.observe.usage import UsageReader, whole_body_usage
 from llmrelay.proto.errors import ClientDisconnected
 from llmrelay.proto.messages import Headers, InvalidPhase
 from llmrelay.server.exchange import Exchange
@@ -42,7 +42,7 @@ class ActiveResponse:
 
     __slots__ = (
         "exchange", "interrupt", "cut_by_drain", "sse", "at_event_boundary", "last_send", "sending", "events", "_cr_lf",
-        "_usage", "extra_headers", "rewrite",
+        "_usage", "_whole", "extra_headers", "rewrite",
     )
 
     def __init__(self, exchange: Exchange) -> None:
@@ -56,6 +56,7 @@ class ActiveResponse:
         self.events = 0  # SSE events relayed (ends of events counted; keep-alive comments are not)
         self._cr_lf = b""  # the line-break bytes a previous chunk ended with (an event end may straddle)
         self._usage: UsageReader | None = None  # reads the provider's token usage from what passed
+        self._whole: bytes | None = None  # a JSON body that came in one piece (its usage read at the end)
         self.extra_headers: Headers = []  # added to the response head (the relay's x-ratelimit-*)
         self.rewrite: ChunkRewrite | None = None  # changes the body on its way (usage the client did not ask for)
 
@@ -85,11 +86,16 @@ class ActiveResponse:
             self._count_events(out)
         if chunk:
             if self._usage is None:
+                if not self.sse:  # (the whole body in one piece, the usual JSON answer: read at once)
+                    self._whole = chunk
+                    return
                 self._usage = UsageReader(self.sse)
             self._usage.feed(chunk)
 
     def usage(self) -> dict[str, int] | None:
         """Tokens by kind, as the provider reported them in the response (None: it did not)."""
+        if self._whole is not None:
+            return whole_body_usage(self._whole)
         return None if self._usage is None else self._usage.result()
 
     def _count_events(self, chunk: bytes) -> None:

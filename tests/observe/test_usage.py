@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from llmrelay.observe.usage import TAIL_BYTES, UsageReader
+from llmrelay.observe.usage import TAIL_BYTES, UsageReader, whole_body_usage
 
 
 def _read(body: bytes, sse: bool, step: int | None = None) -> dict[str, int] | None:
@@ -50,6 +50,9 @@ def test_json_bodies(body: bytes, expected: dict[str, int] | None) -> None:
     assert _read(body, sse=False) == expected
     for step in (1, 7, 100, 4096):
         assert _read(body, sse=False, step=step) == expected
+    assert whole_body_usage(body) == expected  # (a body that came in one piece: no reader needed)
+    padded = body[:1] + b" " * (TAIL_BYTES * 2) + body[1:]  # longer than the tail a reader keeps
+    assert whole_body_usage(padded) == _read(padded, sse=False)
 
 
 def test_only_the_tail_of_a_json_body_is_kept() -> None:
