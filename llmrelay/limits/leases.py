@@ -35,7 +35,7 @@ from llmrelay.limits.types import (
 )
 
 BATCH_SECONDS = LEASE_TTL / 4  # a grant asked for covers about this long at the recent rate
-MAX_BATCH = 64  # requests' worth at most in one ask
+MAX_BATCH = 1024  # requests' worth at most in one ask (the owner grants no more than a share of what is left)
 RATE_WINDOW = 0.25  # the admission rate is measured over windows of at least this long
 FORGET_AFTER = 60.0  # an empty lease record unused this long is dropped (its rate is stale anyway)
 NO_STATE = CounterState(remaining=Units())

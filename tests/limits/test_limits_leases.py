@@ -75,7 +75,10 @@ def test_the_want_follows_the_recent_rate_up_to_the_batch_cap() -> None:
         now += 0.001
     book.leases[A].requests = 0
     [ask] = asks_of(book.admit([(A, limits)], Units(requests=1), now))
-    assert ask.want.requests == MAX_BATCH
+    assert 450 <= ask.want.requests <= 550  # about LEASE_TTL / 4 seconds' worth at 1000 per second
+    book.leases[A].rate = 100_000.0
+    [ask] = asks_of(book.admit([(A, limits)], Units(requests=1), now))
+    assert ask.want.requests == MAX_BATCH  # (never more than the cap)
     slow = LeaseBook()
     now = T0
     for _ in range(30):  # 4 per second
@@ -92,7 +95,7 @@ def test_slots_are_never_asked_in_batches() -> None:
     book.leases.clear()
     asks = book.admit([(A, limits)], ONE, T0)
     assert isinstance(asks, list)
-    book.leases[A].rate = 1000.0
+    book.leases[A].rate = 100_000.0
     [ask] = asks_of(book.admit([(A, limits)], ONE, T0))
     assert ask.want.requests == MAX_BATCH and ask.want.concurrent == 1
 
