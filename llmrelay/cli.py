@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import click
@@ -342,9 +343,8 @@ def _fetch_status(url: str, key: str | None, timeout: float, route: str = "/stat
         raise AdminError(f"cannot read {url}{route}: {exc}") from None
 
 
-def _status_lines(body: bytes, as_json: bool) -> list[str]:
-    from supervisor.status_table import render
-
+def _document_lines(body: bytes, as_json: bool, render: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+    """An admin document as printed: raw with --json, else as `render` lays it out."""
     if as_json:
         return [body.decode().rstrip("\n")]
     try:
@@ -354,6 +354,12 @@ def _status_lines(body: bytes, as_json: bool) -> list[str]:
     if not isinstance(document, dict):
         raise AdminError("the admin listener answered an unexpected document")
     return render(document)
+
+
+def _status_lines(body: bytes, as_json: bool) -> list[str]:
+    from supervisor.status_table import render
+
+    return _document_lines(body, as_json, render)
 
 
 @main.command()
@@ -407,15 +413,7 @@ def status(
 def _usage_lines(body: bytes, as_json: bool) -> list[str]:
     from supervisor.usage import render
 
-    if as_json:
-        return [body.decode().rstrip("\n")]
-    try:
-        document = json.loads(body)
-    except ValueError:
-        raise AdminError("the admin listener answered something that is not JSON") from None
-    if not isinstance(document, dict):
-        raise AdminError("the admin listener answered an unexpected document")
-    return render(document)
+    return _document_lines(body, as_json, render)
 
 
 @main.command()
