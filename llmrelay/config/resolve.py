@@ -5,49 +5,29 @@ endpoint's per-upstream keys become its upstreams' defaults (the flat keys are t
 shorthand), the provider is inferred, URLs are parsed, and every cross-field rule is checked, each
 error with its key path.
 
-Relay keys are gathered in one `RelayKeyBook` as they are resolved, wherever they appear: a key's name
-holds for the whole config (an unnamed mention of a named key's value is that name too), which is what
-makes `auth_key_names` and the limit rules' `relay_key` matches mean one thing. `[limits]` is resolved
-last, once every key, endpoint and upstream name is known.
+Relay keys are gathered in one `RelayKeyBook` (`relay_keys`) as they are resolved, wherever they
+appear: a key's name holds for the whole config (an unnamed mention of a named key's value is that
+name too), which is what makes `auth_key_names` and the limit rules' `relay_key` matches mean one
+thing. `[limits]` is resolved last (`limit_rules`), once every key, endpoint and upstream name is known.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
-import ipaddress
-import re
-from collections.abc import Iterable, Mapping
-from urllib.parse import quote, urlsplit
+from collections.abc import Mapping
 
 import msgspec
 
 from llmrelay.config.decode import printable
 from llmrelay.config.listeners import resolve_connect, resolve_listeners
 from llmrelay.config.limits import PoolLimits, UpstreamTimeouts, client_limits
-from llmrelay.config.resolved import (
-    DEFAULT_CHARS_PER_TOKEN,
-    RelayConfig,
-    ResolvedEndpoint,
-    ResolvedLimits,
-    ResolvedRule,
-    ResolvedUpstream,
-    WeightedKey,
-)
+from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint, ResolvedUpstream, WeightedKey
 from llmrelay.config.schema import (
-    CharsPerTokenSection,
     ConfigFile,
     EndpointSection,
     HealthCheckSection,
-    LimitRuleSection,
-    LimitsSection,
-    Patterns,
-    RelayKey,
-    RelayKeyEntry,
     ServerSection,
     UpstreamSection,
 )
-from llmrelay.config.secrets import SecretError, resolve_secret
 from llmrelay.config.values import (
     DEFAULT_UNHEALTHY_THRESHOLD,
     ENDPOINT_NAME,
@@ -56,7 +36,6 @@ from llmrelay.config.values import (
     check_ca_files,
     check_proxy_url,
     infer_provider,
-    is_listen_host,
     is_loopback_host,
     parse_target,
     resolve_api_keys,
@@ -64,97 +43,11 @@ from llmrelay.config.values import (
     resolve_hosts,
     resolve_keys,
 )
-from llmrelay.limits.types import Limits
-from llmrelay.observe.requestinfo import relay_key_label
+
+from llmrelay.config.limit_rules import resolve_limits
+from llmrelay.config.relay_keys import RelayKeyBook
 
 # A relay key's name: it is shown in logs, metrics and usage, and keys the limit counters.
-RELAY_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~@+-]{0,63}")
-RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~-]{0,63}")
-PER_VALUES = ("relay_key", "client_ip", "endpoint", "upstream", "model")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_GLOB_CHARS = frozenset("*?[")
-_MAX_PATTERN = 200
-_ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
-REDIS_SCHEMES = ("redis", "rediss")
-
-
-class RelayKeyBook:
-    """Every relay key of the config, resolved once, with the name it goes by.
-
-    A name belongs to one key value and a value to one name (the same `{ name, key }` may appear in
-    several `auth_keys` lists); a name is never a key's value (names are logged, values never are),
-    nor the label of an unnamed key (two keys would be shown alike). An unnamed key goes by its label.
-    """
-
-    def __init__(self, environ: Mapping[str, str] | None) -> None:
-        self._environ = environ
-        self._name_of: dict[str, str] = {}  # value -> name
-        self._named: dict[str, tuple[str, str]] = {}  # name -> (value, key path of its first entry)
-        self._values: set[str] = set()
-        self._entries: list[tuple[str, str]] = []  # (name, key path) of every named entry, in order
-
-    def resolve(self, entries: list[RelayKey], path: str, errors: list[str]) -> list[str]:
-        """The values of `entries` (an `auth_keys` list at `path`), in order."""
-        values: list[str] = []
-        for index, entry in enumerate(entries):
-            where = f"{path}[{index}]"
-            source = entry if isinstance(entry, str) else entry.key
-            try:
-                value = resolve_secret(source, self._environ)
-            except SecretError as exc:
-                errors.append(f"{where}{'' if isinstance(entry, str) else '.key'}: {exc}")
-                continue
-            values.append(value)
-            self._values.add(value)
-            if isinstance(entry, RelayKeyEntry):
-                self._name(entry, value, where, errors)
-        return values
-
-    def _name(self, entry: RelayKeyEntry, value: str, where: str, errors: list[str]) -> None:
-        name = entry.name
-        if not RELAY_KEY_NAME.fullmatch(name):
-            errors.append(
-                f"{where}.name: invalid relay key name {printable(name)!r} (letters, digits, '_', '.', '~', '@', '+', "
-                "'-'; at most 64)"
-            )
-            return
-        self._entries.append((name, where))
-        known = self._named.get(name)
-        if known is not None and known[0] != value:
-            errors.append(f"{where}.name: {name!r} already names another key ({known[1]})")
-            return
-        other = self._name_of.get(value)
-        if other is not None and other != name:
-            errors.append(f"{where}.name: this key is already named {other!r} ({self._named[other][1]})")
-            return
-        self._named.setdefault(name, (value, where))
-        self._name_of[value] = name
-
-    def check(self, errors: list[str]) -> None:
-        """The checks that need every key: a name that is a key value, or an unnamed key's label."""
-        labels = {relay_key_label(value) for value in self._values if value not in self._name_of}
-        for name, where in self._entries:
-            if name in self._values:
-                errors.append(f"{where}.name: a relay key's name must not be a key value (names are logged)")
-            elif name in labels:
-                errors.append(f"{where}.name: {name!r} is the label of an unnamed key; choose another name")
-
-    def name(self, value: str) -> str:
-        """What logs, usage and limits call the key `value`: its name, else its label."""
-        return self._name_of.get(value) or relay_key_label(value)
-
-    def name_matched(self, entry: str) -> str | None:
-        """The name of the key a rule's `relay_key` entry means: a key (a literal, `${NAME}` or
-        `$(command)`, resolved like `auth_keys`; SecretError when it cannot be) or a key's name.
-        None: neither, so the rule would never match it."""
-        value = resolve_secret(entry, self._environ)
-        if value in self._values:
-            return self.name(value)
-        if value == entry and entry in self._named:
-            return entry
-        return None
-
-
 class _EndpointContext(msgspec.Struct, frozen=True):
     """What resolving an endpoint's upstreams needs to know about the endpoint and the server."""
 
@@ -387,240 +280,3 @@ def resolve_config(
 
 
 # -- [limits] ---------------------------------------------------------------------------------------
-
-
-def resolve_limits(
-    file: ConfigFile, book: RelayKeyBook, errors: list[str], environ: Mapping[str, str] | None
-) -> ResolvedLimits:
-    """`[limits]` resolved: the Redis URL's secrets, the chars-per-token table, and every rule."""
-    section = file.limits
-    redis_url = _redis_url(section, errors, environ)
-    endpoint_names = list(file.endpoints)
-    upstream_names = [name for endpoint, table in file.endpoints.items() for name in _upstream_names(endpoint, table)]
-    rules: list[ResolvedRule] = []
-    seen: dict[str, str] = {}
-    for index, rule_section in enumerate(section.rules):
-        path = f"limits.rules[{index}]"
-        if rule_section.name in seen:
-            errors.append(f"{path}.name: duplicate rule name {printable(rule_section.name)!r} (also {seen[rule_section.name]})")
-        seen.setdefault(rule_section.name, path)
-        rule = _resolve_rule(rule_section, path, endpoint_names, upstream_names, book, errors)
-        if rule is not None:
-            rules.append(rule)
-    return ResolvedLimits(
-        backend=section.backend,
-        redis_url=redis_url,
-        on_backend_error=section.on_backend_error,
-        inject_stream_usage=section.inject_stream_usage,
-        chars_per_token=chars_per_token(section.chars_per_token),
-        rules=rules,
-    )
-
-
-def chars_per_token(section: CharsPerTokenSection) -> dict[str, float]:
-    """Every provider's factor: its own entry, else its documented default; a provider without a
-    default of its own (`forward`: Groq, vLLM, every OpenAI-compatible service) takes `default`, else
-    openai's."""
-    openai = section.openai if section.openai is not None else DEFAULT_CHARS_PER_TOKEN["openai"]
-    default = section.default if section.default is not None else openai
-    return {
-        "openai": openai,
-        "anthropic": section.anthropic if section.anthropic is not None else DEFAULT_CHARS_PER_TOKEN["anthropic"],
-        "gemini": section.gemini if section.gemini is not None else DEFAULT_CHARS_PER_TOKEN["gemini"],
-        "forward": section.forward if section.forward is not None else default,
-        "default": default,
-    }
-
-
-def _redis_url(section: LimitsSection, errors: list[str], environ: Mapping[str, str] | None) -> str:
-    """The Redis URL with its secrets resolved: a whole `${NAME}` / `$(command)`, or `${NAME}` inside
-    the URL (percent-encoded, so a password may hold '@' or ':'); its scheme and host checked."""
-    path = "limits.redis_url"
-    if section.redis_url is None:
-        if section.backend == "redis":
-            errors.append(f'{path}: required when limits.backend = "redis" (redis://host:6379/0 or rediss://...)')
-        return ""
-    text = section.redis_url.strip()
-    try:
-        if _ENV_REFERENCE.fullmatch(text) or text.startswith("$("):
-            url = resolve_secret(text, environ)
-        else:
-            url = _ENV_REFERENCE.sub(lambda match: quote(resolve_secret(match.group(0), environ), safe=""), text)
-    except SecretError as exc:
-        errors.append(f"{path}: {exc}")
-        return ""
-    problem = _redis_url_problem(url)
-    if problem is not None:
-        errors.append(f"{path}: {problem}")
-        return ""
-    return url
-
-
-def _redis_url_problem(url: str) -> str | None:
-    """What is wrong with a Redis URL, never quoting it (it may hold a password)."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        return f"not a valid URL ({exc})"
-    if parts.scheme not in REDIS_SCHEMES:
-        return f"expected a redis:// or rediss:// URL, got the scheme {printable(parts.scheme) or 'none'!r}"
-    if not parts.hostname:
-        return "the URL has no host"
-    if parts.query or parts.fragment:
-        return "a query or fragment is not supported in the URL"
-    database = parts.path.lstrip("/")
-    if database and not database.isdigit():
-        return "the path must be a database number (/0)"
-    return None
-
-
-def _upstream_names(endpoint: str, section: EndpointSection) -> list[str]:
-    """The names an endpoint's upstreams go by (as `_resolve_upstream` names them)."""
-    if not section.upstreams:
-        return [f"{endpoint}#0"]
-    return [upstream.name or f"{endpoint}#{index}" for index, upstream in enumerate(section.upstreams)]
-
-
-def _patterns(value: Patterns | None, path: str, errors: list[str]) -> tuple[list[str], list[str]]:
-    """A match field's entries (deduplicated, in order) and their key paths."""
-    if value is None:
-        return [], []
-    if isinstance(value, str):
-        entries, paths = [value], [path]
-    else:
-        entries, paths = list(value), [f"{path}[{index}]" for index in range(len(value))]
-        if not entries:
-            errors.append(f"{path}: empty, so the rule would match nothing (leave the key out to match any)")
-    kept: list[str] = []
-    kept_paths: list[str] = []
-    for entry, where in zip(entries, paths):
-        if not entry.strip() or not entry.isprintable() or len(entry) > _MAX_PATTERN:
-            errors.append(f"{where}: expected a non-empty pattern of at most {_MAX_PATTERN} printable characters")
-        elif entry not in kept:
-            kept.append(entry)
-            kept_paths.append(where)
-    return kept, kept_paths
-
-
-def _globs_matching(
-    value: Patterns | None, path: str, names: list[str], what: str, errors: list[str]
-) -> list[str]:
-    """Globs of endpoint or upstream names; one that matches none of the config's would never apply."""
-    globs, paths = _patterns(value, path, errors)
-    for glob, where in zip(globs, paths):
-        if not any(fnmatch.fnmatchcase(name, glob) for name in names):
-            kind = "glob" if _GLOB_CHARS & set(glob) else "name"
-            errors.append(f"{where}: the {kind} {printable(glob)!r} matches no {what} of this config, so the rule would never apply")
-    return globs
-
-
-def _relay_key_names(value: Patterns | None, path: str, book: RelayKeyBook, errors: list[str]) -> list[str]:
-    """The names of the relay keys a rule matches: an entry is a key (a literal or a secret source,
-    resolved like `auth_keys`) or a key's name; one that is neither would never match."""
-    entries, paths = _patterns(value, path, errors)
-    names: list[str] = []
-    for entry, where in zip(entries, paths):
-        try:
-            name = book.name_matched(entry)
-        except SecretError as exc:
-            errors.append(f"{where}: {exc}")
-            continue
-        if name is None:
-            errors.append(f"{where}: neither a relay key of this config (auth_keys) nor a key's name, so it would never match")
-        elif name not in names:
-            names.append(name)
-    return names
-
-
-def _client_ips(value: Patterns | None, path: str, errors: list[str]) -> list[str]:
-    entries, paths = _patterns(value, path, errors)
-    networks: list[str] = []
-    for entry, where in zip(entries, paths):
-        try:
-            network = str(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            errors.append(f"{where}: {printable(entry)!r} is not an IP address or CIDR")
-            continue
-        if network not in networks:
-            networks.append(network)
-    return networks
-
-
-def _per(text: str, path: str, errors: list[str]) -> tuple[str, str] | None:
-    """`per` as (kind, lower-case header name)."""
-    if text in PER_VALUES:
-        return text, ""
-    if text.startswith("header:"):
-        header = text[len("header:") :].strip()
-        if _HEADER_NAME.fullmatch(header):
-            return "header", header.lower()
-        errors.append(f"{path}: {printable(header)!r} is not a header name (per = \"header:NAME\")")
-        return None
-    errors.append(f"{path}: {printable(text)!r} is not one of {', '.join(PER_VALUES)}, header:NAME")
-    return None
-
-
-def rule_version(
-    endpoints: Iterable[str],
-    models: Iterable[str],
-    upstreams: Iterable[str],
-    relay_keys: Iterable[str],
-    client_ips: Iterable[str],
-    per: str,
-    per_header: str,
-    limits: Limits,
-) -> str:
-    """12 hex digits that change exactly when what a rule matches, counts by, or allows changes (the
-    order of a match list's entries does not matter; the rule's name is not part of it)."""
-    shape = [sorted(endpoints), sorted(models), sorted(upstreams), sorted(relay_keys), sorted(client_ips), per, per_header, limits]
-    return hashlib.sha256(msgspec.json.encode(shape)).hexdigest()[:12]
-
-
-def _resolve_rule(
-    section: LimitRuleSection,
-    path: str,
-    endpoint_names: list[str],
-    upstream_names: list[str],
-    book: RelayKeyBook,
-    errors: list[str],
-) -> ResolvedRule | None:
-    before = len(errors)
-    if not RULE_NAME.fullmatch(section.name):
-        errors.append(f"{path}.name: invalid rule name {printable(section.name)!r} (letters, digits, '_', '.', '~', '-'; at most 64)")
-    match = section.match
-    where = f"{path}.match"
-    endpoints = _globs_matching(match.endpoint, f"{where}.endpoint", endpoint_names, "endpoint", errors)
-    upstreams = _globs_matching(match.upstream, f"{where}.upstream", upstream_names, "upstream", errors)
-    models, _ = _patterns(match.model, f"{where}.model", errors)
-    relay_keys = _relay_key_names(match.relay_key, f"{where}.relay_key", book, errors)
-    client_ips = _client_ips(match.client_ip, f"{where}.client_ip", errors)
-    per = _per(section.per, f"{path}.per", errors)
-    limits = Limits(
-        requests_per_minute=section.requests_per_minute,
-        tokens_per_minute=section.tokens_per_minute,
-        input_tokens_per_minute=section.input_tokens_per_minute,
-        output_tokens_per_minute=section.output_tokens_per_minute,
-        concurrent_requests=section.concurrent_requests,
-        tokens_per_day=section.tokens_per_day,
-    )
-    if not any(msgspec.structs.astuple(limits)):
-        errors.append(
-            f"{path}: no limit set (requests_per_minute, tokens_per_minute, input_tokens_per_minute, "
-            "output_tokens_per_minute, concurrent_requests or tokens_per_day must be > 0)"
-        )
-    if len(errors) > before or per is None:
-        return None
-    kind, header = per
-    return ResolvedRule(
-        name=section.name,
-        version=rule_version(endpoints, models, upstreams, relay_keys, client_ips, kind, header, limits),
-        endpoints=endpoints,
-        models=models,
-        upstreams=upstreams,
-        relay_keys=relay_keys,
-        client_ips=client_ips,
-        per=kind,
-        per_header=header,
-        limits=limits,
-    )
