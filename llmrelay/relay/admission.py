@@ -105,16 +105,21 @@ class Admissions:
             need.input_tokens, need.output_tokens = estimate(provider, body, body_length, per_token)
         own_units_returned = False
         rounds = 0
-        deadline = trio.current_time() + ASK_TIMEOUT
+        deadline = 0.0  # (set when this request first has to wait)
         while rounds < ASK_ROUNDS:
-            result = self.book.admit(counters, need, time.time())
+            now = time.time()
+            result = self.book.admit(counters, need, now)
             if isinstance(result, Admission):
                 if self.nursery is not None:
-                    refills = [ask for ask in self.book.refills(result, time.time()) if ask.counter not in self._asking]
+                    refills = self.book.refills(result, now)
                     if refills:
-                        self._mark_asking(refills)
-                        self.nursery.start_soon(self._refill, refills)
+                        refills = [ask for ask in refills if ask.counter not in self._asking]
+                        if refills:
+                            self._mark_asking(refills)
+                            self.nursery.start_soon(self._refill, refills)
                 return result
+            if not deadline:
+                deadline = trio.current_time() + ASK_TIMEOUT
             under_way = [self._asking[ask.counter] for ask in result if ask.counter in self._asking]
             if under_way:  # another request of this worker asks for these counters now: its grant may do
                 waiting = self._waiting
