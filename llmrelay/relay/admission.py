@@ -63,6 +63,7 @@ class Admissions:
     def __init__(self) -> None:
         self.settings = ResolvedLimits()
         self.rules = RuleSet([])
+        self.active = False  # some rule exists (checked on every request: an attribute, not a call)
         self.book = LeaseBook()
         self.refusals: dict[tuple[str, str], int] = {}  # (endpoint, rule) -> requests refused (metrics)
         self._send: Callable[[Message], Awaitable[None]] | None = None
@@ -77,14 +78,11 @@ class Admissions:
         back when they expire (their counters are no longer asked for)."""
         self.settings = settings
         self.rules = RuleSet(settings.rules)
+        self.active = bool(settings.rules)
 
     def attach(self, send: Callable[[Message], Awaitable[None]]) -> None:
         """How to reach the supervisor (the control channel's send)."""
         self._send = send
-
-    @property
-    def active(self) -> bool:
-        return bool(self.settings.rules)
 
     # -- the request path -------------------------------------------------------------------------
     async def admit(
