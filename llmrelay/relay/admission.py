@@ -19,6 +19,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -27,10 +28,17 @@ from llmrelay.control import LeaseAsk, LeaseGrant, LeaseRecall, LeaseReturn, Mes
 from llmrelay.limits.estimate import estimate
 from llmrelay.limits.headers import rate_limit_headers, retry_after_header
 from llmrelay.limits.leases import Admission, LeaseBook
-from llmrelay.limits.rules import RequestFacts, RuleSet
+from llmrelay.limits.rules import MODEL_UNREAD, RequestFacts, RuleSet
 from llmrelay.observe.stream_usage import InjectedUsageFilter, add_include_usage
 from llmrelay.limits.types import CounterAsk, CounterCharge, CounterId, Limits, Units
-from llmrelay.proto.messages import Headers
+from llmrelay.observe.requestinfo import request_model
+from llmrelay.proto.messages import Headers, RequestHead
+from llmrelay.relay.replay import ReplayableBody
+
+if TYPE_CHECKING:
+    from llmrelay.relay.accesslog import AccessRecord
+    from llmrelay.relay.runtime import EndpointRuntime
+    from llmrelay.relay.upstreams import UpstreamRuntime
 
 log = logging.getLogger("llmrelay.limits")
 
@@ -85,6 +93,30 @@ class Admissions:
         self._send = send
 
     # -- the request path -------------------------------------------------------------------------
+    async def admit_request(
+        self,
+        endpoint: EndpointRuntime,
+        upstream: UpstreamRuntime,
+        record: AccessRecord,
+        head: RequestHead,
+        path: str,
+        body: bytes | ReplayableBody,
+    ) -> tuple[Admission | LimitRefusal | None, bytes | ReplayableBody]:
+        """`admit` for a request about to be forwarded, and its body: a body too large to be held
+        whole is read ahead (within its replay limit) when a rule looks at models, and then returned
+        whole; one too large even for that matches every rule naming models."""
+        model = record.model
+        if model is None and isinstance(body, ReplayableBody) and self.rules.need_model:
+            whole = await body.read_whole(upstream.max_body_size)
+            if whole is None:
+                model = MODEL_UNREAD
+            else:
+                body = whole
+                model = record.model = request_model(path, whole)
+        facts = RequestFacts(endpoint.name, model, record.relay_key, record.client, upstream.name, head.headers)
+        held = body if isinstance(body, bytes) else None
+        return await self.admit(facts, endpoint.provider, held, head.body_length), body
+
     async def admit(
         self, facts: RequestFacts, provider: str, body: bytes | None, body_length: int | None
     ) -> Admission | LimitRefusal | None:

@@ -36,7 +36,6 @@ from llmrelay.io.timers import TimerReason
 from llmrelay.observe.recorder import MetricsRecorder, attempt_outcome
 from llmrelay.observe.requestinfo import request_model
 from llmrelay.observe.usage_rows import UsageRecorder
-from llmrelay.limits.rules import MODEL_UNREAD, RequestFacts
 from llmrelay.relay import accesslog
 from llmrelay.relay.admission import Admissions, LimitRefusal
 from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts
@@ -221,16 +220,7 @@ class Relay:
         admission = None
         admissions = self.admissions
         if admissions.active:  # `[limits]`: admitted from this worker's leases, or refused here
-            model = record.model
-            if model is None and isinstance(body, ReplayableBody) and admissions.rules.need_model:
-                whole = await body.read_whole(upstream.max_body_size)  # (a rule looks at the model)
-                if whole is None:
-                    model = MODEL_UNREAD  # (too large to hold: every rule naming models applies)
-                else:
-                    body = whole
-                    model = record.model = request_model(path, whole)
-            facts = RequestFacts(endpoint.name, model, record.relay_key, record.client, upstream.name, head.headers)
-            decision = await admissions.admit(facts, endpoint.provider, body if isinstance(body, bytes) else None, head.body_length)
+            decision, body = await admissions.admit_request(endpoint, upstream, record, head, path, body)
             if isinstance(decision, LimitRefusal):
                 record.outcome = "rate_limited" if decision.status == 429 else "limits_unavailable"
                 await self._send_error(exchange, endpoint.provider, decision.status, decision.message, record, decision.headers)
