@@ -18,7 +18,7 @@ Request headers steer single requests:
 ``x-mock-malformed: 1``      answer a head with an upper-case field name (invalid in HTTP/2)
 
 Attributes steer the whole mock: `max_concurrent_streams` (its SETTINGS), `goaway()` (on demand,
-thread-safe), `refuse_next` (that many next requests get a GOAWAY naming the stream before theirs
+thread-safe), `refuse_next` (that many next requests to reach their answer get a GOAWAY naming the stream before theirs; `answering` counts the requests already past that point)
 and no answer: they were never processed). It counts what the tests assert on: `connections`, `streams` (per connection in
 `streams_per_connection`), `max_active` (the most streams open at once on one connection, counted
 from a request's HEADERS to the END_STREAM or reset of its answer being queued), `active` (open now), `client_resets` (RST_STREAM received), and keeps a record per request in `requests`.
@@ -160,6 +160,7 @@ class H2Provider:
         self._nursery: trio.Nursery | None = None
         self.refuse_next = 0
         self.refused = 0
+        self.answering = 0  # requests whose answer has begun (past the `refuse_next` check)
 
     @property
     def base_url(self) -> str:
@@ -315,6 +316,7 @@ class H2Provider:
             connection.goaway(stream_id - 2)
             await connection.flush()
             return
+        self.answering += 1
         if options.get("x-mock-goaway") == "after":
             connection.goaway(stream_id)  # (it leaves in one write with the answer's frames)
         reset = options.get("x-mock-reset")

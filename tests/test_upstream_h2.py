@@ -244,7 +244,9 @@ async def test_requests_above_the_last_stream_id_are_sent_again(h2mock: H2Provid
     async with trio.open_nursery() as nursery:
         for _ in range(3):
             nursery.start_soon(slow)
-        await wait_for(lambda: h2mock.active == 3)
+        # (the three must be past the mock's refusal point: a request is counted active from its
+        # headers, before its answer starts, and one still on its way would be the one refused)
+        await wait_for(lambda: h2mock.active == 3 and h2mock.answering == 3)
         h2mock.refuse_next = 1
         status, body = await fetch(pool, chat())
         assert status == 200 and json.loads(body)["object"] == "chat.completion"
