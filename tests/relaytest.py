@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -208,6 +209,23 @@ def access_records(relay: RelayProcess) -> list[dict[str, str]]:
             if equals and name.isidentifier():
                 fields[name] = value
         records.append(fields)
+    return records
+
+
+def access_records_matching(
+    relay: RelayProcess, keep: Callable[[dict[str, str]], bool], count: int, timeout: float = 5.0
+) -> list[dict[str, str]]:
+    """The access records `keep` accepts, once there are at least `count` of them (or when `timeout`
+    passes): a line is written just after its answer ends, so a client can see the answer first."""
+
+    def found() -> list[dict[str, str]]:
+        return [record for record in access_records(relay) if keep(record)]
+
+    records = found()
+    deadline = time.monotonic() + timeout
+    while len(records) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+        records = found()
     return records
 
 

@@ -33,7 +33,7 @@ from mock_providers import MockProvider
 from relaytest import (
     RelayProcess,
     access_record,
-    access_records,
+    access_records_matching,
     free_port,
     fresh_connections,
     get_health,
@@ -148,7 +148,8 @@ def test_weighted_split_between_upstreams_and_between_keys(mocks, start_relay) -
     assert within(keys["sk-c-light"] / received["c"], 1 / 3, 0.03), keys
     assert within(keys["sk-c-heavy"] / received["c"], 2 / 3, 0.03), keys
 
-    served_pids = {r["pid"] for r in access_records(relay) if r.get("endpoint") == "chat"}
+    chat_lines = access_records_matching(relay, lambda r: r.get("endpoint") == "chat", total)
+    served_pids = {r["pid"] for r in chat_lines}
     assert len(served_pids) == 2, served_pids  # both workers took part
     assert TEAM not in relay.logs()
 
@@ -237,7 +238,7 @@ def test_killed_upstream_under_load_fails_no_request_is_ejected_and_comes_back(m
 
     # Every attempt that failed went to the killed upstream (the other two never fail), so the
     # attempts beyond the first of every request count the ones it got after it died.
-    records = [r for r in access_records(relay) if r.get("rid", "").startswith("load-")]
+    records = access_records_matching(relay, lambda r: r.get("rid", "").startswith("load-"), total)
     assert len(records) == total
     failed_attempts = sum(int(r["attempts"]) - 1 for r in records)
     assert failed_attempts >= 1  # the kill was noticed
