@@ -118,6 +118,9 @@ def configure_logging(level: str = "info", server: ServerSection | None = None) 
     access_handler.setFormatter(formatter)
     access.addHandler(access_handler)
     access.propagate = False
+    # Access lines follow `server.access_log`, not the level of the other lines: at "warning" the
+    # access log is still written (as nginx's access_log is, whatever error_log's level).
+    access.setLevel(logging.INFO)
     _direct = (_sinks[access_file], DirectLines(ACCESS_LOGGER))
     logging.getLogger("hpack").setLevel(logging.WARNING)
 

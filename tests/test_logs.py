@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from mock_providers import MockProvider
 from relaytest import endpoint_config, free_port, wait_until
@@ -142,6 +143,34 @@ def test_sigusr1_reopens_the_access_log_after_a_rename(mock: MockProvider, start
     assert "llmrelay.access" not in relay.logs()  # the other lines stay on stderr
     assert RELAY_KEY not in relay.logs() + rotated.read_text() + access.read_text()
     assert all(pid in relay.worker_pids() for pid in {int(str(e["pid"])) for e in new})  # nobody died of SIGUSR1
+
+
+def _health_ok(relay) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        return httpx.get(relay.url("/health"), timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_access_lines_follow_access_log_not_the_log_level(mock: MockProvider, start_relay, tmp_path: Path, log_format: str) -> None:  # type: ignore[no-untyped-def]
+    # log_level = "warning" quiets the info lines (a reload's "reload ok"), never the access log.
+    access = tmp_path / "access.log"
+    config = _config(mock, f'log_level = "warning"\nlog_format = "{log_format}"\naccess_log_file = "{access}"')
+    relay = start_relay(config, workers=1, wait=False)  # (no "ready" info line to wait for)
+    assert wait_until(lambda: _health_ok(relay), 20), relay.logs()
+    _requests(relay, f"quiet-{log_format}")
+    assert wait_until(lambda: access.exists() and access.read_text().count(f"quiet-{log_format}-") >= 4, 5), (
+        access.read_text() if access.exists() else "no file"
+    )
+    relay.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert "reload ok" not in relay.logs()  # (an info line of the supervisor)
+    if log_format == "json":
+        lines = _json_lines(access.read_text())
+        assert _access(lines, f"quiet-{log_format}-chat")["status"] == 200
+    else:
+        assert f"rid=quiet-{log_format}-nokey" in access.read_text() and "status=401" in access.read_text()
 
 
 F_SETPIPE_SZ = 1031
