@@ -1,8 +1,10 @@
 """Usage accounting in the worker: what each relay key, endpoint, upstream and model used.
 
-`UsageRecorder.record` is called once per ended request, from its access record, and costs one dict
-update; `take_rows()` hands what grew since the previous call as `UsageRow`s, which the worker sends
-to the supervisor in its `UsageReport` (the supervisor sums them in a store that outlives workers).
+`UsageRecorder.record` is called once per ended request, with its access record, and only keeps it
+(one list append on the hot path); kept records are folded into rows in bulk, every `FOLD_AT` records
+and before every take: grouped by row in one pass, then counted and summed by C code. `take_rows()`
+hands what grew since the previous call as `UsageRow`s, which the worker sends to the supervisor in
+its `UsageReport` (the supervisor sums them in a store that outlives workers).
 
 Every part of a row's key but the model comes from the config (relay key names, endpoint and
 upstream names), so only the model can make rows multiply: clients choose it. Model names are cut to
@@ -13,6 +15,8 @@ bounded report, and their requests and tokens are still counted.
 
 from __future__ import annotations
 
+from collections import Counter
+from operator import attrgetter, methodcaller
 from typing import TYPE_CHECKING
 
 from llmrelay.limits.types import UsageRow
@@ -25,10 +29,16 @@ UNKNOWN_MODEL = "unknown"  # the relay could not read a model from the request
 OTHER_MODEL = "other"  # models past MAX_ROWS distinct rows
 MODEL_CHARS = 100
 MAX_ROWS = 10_000
+FOLD_AT = 512  # kept records are folded into rows at this many (and before every take)
 # Outcomes that are not failures although they are not "ok" (a CORS preflight answered 204).
 _NOT_FAILURES = frozenset({"ok", "cors_preflight"})
 
 _Key = tuple[str, str, str, str]  # (relay key name, endpoint, upstream, model)
+_GROUP = attrgetter("relay_key", "endpoint", "upstream", "model")
+_USAGE = attrgetter("usage")
+_STATUS_OUTCOME = attrgetter("status", "outcome")
+_INPUT = methodcaller("get", "input", 0)
+_OUTPUT = methodcaller("get", "output", 0)
 
 
 def is_error(status: int, outcome: str) -> bool:
@@ -40,40 +50,66 @@ def is_error(status: int, outcome: str) -> bool:
 class UsageRecorder:
     """Rows that grew since the last `take_rows`, as [requests, input, output, errors] by key."""
 
-    __slots__ = ("_rows", "max_rows")
+    __slots__ = ("_rows", "_kept", "max_rows")
 
     def __init__(self, max_rows: int = MAX_ROWS) -> None:
         self.max_rows = max_rows
         self._rows: dict[_Key, list[int]] = {}
+        self._kept: list[AccessRecord] = []  # ended requests not folded into rows yet
 
-    def record(self, record: AccessRecord, relay_key_name: str | None) -> None:
-        """One request ended: its relay key's name (None: it presented none), endpoint, upstream,
-        model, tokens (when the provider reported them) and whether it failed."""
-        model = record.model
+    def record(self, record: AccessRecord) -> None:
+        """One request ended: its relay key's name (`record.relay_key`; None: it presented none),
+        endpoint, upstream, model, tokens (when the provider reported them) and whether it failed."""
+        kept = self._kept
+        kept.append(record)
+        if len(kept) >= FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Add every kept record to its row (in the order the rows first appeared)."""
+        kept = self._kept
+        if not kept:
+            return
+        self._kept = []
+        groups: dict[tuple[str | None, str, str, str | None], list[AccessRecord]] = {}
+        find = groups.get
+        for record in kept:
+            key = _GROUP(record)
+            group = find(key)
+            if group is None:
+                groups[key] = [record]
+            else:
+                group.append(record)
+        for (relay_key, endpoint, upstream, model), group in groups.items():
+            counts = self._row(relay_key or NO_RELAY_KEY, endpoint, upstream, model)
+            counts[0] += len(group)
+            usages = list(filter(None, map(_USAGE, group)))
+            if usages:
+                counts[1] += sum(map(_INPUT, usages))
+                counts[2] += sum(map(_OUTPUT, usages))
+            for (status, outcome), count in Counter(map(_STATUS_OUTCOME, group)).items():
+                if is_error(status, outcome):
+                    counts[3] += count
+
+    def _row(self, relay_key: str, endpoint: str, upstream: str, model: str | None) -> list[int]:
         if model is None or not model:
             model = UNKNOWN_MODEL
         elif len(model) > MODEL_CHARS:
             model = model[:MODEL_CHARS]
-        key = (relay_key_name or NO_RELAY_KEY, record.endpoint, record.upstream, model)
+        key = (relay_key, endpoint, upstream, model)
         rows = self._rows
         counts = rows.get(key)
         if counts is None:
             if len(rows) >= self.max_rows:
-                key = (key[0], key[1], key[2], OTHER_MODEL)
+                key = (relay_key, endpoint, upstream, OTHER_MODEL)
                 counts = rows.get(key)
             if counts is None:
                 counts = rows[key] = [0, 0, 0, 0]
-        counts[0] += 1
-        usage = record.usage
-        if usage is not None:
-            counts[1] += usage.get("input", 0)
-            counts[2] += usage.get("output", 0)
-        status = record.status
-        if status >= 400 or status == 0 or record.outcome != "ok" and record.outcome not in _NOT_FAILURES:
-            counts[3] += 1  # (is_error, inline: this runs for every request)
+        return counts
 
     def take_rows(self) -> list[UsageRow]:
         """What grew since the previous call (and forget it: the supervisor keeps the sums)."""
+        self.fold()
         if not self._rows:
             return []
         rows = [UsageRow(*key, *counts) for key, counts in self._rows.items()]
@@ -81,7 +117,8 @@ class UsageRecorder:
         return rows
 
     def __len__(self) -> int:
-        return len(self._rows)
+        """Rows and kept records not handed over yet."""
+        return len(self._rows) + len(self._kept)
 
 
-__all__ = ["MAX_ROWS", "MODEL_CHARS", "NO_RELAY_KEY", "OTHER_MODEL", "UNKNOWN_MODEL", "UsageRecorder", "is_error"]
+__all__ = ["FOLD_AT", "MAX_ROWS", "MODEL_CHARS", "NO_RELAY_KEY", "OTHER_MODEL", "UNKNOWN_MODEL", "UsageRecorder", "is_error"]

@@ -125,7 +125,7 @@ class Relay:
                 accesslog.write(record)
             self.recorder.record_request(record)
             if record.endpoint != "-":
-                self.usage.record(record, record.relay_key)
+                self.usage.record(record)
             if runtime.release():
                 with trio.CancelScope(shield=True):
                     await runtime.aclose()

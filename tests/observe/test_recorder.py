@@ -140,3 +140,70 @@ def test_a_refused_request_has_the_error_class() -> None:
     recorder.record_request(record)  # status 0: the connection ended without an answer
     delta = recorder.take_delta(1, [], {})
     assert delta is not None and _counters(delta) == {(catalog.REQUESTS.name, ("-", "-", "error", "false")): 1}
+
+
+def _naive_delta(records: list[AccessRecord]) -> tuple[dict[tuple[str, tuple[str, ...]], float], dict[tuple[str, tuple[str, ...]], tuple[list[int], int]]]:
+    """What the records add, request by request (the arithmetic the bulk fold must reproduce)."""
+    from bisect import bisect_left
+
+    counters: dict[tuple[str, tuple[str, ...]], float] = {}
+    histograms: dict[tuple[str, tuple[str, ...]], tuple[list[int], int]] = {}
+
+    def add(name: str, labels: tuple[str, ...], value: float) -> None:
+        if value:
+            counters[(name, labels)] = counters.get((name, labels), 0) + value
+
+    def observe(name: str, labels: tuple[str, ...], bounds: tuple[float, ...], value: float) -> None:
+        buckets, count = histograms.get((name, labels), ([0] * (len(bounds) + 1), 0))
+        buckets[bisect_left(bounds, value)] += 1
+        histograms[(name, labels)] = (buckets, count + 1)
+
+    for r in records:
+        pair = (r.endpoint, r.upstream)
+        add(catalog.REQUESTS.name, (*pair, catalog.status_class(r.status), "true" if r.streamed else "false"), 1)
+        add(catalog.STREAM_EVENTS.name, pair, r.events)
+        observe(catalog.REQUEST_DURATION.name, pair, catalog.DURATION_BUCKETS, r.finished - r.started)
+        if r.first_byte is not None:
+            observe(catalog.TIME_TO_FIRST_BYTE.name, pair, catalog.TTFB_BUCKETS, r.first_byte - r.started)
+        for upstream, outcome in r.attempt_log:
+            add(catalog.UPSTREAM_ATTEMPTS.name, (r.endpoint, upstream, outcome), 1)
+        for kind, count in (r.usage or {}).items():
+            add(catalog.TOKENS.name, (r.endpoint, r.model or "unknown", kind), count)
+        add(catalog.BYTES.name, ("in",), r.bytes_in)
+        add(catalog.BYTES.name, ("out",), r.bytes_out)
+    return counters, histograms
+
+
+def test_the_bulk_fold_adds_exactly_what_each_request_would() -> None:
+    import random
+
+    from llmrelay.observe.recorder import FOLD_AT
+
+    rng = random.Random(7)
+    recorder = MetricsRecorder(MetricsSection(models=["*"]))
+    records = []
+    for index in range(FOLD_AT * 2 + 37):  # folded twice on the way, and the rest by the delta
+        record = _record(
+            endpoint=rng.choice(["oai", "ant"]),
+            upstream=rng.choice(["u1", "u2", "-"]),
+            status=rng.choice([200, 200, 201, 404, 429, 502, 0]),
+            duration=rng.choice([0.005, 0.0051, 0.3, 600.0, 601.0, rng.random()]),
+            ttfb=rng.choice([None, 0.001, 0.0025, rng.random() / 10]),
+        )
+        record.model = rng.choice(["gpt-4o", "claude", None])
+        record.streamed = rng.random() < 0.3
+        record.events = rng.randrange(5) if record.streamed else 0
+        record.usage = rng.choice([None, {"input": rng.randrange(100), "output": rng.randrange(50)}, {"input": 3}])
+        if rng.random() < 0.1:
+            record.attempt_failed("u9", "timeout")
+        record.bytes_in, record.bytes_out = rng.randrange(1000), rng.randrange(5000)
+        records.append(record)
+        recorder.record_request(record)
+        assert len(recorder._kept) < FOLD_AT
+    delta = recorder.take_delta(1, [], {})
+    assert delta is not None
+    counters, histograms = _naive_delta(records)
+    assert _counters(delta) == counters
+    assert {(h.name, tuple(h.labels)): (h.buckets, h.count) for h in delta.histograms} == histograms
+    durations = sum(h.sum for h in delta.histograms if h.name == catalog.REQUEST_DURATION.name)
+    assert abs(durations - sum(r.finished - r.started for r in records)) < 1e-6

@@ -19,9 +19,10 @@ def access(
     status: int = 200,
     usage: dict[str, int] | None = None,
     outcome: str = "ok",
+    relay_key: str | None = None,
 ) -> AccessRecord:
     record = AccessRecord("POST", f"/{endpoint}/v1/chat/completions", "rid", "127.0.0.1", 0.0)
-    record.endpoint, record.upstream, record.model = endpoint, upstream, model
+    record.endpoint, record.upstream, record.model, record.relay_key = endpoint, upstream, model, relay_key
     record.status, record.usage, record.outcome = status, usage, outcome
     return record
 
@@ -32,15 +33,15 @@ def by_key(rows: list[UsageRow]) -> dict[tuple[str, str, str, str], tuple[int, i
 
 def test_requests_tokens_and_errors_add_up_per_row() -> None:
     recorder = UsageRecorder()
-    recorder.record(access(usage={"input": 10, "output": 5}), "alice")
-    recorder.record(access(usage={"input": 7, "output": 3}), "alice")
-    recorder.record(access(usage={"input": 1}), "alice")  # a provider that reported input only
-    recorder.record(access(status=429), "alice")
-    recorder.record(access(model="gpt-4o-mini", usage={"input": 2, "output": 2}), "alice")
-    recorder.record(access(upstream="backup", usage={"output": 4}), "bob")
-    recorder.record(access(endpoint="-", upstream="-", model=None, status=404), None)
-    recorder.record(access(status=200, outcome="client_gone", usage={"input": 3}), "bob")  # ended early
-    recorder.record(access(status=0, outcome="connect_failed"), "bob")
+    recorder.record(access(usage={"input": 10, "output": 5}, relay_key="alice"))
+    recorder.record(access(usage={"input": 7, "output": 3}, relay_key="alice"))
+    recorder.record(access(usage={"input": 1}, relay_key="alice"))  # a provider that reported input only
+    recorder.record(access(status=429, relay_key="alice"))
+    recorder.record(access(model="gpt-4o-mini", usage={"input": 2, "output": 2}, relay_key="alice"))
+    recorder.record(access(upstream="backup", usage={"output": 4}, relay_key="bob"))
+    recorder.record(access(endpoint="-", upstream="-", model=None, status=404))
+    recorder.record(access(status=200, outcome="client_gone", usage={"input": 3}, relay_key="bob"))  # ended early
+    recorder.record(access(status=0, outcome="connect_failed", relay_key="bob"))
     rows = recorder.take_rows()
     assert by_key(rows) == {
         ("alice", "oai", "main", "gpt-4o"): (4, 18, 8, 1),
@@ -55,10 +56,10 @@ def test_requests_tokens_and_errors_add_up_per_row() -> None:
 def test_take_rows_hands_what_grew_since_the_last_take() -> None:
     recorder = UsageRecorder()
     assert recorder.take_rows() == []
-    recorder.record(access(usage={"input": 1, "output": 1}), "alice")
+    recorder.record(access(usage={"input": 1, "output": 1}, relay_key="alice"))
     assert by_key(recorder.take_rows()) == {("alice", "oai", "main", "gpt-4o"): (1, 1, 1, 0)}
     assert recorder.take_rows() == [] and len(recorder) == 0
-    recorder.record(access(usage={"input": 2, "output": 0}), "alice")
+    recorder.record(access(usage={"input": 2, "output": 0}, relay_key="alice"))
     assert by_key(recorder.take_rows()) == {("alice", "oai", "main", "gpt-4o"): (1, 2, 0, 0)}
 
 
@@ -70,14 +71,14 @@ def test_errors() -> None:
 
 def test_model_names_are_cut_and_rows_are_bounded() -> None:
     recorder = UsageRecorder(max_rows=5)
-    recorder.record(access(model="m" * 5000), "alice")
-    recorder.record(access(model=""), "alice")  # an empty name is no name
+    recorder.record(access(model="m" * 5000, relay_key="alice"))
+    recorder.record(access(model="", relay_key="alice"))  # an empty name is no name
     rows = recorder.take_rows()
     assert {r.model for r in rows} == {"m" * MODEL_CHARS, "unknown"}
     for index in range(20):  # clients choose model names: a flood of them
-        recorder.record(access(model=f"made-up-{index}", usage={"input": 1, "output": 2}), "alice")
-    recorder.record(access(model="made-up-0", usage={"input": 1, "output": 2}), "alice")  # seen: its own row
-    recorder.record(access(model="made-up-99", usage={"input": 1, "output": 2}), "bob")
+        recorder.record(access(model=f"made-up-{index}", usage={"input": 1, "output": 2}, relay_key="alice"))
+    recorder.record(access(model="made-up-0", usage={"input": 1, "output": 2}, relay_key="alice"))  # seen: its own row
+    recorder.record(access(model="made-up-99", usage={"input": 1, "output": 2}, relay_key="bob"))
     rows = recorder.take_rows()
     assert len(rows) == 7  # five distinct ones, then "other" for each (key, endpoint, upstream)
     counted = by_key(rows)
@@ -90,7 +91,7 @@ def test_model_names_are_cut_and_rows_are_bounded() -> None:
 
 def test_rows_cross_the_control_pipe() -> None:
     recorder = UsageRecorder()
-    recorder.record(access(usage={"input": 3, "output": 4}), "alice")
+    recorder.record(access(usage={"input": 3, "output": 4}, relay_key="alice"))
     rows = recorder.take_rows()
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(rows), type=list[UsageRow]) == rows
 
@@ -186,3 +187,33 @@ def test_render_reads_a_document_defensively() -> None:
     lines = render({"by": "key", "rows": [{"relay_key": "a\x1b[2Jb", "requests": "7"}, 3], "totals": None})
     assert lines[2].split() == ["a?[2Jb", "0", "0", "0", "0"]  # (no escape sequence reaches the terminal)
     assert lines[-1].split() == ["total", "0", "0", "0", "0"]
+
+
+def test_the_bulk_fold_counts_exactly_what_each_request_would() -> None:
+    import random
+
+    from llmrelay.observe.usage_rows import FOLD_AT
+
+    rng = random.Random(11)
+    recorder = UsageRecorder()
+    expected: dict[tuple[str, str, str, str], list[int]] = {}
+    for _ in range(FOLD_AT * 3 + 5):
+        record = access(
+            endpoint=rng.choice(["oai", "ant"]),
+            upstream=rng.choice(["main", "backup"]),
+            model=rng.choice(["gpt-4o", "", None, "x" * 150]),
+            status=rng.choice([200, 200, 400, 503, 0]),
+            usage=rng.choice([None, {}, {"input": rng.randrange(90)}, {"input": 5, "output": rng.randrange(40)}]),
+            outcome=rng.choice(["ok", "ok", "client_gone", "cors_preflight"]),
+            relay_key=rng.choice(["alice", "bob", None]),
+        )
+        recorder.record(record)
+        model = (record.model or "unknown")[:MODEL_CHARS]
+        row = expected.setdefault((record.relay_key or "-", record.endpoint, record.upstream, model), [0, 0, 0, 0])
+        usage = record.usage or {}
+        row[0] += 1
+        row[1] += usage.get("input", 0)
+        row[2] += usage.get("output", 0)
+        row[3] += is_error(record.status, record.outcome)
+    assert by_key(recorder.take_rows()) == {key: tuple(row) for key, row in expected.items()}
+    assert len(recorder) == 0
