@@ -17,6 +17,7 @@ this never raises.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import msgspec
 
@@ -60,7 +61,7 @@ class _Body(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Body)
 
 
-def _chars(roots: list[str | _Piece]) -> int:
+def _chars(roots: Sequence[str | _Piece]) -> int:
     """Characters of every text under `roots` (iterative: a deep body cannot exhaust the stack)."""
     total = 0
     stack = list(roots)
@@ -81,29 +82,18 @@ def _chars(roots: list[str | _Piece]) -> int:
     return total
 
 
-def _output_reserve(body: _Body) -> int:
-    config = body.generationConfig or body.generation_config
-    for value in (
-        body.max_tokens,
-        body.max_completion_tokens,
-        body.max_output_tokens,
-        config.maxOutputTokens if config is not None else None,
-        config.max_output_tokens if config is not None else None,
-    ):
-        if value is not None:
-            choices = min(MAX_CHOICES, max(1, body.n or 1))
-            return max(0, value) * choices
-    return 0
-
-
 def estimate(provider: str, body: bytes | None, body_length: int | None, chars_per_token: float) -> tuple[int, int]:
     """(input tokens, output tokens reserved) for a request to `provider`.
 
     `body`: the request body when held (for replay), else None; `body_length`: its length when
     known (Content-Length). `provider` is accepted for per-provider refinements; the body shapes of
-    every provider are recognised whatever it says (a "forward" endpoint may carry any of them)."""
-    if chars_per_token > 0 and math.isfinite(chars_per_token):
-        per_token = max(MIN_CHARS_PER_TOKEN, chars_per_token)
+    every provider are recognised whatever it says (a "forward" endpoint may carry any of them).
+    (Runs for every request under a token limit: each field is looked at once, and a chat message
+    whose content is a string, the usual case, is counted without the general walk.)"""
+    if MIN_CHARS_PER_TOKEN <= chars_per_token < math.inf:
+        per_token = chars_per_token
+    elif chars_per_token > 0 and math.isfinite(chars_per_token):
+        per_token = MIN_CHARS_PER_TOKEN
     else:
         per_token = DEFAULT_CHARS_PER_TOKEN
     if body is None:
@@ -113,25 +103,49 @@ def estimate(provider: str, body: bytes | None, body_length: int | None, chars_p
     except (msgspec.DecodeError, RecursionError):
         length = body_length if body_length is not None else len(body)
         return math.ceil(length / per_token), 0
-    roots: list[str | _Piece] = []
+    chars = len(parsed.tools)
     messages = 0
-    for listed in (parsed.messages, parsed.contents):
-        if listed:
-            roots.extend(listed)
-            messages += len(listed)
-    if isinstance(parsed.input, list):  # Responses items (or embeddings inputs): each a message
-        roots.extend(parsed.input)
-        messages += len(parsed.input)
-    for text in (parsed.system, parsed.input if isinstance(parsed.input, str) else None, parsed.prompt):
-        if isinstance(text, str):
-            roots.append(text)
-        elif text:
-            roots.extend(text)
-    for single in (parsed.instructions, parsed.systemInstruction, parsed.system_instruction):
+    listed = parsed.messages
+    if listed:
+        messages = len(listed)
+        for message in listed:
+            content = message.content
+            if content.__class__ is str and message.text is None and message.parts is None:
+                chars += len(content)
+            else:
+                chars += _chars([message])
+    listed = parsed.contents
+    if listed:
+        messages += len(listed)
+        chars += _chars(listed)
+    given = parsed.input
+    if given is not None:
+        if isinstance(given, str):
+            chars += len(given)
+        else:  # Responses items (or embeddings inputs): each a message
+            messages += len(given)
+            chars += _chars(given)
+    for text in (parsed.system, parsed.prompt):
+        if text is not None:
+            chars += len(text) if isinstance(text, str) else _chars(text)
+    if parsed.instructions is not None:
+        chars += len(parsed.instructions)
+    for single in (parsed.systemInstruction, parsed.system_instruction):
         if single is not None:
-            roots.append(single)
-    chars = _chars(roots) + len(parsed.tools)
-    return math.ceil(chars / per_token) + MESSAGE_OVERHEAD * messages, _output_reserve(parsed)
+            chars += _chars([single])
+    value = parsed.max_tokens
+    if value is None:
+        value = parsed.max_completion_tokens
+        if value is None:
+            value = parsed.max_output_tokens
+            if value is None:
+                config = parsed.generationConfig or parsed.generation_config
+                if config is not None:
+                    value = config.maxOutputTokens if config.maxOutputTokens is not None else config.max_output_tokens
+    reserve = 0
+    if value is not None:
+        reserve = max(0, value) * (1 if parsed.n is None else min(MAX_CHOICES, max(1, parsed.n)))
+    return math.ceil(chars / per_token) + MESSAGE_OVERHEAD * messages, reserve
 
 
 __all__ = ["DEFAULT_CHARS_PER_TOKEN", "MESSAGE_OVERHEAD", "estimate"]
