@@ -69,6 +69,61 @@ def rate_limit_headers(limits: Limits, state: CounterState) -> Headers:
     return headers
 
 
+class HeaderTemplate:
+    """The headers of one counter as of one answer of its owner (`state`): what stays fixed until
+    the next answer is made once (limits, resets), and `render` fills in what this worker still
+    holds, the part that changes with every request. `render(r, i, o)` equals
+    `rate_limit_headers(limits, state + (r, i, o))`."""
+
+    __slots__ = ("state", "requests", "tokens", "token_mode")
+
+    def __init__(self, limits: Limits, state: CounterState) -> None:
+        self.state = state
+        left = state.remaining
+        self.requests: tuple[tuple[bytes, bytes], tuple[bytes, bytes], int] | None = None
+        if limits.requests_per_minute:
+            self.requests = (
+                (b"x-ratelimit-limit-requests", _number(limits.requests_per_minute)),
+                (b"x-ratelimit-reset-requests", duration(state.reset_requests).encode()),
+                left.requests,
+            )
+        self.tokens: tuple[tuple[bytes, bytes], tuple[bytes, bytes], int, int] | None = None
+        self.token_mode = 0  # 0: the least of input and output left; 1: input; 2: output
+        tokens = token_limit(limits)
+        if tokens:
+            self.tokens = (
+                (b"x-ratelimit-limit-tokens", _number(tokens)),
+                (b"x-ratelimit-reset-tokens", duration(state.reset_tokens).encode()),
+                left.input_tokens,
+                left.output_tokens,
+            )
+            both = limits.tokens_per_minute > 0 or limits.tokens_per_day > 0
+            if not (both or (limits.input_tokens_per_minute and limits.output_tokens_per_minute)):
+                self.token_mode = 1 if limits.input_tokens_per_minute else 2
+
+    def render(self, requests: int, input_tokens: int, output_tokens: int) -> Headers:
+        fixed, tokens = self.requests, self.tokens
+        if tokens is not None:
+            mode = self.token_mode
+            if mode == 0:
+                left_in, left_out = tokens[2] + input_tokens, tokens[3] + output_tokens
+                left = left_in if left_in < left_out else left_out
+            else:
+                left = tokens[2] + input_tokens if mode == 1 else tokens[3] + output_tokens
+            token_left = (b"x-ratelimit-remaining-tokens", b"%d" % (left if left > 0 else 0))
+            if fixed is None:
+                return [tokens[0], token_left, tokens[1]]
+            left = fixed[2] + requests
+            return [
+                fixed[0], (b"x-ratelimit-remaining-requests", b"%d" % (left if left > 0 else 0)), fixed[1],
+                tokens[0], token_left, tokens[1],
+            ]  # fmt: skip
+        if fixed is None:
+            return []
+        left = fixed[2] + requests
+        return [fixed[0], (b"x-ratelimit-remaining-requests", b"%d" % (left if left > 0 else 0)), fixed[1]]
+
+
 @functools.lru_cache(maxsize=256)
 def _number(value: int) -> bytes:
     """A limit as header bytes (limits are few and fixed: made once)."""
@@ -107,4 +162,4 @@ def tightest(states: Iterable[tuple[Limits, CounterState]]) -> tuple[Limits, Cou
     return best
 
 
-__all__ = ["closeness", "duration", "rate_limit_headers", "retry_after_header", "tightest", "token_limit", "tokens_left"]
+__all__ = ["HeaderTemplate", "closeness", "duration", "rate_limit_headers", "retry_after_header", "tightest", "token_limit", "tokens_left"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from llmrelay.limits.headers import tightest
+from llmrelay.limits.headers import Headers, HeaderTemplate, tightest
 from llmrelay.limits.types import (
     LEASE_TTL,
     CounterAsk,
@@ -37,6 +37,7 @@ from llmrelay.limits.types import (
 BATCH_SECONDS = LEASE_TTL / 4  # a grant asked for covers about this long at the recent rate
 MAX_BATCH = 1024  # requests' worth at most in one ask (the owner grants no more than a share of what is left)
 RATE_WINDOW = 0.25  # the admission rate is measured over windows of at least this long
+MAX_OWED = 4096  # corrections kept one by one before they are summed by counter
 FORGET_AFTER = 60.0  # an empty lease record unused this long is dropped (its rate is stale anyway)
 NO_STATE = CounterState(remaining=Units())
 
@@ -47,7 +48,7 @@ class Lease:
     __slots__ = (
         "counter", "limits", "counts_requests", "counts_input", "counts_output", "counts_concurrent",
         "requests", "input_tokens", "output_tokens", "free", "in_use", "expires", "state",
-        "window_start", "window_count", "rate", "used_at",
+        "window_start", "window_count", "rate", "used_at", "template", "dropped", "_half", "_half_rate",
     )  # fmt: skip
 
     def __init__(self, counter: CounterId, limits: Limits, now: float) -> None:
@@ -70,6 +71,44 @@ class Lease:
         self.window_count = 0
         self.rate = 0.0  # admissions per second here, recently
         self.used_at = now
+        self.template: HeaderTemplate | None = None  # the headers' fixed parts, as of `state`
+        self.dropped = False  # no longer in the book (its slots went back with it)
+        self._half = 0.0  # half a batch at `_half_rate` (made again when the rate changes)
+        self._half_rate = 0.0
+
+    def count(self, now: float) -> None:
+        """One more admission from this lease: the recent rate, measured over RATE_WINDOW at least."""
+        self.used_at = now
+        self.window_count += 1
+        elapsed = now - self.window_start
+        if elapsed >= RATE_WINDOW or elapsed < 0:
+            measured = self.window_count / elapsed if elapsed > 0 else 0.0
+            self.rate = measured if elapsed > 10 * RATE_WINDOW else (self.rate + measured) / 2
+            self.window_start, self.window_count = now, 0
+
+    def runs_low(self, taken: Taken, now: float) -> bool:
+        """Whether `LeaseBook.refills` would ask ahead for this lease after `taken` (checked on
+        every admission; the asks themselves are made only then)."""
+        rate = self.rate
+        if rate <= 0 or not (taken.requests or taken.input_tokens or taken.output_tokens):
+            return False
+        if rate != self._half_rate:
+            self._half_rate = rate
+            self._half = min(MAX_BATCH, max(1, math.ceil(rate * BATCH_SECONDS))) / 2
+        half = self._half
+        return bool(
+            (taken.requests and self.requests < taken.requests * half)
+            or (taken.input_tokens and self.input_tokens < taken.input_tokens * half)
+            or (taken.output_tokens and self.output_tokens < taken.output_tokens * half)
+            or self.expires - now < BATCH_SECONDS / 4
+        )
+
+    def headers(self) -> Headers:
+        """x-ratelimit-* as a client sees the counter from here (`rate_limit_headers` of `view()`)."""
+        template = self.template
+        if template is None or template.state is not self.state:
+            template = self.template = HeaderTemplate(self.limits, self.state)
+        return template.render(self.requests, self.input_tokens, self.output_tokens)
 
     def view(self) -> CounterState:
         """The counter as a client sees it from here: what the supervisor had left after its last
@@ -107,13 +146,15 @@ class Taken:
 
 
 class Admission:
-    """An admitted request: what it took from each counter's lease, to be `finish`ed exactly once."""
+    """An admitted request: what it took from each counter's lease, to be `finish`ed exactly once.
+    `low`: some lease it drew from runs low (`LeaseBook.refills` has asks to make)."""
 
-    __slots__ = ("parts", "finished")
+    __slots__ = ("parts", "finished", "low")
 
-    def __init__(self, parts: list[Taken]) -> None:
+    def __init__(self, parts: list[Taken], low: bool = True) -> None:
         self.parts = parts
         self.finished = False
+        self.low = low
 
     @property
     def taken(self) -> list[tuple[CounterId, Units]]:
@@ -133,11 +174,31 @@ class LeaseBook:
         self.leases: dict[CounterId, Lease] = {}
         self._returns: list[CounterReturn] = []  # units of leases that lapsed before a new grant
         self._charges: dict[CounterId, tuple[Limits, int, int]] = {}
+        self._owed: list[tuple[CounterId, Limits, int, int]] = []  # corrections not summed yet (one append each)
 
     # -- the request path -------------------------------------------------------------------------
     def admit(self, counters: list[tuple[CounterId, Limits]], need: Units, now: float) -> Admission | list[CounterAsk]:
         """Take `need` from every counter's lease, or nothing and the asks for those that fall short."""
         leases = self.leases
+        if len(counters) == 1:  # (one rule applies: the usual case, taken in one go)
+            counter, limits = counters[0]
+            lease = leases.get(counter)
+            if lease is None:
+                lease = leases[counter] = Lease(counter, limits, now)
+            r = need.requests if lease.counts_requests else 0
+            i = need.input_tokens if lease.counts_input else 0
+            o = need.output_tokens if lease.counts_output else 0
+            c = need.concurrent if lease.counts_concurrent else 0
+            if ((r or i or o) and now >= lease.expires) or lease.requests < r or lease.input_tokens < i or lease.output_tokens < o or lease.free < c:
+                return [self._ask(lease, Units(r, i, o, c), now)]
+            lease.requests -= r
+            lease.input_tokens -= i
+            lease.output_tokens -= o
+            lease.free -= c
+            lease.in_use += c
+            lease.count(now)
+            taken = Taken(lease, r, i, o, c)
+            return Admission([taken], lease.runs_low(taken, now))
         found: list[Lease] = []
         short: list[CounterAsk] | None = None
         for counter, limits in counters:
@@ -156,25 +217,26 @@ class LeaseBook:
         if short is not None:
             return short
         parts: list[Taken] = []
+        low = False
         for lease in found:
             r = need.requests if lease.counts_requests else 0
             i = need.input_tokens if lease.counts_input else 0
             o = need.output_tokens if lease.counts_output else 0
             c = need.concurrent if lease.counts_concurrent else 0
-            lease.requests -= r
-            lease.input_tokens -= i
-            lease.output_tokens -= o
-            lease.free -= c
-            lease.in_use += c
-            lease.used_at = now
-            lease.window_count += 1
-            elapsed = now - lease.window_start
-            if elapsed >= RATE_WINDOW or elapsed < 0:
-                measured = lease.window_count / elapsed if elapsed > 0 else 0.0
-                lease.rate = measured if elapsed > 10 * RATE_WINDOW else (lease.rate + measured) / 2
-                lease.window_start, lease.window_count = now, 0
-            parts.append(Taken(lease, r, i, o, c))
-        return Admission(parts)
+            taken = self._take(lease, r, i, o, c, now)
+            low = low or lease.runs_low(taken, now)
+            parts.append(taken)
+        return Admission(parts, low)
+
+    @staticmethod
+    def _take(lease: Lease, r: int, i: int, o: int, c: int, now: float) -> Taken:
+        lease.requests -= r
+        lease.input_tokens -= i
+        lease.output_tokens -= o
+        lease.free -= c
+        lease.in_use += c
+        lease.count(now)
+        return Taken(lease, r, i, o, c)
 
     def _ask(self, lease: Lease, need: Units, now: float) -> CounterAsk:
         """Ask for `need` now and about BATCH_SECONDS' worth at this worker's recent rate. The whole
@@ -249,7 +311,7 @@ class LeaseBook:
         admission.finished = True
         for part in admission.parts:
             lease = part.lease
-            current = self.leases.get(lease.counter) is lease  # (not released since: else its slot went back)
+            current = not lease.dropped  # (not released since: else its slot went back)
             if part.concurrent:
                 lease.in_use -= part.concurrent
                 if current:
@@ -264,14 +326,25 @@ class LeaseBook:
                     lease.output_tokens -= extra_out
                     extra_out = 0
             if extra_in or extra_out:
-                known = self._charges.get(lease.counter)
-                if known is None:
-                    self._charges[lease.counter] = (lease.limits, extra_in, extra_out)
-                else:
-                    self._charges[lease.counter] = (lease.limits, known[1] + extra_in, known[2] + extra_out)
+                owed = self._owed
+                owed.append((lease.counter, lease.limits, extra_in, extra_out))
+                if len(owed) >= MAX_OWED:
+                    self._sum_owed()
 
     # -- what goes back ---------------------------------------------------------------------------
+    def _sum_owed(self) -> None:
+        """Add the corrections owed request by request to the charges by counter."""
+        charges = self._charges
+        for counter, limits, extra_in, extra_out in self._owed:
+            known = charges.get(counter)
+            if known is None:
+                charges[counter] = (limits, extra_in, extra_out)
+            else:
+                charges[counter] = (limits, known[1] + extra_in, known[2] + extra_out)
+        self._owed = []
+
     def take_charges(self) -> list[CounterCharge]:
+        self._sum_owed()
         charges = [
             CounterCharge(counter=counter, limits=limits, input_tokens=inp, output_tokens=out)
             for counter, (limits, inp, out) in self._charges.items()
@@ -298,7 +371,7 @@ class LeaseBook:
             if now >= lease.expires and not lease.in_use and now - lease.used_at > FORGET_AFTER:
                 forget.append(counter)
         for counter in forget:
-            del self.leases[counter]
+            self.leases.pop(counter).dropped = True
         return returns
 
     def recall(self, counters: Iterable[CounterId]) -> list[CounterReturn]:
@@ -321,6 +394,7 @@ class LeaseBook:
             units.concurrent += lease.in_use
             if _has_units(units):
                 returns.append(CounterReturn(counter=counter, limits=lease.limits, units=units))
+            lease.dropped = True
         self.leases = {}
         return returns
 

@@ -26,7 +26,7 @@ import trio
 from llmrelay.config.resolved import ResolvedLimits
 from llmrelay.control import LeaseAsk, LeaseGrant, LeaseRecall, LeaseReturn, Message
 from llmrelay.limits.estimate import estimate
-from llmrelay.limits.headers import rate_limit_headers, retry_after_header
+from llmrelay.limits.headers import rate_limit_headers, retry_after_header, token_limit
 from llmrelay.limits.leases import Admission, LeaseBook
 from llmrelay.limits.rules import MODEL_UNREAD, RequestFacts, RuleSet
 from llmrelay.observe.stream_usage import InjectedUsageFilter, add_include_usage
@@ -44,6 +44,10 @@ log = logging.getLogger("llmrelay.limits")
 
 ASK_TIMEOUT = 2.0  # the supervisor answers an ask in well under a millisecond; past this it is stuck
 ASK_ROUNDS = 3  # grants taken by concurrent requests of this worker before this one could use them
+
+
+def counts_tokens(limits: Limits) -> bool:
+    return bool(token_limit(limits))
 
 
 class LimitRefusal:
@@ -80,6 +84,8 @@ class Admissions:
         self._waiting: dict[CounterId, int] = {}  # requests waiting for that ask, by counter
         self.nursery: trio.Nursery | None = None  # where asks ahead of need run (the worker's accounts task)
         self._ids = itertools.count(1)
+        self._per_token: dict[str, float] = {}  # chars per token by provider, for this config
+        self._token_limits: set[Limits] = set()  # the rules' limits that count tokens (others need no estimate)
 
     def configure(self, settings: ResolvedLimits) -> None:
         """The `[limits]` of the config in service. Leases of rules that changed or went are given
@@ -87,6 +93,8 @@ class Admissions:
         self.settings = settings
         self.rules = RuleSet(settings.rules)
         self.active = bool(settings.rules)
+        self._per_token = {}
+        self._token_limits = {rule.limits for rule in settings.rules if counts_tokens(rule.limits)}
 
     def attach(self, send: Callable[[Message], Awaitable[None]]) -> None:
         """How to reach the supervisor (the control channel's send)."""
@@ -125,13 +133,11 @@ class Admissions:
         if not counters:
             return None
         need = Units(requests=1, concurrent=1)
-        for _, limits in counters:
-            if limits.tokens_per_minute or limits.input_tokens_per_minute or limits.output_tokens_per_minute or limits.tokens_per_day:
-                break
-        else:
-            limits = None  # (no rule counts tokens: nothing to estimate)
-        if limits is not None:
-            per_token = self.settings.chars_per_token_for(provider)
+        token_limits = self._token_limits
+        if counters[0][1] in token_limits or (len(counters) > 1 and any(limits in token_limits for _, limits in counters)):
+            per_token = self._per_token.get(provider)
+            if per_token is None:
+                per_token = self._per_token[provider] = self.settings.chars_per_token_for(provider)
             need.input_tokens, need.output_tokens = estimate(provider, body, body_length, per_token)
         own_units_returned = False
         rounds = 0
@@ -140,7 +146,7 @@ class Admissions:
             now = time.time()
             result = self.book.admit(counters, need, now)
             if isinstance(result, Admission):
-                if self.nursery is not None:
+                if result.low and self.nursery is not None:
                     refills = self.book.refills(result, now)
                     if refills:
                         refills = [ask for ask in refills if ask.counter not in self._asking]
@@ -208,8 +214,7 @@ class Admissions:
             return []
         parts = admission.parts
         if len(parts) == 1:  # (one rule: the usual case, no comparison to make)
-            lease = parts[0].lease
-            return rate_limit_headers(lease.limits, lease.view())
+            return parts[0].lease.headers()
         tightest = admission.tightest()
         return [] if tightest is None else rate_limit_headers(*tightest)
 

@@ -261,3 +261,46 @@ def test_a_worker_never_admits_beyond_what_it_was_granted(rounds: int) -> None:
             result = book.admit([(A, limits)], Units(requests=1), T0)
         admitted_count += isinstance(result, Admission)
     assert admitted_count == 7
+
+
+def test_the_low_flag_and_the_headers_agree_with_the_general_forms() -> None:
+    # `Admission.low` gates `refills` (it must be set whenever refills has asks to make), and a
+    # lease's headers come from cached parts (they must equal rate_limit_headers of its view).
+    import random
+
+    from llmrelay.limits.headers import rate_limit_headers
+
+    rng = random.Random(5)
+    shapes = [
+        Limits(requests_per_minute=600, tokens_per_minute=100_000),
+        Limits(requests_per_minute=60),
+        Limits(input_tokens_per_minute=5000),
+        Limits(output_tokens_per_minute=700, concurrent_requests=3),
+        Limits(input_tokens_per_minute=900, output_tokens_per_minute=800, tokens_per_day=10**6),
+        Limits(concurrent_requests=2),
+    ]
+    ledger = Ledger()
+    refilled = headers_seen = 0
+    for round_ in range(300):
+        book = LeaseBook()
+        limits = rng.choice(shapes)
+        counters = [(CounterId("r", "v", f"k{round_}"), limits)]
+        if rng.random() < 0.3:
+            counters.append((CounterId("r2", "v", f"k{round_}"), rng.choice(shapes)))
+        now = T0 + round_ * 100
+        need = Units(requests=1, input_tokens=rng.randrange(1, 400), output_tokens=rng.randrange(0, 200), concurrent=1)
+        for step in range(rng.randrange(1, 40)):
+            now += rng.choice([0.0, 0.001, 0.05, 0.3, 1.9])
+            result = book.admit(counters, need, now)
+            if isinstance(result, list):
+                grant_all(book, result, now, ledger)
+                continue
+            if book.refills(result, now):
+                assert result.low
+                refilled += 1
+            headers_seen += 1
+            for part in result.parts:
+                assert part.lease.headers() == rate_limit_headers(part.lease.limits, part.lease.view())
+            if rng.random() < 0.5:
+                book.finish(result, rng.randrange(500), rng.randrange(300), now)
+    assert refilled > 50 and headers_seen > 1000, (refilled, headers_seen)  # (both paths were taken)

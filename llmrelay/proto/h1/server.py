@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import re
+from operator import itemgetter
 
 from llmrelay.proto.errors import InvalidResponseHead, RequestRejected
 from llmrelay.proto.h1.fields import connection_close_requested, is_token, serialize_head, status_line
@@ -42,6 +43,19 @@ _UNSAFE_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _NOT_TRAILERS = {b"content-length", b"transfer-encoding", b"host", b"connection", b"te", b"trailer"}
 _BODY_AFTER = {phase: TRANSITIONS.get((phase, ResponseEvent.BODY)) for phase in ResponsePhase}
 
+
+
+_NAME = itemgetter(0)
+
+
+def _values(headers: Headers, names: list[bytes], name: bytes) -> list[bytes]:
+    """The values of the fields called `name`, in order (`names`: the names of `headers`)."""
+    count = names.count(name)
+    if not count:
+        return []
+    if count == 1:
+        return [headers[names.index(name)][1]]
+    return [value for field, value in headers if field == name]
 
 class ConnectionState(enum.IntEnum):
     AWAITING_HEAD = 0  # between requests: idle, or part of a head received
@@ -266,16 +280,10 @@ class ServerExchange:
         """
         phase = advance(self.phase, _HEAD)
         line = status_line(status)
-        lengths: list[bytes] = []
-        codings: list[bytes] = []
-        connection: list[bytes] | None = None
-        for name, value in headers:
-            if name == b"content-length":
-                lengths.append(value)
-            elif name == b"transfer-encoding":
-                codings.append(value)
-            elif name == b"connection":
-                connection = [value] if connection is None else [*connection, value]
+        names = list(map(_NAME, headers))  # (the three fields that matter are found by C code)
+        lengths = _values(headers, names, b"content-length")
+        codings = _values(headers, names, b"transfer-encoding")
+        connection = _values(headers, names, b"connection") or None
         try:
             framing, length = body_framing(RESPONSE, self.head.method, status, lengths, codings)
         except FramingError as exc:
