@@ -196,9 +196,13 @@ class LeaseBook:
             lease.output_tokens -= o
             lease.free -= c
             lease.in_use += c
-            lease.count(now)
+            lease.used_at = now  # (Lease.count, inline)
+            lease.window_count += 1
+            if now - lease.window_start >= RATE_WINDOW or now < lease.window_start:
+                lease.window_count -= 1
+                lease.count(now)
             taken = Taken(lease, r, i, o, c)
-            return Admission([taken], lease.runs_low(taken, now))
+            return Admission([taken], lease.runs_low(taken, now) if lease.rate > 0 and (r or i or o) else False)
         found: list[Lease] = []
         short: list[CounterAsk] | None = None
         for counter, limits in counters:

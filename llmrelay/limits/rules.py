@@ -83,7 +83,10 @@ def parse_ip(text: str) -> IPAddress | None:
 
 
 class CompiledRule:
-    __slots__ = ("name", "version", "limits", "per", "header", "endpoints", "models", "models_need_one", "upstreams", "relay_keys", "networks")
+    __slots__ = (
+        "name", "version", "limits", "per", "header", "endpoints", "models", "models_need_one", "upstreams", "relay_keys",
+        "networks", "matches_all",
+    )  # fmt: skip
 
     def __init__(self, rule: ResolvedRule) -> None:
         if rule.per not in PERS:
@@ -101,6 +104,10 @@ class CompiledRule:
         self.networks: tuple[IPNetwork, ...] | None = (
             tuple(ipaddress.ip_network(cidr, strict=False) for cidr in rule.client_ips) if rule.client_ips else None
         )
+        self.matches_all = (
+            self.endpoints is None and not self.models_need_one and self.upstreams is None and self.relay_keys is None
+            and self.networks is None
+        )  # fmt: skip
 
     def matches(self, facts: RequestFacts) -> bool:
         if self.endpoints is not None and not self.endpoints(facts.endpoint):
@@ -157,7 +164,7 @@ class RuleSet:
         found: list[tuple[CounterId, Limits]] = []
         ids = self._ids
         for rule in self.rules:
-            if rule.matches(facts):
+            if rule.matches_all or rule.matches(facts):
                 key = rule.key(facts)
                 counter = ids.get((rule.name, key))
                 if counter is None:

@@ -122,8 +122,17 @@ class Admissions:
                 body = whole
                 model = record.model = request_model(path, whole)
         facts = RequestFacts(endpoint.name, model, record.relay_key, record.client, upstream.name, head.headers)
-        held = body if isinstance(body, bytes) else None
-        return await self.admit(facts, endpoint.provider, held, head.body_length), body
+        counters = self.rules.counters(facts)
+        if not counters:
+            return None, body
+        need = self._need(counters, endpoint.provider, body if isinstance(body, bytes) else None, head.body_length)
+        now = time.time()
+        result = self.book.admit(counters, need, now)
+        if isinstance(result, Admission):  # (from this worker's leases: the usual case, no wait)
+            if result.low and self.nursery is not None:
+                self._refill_soon(result, now)
+            return result, body
+        return await self._admit_waiting(facts, counters, need), body
 
     async def admit(
         self, facts: RequestFacts, provider: str, body: bytes | None, body_length: int | None
@@ -132,6 +141,10 @@ class Admissions:
         counters = self.rules.counters(facts)
         if not counters:
             return None
+        return await self._admit_waiting(facts, counters, self._need(counters, provider, body, body_length))
+
+    def _need(self, counters: list[tuple[CounterId, Limits]], provider: str, body: bytes | None, body_length: int | None) -> Units:
+        """What the request takes: one request, one slot, and its estimated tokens when a rule counts them."""
         need = Units(requests=1, concurrent=1)
         token_limits = self._token_limits
         if counters[0][1] in token_limits or (len(counters) > 1 and any(limits in token_limits for _, limits in counters)):
@@ -139,6 +152,20 @@ class Admissions:
             if per_token is None:
                 per_token = self._per_token[provider] = self.settings.chars_per_token_for(provider)
             need.input_tokens, need.output_tokens = estimate(provider, body, body_length, per_token)
+        return need
+
+    def _refill_soon(self, admission: Admission, now: float) -> None:
+        """Ask ahead for the leases `admission` left low, unless an ask for them is under way."""
+        assert self.nursery is not None
+        refills = [ask for ask in self.book.refills(admission, now) if ask.counter not in self._asking]
+        if refills:
+            self._mark_asking(refills)
+            self.nursery.start_soon(self._refill, refills)
+
+    async def _admit_waiting(
+        self, facts: RequestFacts, counters: list[tuple[CounterId, Limits]], need: Units
+    ) -> Admission | LimitRefusal | None:
+        """Admit from the leases, asking the supervisor (and waiting for its answer) when they fall short."""
         own_units_returned = False
         rounds = 0
         deadline = 0.0  # (set when this request first has to wait)
@@ -147,12 +174,7 @@ class Admissions:
             result = self.book.admit(counters, need, now)
             if isinstance(result, Admission):
                 if result.low and self.nursery is not None:
-                    refills = self.book.refills(result, now)
-                    if refills:
-                        refills = [ask for ask in refills if ask.counter not in self._asking]
-                        if refills:
-                            self._mark_asking(refills)
-                            self.nursery.start_soon(self._refill, refills)
+                    self._refill_soon(result, now)
                 return result
             if not deadline:
                 deadline = trio.current_time() + ASK_TIMEOUT
@@ -214,7 +236,11 @@ class Admissions:
             return []
         parts = admission.parts
         if len(parts) == 1:  # (one rule: the usual case, no comparison to make)
-            return parts[0].lease.headers()
+            lease = parts[0].lease
+            template = lease.template
+            if template is None or template.state is not lease.state:
+                return lease.headers()
+            return template.render(lease.requests, lease.input_tokens, lease.output_tokens)
         tightest = admission.tightest()
         return [] if tightest is None else rate_limit_headers(*tightest)
 

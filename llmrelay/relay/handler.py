@@ -41,7 +41,7 @@ from llmrelay.relay.admission import Admissions, LimitRefusal
 from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts
 from llmrelay.relay.connect import ConnectTunnels
 from llmrelay.relay.credentials import identify_relay_key
-from llmrelay.relay.headers import client_response_headers, request_id_for, with_whole_body
+from llmrelay.relay.headers import client_response_headers, request_id_for, with_own_rate_limits, with_whole_body
 from llmrelay.relay.observer import UpstreamObserver
 from llmrelay.relay.policy import Refused
 from llmrelay.relay.providers import error_format, error_response, sse_error_event
@@ -379,8 +379,7 @@ class Relay:
         out_headers, sse, has_length = client_response_headers(response.headers, record.request_id)
         out_headers.append((b"x-llmrelay-upstream", upstream.name_bytes))
         if active.extra_headers:  # (the relay's own rate limits replace the provider's)
-            out_headers = [field for field in out_headers if not field[0].startswith(b"x-ratelimit-")]
-            out_headers += active.extra_headers
+            out_headers = with_own_rate_limits(out_headers, active.extra_headers)
         active.sse = sse
         record.streamed = sse or not has_length
         if active.rewrite is not None and (not sse or has_length):

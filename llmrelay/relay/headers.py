@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from operator import itemgetter
 
 import msgspec
 
@@ -150,6 +151,20 @@ def client_response_headers(headers: Headers, request_id: str) -> tuple[Headers,
     if not has_request_id:
         out.append((b"x-request-id", request_id.encode("ascii")))
     return out, sse, has_length
+
+
+_NAME = itemgetter(0)
+_RATE_LIMIT = b"x-ratelimit-"
+
+
+def with_own_rate_limits(headers: Headers, own: Headers) -> Headers:
+    """`headers` (of a response, names in lower case) with the provider's x-ratelimit-* replaced by
+    the relay's `own` (found by one search over the joined names; filtered only when present)."""
+    names = b"\n".join(map(_NAME, headers))
+    if names.startswith(_RATE_LIMIT) or b"\n" + _RATE_LIMIT in names:
+        headers = [field for field in headers if not field[0].startswith(_RATE_LIMIT)]
+    headers += own
+    return headers
 
 
 def with_whole_body(head: RequestHead, body: bytes, headers: Headers | None = None) -> RequestHead:

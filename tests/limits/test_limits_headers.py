@@ -87,3 +87,18 @@ def test_tightest_is_the_lowest_fraction_left() -> None:
     same = (Limits(requests_per_minute=100), CounterState(remaining=Units(requests=50), reset_requests=9.0))
     assert tightest([roomy, same]) == roomy  # the first of equals
     assert tightest([same, roomy]) == same
+
+
+def test_the_relays_own_rate_limit_headers_replace_the_providers() -> None:
+    from llmrelay.relay.headers import with_own_rate_limits
+
+    own = [(b"x-ratelimit-limit-requests", b"10"), (b"x-ratelimit-remaining-requests", b"9")]
+    plain = [(b"content-type", b"application/json"), (b"x-request-id", b"r1")]
+    assert with_own_rate_limits(list(plain), own) == plain + own
+    first = [(b"x-ratelimit-limit-tokens", b"999"), *plain, (b"x-ratelimit-reset-requests", b"1s")]
+    assert with_own_rate_limits(first, own) == plain + own
+    middle = [plain[0], (b"x-ratelimit-remaining-tokens", b"5"), plain[1]]
+    assert with_own_rate_limits(middle, own) == plain + own
+    # a name that merely contains the prefix is not one of them
+    near = [(b"x-not-x-ratelimit-limit", b"1"), (b"x-ratelimitx", b"2")]
+    assert with_own_rate_limits(list(near), own) == near + own
