@@ -154,6 +154,58 @@ class UpstreamsRow:
 
 
 @dataclass
+class PairRow:
+    """Proxy CPU per request of one row against another of the same case, round by round."""
+
+    scenario: str
+    question: str
+    row: str
+    against: str
+    ratios: list[float]  # row / against, per round (each pair measured in the same round)
+    row_median: float
+    against_median: float
+
+
+# (row kind, kind it is compared with, what the ratio answers); "Nw" rows of the same worker count
+PAIRS = (
+    ("llmrelay", "llmrelay@base", "this tree ÷ the baseline (no access log in either)"),
+    ("llmrelay+logs", "llmrelay@base+logs", "JSON access log to a file ÷ the baseline's text access log"),
+    ("llmrelay+logs", "llmrelay@base", "JSON access log to a file ÷ the baseline without access log"),
+    ("llmrelay+limits", "llmrelay", "one limit rule (requests and tokens) ÷ no rule"),
+)
+
+
+def compare_pairs(case: Case, results: dict[str, list[Measurement]], workers: list[int]) -> list[PairRow]:
+    rows: list[PairRow] = []
+    for count in workers:
+        for kind, other, question in PAIRS:
+            mine, theirs = results.get(f"{kind} {count}w", []), results.get(f"{other} {count}w", [])
+            pairs = [(a.cpu_us, b.cpu_us) for a, b in zip(mine, theirs) if a.cpu_us and b.cpu_us]
+            if not pairs:
+                continue
+            rows.append(
+                PairRow(
+                    case.label, question, f"{kind} {count}w", f"{other} {count}w", [a / b for a, b in pairs],
+                    statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
+                )
+            )
+    return rows
+
+
+def render_pairs(rows: list[PairRow]) -> str:
+    lines = [
+        "| case | ratio | CPU µs/req (medians) | paired ratio: median | min – max | rounds |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.scenario} | {row.question} (`{row.row}` ÷ `{row.against}`) | {row.row_median:.0f} ÷ {row.against_median:.0f} | "
+            f"{statistics.median(row.ratios):.3f} | {min(row.ratios):.3f} – {max(row.ratios):.3f} | {len(row.ratios)} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass
 class Report:
     rows: list[Row] = field(default_factory=list)
     upstreams: list[UpstreamsRow] = field(default_factory=list)
@@ -161,6 +213,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # make the exit status 1 (for CI)
+    pairs: list[PairRow] = field(default_factory=list)
 
 
 def build_cases(args: argparse.Namespace, scenarios: list[str], wrk: bool) -> tuple[list[Case], list[str]]:
@@ -245,6 +298,8 @@ def make_targets(
         targets += [Relay(mock, count, workdir, limited=True) for count in workers]
     if baseline is not None:
         targets += [Relay(mock, count, workdir, source=baseline) for count in workers]
+        if observed:  # the baseline with its own (text) access log: what the JSON log is compared with
+            targets += [Relay(mock, count, workdir, source=baseline, observed=True) for count in workers]
     if nginx:
         targets += [Nginx(mock, count, workdir) for count in workers]
     return targets
@@ -437,6 +492,7 @@ def run_case(case: Case, mock: MockServer, args: argparse.Namespace, nginx: bool
         report.bars.extend(bars.compare(case.label, case.scenario, case.body == STREAM_BODY, results, args.workers[0]))
     if case.upstreams > 1:
         report.upstreams.extend(compare_upstreams(case, results, args.workers))
+    report.pairs.extend(compare_pairs(case, results, args.workers))
 
 
 def _rss_kib(target: Target) -> int:
@@ -711,7 +767,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--observed",
         action="store_true",
-        help="also measure this tree with its JSON access log on, written to a file ('llmrelay+logs'; metrics are on in every row)",
+        help="also measure this tree with its JSON access log on, written to a file ('llmrelay+logs'; metrics are on in every row), "
+        "and, with --baseline, the baseline with its text access log on ('llmrelay@base+logs')",
     )
     parser.add_argument(
         "--limited",
@@ -787,6 +844,9 @@ def main(argv: list[str] | None = None) -> int:
         table += render_upstreams(report.upstreams)
     if report.bars:
         table += "\n\n" + bars.render(report.bars)
+    if report.pairs:
+        table += "\n\nProxy CPU per request, row against row (each ratio from the two runs of one round):\n\n"
+        table += render_pairs(report.pairs)
     print(table)
     if report.notes or report.failures:
         print()

@@ -279,7 +279,9 @@ class Relay(Target):
         limited: bool = False,
     ) -> None:
         super().__init__(mock, workers)
-        self.observed = observed and source is None  # JSON access log to a file (metrics are on by default)
+        # This tree: its JSON access log to a file (metrics are on by default); a baseline checkout
+        # (which may predate log formats and files): its text access log, through stderr to relay.log.
+        self.observed = observed
         if self.observed:
             self.kind = "llmrelay+logs"
         self.limited = limited and source is None  # one `per = "relay_key"` rule that never refuses
@@ -292,10 +294,13 @@ class Relay(Target):
         self.upstreams = upstreams
         self.env = dict(env or {})  # extra environment variables for the supervisor (and so its workers)
         self.source_tree = source
+        # The tree measured: this checkout (the one bench/ lives in, whatever an editable install
+        # points at), or `source`, another checkout of llmrelay.
+        self.env.setdefault("PYTHONPATH", str(ROOT))
         if source is not None:
             # Another checkout of llmrelay (an earlier commit, say), measured in the same run: its
             # packages come first on the import path of the supervisor and of every worker it starts.
-            self.kind = "llmrelay@base"
+            self.kind = "llmrelay@base+logs" if observed else "llmrelay@base"
             self.env["PYTHONPATH"] = str(source.resolve())
         self.workdir = workdir / (f"{self.kind}-{workers}w" + (f"-{upstreams}up" if upstreams > 1 else ""))
         self._process: subprocess.Popen[bytes] | None = None
@@ -330,7 +335,10 @@ class Relay(Target):
         text = "[server]\naccess_log = false\nlog_level = \"warning\"\nmax_connections = 30000\n"
         if self.observed:
             text = text.replace("access_log = false", "access_log = true")
-            text += f'log_format = "json"\naccess_log_file = "{self.workdir / "access.log"}"\n'
+            if self.source_tree is None:
+                text += f'log_format = "json"\naccess_log_file = "{self.workdir / "access.log"}"\n'
+            else:  # (a tree whose access lines follow log_level: they are info lines there)
+                text = text.replace('log_level = "warning"', 'log_level = "info"')
         return text
 
     def endpoint_text(self) -> str:
@@ -420,7 +428,12 @@ class Relay(Target):
             text = (self.workdir / "relay.log").read_text(errors="replace")
         except OSError:
             return []
-        return [line for line in text.splitlines() if line.strip()]
+        # (at log_level "warning" every line is a problem; a baseline measured with its access log
+        # runs at "info", and then only its warning and error lines are)
+        lines = [line for line in text.splitlines() if line.strip()]
+        if self.source_tree is not None and self.observed:
+            lines = [line for line in lines if any(f" {level} [" in line for level in ("WARNING", "ERROR", "CRITICAL"))]
+        return lines
 
     def stop(self) -> None:
         if self._process is not None:
