@@ -15,7 +15,16 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmrelay.limits.estimate import DEFAULT_CHARS_PER_TOKEN, MAX_CHOICES, MESSAGE_OVERHEAD, MIN_CHARS_PER_TOKEN, estimate
+from llmrelay.limits.estimate import (
+    DEFAULT_CHARS_PER_TOKEN,
+    MAX_CHOICES,
+    MESSAGE_OVERHEAD,
+    MIN_CHARS_PER_TOKEN,
+    estimate,
+    model_of,
+    parse_body,
+)
+from llmrelay.observe.requestinfo import MAX_MODEL_LENGTH, path_model, request_model
 
 text = st.text(max_size=30)
 piece = st.recursive(
@@ -109,3 +118,23 @@ def test_any_chars_per_token_gives_a_finite_estimate(per_token: float, length: i
     body = b"x" * length  # (not JSON: counted by its length)
     assert estimate("openai", body, None, per_token) == (math.ceil(length / expected), 0)
     assert estimate("openai", None, length, per_token) == (math.ceil(length / expected) if length else 0, 0)
+
+
+models = st.one_of(st.none(), st.text(max_size=250), st.integers(), st.booleans(), st.lists(st.integers(), max_size=2))
+paths = st.sampled_from(["/v1/chat/completions", "/v1beta/models/gemini-2.0-flash:generateContent", "/v1/models/", "/x/models/a/b"])
+
+
+@given(bodies, models, paths, st.booleans())
+def test_one_decode_finds_the_model_request_model_finds(request: dict[str, Any], model: Any, path: str, named: bool) -> None:
+    # The limits' fast path decodes a held body once for the estimate and the model; the model must
+    # be the one `request_model` reads (the path's first, else a non-empty string `model`, cut).
+    if named:
+        request = {**request, "model": model}
+    body = json.dumps(request, separators=(",", ":"), ensure_ascii=False).encode()
+    parsed = parse_body(body)
+    if parsed is None:
+        return  # (the fast path then asks request_model itself)
+    found = path_model(path) if "models/" in path else None
+    if found is None:
+        found = model_of(parsed, MAX_MODEL_LENGTH)
+    assert found == request_model(path, body)

@@ -295,11 +295,17 @@ def test_a_reload_keeps_the_counters_of_rules_it_leaves_alone(mock: MockProvider
     assert post(relay).status_code == 200  # a changed rule starts afresh
 
 
-def test_rule_matches_by_model_and_relay_key(mock: MockProvider, start_relay, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("tokens_too", [False, True], ids=["requests", "requests-and-tokens"])
+def test_rule_matches_by_model_and_relay_key(mock: MockProvider, start_relay, monkeypatch, tokens_too: bool) -> None:  # type: ignore[no-untyped-def]
+    # (with tokens counted by every rule, one decode of the body gives both the model and the estimate)
+    extra: dict[str, object] = {"tokens_per_minute": 1_000_000} if tokens_too else {}
     config = (
         KEYS.replace(f'key = "{BOB}"', 'key = "${INTERN_KEY}"')
         + endpoints(mock)
-        + rule("interns-gpt4o", per="relay_key", requests_per_minute=1, match={"endpoint": "oai", "model": "gpt-4o*", "relay_key": ["${INTERN_KEY}"]})
+        + rule(
+            "interns-gpt4o", per="relay_key", requests_per_minute=1, **extra,
+            match={"endpoint": "oai", "model": "gpt-4o*", "relay_key": ["${INTERN_KEY}"]},
+        )
     )
     relay = start_relay(config, env={"INTERN_KEY": BOB})
     big = {**BODY, "model": "gpt-4o-mini"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -40,7 +41,11 @@ class _GenerationConfig(msgspec.Struct):
     max_output_tokens: int | None = None
 
 
-class _Body(msgspec.Struct):
+class RequestBody(msgspec.Struct):
+    """The fields of a request body the estimate reads (and its model: any JSON value, so that an odd
+    one never fails the decode; `model_of` keeps a string)."""
+
+    model: Any = None
     messages: list[_Piece] | None = None  # OpenAI chat, Anthropic
     system: str | list[_Piece] | None = None  # Anthropic
     input: str | list[str | _Piece] | None = None  # OpenAI Responses, embeddings
@@ -58,7 +63,7 @@ class _Body(msgspec.Struct):
     n: int | None = None
 
 
-_decoder = msgspec.json.Decoder(_Body)
+_decoder = msgspec.json.Decoder(RequestBody)
 
 
 def _chars(roots: Sequence[str | _Piece]) -> int:
@@ -90,19 +95,41 @@ def estimate(provider: str, body: bytes | None, body_length: int | None, chars_p
     every provider are recognised whatever it says (a "forward" endpoint may carry any of them).
     (Runs for every request under a token limit: each field is looked at once, and a chat message
     whose content is a string, the usual case, is counted without the general walk.)"""
-    if MIN_CHARS_PER_TOKEN <= chars_per_token < math.inf:
-        per_token = chars_per_token
-    elif chars_per_token > 0 and math.isfinite(chars_per_token):
-        per_token = MIN_CHARS_PER_TOKEN
-    else:
-        per_token = DEFAULT_CHARS_PER_TOKEN
+    per_token = checked_chars_per_token(chars_per_token)
     if body is None:
         return (math.ceil(body_length / per_token) if body_length else 0), 0
-    try:
-        parsed = _decoder.decode(body)
-    except (msgspec.DecodeError, RecursionError):
+    parsed = parse_body(body)
+    if parsed is None:
         length = body_length if body_length is not None else len(body)
         return math.ceil(length / per_token), 0
+    return estimate_parsed(parsed, per_token)
+
+
+def checked_chars_per_token(chars_per_token: float) -> float:
+    """A usable divisor: at least MIN_CHARS_PER_TOKEN, and the default for 0, negatives, NaN and inf."""
+    if MIN_CHARS_PER_TOKEN <= chars_per_token < math.inf:
+        return chars_per_token
+    if chars_per_token > 0 and math.isfinite(chars_per_token):
+        return MIN_CHARS_PER_TOKEN
+    return DEFAULT_CHARS_PER_TOKEN
+
+
+def parse_body(body: bytes) -> RequestBody | None:
+    """The body decoded for the estimate (None: not JSON, or odd types in the fields it reads)."""
+    try:
+        return _decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
+def model_of(parsed: RequestBody, max_length: int) -> str | None:
+    """The body's model when it is a non-empty string (cut to `max_length`)."""
+    model = parsed.model
+    return model[:max_length] if isinstance(model, str) and model else None
+
+
+def estimate_parsed(parsed: RequestBody, per_token: float) -> tuple[int, int]:
+    """`estimate` of a decoded body; `per_token` already checked (MIN_CHARS_PER_TOKEN or more, finite)."""
     chars = len(parsed.tools)
     messages = 0
     listed = parsed.messages
@@ -148,4 +175,4 @@ def estimate(provider: str, body: bytes | None, body_length: int | None, chars_p
     return math.ceil(chars / per_token) + MESSAGE_OVERHEAD * messages, reserve
 
 
-__all__ = ["DEFAULT_CHARS_PER_TOKEN", "MESSAGE_OVERHEAD", "estimate"]
+__all__ = ["DEFAULT_CHARS_PER_TOKEN", "MESSAGE_OVERHEAD", "RequestBody", "checked_chars_per_token", "estimate", "estimate_parsed", "model_of", "parse_body"]

@@ -31,13 +31,22 @@ class _ModelOnly(msgspec.Struct):
 _decode_model = msgspec.json.Decoder(_ModelOnly).decode
 
 
-def request_model(path: str, body: bytes = b"") -> str | None:
-    """The model a request names, or None."""
+def path_model(path: str) -> str | None:
+    """The model a Gemini-style path names (`.../models/NAME:generateContent`), or None."""
     start = path.find("models/")
     if start >= 0:
         name = path[start + 7 :].split(":", 1)[0].split("/", 1)[0]
         if name:
             return name[:MAX_MODEL_LENGTH]
+    return None
+
+
+def request_model(path: str, body: bytes = b"") -> str | None:
+    """The model a request names, or None."""
+    if "models/" in path:
+        model = path_model(path)
+        if model is not None:
+            return model
     if not body or b'"model"' not in body:
         return None
     try:

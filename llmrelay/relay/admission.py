@@ -25,13 +25,13 @@ import trio
 
 from llmrelay.config.resolved import ResolvedLimits
 from llmrelay.control import LeaseAsk, LeaseGrant, LeaseRecall, LeaseReturn, Message
-from llmrelay.limits.estimate import estimate
+from llmrelay.limits.estimate import checked_chars_per_token, estimate, estimate_parsed, model_of, parse_body
 from llmrelay.limits.headers import rate_limit_headers, retry_after_header, token_limit
 from llmrelay.limits.leases import Admission, LeaseBook
 from llmrelay.limits.rules import MODEL_UNREAD, RequestFacts, RuleSet
 from llmrelay.observe.stream_usage import InjectedUsageFilter, add_include_usage
 from llmrelay.limits.types import CounterAsk, CounterCharge, CounterId, Limits, Units
-from llmrelay.observe.requestinfo import request_model
+from llmrelay.observe.requestinfo import MAX_MODEL_LENGTH, path_model, request_model
 from llmrelay.proto.messages import Headers, RequestHead
 from llmrelay.relay.replay import ReplayableBody
 
@@ -48,6 +48,13 @@ ASK_ROUNDS = 3  # grants taken by concurrent requests of this worker before this
 
 def counts_tokens(limits: Limits) -> bool:
     return bool(token_limit(limits))
+
+
+class Wait:
+    """`admit_now` cannot decide without waiting: `admit_request` decides."""
+
+
+WAIT = Wait()
 
 
 class LimitRefusal:
@@ -86,6 +93,7 @@ class Admissions:
         self._ids = itertools.count(1)
         self._per_token: dict[str, float] = {}  # chars per token by provider, for this config
         self._token_limits: set[Limits] = set()  # the rules' limits that count tokens (others need no estimate)
+        self._fused = False  # every rule counts tokens: a held body is decoded once for model and estimate
 
     def configure(self, settings: ResolvedLimits) -> None:
         """The `[limits]` of the config in service. Leases of rules that changed or went are given
@@ -95,12 +103,57 @@ class Admissions:
         self.active = bool(settings.rules)
         self._per_token = {}
         self._token_limits = {rule.limits for rule in settings.rules if counts_tokens(rule.limits)}
+        self._fused = bool(settings.rules) and all(counts_tokens(rule.limits) for rule in settings.rules)
 
     def attach(self, send: Callable[[Message], Awaitable[None]]) -> None:
         """How to reach the supervisor (the control channel's send)."""
         self._send = send
 
     # -- the request path -------------------------------------------------------------------------
+    def admit_now(
+        self,
+        endpoint: EndpointRuntime,
+        upstream: UpstreamRuntime,
+        record: AccessRecord,
+        head: RequestHead,
+        path: str,
+        body: bytes | ReplayableBody,
+    ) -> Admission | LimitRefusal | None | Wait:
+        """The usual case, without waiting: the request's model goes into `record.model` (when every
+        rule counts tokens, one decode of a held body gives the model and the token estimate), then
+        it is admitted from this worker's leases. `WAIT` when it cannot be decided without waiting
+        (a body to read ahead for its model, a lease that falls short): then `admit_request`."""
+        held = body if isinstance(body, bytes) else None
+        parsed = None
+        if held and self._fused:
+            parsed = parse_body(held)
+        if parsed is None:
+            model = request_model(path, held or b"")
+        else:
+            model = path_model(path) if "models/" in path else None
+            if model is None:
+                model = model_of(parsed, MAX_MODEL_LENGTH)
+        record.model = model
+        if model is None and held is None and self.rules.need_model:
+            return WAIT
+        counters = self.rules.counters(
+            RequestFacts(endpoint.name, model, record.relay_key, record.client, upstream.name, head.headers)
+        )
+        if not counters:
+            return None
+        if parsed is None:
+            need = self._need(counters, endpoint.provider, held, head.body_length)
+        else:  # (every rule counts tokens)
+            need = Units(requests=1, concurrent=1)
+            need.input_tokens, need.output_tokens = estimate_parsed(parsed, self._checked_per_token(endpoint.provider))
+        now = time.time()
+        result = self.book.admit(counters, need, now)
+        if isinstance(result, Admission):
+            if result.low and self.nursery is not None:
+                self._refill_soon(result, now)
+            return result
+        return WAIT
+
     async def admit_request(
         self,
         endpoint: EndpointRuntime,
@@ -148,11 +201,14 @@ class Admissions:
         need = Units(requests=1, concurrent=1)
         token_limits = self._token_limits
         if counters[0][1] in token_limits or (len(counters) > 1 and any(limits in token_limits for _, limits in counters)):
-            per_token = self._per_token.get(provider)
-            if per_token is None:
-                per_token = self._per_token[provider] = self.settings.chars_per_token_for(provider)
-            need.input_tokens, need.output_tokens = estimate(provider, body, body_length, per_token)
+            need.input_tokens, need.output_tokens = estimate(provider, body, body_length, self._checked_per_token(provider))
         return need
+
+    def _checked_per_token(self, provider: str) -> float:
+        per_token = self._per_token.get(provider)
+        if per_token is None:
+            per_token = self._per_token[provider] = checked_chars_per_token(self.settings.chars_per_token_for(provider))
+        return per_token
 
     def _refill_soon(self, admission: Admission, now: float) -> None:
         """Ask ahead for the leases `admission` left low, unless an ask for them is under way."""

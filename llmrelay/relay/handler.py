@@ -37,7 +37,7 @@ from llmrelay.observe.recorder import MetricsRecorder, attempt_outcome
 from llmrelay.observe.requestinfo import request_model
 from llmrelay.observe.usage_rows import UsageRecorder
 from llmrelay.relay import accesslog
-from llmrelay.relay.admission import Admissions, LimitRefusal
+from llmrelay.relay.admission import WAIT, Admissions, LimitRefusal, Wait
 from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts
 from llmrelay.relay.connect import ConnectTunnels
 from llmrelay.relay.credentials import identify_relay_key
@@ -216,16 +216,20 @@ class Relay:
                 body = await self._whole_body(exchange, record)  # one send upstream, and replayable
             else:
                 body = ReplayableBody(exchange, record, endpoint.retry_body_limit)
-        record.model = request_model(path, body if isinstance(body, bytes) else b"")
         admission = None
         admissions = self.admissions
         if admissions.active:  # `[limits]`: admitted from this worker's leases, or refused here
-            decision, body = await admissions.admit_request(endpoint, upstream, record, head, path, body)
+            decision = admissions.admit_now(endpoint, upstream, record, head, path, body)  # (sets record.model)
+            if decision is WAIT:
+                decision, body = await admissions.admit_request(endpoint, upstream, record, head, path, body)
             if isinstance(decision, LimitRefusal):
                 record.outcome = "rate_limited" if decision.status == 429 else "limits_unavailable"
                 await self._send_error(exchange, endpoint.provider, decision.status, decision.message, record, decision.headers)
                 return
+            assert not isinstance(decision, Wait)
             admission = decision
+        else:
+            record.model = request_model(path, body if isinstance(body, bytes) else b"")
         usage_asked = None
         if admissions.settings.inject_stream_usage and isinstance(body, bytes):
             usage_asked = admissions.stream_usage_asked(endpoint.provider, path, body)
