@@ -29,21 +29,29 @@ class _Timestamps:
     """Timestamps with milliseconds, the part up to the second cached: RFC 3339 UTC by default
     ("2026-01-02T03:04:05.678Z"), or `logging`'s default asctime ("2026-01-02 03:04:05,678", local)."""
 
-    __slots__ = ("_second", "_prefix", "_format", "_convert", "_separator", "_suffix")
+    __slots__ = ("_second", "_prefix", "_format", "_convert", "_separator", "_suffix", "_ms", "_text")
 
     def __init__(self, utc: bool = True) -> None:
         self._second = -1
         self._prefix = ""
+        self._ms = -1  # the last timestamp made, to the millisecond (lines come several per millisecond)
+        self._text = ""
         self._format = "%Y-%m-%dT%H:%M:%S" if utc else "%Y-%m-%d %H:%M:%S"
         self._convert = time.gmtime if utc else time.localtime
         self._separator, self._suffix = (".", "Z") if utc else (",", "")
 
     def __call__(self, created: float) -> str:
         second = int(created)
-        if second != self._second:
+        ms = int((created - second) * 1000)
+        if second == self._second:
+            if ms == self._ms:
+                return self._text
+        else:
             self._prefix = time.strftime(self._format, self._convert(second))
             self._second = second
-        return f"{self._prefix}{self._separator}{int((created - second) * 1000):03d}{self._suffix}"
+        self._ms = ms
+        self._text = text = f"{self._prefix}{self._separator}{ms:03d}{self._suffix}"
+        return text
 
 
 class JsonFormatter(logging.Formatter):
