@@ -38,7 +38,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.targets import RELAY_ROUTE, MockServer, Relay, children_of, free_port  # noqa: E402
+from bench.targets import RELAY_ROUTE, MockServer, Relay, children_of  # noqa: E402
 from bench.wrk import CHAT_BODY  # noqa: E402
 
 READY_TIMEOUT = 180.0  # a relay under valgrind starts slowly
@@ -52,24 +52,11 @@ class CountedRelay(Relay):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.output = output
 
-    def launch(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        config = self.workdir / "bench.toml"
-        config.write_text(self.config_text())
-        log = open(self.workdir / "relay.log", "wb")  # noqa: SIM115 - the child keeps writing to it
-        command = [
+    def command(self, config: Path) -> list[str]:
+        return [
             "valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no", "-q",
-            f"--callgrind-out-file={self.output}/callgrind.%p",
-            sys.executable, "-m", "llmrelay", "serve", "--config", str(config), "--port", str(self.port), "--workers", "1",
+            f"--callgrind-out-file={self.output}/callgrind.%p", *super().command(config),
         ]  # fmt: skip
-        try:
-            self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir,
-                env={**os.environ, **self.env},
-            )
-        finally:
-            log.close()
 
     def worker_pid(self) -> int:
         assert self._process is not None

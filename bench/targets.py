@@ -363,6 +363,11 @@ class Relay(Target):
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{RELAY_ROUTE}{path}"
 
+    def command(self, config: Path) -> list[str]:
+        return [sys.executable, "-m", "llmrelay", "serve", "--config", str(config), "--port", str(self.port)] + [
+            "--workers", str(self.workers), "--pid-file", str(self.workdir / "relay.pid"),
+        ]  # fmt: skip
+
     def launch(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -371,8 +376,7 @@ class Relay(Target):
         log = open(self.workdir / "relay.log", "wb")  # noqa: SIM115 - the child keeps writing to it
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "llmrelay", "serve", "--config", str(config), "--port", str(self.port)]
-                + ["--workers", str(self.workers), "--pid-file", str(self.workdir / "relay.pid")],
+                self.command(config),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from llmrelay.config.schema import MetricsSection
 from llmrelay.control import CounterDelta, GaugeValue, HistogramDelta, MetricsDelta
 from llmrelay.observe import catalog
+from llmrelay.observe.grouping import grouped
 
 if TYPE_CHECKING:
     from llmrelay.relay.accesslog import AccessRecord
@@ -163,15 +164,7 @@ class MetricsRecorder:
         if not kept:
             return
         self._kept = []
-        groups: dict[tuple[str, str, str | None], list[AccessRecord]] = {}
-        find = groups.get
-        for record in kept:
-            key = _GROUP(record)
-            group = find(key)
-            if group is None:
-                groups[key] = [record]
-            else:
-                group.append(record)
+        groups = grouped(kept, _GROUP)
         for (endpoint, upstream, model), group in groups.items():
             self._fold_group(endpoint, upstream, model, group)
         self._bytes_in += sum(map(_BYTES_IN, kept))

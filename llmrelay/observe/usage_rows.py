@@ -20,6 +20,7 @@ from operator import attrgetter, methodcaller
 from typing import TYPE_CHECKING
 
 from llmrelay.limits.types import UsageRow
+from llmrelay.observe.grouping import grouped
 
 if TYPE_CHECKING:
     from llmrelay.relay.accesslog import AccessRecord
@@ -71,15 +72,7 @@ class UsageRecorder:
         if not kept:
             return
         self._kept = []
-        groups: dict[tuple[str | None, str, str, str | None], list[AccessRecord]] = {}
-        find = groups.get
-        for record in kept:
-            key = _GROUP(record)
-            group = find(key)
-            if group is None:
-                groups[key] = [record]
-            else:
-                group.append(record)
+        groups = grouped(kept, _GROUP)
         for (relay_key, endpoint, upstream, model), group in groups.items():
             counts = self._row(relay_key or NO_RELAY_KEY, endpoint, upstream, model)
             counts[0] += len(group)

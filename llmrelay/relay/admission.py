@@ -146,13 +146,7 @@ class Admissions:
         else:  # (every rule counts tokens)
             need = Units(requests=1, concurrent=1)
             need.input_tokens, need.output_tokens = estimate_parsed(parsed, self._checked_per_token(endpoint.provider))
-        now = time.time()
-        result = self.book.admit(counters, need, now)
-        if isinstance(result, Admission):
-            if result.low and self.nursery is not None:
-                self._refill_soon(result, now)
-            return result
-        return WAIT
+        return self._from_leases(counters, need) or WAIT
 
     async def admit_request(
         self,
@@ -179,12 +173,9 @@ class Admissions:
         if not counters:
             return None, body
         need = self._need(counters, endpoint.provider, body if isinstance(body, bytes) else None, head.body_length)
-        now = time.time()
-        result = self.book.admit(counters, need, now)
-        if isinstance(result, Admission):  # (from this worker's leases: the usual case, no wait)
-            if result.low and self.nursery is not None:
-                self._refill_soon(result, now)
-            return result, body
+        admission = self._from_leases(counters, need)
+        if admission is not None:
+            return admission, body
         return await self._admit_waiting(facts, counters, need), body
 
     async def admit(
@@ -195,6 +186,16 @@ class Admissions:
         if not counters:
             return None
         return await self._admit_waiting(facts, counters, self._need(counters, provider, body, body_length))
+
+    def _from_leases(self, counters: list[tuple[CounterId, Limits]], need: Units) -> Admission | None:
+        """Admitted from this worker's leases (asking ahead for those left low), or None: one falls short."""
+        now = time.time()
+        result = self.book.admit(counters, need, now)
+        if not isinstance(result, Admission):
+            return None
+        if result.low and self.nursery is not None:
+            self._refill_soon(result, now)
+        return result
 
     def _need(self, counters: list[tuple[CounterId, Limits]], provider: str, body: bytes | None, body_length: int | None) -> Units:
         """What the request takes: one request, one slot, and its estimated tokens when a rule counts them."""
