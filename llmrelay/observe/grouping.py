@@ -1,9 +1,9 @@
-"""Grouping ended requests for the bulk folds of the metrics and usage recorders."""
+"""Keeping ended requests and grouping them, for the bulk folds of the metrics and usage recorders."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -21,3 +21,30 @@ def grouped(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
         else:
             group.append(item)
     return groups
+
+
+class Folding(Generic[T]):
+    """Items kept with one list append each and folded in bulk: at `FOLD_AT` kept, and whenever
+    `fold` is called (before each report). Subclasses say how in `fold_kept`."""
+
+    __slots__ = ("_kept",)
+
+    FOLD_AT = 512
+
+    def __init__(self) -> None:
+        self._kept: list[T] = []
+
+    def keep(self, item: T) -> None:
+        kept = self._kept
+        kept.append(item)
+        if len(kept) >= self.FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        kept = self._kept
+        if kept:
+            self._kept = []
+            self.fold_kept(kept)
+
+    def fold_kept(self, kept: list[T]) -> None:
+        raise NotImplementedError

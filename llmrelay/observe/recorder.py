@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from llmrelay.config.schema import MetricsSection
 from llmrelay.control import CounterDelta, GaugeValue, HistogramDelta, MetricsDelta
 from llmrelay.observe import catalog
-from llmrelay.observe.grouping import grouped
+from llmrelay.observe.grouping import Folding, grouped
 
 if TYPE_CHECKING:
     from llmrelay.relay.accesslog import AccessRecord
@@ -124,10 +124,13 @@ class ModelLabels:
         return label
 
 
-class MetricsRecorder:
+class MetricsRecorder(Folding["AccessRecord"]):
     """The counters and histograms a worker gained since its last delta, and its gauges' last values."""
 
+    FOLD_AT = FOLD_AT
+
     def __init__(self, settings: MetricsSection | None = None) -> None:
+        super().__init__()
         self.enabled = True
         self.model_label = ModelLabels(())
         self.configure(settings or MetricsSection())
@@ -136,7 +139,6 @@ class MetricsRecorder:
         self._tokens: dict[tuple[str, str, str], int] = {}
         self._bytes_in = 0
         self._bytes_out = 0
-        self._kept: list[AccessRecord] = []  # ended requests not folded into the counters yet
         self._dropped_seen: dict[str, int] = {}
         self._refusals_seen: dict[tuple[str, str], int] = {}
         self._gauges_sent: dict[tuple[str, tuple[str, ...]], float] = {}
@@ -151,21 +153,12 @@ class MetricsRecorder:
     # -- the hot path -------------------------------------------------------------------------------
     def record_request(self, record: AccessRecord) -> None:
         """One request ended (answered, failed or refused): keep its record for the next fold."""
-        if not self.enabled:
-            return
-        kept = self._kept
-        kept.append(record)
-        if len(kept) >= FOLD_AT:
-            self.fold()
+        if self.enabled:
+            self.keep(record)
 
-    def fold(self) -> None:
-        """Add every kept record to the counters and histograms, a group of alike requests at a time."""
-        kept = self._kept
-        if not kept:
-            return
-        self._kept = []
-        groups = grouped(kept, _GROUP)
-        for (endpoint, upstream, model), group in groups.items():
+    def fold_kept(self, kept: list[AccessRecord]) -> None:
+        """Add the kept records to the counters and histograms, a group of alike requests at a time."""
+        for (endpoint, upstream, model), group in grouped(kept, _GROUP).items():
             self._fold_group(endpoint, upstream, model, group)
         self._bytes_in += sum(map(_BYTES_IN, kept))
         self._bytes_out += sum(map(_BYTES_OUT, kept))

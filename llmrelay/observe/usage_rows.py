@@ -20,7 +20,7 @@ from operator import attrgetter, methodcaller
 from typing import TYPE_CHECKING
 
 from llmrelay.limits.types import UsageRow
-from llmrelay.observe.grouping import grouped
+from llmrelay.observe.grouping import Folding, grouped
 
 if TYPE_CHECKING:
     from llmrelay.relay.accesslog import AccessRecord
@@ -48,32 +48,26 @@ def is_error(status: int, outcome: str) -> bool:
     return status >= 400 or status == 0 or outcome not in _NOT_FAILURES
 
 
-class UsageRecorder:
-    """Rows that grew since the last `take_rows`, as [requests, input, output, errors] by key."""
+class UsageRecorder(Folding["AccessRecord"]):
+    """Rows that grew since the last `take_rows`, as [requests, input, output, errors] by key.
 
-    __slots__ = ("_rows", "_kept", "max_rows")
+    `record(record)`: one request ended: its relay key's name (`record.relay_key`; None: it presented
+    none), endpoint, upstream, model, tokens (when the provider reported them) and whether it failed."""
+
+    __slots__ = ("_rows", "max_rows")
+
+    FOLD_AT = FOLD_AT
 
     def __init__(self, max_rows: int = MAX_ROWS) -> None:
+        super().__init__()
         self.max_rows = max_rows
         self._rows: dict[_Key, list[int]] = {}
-        self._kept: list[AccessRecord] = []  # ended requests not folded into rows yet
 
-    def record(self, record: AccessRecord) -> None:
-        """One request ended: its relay key's name (`record.relay_key`; None: it presented none),
-        endpoint, upstream, model, tokens (when the provider reported them) and whether it failed."""
-        kept = self._kept
-        kept.append(record)
-        if len(kept) >= FOLD_AT:
-            self.fold()
+    record = Folding.keep
 
-    def fold(self) -> None:
-        """Add every kept record to its row (in the order the rows first appeared)."""
-        kept = self._kept
-        if not kept:
-            return
-        self._kept = []
-        groups = grouped(kept, _GROUP)
-        for (relay_key, endpoint, upstream, model), group in groups.items():
+    def fold_kept(self, kept: list[AccessRecord]) -> None:
+        """Add the kept records to their rows (in the order the rows first appeared)."""
+        for (relay_key, endpoint, upstream, model), group in grouped(kept, _GROUP).items():
             counts = self._row(relay_key or NO_RELAY_KEY, endpoint, upstream, model)
             counts[0] += len(group)
             usages = list(filter(None, map(_USAGE, group)))
