@@ -43,6 +43,7 @@ from supervisor.jobs import Jobs
 from supervisor.limits import LimitsService
 from supervisor.metrics import MetricsTotals
 from supervisor.monitor import monitor
+from supervisor.notify import Notifier
 from supervisor.pidfile import PidFile, PidFileError
 from supervisor.reload import Reloads
 from supervisor.rollout import Rollout
@@ -75,6 +76,7 @@ async def serve(
     pid_file_path: Path | None,
     pid_file_optional: bool,
 ) -> int:
+    notifier = Notifier.from_environment()  # (before any child starts: none of them inherits it)
     try:
         pid_file = _take_pid_file(pid_file_path, pid_file_optional)
     except PidFileError as exc:
@@ -92,8 +94,9 @@ async def serve(
         count = worker_count(config.server.workers)
         where = describe_listen(table.listen)
         log.info("llmrelay %s listening on %s with %s (config: %s)", __version__, where, count, config.source)
-        await _run_parts(table, status, config_path, overrides)
+        await _run_parts(table, status, config_path, overrides, notifier)
     finally:
+        notifier.close()
         table.close()
         status.remove()
         if pid_file:
@@ -117,7 +120,26 @@ def _take_pid_file(path: Path | None, optional: bool) -> PidFile | None:
     return pid_file
 
 
-async def _run_parts(table: SlotTable, status: StatusFile, config_path: Path | None, overrides: Overrides) -> None:
+def describe_state(table: SlotTable) -> str:
+    """The STATUS line systemd shows: workers serving and the config generation."""
+    serving = sum(1 for slot in table.slots if slot.worker is not None and slot.worker.ready.is_set())
+    return f"{serving} of {len(table.slots)} workers serving, config generation {table.generation}"
+
+
+async def _announce_ready(table: SlotTable, notifier: Notifier) -> None:
+    """READY=1 once every first worker serves, or when their boot time is up (the supervisor serves
+    then anyway: a slot still booting answers 503 until its worker is ready)."""
+    with trio.move_on_after(table.config.server.worker_ready_timeout):
+        for slot in table.slots:
+            if slot.worker is not None:
+                await slot.worker.ready.wait()
+    notifier.ready(describe_state(table))
+
+
+async def _run_parts(
+    table: SlotTable, status: StatusFile, config_path: Path | None, overrides: Overrides, notifier: Notifier | None = None
+) -> None:
+    notifier = notifier or Notifier()
     board = HealthBoard(table.config)
     totals = MetricsTotals(time.time())
     limits = LimitsService()
@@ -136,7 +158,7 @@ async def _run_parts(table: SlotTable, status: StatusFile, config_path: Path | N
                     limits.configure(config.limits)
                     await admin.follow(config)
 
-                reloads = Reloads(load, table, jobs, rollout, watcher, status, checks, totals, follow)
+                reloads = Reloads(load, table, jobs, rollout, watcher, status, checks, totals, follow, notifier, describe_state)
                 arbiter = Arbiter(table, rollout, jobs, reloads, status)
                 nursery.start_soon(arbiter.run, signals)
                 nursery.start_soon(limits.run, watcher.broadcast_health)
@@ -146,7 +168,10 @@ async def _run_parts(table: SlotTable, status: StatusFile, config_path: Path | N
                 changes.start_soon(checks.run)
                 await rollout.start_all()
                 nursery.start_soon(monitor, table, jobs, rollout, watcher)
+                changes.start_soon(_announce_ready, table, notifier)
+                nursery.start_soon(notifier.watchdog)
                 await arbiter.stop_requested.wait()
+                notifier.stopping()
                 changes.cancel_scope.cancel()
             await rollout.stop_all()
             nursery.cancel_scope.cancel()

@@ -37,6 +37,7 @@ from llmrelay.logs import LogSetupError, configure_logging
 from supervisor.health import HealthBoard
 from supervisor.jobs import Jobs
 from supervisor.metrics import MetricsTotals, RestartReason
+from supervisor.notify import Notifier
 from supervisor.slots import Slot, SlotTable, bind_listeners, bound_addresses, describe_listen, listener_addresses
 from supervisor.sockets import BindError, close_sockets
 from supervisor.status import Outcome, StatusFile
@@ -84,6 +85,8 @@ class Reloads:
     checks: Checks
     totals: MetricsTotals  # counts reloads by result
     follow_admin: Callable[[RelayConfig], Awaitable[None]]  # the admin listener takes an applied config
+    notify: Notifier = field(default_factory=Notifier)  # systemd: RELOADING=1, then READY=1
+    describe: Callable[[SlotTable], str] = field(default=lambda table: f"config generation {table.generation}")
     _wanted: trio.Event = field(default_factory=trio.Event, init=False)
 
     def request(self) -> None:
@@ -98,7 +101,9 @@ class Reloads:
             await self._wanted.wait()
             self._wanted = trio.Event()
             number = status.reload.requested
+            self.notify.reloading()
             outcome = await self.reload()
+            self.notify.ready(self.describe(self.table) + ("" if outcome.ok else "; last reload rejected"))
             status.generation = self.table.generation
             self.totals.reloaded(outcome.ok)
             if outcome.ok:
