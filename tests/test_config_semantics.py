@@ -184,3 +184,32 @@ def test_bad_host_entries_name_their_key() -> None:
 def test_the_same_host_written_two_ways_is_one_entry() -> None:
     errors = errors_of(f'[endpoints.a]\n{TARGET}hosts = ["::1"]\n[endpoints.b]\n{TARGET}hosts = ["[::1]"]\n')
     assert errors == ["endpoints.b.hosts[0]: [::1] is already routed to endpoint a"]
+
+
+# -- token_env: the seed format's spelling of api_key = "${NAME}" ------------------------------------
+
+
+def test_token_env_is_api_key_from_that_variable() -> None:
+    environ = {"OPENAI_TOKEN": "sk-from-env-123"}
+    spelled = load_config_text(f'[endpoints.a]\n{TARGET}token_env = "OPENAI_TOKEN"\n', "t", environ=environ)
+    explicit = load_config_text(f'[endpoints.a]\n{TARGET}api_key = "${{OPENAI_TOKEN}}"\n', "t", environ=environ)
+    assert [k.key for k in spelled.endpoints[0].upstreams[0].api_keys] == ["sk-from-env-123"]
+    assert spelled.endpoints[0].upstreams[0].api_keys == explicit.endpoints[0].upstreams[0].api_keys
+    several = (
+        f'[endpoints.b]\nprovider = "anthropic"\n[[endpoints.b.upstreams]]\nname = "one"\n{TARGET}token_env = "OPENAI_TOKEN"\n'
+        f'[[endpoints.b.upstreams]]\nname = "two"\n{TARGET}'
+    )
+    upstreams = load_config_text(several, "t", environ=environ).endpoints[0].upstreams
+    assert [k.key for k in upstreams[0].api_keys] == ["sk-from-env-123"] and upstreams[1].api_keys == []
+
+
+def test_token_env_errors_name_the_key() -> None:
+    assert errors_of(f'[endpoints.a]\n{TARGET}token_env = "NOPE_NOT_SET"\n') == [
+        "endpoints.a.token_env: environment variable NOPE_NOT_SET is not set"
+    ]
+    assert errors_of(f'[endpoints.a]\n{TARGET}token_env = "X"\napi_key = "sk"\n', {"X": "1"}) == [
+        "endpoints.a: set api_key or token_env, not both"
+    ]
+    assert errors_of(f'[endpoints.a]\n{TARGET}token_env = "not a name"\n') == [
+        "endpoints.a.token_env: 'not a name' is not an environment variable name"
+    ]

@@ -175,6 +175,7 @@ class UpstreamSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     fallback: bool = False
     auth_keys: list[RelayKey] | None = None  # None: every key the endpoint accepts; a list: only these
     api_key: str | None = None
+    token_env: str | None = None  # the name of an environment variable: api_key = "${NAME}"
     api_keys: list[ApiKeyEntry] | None = None
     proxy_url: str | None = None
     health_check: bool | HealthCheckSection | None = None
@@ -199,6 +200,7 @@ class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     hosts: list[str] = []
     auth_keys: list[RelayKey] | None = None  # None: inherit the top-level auth_keys; []: none (pass-through)
     api_key: str | None = None
+    token_env: str | None = None  # the name of an environment variable: api_key = "${NAME}"
     api_keys: list[ApiKeyEntry] = []
     public: bool = False
     connect_timeout: PositiveFloat = 10.0

@@ -123,21 +123,35 @@ def resolve_keys(
     return keys
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def resolve_api_keys(
     api_key: str | None,
     api_keys: list[ApiKeyEntry],
     path: str,
     errors: list[str],
     environ: Mapping[str, str] | None,
+    token_env: str | None = None,
 ) -> list[WeightedKey]:
+    """The keys of `api_key`, `token_env` (a synonym of `api_key = "${NAME}"`) or `api_keys`."""
+    field = "api_key"
+    if token_env is not None:
+        if api_key is not None:
+            errors.append(f"{path}: set api_key or token_env, not both")
+            return []
+        if not ENV_NAME.fullmatch(token_env):
+            errors.append(f"{path}.token_env: {printable(token_env)!r} is not an environment variable name")
+            return []
+        api_key, field = "${" + token_env + "}", "token_env"
     if api_key is not None and api_keys:
-        errors.append(f"{path}: set api_key or api_keys, not both")
+        errors.append(f"{path}: set {field} or api_keys, not both")
         return []
     if api_key is not None:
         try:
             return [WeightedKey(resolve_secret(api_key, environ), 1.0, "0")]
         except SecretError as exc:
-            errors.append(f"{path}.api_key: {exc}")
+            errors.append(f"{path}.{field}: {exc}")
             return []
     keys: list[WeightedKey] = []
     for index, entry in enumerate(api_keys):
