@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from llmrelay import __version__
+from llmrelay.completion import completion
 from llmrelay.config.errors import ConfigError
 from llmrelay.config.load import Overrides, find_config_path, load_config
 from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint, ResolvedUpstream, redact_url
@@ -447,6 +448,8 @@ def usage(
         click.echo(f"llmrelay usage: {exc}", err=True)
         sys.exit(EXIT_FAILED)
 
+
+main.add_command(completion)
 
 if __name__ == "__main__":
     main()
