@@ -132,7 +132,9 @@ class Reloads:
         new_sockets: list[list[socket.socket]] = []
         if moved:
             try:
-                new_sockets = bind_listeners(config, len(table.slots), ours=table.listen)
+                new_sockets = bind_listeners(
+                    config, len(table.slots), ours=table.listen, shared=table.shared, existing=table.listening_sockets()
+                )
             except BindError as exc:
                 log.error("reload rejected: %s; still serving the previous config", exc)
                 return Outcome(False, "the new listener cannot be bound", [str(exc)])

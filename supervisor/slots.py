@@ -20,7 +20,7 @@ import trio
 
 from llmrelay.config.resolved import RelayConfig
 from supervisor.fallback import answer_unavailable
-from supervisor.sockets import BindError, bind_slot_sockets, close_sockets
+from supervisor.sockets import BindError, bind_slot_sockets, close_sockets, shared_listeners
 from supervisor.workers import WorkerProcess
 
 log = logging.getLogger("supervisor")
@@ -78,13 +78,21 @@ class SlotTable:
         self.workers: set[WorkerProcess] = set()  # every live worker: serving, starting or draining
         self.listen: list[tuple[str, int]] = [(listener.host, listener.port) for listener in config.listeners]
         self.stopping = False
+        self.shared = shared_listeners()  # (macOS) one listening socket per address, a copy per slot
 
     def bind(self) -> None:
         """One slot per configured worker, each with one socket per listener (in the config's order);
         BindError when an address is taken."""
-        per_slot = bind_listeners(self.config, self.config.server.workers)
+        per_slot = bind_listeners(self.config, self.config.server.workers, shared=self.shared)
         self.slots = [Slot(index, sockets) for index, sockets in enumerate(per_slot)]
         self.listen = bound_addresses(self.config, per_slot[0])
+
+    def listening_sockets(self) -> dict[tuple[str, int], socket.socket]:
+        """A socket of each address listened on (of the first slot that holds them all)."""
+        for slot in self.slots:
+            if len(slot.sockets) == len(self.listen) and all(sock.fileno() >= 0 for sock in slot.sockets):
+                return dict(zip(self.listen, slot.sockets))
+        return {}
 
     def next_generation(self) -> int:
         self._last_generation += 1
@@ -97,9 +105,10 @@ class SlotTable:
     def add(self) -> Slot:
         """One slot more, on a socket that joins the listening address; BindError when it cannot."""
         sockets: list[socket.socket] = []
+        existing = self.listening_sockets()
         try:
             for host, port in self.listen:
-                sockets += bind_slot_sockets(host, port, 1, join=True)
+                sockets += bind_slot_sockets(host, port, 1, join=True, shared=self.shared, existing=existing.get((host, port)))
         except BindError:
             close_sockets(sockets)
             raise
@@ -127,18 +136,28 @@ class SlotTable:
 
 
 def bind_listeners(
-    config: RelayConfig, slots: int, ours: list[tuple[str, int]] | None = None
+    config: RelayConfig,
+    slots: int,
+    ours: list[tuple[str, int]] | None = None,
+    shared: bool = False,
+    existing: dict[tuple[str, int], socket.socket] | None = None,
 ) -> list[list[socket.socket]]:
     """For each of `slots` slots, one socket per listener of `config` (in order); all or nothing.
 
     `ours`: addresses this supervisor listens on already (a reload that adds or moves listeners):
-    their new sockets join the group that is there instead of finding the address taken.
+    their new sockets join the group that is there instead of finding the address taken (`shared`:
+    they are copies of `existing`, the socket listening there).
     """
     per_listener: list[list[socket.socket]] = []
     try:
         for listener in config.listeners:
-            join = ours is not None and listener.port != 0 and (listener.host, listener.port) in ours
-            per_listener.append(bind_slot_sockets(listener.host, listener.port, slots, join=join))
+            address = (listener.host, listener.port)
+            join = ours is not None and listener.port != 0 and address in ours
+            per_listener.append(
+                bind_slot_sockets(
+                    listener.host, listener.port, slots, join=join, shared=shared, existing=(existing or {}).get(address)
+                )
+            )
     except BindError:
         for sockets in per_listener:
             close_sockets(sockets)
