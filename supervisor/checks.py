@@ -74,7 +74,7 @@ def check_request(upstream: ResolvedUpstream, check: HealthCheck, key: str | Non
         headers.append((b"content-length", str(len(body)).encode()))
     if key is not None:
         presented: Headers = []
-        inject_key(upstream.provider, presented, key)
+        inject_key(upstream.provider, presented, key, any(entry.oauth for entry in upstream.api_keys if entry.key == key))
         headers += [(name, value) for name, value in presented if name.lower() not in names]
     target = join_path(upstream.target.base_path, check.path)
     return UpstreamRequest(

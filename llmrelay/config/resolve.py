@@ -98,8 +98,9 @@ def _resolve_upstream(
     proxy_ca_file = upstream.proxy_ca_file if upstream.proxy_ca_file is not None else endpoint.proxy_ca_file
     if not flat:
         check_ca_files((("ca_file", upstream.ca_file), ("proxy_ca_file", upstream.proxy_ca_file)), path, errors)
+    key_type = upstream.key_type or endpoint.key_type
     if upstream.api_key is not None or upstream.token_env is not None or upstream.api_keys is not None:
-        api_keys = resolve_api_keys(upstream.api_key, upstream.api_keys or [], path, errors, environ, upstream.token_env)
+        api_keys = resolve_api_keys(upstream.api_key, upstream.api_keys or [], path, errors, environ, upstream.token_env, key_type)
     else:
         api_keys = context.default_keys
     scope: list[str] | None = None
@@ -113,6 +114,8 @@ def _resolve_upstream(
     if target is None:
         return None
     provider = upstream.provider or endpoint.provider or infer_provider(target.host)
+    if provider != "anthropic" and any(key.oauth for key in api_keys):
+        errors.append(f'{path}: key_type = "oauth" is for Anthropic OAuth tokens; this upstream\'s provider is {provider}')
     check_value = upstream.health_check if upstream.health_check is not None else endpoint.health_check
     check_path = f"{path}.health_check" if upstream.health_check is not None else f"{context.path}.health_check"
     # (an endpoint's own check was judged once, with the endpoint: its mistakes are reported there)
@@ -175,7 +178,7 @@ def _resolve_endpoint(
         auth = book.resolve(section.auth_keys, f"{path}.auth_keys", errors)
         auth_source = "endpoint" if section.auth_keys else "none"
     check_ca_files((("ca_file", section.ca_file), ("proxy_ca_file", section.proxy_ca_file)), path, errors)
-    default_keys = resolve_api_keys(section.api_key, section.api_keys, path, errors, environ, section.token_env)
+    default_keys = resolve_api_keys(section.api_key, section.api_keys, path, errors, environ, section.token_env, section.key_type)
     if isinstance(section.health_check, HealthCheckSection):  # judged here once, whoever inherits it
         resolve_health_check(section.health_check, section.provider or "openai", f"{path}.health_check", errors)
     context = _EndpointContext(name=name, path=path, section=section, default_keys=default_keys)

@@ -25,9 +25,10 @@ class WeightedKey(msgspec.Struct, frozen=True):
     key: str
     weight: float
     name: str = ""  # how /health and the logs name it: its configured name, else its index
+    oauth: bool = False  # an Anthropic OAuth token: sent as Authorization: Bearer, with its anthropic-beta
 
     def __repr__(self) -> str:
-        return f"WeightedKey(key=<redacted>, weight={self.weight}, name={self.name!r})"
+        return f"WeightedKey(key=<redacted>, weight={self.weight}, name={self.name!r}, oauth={self.oauth})"
 
 
 class HealthCheck(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,6 +27,7 @@ PositiveFloat = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 Port = Annotated[int, Meta(ge=0, le=65535)]
 ProviderName = Literal["openai", "anthropic", "gemini", "forward"]
+KeyType = Literal["api_key", "oauth"]  # oauth: an Anthropic OAuth token (Authorization: Bearer + its beta)
 LogLevel = Literal["debug", "info", "warning", "error"]
 ForwardedHeaders = Literal["append", "replace", "none"]
 HttpStatus = Annotated[int, Meta(ge=100, le=599)]
@@ -53,6 +54,7 @@ class ApiKeyEntry(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     key: str
     weight: Weight = 1.0
     name: str | None = None  # how /health and the logs name it (default: its index)
+    key_type: KeyType | None = None  # None: the upstream's key_type
 
 
 class RelayKeyEntry(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -176,6 +178,7 @@ class UpstreamSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     auth_keys: list[RelayKey] | None = None  # None: every key the endpoint accepts; a list: only these
     api_key: str | None = None
     token_env: str | None = None  # the name of an environment variable: api_key = "${NAME}"
+    key_type: KeyType | None = None  # None: "api_key" (an upstream: the endpoint's)
     api_keys: list[ApiKeyEntry] | None = None
     proxy_url: str | None = None
     health_check: bool | HealthCheckSection | None = None
@@ -201,6 +204,7 @@ class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     auth_keys: list[RelayKey] | None = None  # None: inherit the top-level auth_keys; []: none (pass-through)
     api_key: str | None = None
     token_env: str | None = None  # the name of an environment variable: api_key = "${NAME}"
+    key_type: KeyType | None = None  # None: "api_key" (an upstream: the endpoint's)
     api_keys: list[ApiKeyEntry] = []
     public: bool = False
     connect_timeout: PositiveFloat = 10.0

@@ -133,8 +133,10 @@ def resolve_api_keys(
     errors: list[str],
     environ: Mapping[str, str] | None,
     token_env: str | None = None,
+    key_type: str | None = None,
 ) -> list[WeightedKey]:
-    """The keys of `api_key`, `token_env` (a synonym of `api_key = "${NAME}"`) or `api_keys`."""
+    """The keys of `api_key`, `token_env` (a synonym of `api_key = "${NAME}"`) or `api_keys`; an
+    entry's `key_type` (else `key_type`) "oauth" marks an Anthropic OAuth token."""
     field = "api_key"
     if token_env is not None:
         if api_key is not None:
@@ -149,14 +151,15 @@ def resolve_api_keys(
         return []
     if api_key is not None:
         try:
-            return [WeightedKey(resolve_secret(api_key, environ), 1.0, "0")]
+            return [WeightedKey(resolve_secret(api_key, environ), 1.0, "0", key_type == "oauth")]
         except SecretError as exc:
             errors.append(f"{path}.{field}: {exc}")
             return []
     keys: list[WeightedKey] = []
     for index, entry in enumerate(api_keys):
         try:
-            keys.append(WeightedKey(resolve_secret(entry.key, environ), entry.weight, entry.name or str(index)))
+            oauth = (entry.key_type or key_type) == "oauth"
+            keys.append(WeightedKey(resolve_secret(entry.key, environ), entry.weight, entry.name or str(index), oauth))
         except SecretError as exc:
             errors.append(f"{path}.api_keys[{index}].key: {exc}")
     if api_keys and not any(entry.weight > 0 for entry in api_keys):

@@ -145,5 +145,5 @@ def upstream_head(
     if replace_credentials and query:
         query = strip_query_key(query)
     if key is not None:
-        inject_key(upstream.provider, headers, upstream.keys[key])
+        inject_key(upstream.provider, headers, upstream.keys[key], upstream.key_oauth[key])
     return headers, join_path(upstream.base_path, path) + ("?" + query if query else "")

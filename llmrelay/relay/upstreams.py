@@ -34,6 +34,7 @@ class UpstreamRuntime:
         "provider",
         "pool",
         "keys",
+        "key_oauth",
         "key_names",
         "_key_rotation",
         "_every_key",
@@ -58,6 +59,7 @@ class UpstreamRuntime:
         self.pool = UpstreamPool(config)
         self.keys = [key.key for key in config.api_keys]
         self.key_names = [key.name for key in config.api_keys]
+        self.key_oauth = [key.oauth for key in config.api_keys]  # Anthropic OAuth tokens: Bearer + their beta
         self._key_rotation = SmoothWeighted([key.weight for key in config.api_keys])
         self._every_key = [i for i, key in enumerate(config.api_keys) if key.weight > 0]
         self.key_cooling = [0.0] * len(self.keys)  # unix time until which a key is cooling down

@@ -43,9 +43,26 @@ def error_format(name: str) -> ErrorFormat:
     return functools.partial(error_response, name)
 
 
-def inject_key(name: str, headers: Headers, key: str) -> None:
-    """Present the provider key the provider's own way (appends to `headers`)."""
-    headers.append(provider(name).key_field(key.encode("ascii", "strict")))
+OAUTH_BETA = b"oauth-2025-04-20"  # the anthropic-beta value Anthropic's API wants with an OAuth token
+
+
+def inject_key(name: str, headers: Headers, key: str, oauth: bool = False) -> None:
+    """Present the provider key the provider's own way (appends to `headers`). An Anthropic OAuth
+    token goes as `Authorization: Bearer`, with `oauth-2025-04-20` added to the client's own
+    `anthropic-beta` values (one field, theirs first, nothing repeated)."""
+    value = key.encode("ascii", "strict")
+    if not oauth:
+        headers.append(provider(name).key_field(value))
+        return
+    headers.append((b"authorization", b"Bearer " + value))
+    betas: list[bytes] = []
+    for index in range(len(headers) - 1, -1, -1):
+        if headers[index][0] == b"anthropic-beta":
+            betas[:0] = [token.strip() for token in headers[index][1].split(b",") if token.strip()]
+            del headers[index]
+    if OAUTH_BETA not in betas:
+        betas.append(OAUTH_BETA)
+    headers.append((b"anthropic-beta", b",".join(dict.fromkeys(betas))))
 
 
 def sse_error_event(name: str, message: str) -> bytes:
@@ -53,4 +70,4 @@ def sse_error_event(name: str, message: str) -> bytes:
     return provider(name).sse_error_event(message)
 
 
-__all__ = ["PROVIDERS", "Provider", "error_format", "error_response", "inject_key", "provider", "sse_error_event"]
+__all__ = ["OAUTH_BETA", "PROVIDERS", "Provider", "error_format", "error_response", "inject_key", "provider", "sse_error_event"]
