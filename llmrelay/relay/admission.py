@@ -26,13 +26,14 @@ import trio
 from llmrelay.config.resolved import ResolvedLimits
 from llmrelay.control import LeaseAsk, LeaseGrant, LeaseRecall, LeaseReturn, Message
 from llmrelay.limits.estimate import checked_chars_per_token, estimate, estimate_parsed, model_of, parse_body
-from llmrelay.limits.headers import rate_limit_headers, retry_after_header, token_limit
+from llmrelay.limits.headers import rate_limit_headers, retry_after_header
 from llmrelay.limits.leases import Admission, LeaseBook
 from llmrelay.limits.rules import MODEL_UNREAD, RequestFacts, RuleSet
 from llmrelay.observe.stream_usage import InjectedUsageFilter, add_include_usage
 from llmrelay.limits.types import CounterAsk, CounterCharge, CounterId, Limits, Units
 from llmrelay.observe.requestinfo import MAX_MODEL_LENGTH, path_model, request_model
 from llmrelay.proto.messages import Headers, RequestHead
+from llmrelay.relay.admission_outcomes import WAIT, LimitRefusal, Wait, counts_tokens
 from llmrelay.relay.replay import ReplayableBody
 
 if TYPE_CHECKING:
@@ -44,30 +45,6 @@ log = logging.getLogger("llmrelay.limits")
 
 ASK_TIMEOUT = 2.0  # the supervisor answers an ask in well under a millisecond; past this it is stuck
 ASK_ROUNDS = 3  # grants taken by concurrent requests of this worker before this one could use them
-
-
-def counts_tokens(limits: Limits) -> bool:
-    return bool(token_limit(limits))
-
-
-class Wait:
-    """`admit_now` cannot decide without waiting: `admit_request` decides."""
-
-
-WAIT = Wait()
-
-
-class LimitRefusal:
-    """A request the limits refuse: 429 (a rule) or 503 (the limits backend cannot be asked and
-    `on_backend_error = "deny"`), with its headers."""
-
-    __slots__ = ("status", "message", "headers", "rule")
-
-    def __init__(self, status: int, message: str, headers: Headers, rule: str) -> None:
-        self.status = status
-        self.message = message
-        self.headers = headers
-        self.rule = rule
 
 
 class _PendingAsk:

@@ -37,7 +37,8 @@ from llmrelay.observe.recorder import MetricsRecorder, attempt_outcome
 from llmrelay.observe.requestinfo import request_model
 from llmrelay.observe.usage_rows import UsageRecorder
 from llmrelay.relay import accesslog
-from llmrelay.relay.admission import WAIT, Admissions, LimitRefusal, Wait
+from llmrelay.relay.admission import Admissions
+from llmrelay.relay.admission_outcomes import WAIT, LimitRefusal, Wait
 from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts
 from llmrelay.relay.connect import ConnectTunnels
 from llmrelay.relay.credentials import identify_relay_key
