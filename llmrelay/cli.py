@@ -17,6 +17,7 @@ import click
 
 from llmrelay import __version__
 from llmrelay.completion import completion
+from llmrelay.importing.cli_command import import_config_command
 from llmrelay.config.errors import ConfigError
 from llmrelay.config.load import Overrides, find_config_path, load_config
 from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint, ResolvedUpstream, redact_url
@@ -450,6 +451,7 @@ def usage(
 
 
 main.add_command(completion)
+main.add_command(import_config_command)
 
 if __name__ == "__main__":
     main()

@@ -41,7 +41,8 @@ BackendErrorPolicy = Literal["allow", "deny"]
 # doubles) holds it exactly.
 LimitCount = Annotated[int, Meta(ge=0, le=10**12)]
 CharsPerToken = Annotated[float, Meta(gt=0, le=100)]
-Patterns = str | list[str]  # one glob (or CIDR, or key) or a list of them
+Patterns = str | list[str]
+RefreshInterval = Annotated[float, Meta(ge=1, le=31 * 86400)]  # one glob (or CIDR, or key) or a list of them
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -55,6 +56,7 @@ class ApiKeyEntry(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     weight: Weight = 1.0
     name: str | None = None  # how /health and the logs name it (default: its index)
     key_type: KeyType | None = None  # None: the upstream's key_type
+    refresh_interval: RefreshInterval | None = None  # a `$(command)` key: re-run this often (s) and on a 401
 
 
 class RelayKeyEntry(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -179,6 +181,7 @@ class UpstreamSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     api_key: str | None = None
     token_env: str | None = None  # the name of an environment variable: api_key = "${NAME}"
     key_type: KeyType | None = None  # None: "api_key" (an upstream: the endpoint's)
+    refresh_interval: RefreshInterval | None = None  # a `$(command)` api_key: re-run this often (s) and on a 401
     api_keys: list[ApiKeyEntry] | None = None
     proxy_url: str | None = None
     health_check: bool | HealthCheckSection | None = None
@@ -205,6 +208,7 @@ class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     api_key: str | None = None
     token_env: str | None = None  # the name of an environment variable: api_key = "${NAME}"
     key_type: KeyType | None = None  # None: "api_key" (an upstream: the endpoint's)
+    refresh_interval: RefreshInterval | None = None  # a `$(command)` api_key: re-run this often (s) and on a 401
     api_keys: list[ApiKeyEntry] = []
     public: bool = False
     connect_timeout: PositiveFloat = 10.0
