@@ -15,6 +15,7 @@ from typing import Any
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _INLINE_WIDTH = 100
+_COMMENT_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
@@ -90,10 +91,20 @@ def _inline_list(items: list[Mapping[str, Any]], key: str) -> str | None:
     return f"{key} = [\n" + "".join(f"  {text},\n" for text in rendered) + "]"
 
 
+def _comment_lines(text: str) -> list[str]:
+    """`text` as comment lines: TOML comments cannot hold control characters (but tab), which names
+    taken from a source file may carry, so those are written as `\\xNN`."""
+    return [f"# {_COMMENT_UNSAFE.sub(_escaped_byte, line)}".rstrip() for line in text.splitlines()]
+
+
+def _escaped_byte(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
 def document_text(data: Mapping[str, Any], comments: Mapping[str, str] | None = None, header: str = "") -> str:
     """The whole file. `comments` maps a table's dotted path ("endpoints.oai", "endpoints.oai.upstreams[0]") to a comment
     written above its header; `header` is written first, as comment lines."""
-    lines: list[str] = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines: list[str] = _comment_lines(header)
     _table(lines, data, [], comments or {}, array=False, top=True)
     return "\n".join(lines).strip("\n") + "\n"
 
@@ -113,7 +124,7 @@ def _table(
         if lines:
             lines.append("")
         if dotted in comments:
-            lines.extend(f"# {line}".rstrip() for line in comments[dotted].splitlines())
+            lines.extend(_comment_lines(comments[dotted]))
         header = ".".join(key_text(part) for part in path)
         lines.append(f"[[{header}]]" if array else f"[{header}]")
     nested: list[tuple[str, Any]] = []
