@@ -6,7 +6,9 @@ properties: `has_dot_segment` agrees with an independent regex definition of a (
 percent-encoded) `.`/`..` segment; `Router.route` raises nothing but `RequestRejected(400)`, and that
 exactly for dot segments; `/{name}/{rest}` reaches the endpoint called `name` with `rest` intact and an
 unknown name reaches nothing; a configured Host (in any case, with a port or a trailing dot) takes the
-whole target; `join_path` keeps the query verbatim, always stays under the base path, never repeats
+whole target; `hosts` entries with a path prefix and endpoints' `paths` agree with a reference
+matcher written from their definition (longest prefix on a segment boundary, Host before paths before
+the first segment, a Host's prefix taken off); `join_path` keeps the query verbatim, always stays under the base path, never repeats
 the base path when the rest already starts with it, and is idempotent.
 """
 
@@ -178,6 +180,66 @@ def test_a_host_entry_with_a_port_wins_for_that_port_only(
         assert elsewhere is not None and (elsewhere.endpoint, elsewhere.by_host) == ("ANY", True)
     else:
         assert elsewhere is None or not elsewhere.by_host
+
+
+prefix_segments = st.sampled_from(["a", "ab", "v1", "tenant-b", "api", "x~y"])
+prefixes = st.lists(prefix_segments, min_size=1, max_size=3).map(lambda s: "/" + "/".join(s))
+
+
+def reference_route(
+    host_prefixes: dict[str, str], plain_host: str | None, paths: dict[str, str], names: set[str], target: str, host_matches: bool
+) -> tuple[str, str, bool] | None:
+    """(endpoint, rest, by_host) from the definition: for a matching Host its prefixes (longest first,
+    taken off) then its plain entry; then `paths` (longest first, target whole); then `/{name}/`."""
+    def below(prefix: str) -> bool:
+        return target == prefix or target.startswith(prefix + "/") or target.startswith(prefix + "?")
+
+    if host_matches:
+        for prefix in sorted(host_prefixes, key=len, reverse=True):
+            if below(prefix):
+                rest = target[len(prefix):]
+                return host_prefixes[prefix], rest if rest.startswith("/") else "/" + rest, True
+        if plain_host is not None:
+            return plain_host, target, True
+    for prefix in sorted(paths, key=len, reverse=True):
+        if below(prefix):
+            return paths[prefix], target, False
+    if not target.startswith("/"):
+        return None
+    name = re.split(r"[/?]", target[1:], maxsplit=1)[0]
+    if name not in names:
+        return None
+    rest = target[1 + len(name):]
+    return f"endpoint:{name}", rest if rest.startswith("/") else "/" + rest, False
+
+
+@given(
+    host_prefixes=st.dictionaries(prefixes, st.sampled_from(["endpoint:p1", "endpoint:p2"]), max_size=3),
+    plain=st.sampled_from([None, "endpoint:plain"]),
+    paths=st.dictionaries(prefixes, st.sampled_from(["endpoint:q1", "endpoint:q2"]), max_size=3),
+    tail=st.one_of(st.just(""), structured_paths(), queries.map(lambda q: "?" + q)),
+    lead=st.one_of(st.just(""), prefixes),
+    host_matches=st.booleans(),
+)
+def test_host_prefixes_and_paths_match_the_reference(
+    host_prefixes: dict[str, str], plain: str | None, paths: dict[str, str], tail: str, lead: str, host_matches: bool
+) -> None:
+    target = lead + tail if (lead + tail).startswith("/") else "/" + lead + tail
+    assume(not reference_has_dot_segment(target))
+    owners: dict[str, list[str]] = {}
+    for prefix, owner in host_prefixes.items():
+        owners.setdefault(owner, []).append("relay.test" + prefix)
+    if plain is not None:
+        owners.setdefault(plain, []).append("relay.test")
+    names = {"a", "v1", "api"}
+    entries = [(name, [], f"endpoint:{name}") for name in names]
+    entries += [(owner.split(":")[1], hosts, owner) for owner, hosts in owners.items()]
+    table = Router(entries, [(prefix, owner) for prefix, owner in paths.items()])
+    host = b"relay.test:8811" if host_matches else b"other.test"
+    route = table.route(host, target)
+    expected = reference_route(host_prefixes, plain, paths, names | {o.split(":")[1] for o in owners}, target, host_matches)
+    got = None if route is None else (route.endpoint, route.rest, route.by_host)
+    assert got == expected
 
 
 # -- join_path -------------------------------------------------------------------------------------------

@@ -103,6 +103,8 @@ def summary(config: RelayConfig) -> list[str]:
         route = f"/{endpoint.name}/"
         if endpoint.hosts:
             route += " hosts=" + ",".join(endpoint.hosts)
+        if endpoint.paths:
+            route += " paths=" + ",".join(endpoint.paths)
         lines.append(
             f"  {route}  provider={endpoint.provider}  relay_keys={_relay_keys(endpoint)}"
             f"  retries={endpoint.retries}  retry_deadline={endpoint.retry_deadline:g}s"

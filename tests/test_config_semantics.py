@@ -169,7 +169,7 @@ def test_host_entries_have_one_canonical_form(entry: str, canonical: str) -> Non
 
 
 @pytest.mark.parametrize(
-    "entry", ["", "a b", "a/b", "evil@a", "a:", "a:0", "a:99999", "a:x", "[::1", "[::1]x", "[nope]", "-a", "a..b", "a\n"]
+    "entry", ["", "a b", "a/", "a//b", "a/b/../c", "a/%2e", "a/b?c", "a/b#c", "/b", "evil@a", "a:", "a:0", "a:99999", "a:x", "[::1", "[::1]x", "[nope]", "-a", "a..b", "a\n"]
 )
 def test_bad_host_entries_are_refused(entry: str) -> None:
     with pytest.raises(HostEntryError):
@@ -184,6 +184,28 @@ def test_bad_host_entries_name_their_key() -> None:
 def test_the_same_host_written_two_ways_is_one_entry() -> None:
     errors = errors_of(f'[endpoints.a]\n{TARGET}hosts = ["::1"]\n[endpoints.b]\n{TARGET}hosts = ["[::1]"]\n')
     assert errors == ["endpoints.b.hosts[0]: [::1] is already routed to endpoint a"]
+
+
+def test_a_host_entry_may_carry_a_path_prefix() -> None:
+    config = load_config_text(
+        f'[endpoints.a]\n{TARGET}hosts = ["OAI.example/tenant-b/", "oai.example"]\n'
+        f'[endpoints.b]\n{TARGET}hosts = ["oai.example:8443/api/v1"]\n',
+        "t",
+    )
+    assert [e.hosts for e in config.endpoints] == [["oai.example/tenant-b", "oai.example"], ["oai.example:8443/api/v1"]]
+    errors = errors_of(f'[endpoints.a]\n{TARGET}hosts = ["x.example/p"]\n[endpoints.b]\n{TARGET}hosts = ["x.example/p/"]\n')
+    assert errors == ["endpoints.b.hosts[0]: x.example/p is already routed to endpoint a"]
+
+
+def test_paths_route_prefixes_to_one_endpoint_each() -> None:
+    config = load_config_text(f'[endpoints.a]\n{TARGET}paths = ["/v1/messages", "/v1/complete/"]\n', "t")
+    assert config.endpoints[0].paths == ["/v1/messages", "/v1/complete"]
+    errors = errors_of(
+        f'[endpoints.a]\n{TARGET}paths = ["/v1/messages", "v1/x", "/v1/../x", "/"]\n'
+        f'[endpoints.b]\n{TARGET}paths = ["/v1/messages"]\n'
+    )
+    assert [e.split(":")[0] for e in errors] == ["endpoints.a.paths[1]", "endpoints.a.paths[2]", "endpoints.a.paths[3]", "endpoints.b.paths[0]"]
+    assert errors[-1].endswith("/v1/messages is already routed to endpoint a")
 
 
 # -- token_env: the seed format's spelling of api_key = "${NAME}" ------------------------------------

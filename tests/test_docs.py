@@ -97,6 +97,7 @@ def test_every_toml_block_in_the_readme_loads(tmp_path: Path) -> None:
     server = trustme.CA().issue_cert("localhost")
     server.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     server.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    (tmp_path / "anthropic-oauth-token").write_text("sk-ant-oat-example\n")  # (the refreshed-key example reads it)
     for block in blocks:
         block = block.replace("/etc/llmrelay/", f"{tmp_path}/")
         environ = {name: f"value-of-{name}" for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", block)}

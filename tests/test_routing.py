@@ -57,3 +57,38 @@ def test_dot_segments_are_refused(target: bytes) -> None:
     with pytest.raises(RequestRejected) as info:
         make_router().route(b"relay", target)
     assert info.value.status == 400
+
+
+def make_prefixed_router() -> Router[str]:
+    return Router(
+        [
+            ("oai", ["oai.relay.test"], "PLAIN"),
+            ("tenant_b", ["oai.relay.test/tenant-b"], "TENANT_B"),
+            ("nested", ["oai.relay.test/api/v1", "oai.relay.test:9000/api"], "NESTED"),
+            ("v1", [], "V1"),
+        ],
+        [("/v1/messages", "MESSAGES"), ("/v1/chat/completions", "CHAT"), ("/v1/chat", "CHAT_SHORT")],
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "target", "expected"),
+    [
+        (b"oai.relay.test", b"/tenant-b/v1/models", ("TENANT_B", "/v1/models", True)),
+        (b"OAI.relay.test:443", b"/tenant-b?x=1", ("TENANT_B", "/?x=1", True)),
+        (b"oai.relay.test", b"/tenant-b", ("TENANT_B", "/", True)),
+        (b"oai.relay.test", b"/tenant-bx/v1/models", ("PLAIN", "/tenant-bx/v1/models", True)),
+        (b"oai.relay.test", b"/api/v1/v1/models", ("NESTED", "/v1/models", True)),
+        (b"oai.relay.test:9000", b"/api/v1/v1/models", ("NESTED", "/v1/v1/models", True)),
+        (b"oai.relay.test", b"/api/v2", ("PLAIN", "/api/v2", True)),
+        (b"other.test", b"/tenant-b/v1/models", None),
+        (b"other.test", b"/v1/messages", ("MESSAGES", "/v1/messages", False)),
+        (b"other.test", b"/v1/chat/completions?stream=1", ("CHAT", "/v1/chat/completions?stream=1", False)),
+        (b"other.test", b"/v1/chat/x", ("CHAT_SHORT", "/v1/chat/x", False)),
+        (b"other.test", b"/v1/messagesx", ("V1", "/messagesx", False)),
+        (None, b"/v1/messages/count_tokens", ("MESSAGES", "/v1/messages/count_tokens", False)),
+    ],
+)
+def test_host_prefixes_and_paths(host: bytes | None, target: bytes, expected: tuple[str, str, bool] | None) -> None:
+    route = make_prefixed_router().route(host, target)
+    assert (None if route is None else (route.endpoint, route.rest, route.by_host)) == expected

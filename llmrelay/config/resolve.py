@@ -41,6 +41,7 @@ from llmrelay.config.values import (
     resolve_api_keys,
     resolve_health_check,
     resolve_hosts,
+    resolve_paths,
     resolve_keys,
 )
 
@@ -100,7 +101,12 @@ def _resolve_upstream(
         check_ca_files((("ca_file", upstream.ca_file), ("proxy_ca_file", upstream.proxy_ca_file)), path, errors)
     key_type = upstream.key_type or endpoint.key_type
     if upstream.api_key is not None or upstream.token_env is not None or upstream.api_keys is not None:
-        api_keys = resolve_api_keys(upstream.api_key, upstream.api_keys or [], path, errors, environ, upstream.token_env, key_type)
+        api_keys = resolve_api_keys(
+            upstream.api_key, upstream.api_keys or [], path, errors, environ, upstream.token_env, key_type, upstream.refresh_interval
+        )
+    elif upstream.refresh_interval is not None:
+        errors.append(f"{path}.refresh_interval: set it beside the $(command) api_key it refreshes")
+        api_keys = context.default_keys
     else:
         api_keys = context.default_keys
     scope: list[str] | None = None
@@ -172,18 +178,21 @@ def _resolve_endpoint(
     if section.proxy_url is not None:
         check_proxy_url(section.proxy_url, f"{path}.proxy_url", errors)
     hosts = resolve_hosts(section.hosts, name, path, host_owner, errors)
+    paths = resolve_paths(section.paths, name, path, host_owner, errors)
     if section.auth_keys is None:
         auth, auth_source = global_auth, "global" if file.auth_keys else "none"
     else:
         auth = book.resolve(section.auth_keys, f"{path}.auth_keys", errors)
         auth_source = "endpoint" if section.auth_keys else "none"
     check_ca_files((("ca_file", section.ca_file), ("proxy_ca_file", section.proxy_ca_file)), path, errors)
-    default_keys = resolve_api_keys(section.api_key, section.api_keys, path, errors, environ, section.token_env, section.key_type)
+    default_keys = resolve_api_keys(
+        section.api_key, section.api_keys, path, errors, environ, section.token_env, section.key_type, section.refresh_interval
+    )
     if isinstance(section.health_check, HealthCheckSection):  # judged here once, whoever inherits it
         resolve_health_check(section.health_check, section.provider or "openai", f"{path}.health_check", errors)
     context = _EndpointContext(name=name, path=path, section=section, default_keys=default_keys)
     upstreams: list[ResolvedUpstream] = []
-    paths: list[str] = []
+    upstream_paths: list[str] = []
     seen: dict[str, str] = {}
     for index, (upstream_path, upstream_section) in enumerate(_upstream_sections(name, path, section, server, errors)):
         resolved = _resolve_upstream(context, index, upstream_path, upstream_section, errors, environ, book)
@@ -193,12 +202,12 @@ def _resolve_endpoint(
             errors.append(f"{upstream_path}.name: duplicate upstream name {printable(resolved.name)!r} (also {seen[resolved.name]})")
         seen.setdefault(resolved.name, upstream_path)
         upstreams.append(resolved)
-        paths.append(upstream_path)
+        upstream_paths.append(upstream_path)
     accepted = list(auth)  # the union of the endpoint's keys and every upstream's scoped keys
     for resolved in upstreams:
         accepted += [key for key in resolved.scope or () if key not in accepted]
     if not accepted and exposed is not None and not section.public:
-        for resolved, upstream_path in zip(upstreams, paths):
+        for resolved, upstream_path in zip(upstreams, upstream_paths):
             if resolved.api_keys:
                 errors.append(
                     f"{upstream_path}: injects an api_key on non-loopback listener {printable(exposed)} without "
@@ -217,6 +226,7 @@ def _resolve_endpoint(
         name=name,
         provider=section.provider or upstreams[0].provider,
         hosts=hosts,
+        paths=paths,
         auth_keys=accepted,
         auth_source=auth_source,
         forwarded_headers=section.forwarded_headers or server.forwarded_headers,

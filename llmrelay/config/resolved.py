@@ -26,9 +26,14 @@ class WeightedKey(msgspec.Struct, frozen=True):
     weight: float
     name: str = ""  # how /health and the logs name it: its configured name, else its index
     oauth: bool = False  # an Anthropic OAuth token: sent as Authorization: Bearer, with its anthropic-beta
+    refresh: float = 0.0  # seconds between re-runs of its `$(command)` in the supervisor (0: never)
+    command: str = ""  # the `$(command)` source it came from, when `refresh` is set
 
     def __repr__(self) -> str:
-        return f"WeightedKey(key=<redacted>, weight={self.weight}, name={self.name!r}, oauth={self.oauth})"
+        return (
+            f"WeightedKey(key=<redacted>, weight={self.weight}, name={self.name!r}, oauth={self.oauth}, "
+            f"refresh={self.refresh})"
+        )
 
 
 class HealthCheck(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,6 +105,7 @@ class ResolvedEndpoint(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     provider: str  # the shape of the relay's own errors on this route
     hosts: list[str]  # canonical entries (`config.hosts`)
+    paths: list[str] = []  # canonical path prefixes routed here on any Host
     auth_keys: list[str]  # its own (or the global ones), and every upstream's scoped keys
     auth_source: str  # "endpoint" (its own auth_keys), "global" (inherited) or "none" (pass-through)
     forwarded_headers: str  # "append", "replace" or "none"

@@ -204,6 +204,7 @@ class EndpointSection(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     proxy_url: str | None = None
     provider: ProviderName | None = None
     hosts: list[str] = []
+    paths: list[str] = []  # path prefixes routed here on any Host, forwarded whole ("/v1/messages")
     auth_keys: list[RelayKey] | None = None  # None: inherit the top-level auth_keys; []: none (pass-through)
     api_key: str | None = None
     token_env: str | None = None  # the name of an environment variable: api_key = "${NAME}"

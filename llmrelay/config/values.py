@@ -12,10 +12,10 @@ from urllib.parse import unquote, urlsplit
 
 from llmrelay.config.decode import printable
 from llmrelay.config.files import ca_file_problem
-from llmrelay.config.hosts import HostEntryError, canonical_host_entry
+from llmrelay.config.hosts import HostEntryError, canonical_host_entry, canonical_path_prefix
 from llmrelay.config.resolved import HealthCheck, Target, WeightedKey
 from llmrelay.config.schema import ApiKeyEntry, HealthCheckSection
-from llmrelay.config.secrets import SecretError, resolve_secret
+from llmrelay.config.secrets import SecretError, is_command, resolve_secret
 
 ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~-]*")
 RESERVED_NAMES = frozenset({"health"})
@@ -134,10 +134,16 @@ def resolve_api_keys(
     environ: Mapping[str, str] | None,
     token_env: str | None = None,
     key_type: str | None = None,
+    refresh: float | None = None,
 ) -> list[WeightedKey]:
     """The keys of `api_key`, `token_env` (a synonym of `api_key = "${NAME}"`) or `api_keys`; an
-    entry's `key_type` (else `key_type`) "oauth" marks an Anthropic OAuth token."""
+    entry's `key_type` (else `key_type`) "oauth" marks an Anthropic OAuth token; `refresh` (the
+    `refresh_interval` beside `api_key`, or an entry's own) re-runs a `$(command)` key that often."""
     field = "api_key"
+    if refresh is not None and (api_key is None or token_env is not None):
+        where = "api_keys entries" if api_keys else "a $(command) api_key"
+        errors.append(f"{path}.refresh_interval: refreshes {where} only (set it beside the api_key it refreshes)")
+        return []
     if token_env is not None:
         if api_key is not None:
             errors.append(f"{path}: set api_key or token_env, not both")
@@ -150,16 +156,24 @@ def resolve_api_keys(
         errors.append(f"{path}: set {field} or api_keys, not both")
         return []
     if api_key is not None:
+        if not _refreshable(api_key, refresh, path, errors):
+            return []
         try:
-            return [WeightedKey(resolve_secret(api_key, environ), 1.0, "0", key_type == "oauth")]
+            value = resolve_secret(api_key, environ)
         except SecretError as exc:
             errors.append(f"{path}.{field}: {exc}")
             return []
+        return [WeightedKey(value, 1.0, "0", key_type == "oauth", refresh or 0.0, api_key.strip() if refresh else "")]
     keys: list[WeightedKey] = []
     for index, entry in enumerate(api_keys):
+        every = entry.refresh_interval
+        if not _refreshable(entry.key, every, f"{path}.api_keys[{index}]", errors):
+            continue
         try:
             oauth = (entry.key_type or key_type) == "oauth"
-            keys.append(WeightedKey(resolve_secret(entry.key, environ), entry.weight, entry.name or str(index), oauth))
+            value = resolve_secret(entry.key, environ)
+            command = entry.key.strip() if every else ""
+            keys.append(WeightedKey(value, entry.weight, entry.name or str(index), oauth, every or 0.0, command))
         except SecretError as exc:
             errors.append(f"{path}.api_keys[{index}].key: {exc}")
     if api_keys and not any(entry.weight > 0 for entry in api_keys):
@@ -171,6 +185,14 @@ def resolve_api_keys(
     for name in sorted({name for name in names if names.count(name) > 1}):
         errors.append(f"{path}.api_keys: the key name {printable(name)!r} is used twice (a key without a name is named by its index)")
     return keys
+
+
+def _refreshable(source: str, refresh: float | None, path: str, errors: list[str]) -> bool:
+    """False (with the error) when `refresh_interval` is set beside a key that is not a `$(command)`."""
+    if refresh is not None and not is_command(source):
+        errors.append(f"{path}.refresh_interval: only a $(command) key can be refreshed (re-running it is what a refresh does)")
+        return False
+    return True
 
 
 def resolve_health_check(
@@ -209,6 +231,31 @@ def check_ca_files(values: tuple[tuple[str, str | None], ...], path: str, errors
         problem = ca_file_problem(ca_path) if ca_path is not None else None
         if problem is not None:
             errors.append(f"{path}.{key}: {printable(problem)}")
+
+
+def resolve_paths(
+    entries: list[str], name: str, path: str, owner: dict[str, str], errors: list[str]
+) -> list[str]:
+    """The canonical `paths` of endpoint `name` (`/v1/messages`); each may be routed to one endpoint only
+    (`owner` is shared with `hosts`: a path is kept there as `path:/...`)."""
+    prefixes: list[str] = []
+    for index, entry in enumerate(entries):
+        where = f"{path}.paths[{index}]"
+        if not entry.startswith("/"):
+            errors.append(f"{where}: {printable(entry)!r} must start with '/'")
+            continue
+        try:
+            prefix = canonical_path_prefix(entry)
+        except HostEntryError as exc:
+            errors.append(f"{where}: {exc}")
+            continue
+        key = "path:" + prefix
+        if key in owner:
+            errors.append(f"{where}: {prefix} is already routed to endpoint {printable(owner[key])}")
+            continue
+        owner[key] = name
+        prefixes.append(prefix)
+    return prefixes
 
 
 def resolve_hosts(

@@ -2,7 +2,11 @@
 
 Host routing comes first: a request whose Host names one of an endpoint's `hosts` is forwarded with
 its path whole (an entry `host:port` matches that port only and wins over a plain `host` entry, which
-matches any port). Otherwise the first path segment names the endpoint (`/{endpoint}/{rest}`). The
+matches any port). A `hosts` entry with a path prefix (`host/tenant-b`) matches that Host for paths at
+or below the prefix, the longest prefix first and before the plain entry, and the prefix is taken off
+(`/tenant-b/v1/models` is forwarded as `/v1/models`). Then an endpoint's `paths` (`/v1/messages`)
+match a path at or below them on any Host, the longest first, forwarding the path whole. Otherwise
+the first path segment names the endpoint (`/{endpoint}/{rest}`). The
 upstream path joins the target's base path with the rest, without repeating the base path when the
 rest already starts with it (`/v1` + `/v1/chat/completions` -> `/v1/chat/completions`).
 """
@@ -14,7 +18,7 @@ from collections.abc import Iterable
 from typing import Generic, TypeVar
 from urllib.parse import unquote_to_bytes
 
-from llmrelay.config.hosts import has_port
+from llmrelay.config.hosts import has_port, split_path_prefix
 from llmrelay.proto.errors import RequestRejected
 
 E = TypeVar("E")
@@ -76,30 +80,65 @@ class Route(Generic[E]):
         self.by_host = by_host
 
 
+def under_prefix(text: str, prefix: str) -> bool:
+    """Whether a request target is `prefix` or below it (`/a` matches `/a`, `/a/b`, `/a?q`, not `/ab`)."""
+    if not text.startswith(prefix):
+        return False
+    return len(text) == len(prefix) or text[len(prefix)] in "/?"
+
+
+class _HostRoutes(Generic[E]):
+    """What one Host (with or without a port) routes to: prefixed entries, longest first, then the plain one."""
+
+    __slots__ = ("prefixed", "plain")
+
+    def __init__(self) -> None:
+        self.prefixed: list[tuple[str, E]] = []
+        self.plain: E | None = None
+
+    def match(self, text: str) -> Route[E] | None:
+        for prefix, endpoint in self.prefixed:
+            if under_prefix(text, prefix):
+                rest = text[len(prefix) :]
+                return Route(endpoint, rest if rest.startswith("/") else "/" + rest, by_host=True)
+        return None if self.plain is None else Route(self.plain, text, by_host=True)
+
+
 class Router(Generic[E]):
     """Maps (Host, request target) to an endpoint value and the rest of the path."""
 
-    def __init__(self, entries: Iterable[tuple[str, list[str], E]]) -> None:
+    def __init__(self, entries: Iterable[tuple[str, list[str], E]], paths: Iterable[tuple[str, E]] = ()) -> None:
         self._by_name: dict[str, E] = {}
-        self._by_host: dict[str, E] = {}  # entries without a port: any port matches
-        self._by_host_and_port: dict[str, E] = {}  # `host:port` entries: that port only
+        self._by_host: dict[str, _HostRoutes[E]] = {}  # entries without a port: any port matches
+        self._by_host_and_port: dict[str, _HostRoutes[E]] = {}  # `host:port` entries: that port only
         for name, hosts, endpoint in entries:
             self._by_name[name] = endpoint
-            for host in hosts:
-                table = self._by_host_and_port if has_port(host) else self._by_host
-                table[host] = endpoint
+            for entry in hosts:
+                table = self._by_host_and_port if has_port(entry) else self._by_host
+                host, prefix = split_path_prefix(entry)
+                routes = table.setdefault(host, _HostRoutes())
+                if prefix:
+                    routes.prefixed.append((prefix, endpoint))
+                else:
+                    routes.plain = endpoint
+        for routes in (*self._by_host.values(), *self._by_host_and_port.values()):
+            routes.prefixed.sort(key=lambda item: len(item[0]), reverse=True)
+        self._by_path = sorted(paths, key=lambda item: len(item[0]), reverse=True)
 
     @property
     def routes_by_host(self) -> bool:
         return bool(self._by_host or self._by_host_and_port)
 
-    def _endpoint_for_host(self, host_header: bytes) -> E | None:
+    def _route_by_host(self, host_header: bytes, text: str) -> Route[E] | None:
         host, port = split_host_header(host_header)
         if port and self._by_host_and_port:
-            endpoint = self._by_host_and_port.get(f"{host}:{port}")
-            if endpoint is not None:
-                return endpoint
-        return self._by_host.get(host)
+            routes = self._by_host_and_port.get(f"{host}:{port}")
+            if routes is not None:
+                route = routes.match(text)
+                if route is not None:
+                    return route
+        routes = self._by_host.get(host)
+        return None if routes is None else routes.match(text)
 
     def route(self, host_header: bytes | None, target: bytes | str) -> Route[E] | None:
         """The endpoint and rest of the path for a request target (bytes, or str decoded as latin-1)."""
@@ -107,9 +146,12 @@ class Router(Generic[E]):
         if has_dot_segment(text):
             raise RequestRejected(400, "dot segments are not allowed in the request path")
         if host_header and (self._by_host or self._by_host_and_port):
-            endpoint = self._endpoint_for_host(host_header)
-            if endpoint is not None:
-                return Route(endpoint, text, by_host=True)
+            route = self._route_by_host(host_header, text)
+            if route is not None:
+                return route
+        for prefix, owner in self._by_path:
+            if under_prefix(text, prefix):
+                return Route(owner, text, by_host=False)
         if not text.startswith("/"):
             return None
         stripped = text[1:]

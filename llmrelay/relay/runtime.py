@@ -67,7 +67,8 @@ class RelayRuntime:
         self.endpoints = {e.name: EndpointRuntime(e, generation) for e in config.endpoints}
         self.trusted_proxies = TrustedProxies(config.server.trusted_proxies)
         self.router: Router[EndpointRuntime] = Router(
-            (name, rt.config.hosts, rt) for name, rt in self.endpoints.items()
+            ((name, rt.config.hosts, rt) for name, rt in self.endpoints.items()),
+            [(prefix, rt) for rt in self.endpoints.values() for prefix in rt.config.paths],
         )
         self._users = 0
         self._retired = False
