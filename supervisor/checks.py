@@ -118,6 +118,19 @@ class ActiveChecks:
         if self._scope is not None:
             self._scope.cancel()
 
+    def follow_keys(self, config: RelayConfig) -> None:
+        """The same config with a refreshed key value: the next checks present it (nothing restarts)."""
+        self._config = config
+
+    def _current_keys(self, endpoint: str, upstream: ResolvedUpstream) -> ResolvedUpstream:
+        """`upstream` as the config in force has it now (its keys may have been refreshed)."""
+        for resolved_endpoint in self._config.endpoints:
+            if resolved_endpoint.name == endpoint:
+                for current in resolved_endpoint.upstreams:
+                    if current.name == upstream.name:
+                        return current
+        return upstream
+
     async def run(self) -> None:
         while True:
             config = self._config
@@ -143,8 +156,9 @@ class ActiveChecks:
                 try:
                     if pool is None:
                         pool = check_pool(upstream)
-                    key = check_key(upstream, self._board.disabled_keys(endpoint, upstream.name))
-                    error = await probe(pool, check_request(upstream, check, key), check)
+                    current = self._current_keys(endpoint, upstream)
+                    key = check_key(current, self._board.disabled_keys(endpoint, upstream.name))
+                    error = await probe(pool, check_request(current, check, key), check)
                 except Exception as exc:  # (a CA file that no longer loads...): a failed check, never a crash
                     error = describe(exc, 200)
                 latency_ms = (trio.current_time() - started) * 1000.0

@@ -234,6 +234,22 @@ class HealthBoard:
         line = f"{where} cooling down for {seconds(event.until - now)} s: the provider answered {event.status}"
         return Update([LogLine(logging.INFO, line)], True)
 
+    def key_refreshed(self, endpoint: str, upstream: str, index: int, value: str) -> Update:
+        """A refreshable key's command gave a new value: what the provider said of the old one no
+        longer holds (a disabled key is usable again)."""
+        track = self._find(endpoint, upstream)
+        if track is None or not 0 <= index < len(track.keys):
+            return Update()
+        key = track.keys[index]
+        key.value = value
+        was_disabled = key.state.disabled
+        key.state = KeyState()
+        key.last_status = 0
+        if not was_disabled:
+            return Update(changed=True)
+        line = f"upstream {track.label} key {key.name} usable again: its command gave a new value"
+        return Update([LogLine(logging.INFO, line)], True)
+
     def check_result(self, endpoint: str, upstream: str, ok: bool, latency_ms: float, error: str, now: float) -> Update:
         """One active check of the upstream passed (`ok`) or failed with `error`."""
         track = self._find(endpoint, upstream)

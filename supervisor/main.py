@@ -6,6 +6,7 @@ The parts, and the nurseries that own their tasks:
 - `SlotTable` (`slots`): the slots, the live workers, the config generation they are given;
 - `Watcher` (`watcher`): every worker's control pipe, the health board and its broadcast;
 - `ActiveChecks` (`checks`): the upstreams' active health checks, reported into the health board;
+- `KeyRefresher` (`key_refresh`): re-runs refreshable `$(command)` keys and pushes new values;
 - `Rollout` (`rollout`): starting, replacing, draining and respawning workers;
 - `Jobs` (`jobs`): the background jobs that change the set of workers, one at a time;
 - `Reloads` (`reload`): SIGHUP's job; `monitor`: heartbeats, boot deadlines, memory recycling;
@@ -16,7 +17,7 @@ The parts, and the nurseries that own their tasks:
 The outer nursery lives until every worker is gone: the signal loop, one task per worker, the 503
 stand-ins, the monitor and the admin listener run there, so signals are still answered, and metrics
 and status served, during a graceful stop. The inner
-one holds the jobs, the reload loop and the active health checks, and is cancelled when a stop
+one holds the jobs, the reload loop, the active health checks and the key refreshes, and is cancelled when a stop
 begins; then every worker is drained, and what is left is cancelled.
 """
 
@@ -38,6 +39,7 @@ from supervisor.admin import Admin, AdminActions
 from supervisor.admin_views import AdminViews
 from supervisor.arbiter import SIGNALS, Arbiter
 from supervisor.checks import ActiveChecks
+from supervisor.key_refresh import KeyRefresher
 from supervisor.health import HealthBoard
 from supervisor.jobs import Jobs
 from supervisor.limits import LimitsService
@@ -147,6 +149,8 @@ async def _run_parts(
     watcher = Watcher(table, board, totals, limits)
     admin = Admin(AdminViews(table, board, totals, status, limits), table, status, usage=lambda: limits.usage)
     checks = ActiveChecks(board, watcher.apply, table.config)
+    refresher = KeyRefresher(table, board, checks, watcher.apply)
+    watcher.refresher = refresher
     load = functools.partial(load_config, config_path, overrides)
     with trio.open_signal_receiver(*SIGNALS) as signals:
         async with trio.open_nursery() as nursery:  # signals, worker tasks, 503 stand-ins: past the final drain
@@ -156,6 +160,7 @@ async def _run_parts(
 
                 async def follow(config: RelayConfig) -> None:  # (a reload applied: the parts that read the config)
                     limits.configure(config.limits)
+                    refresher.restart(config)
                     await admin.follow(config)
 
                 reloads = Reloads(load, table, jobs, rollout, watcher, status, checks, totals, follow, notifier, describe_state)
@@ -166,6 +171,7 @@ async def _run_parts(
                 nursery.start_soon(admin.run, AdminActions(reloads.request, arbiter.handle_usr2))
                 changes.start_soon(reloads.run)
                 changes.start_soon(checks.run)
+                changes.start_soon(refresher.run)
                 await rollout.start_all()
                 nursery.start_soon(monitor, table, jobs, rollout, watcher)
                 changes.start_soon(_announce_ready, table, notifier)

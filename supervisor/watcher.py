@@ -11,7 +11,8 @@ merged into the `HealthBoard`, `apply` logs what a report changed and broadcasts
 worker's decisions depend on the change, and `broadcast_health` sends the table, with every worker's
 state, to the workers that are ready. The workers' `MetricsDelta`s are summed into the supervisor's
 `MetricsTotals`; a worker's gauges are forgotten once it is reaped. Lease asks and returns and usage
-reports go to the `LimitsService`, which drops a reaped worker's holdings.
+reports go to the `LimitsService`, which drops a reaped worker's holdings. A worker's ask to re-run a
+refreshable key's command goes to the `KeyRefresher`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -28,6 +29,7 @@ from llmrelay.control import (
     ConfigRejected,
     Heartbeat,
     KeyEvent,
+    KeyRefreshAsk,
     LeaseAsk,
     LeaseReturn,
     Message,
@@ -46,6 +48,12 @@ from supervisor.workers import SEND_TIMEOUT, STOP_GRACE, WorkerProcess
 log = logging.getLogger("supervisor")
 
 M = TypeVar("M", bound=Message)
+
+
+class KeyRefreshes(Protocol):
+    """Who re-runs refreshable keys' commands (in the supervisor: `key_refresh.KeyRefresher`)."""
+
+    async def ask(self, worker: WorkerProcess, message: KeyRefreshAsk) -> None: ...
 Handler = Callable[[WorkerProcess, Slot, M], Awaitable[None]]
 
 
@@ -59,6 +67,8 @@ class Watcher:
         self._on(Heartbeat, self._heartbeat)
         self._on(UpstreamEvent, self._upstream_event)
         self._on(KeyEvent, self._key_event)
+        self._on(KeyRefreshAsk, self._key_refresh_ask)
+        self.refresher: KeyRefreshes | None = None  # (set by the supervisor once it is built)
         self._on(Ready, self._ready)
         self._on(ConfigApplied, self._config_applied)
         self._on(ConfigRejected, self._config_rejected)
@@ -121,6 +131,10 @@ class Watcher:
         if message.generation != self.table.generation:
             return  # a worker still on another config: its key index may name another key now
         await self.apply(self.board.key_event(message, time.time()))
+
+    async def _key_refresh_ask(self, worker: WorkerProcess, slot: Slot, message: KeyRefreshAsk) -> None:
+        if self.refresher is not None:
+            await self.refresher.ask(worker, message)
 
     async def _ready(self, worker: WorkerProcess, slot: Slot, message: Ready) -> None:
         worker.version = message.version

@@ -233,8 +233,38 @@ class Stopped(Message, frozen=True):
     cut: int
 
 
+class KeyRefreshAsk(Message, frozen=True):
+    """(worker -> supervisor) The provider answered 401 to a key whose `$(command)` may be re-run:
+    run it now, unless it ran less than 30 s ago; a KeyUpdate answers either way."""
+
+    generation: int
+    endpoint: str
+    upstream: str
+    key: int
+
+
+class KeyUpdate(Message, frozen=True):
+    """(supervisor -> worker) A refreshable key's current value, after its command ran (`changed`: the
+    value is new) or in answer to an ask that came too soon after the last run."""
+
+    generation: int
+    endpoint: str
+    upstream: str
+    key: int
+    value: str
+    changed: bool
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyUpdate(generation={self.generation}, endpoint={self.endpoint!r}, upstream={self.upstream!r}, "
+            f"key={self.key}, value=<redacted>, changed={self.changed})"
+        )
+
+
 ControlMessage = (
     Config
+    | KeyRefreshAsk
+    | KeyUpdate
     | HealthTable
     | Drain
     | Ready

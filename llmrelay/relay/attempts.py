@@ -7,11 +7,18 @@ checks that): within `retries` further attempts and `retry_deadline` seconds of 
 with a body that can be replayed (`replay`), and with something usable left. A refused key (429,
 401/403 of an injected key) moves to another key of the same upstream when it has one usable, any
 other failure to another upstream.
+
+A 401 to a key whose `$(command)` the supervisor re-runs (`refresh_interval`) first waits, holding that
+answer, for the supervisor to re-run it (`refreshed`): with a new value the attempt is made again on
+the same upstream with it; otherwise the key is disabled as any refused key is. Waiting on that answer
+is the only await here; the handler still makes every request.
 """
 
 from __future__ import annotations
 
 import time
+
+import trio
 
 from llmrelay.proto.messages import Headers, RequestHead
 from llmrelay.proto.retry_after import retry_after_seconds
@@ -29,6 +36,7 @@ from llmrelay.upstream.pool import UpstreamRequest
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})  # answers another upstream may do better
 KEY_REFUSED = frozenset({401, 403})  # the injected key is refused: another key may do
 JUDGED = FAILURE_STATUSES | KEY_REFUSED | {429}  # answers that say something of an upstream or its key
+REFRESH_WAIT = 12.0  # seconds a request waits for a refreshed key (the command's own bound is 10 s)
 
 
 class Attempts:
@@ -70,8 +78,30 @@ class Attempts:
             until = now + retry_after_seconds(retry_after, now)
             upstream.cool_key(key, until)
             observer.key_refused(endpoint.generation, endpoint.name, upstream.name, key, status, False, until)
-        elif status in KEY_REFUSED and upstream.disable_key(key):
-            observer.key_refused(endpoint.generation, endpoint.name, upstream.name, key, status, True, 0.0)
+        elif status in KEY_REFUSED and not (status == 401 and upstream.key_refresh[key]):
+            self.refuse_key(upstream, key, status)
+
+    async def refreshed(self, upstream: UpstreamRuntime, key: int, presented: str) -> bool:
+        """After a 401 to refreshable key `key` (which was `presented`): True when it has a new value
+        to try (already, or once the supervisor re-ran its command, waiting at most REFRESH_WAIT and
+        not past `retry_deadline`); else the key is disabled and False."""
+        if upstream.keys[key] == presented:
+            endpoint = self.endpoint
+            answered = self.observer.ask_key_refresh(endpoint.generation, endpoint.name, upstream.name, key)
+            wait = min(REFRESH_WAIT, self.retry_until - time.perf_counter())
+            with trio.move_on_after(max(wait, 0.0)):
+                await answered.wait()
+        if upstream.keys[key] != presented:
+            return True
+        self.refuse_key(upstream, key, 401)
+        return False
+
+    def refuse_key(self, upstream: UpstreamRuntime, key: int, status: int) -> None:
+        """Disable a key the provider refused (401/403), in this worker at once and for the supervisor.
+        (A refreshable key's 401 comes here only once a re-run of its command gave nothing new.)"""
+        if upstream.disable_key(key):
+            endpoint = self.endpoint
+            self.observer.key_refused(endpoint.generation, endpoint.name, upstream.name, key, status, True, 0.0)
 
     def failed(self, upstream: UpstreamRuntime, error: UpstreamError, now: float) -> None:
         """An attempt failed without an answer (or its answer broke off)."""

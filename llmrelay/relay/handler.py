@@ -249,6 +249,7 @@ class Relay:
                 record.attempts += 1
                 record.upstream = upstream.name
                 key = upstream.pick_key(now) if upstream.injects_key else None
+                presented = upstream.keys[key] if key is not None else ""
                 # (the probe of an ejected upstream; `upstream` may change below)
                 probed = upstream if upstream.ejected_until and upstream.start_attempt(now) else None
                 request = attempts.request(head, upstream, key, path, query, record.request_id)
@@ -264,6 +265,8 @@ class Relay:
                         if status in JUDGED or upstream.ejected_until or self._observer.failing:
                             attempts.judge(upstream, key, status, response.headers, now)
                         if status in RETRY_STATUSES or (status in KEY_REFUSED and key is not None):
+                            if status == 401 and key is not None and upstream.key_refresh[key]:
+                                await attempts.refreshed(upstream, key, presented)  # (else: disabled)
                             retry = attempts.next(upstream, key, status)
                             if retry is not None and exchange.phase is ResponsePhase.PENDING:
                                 self._log_retry(endpoint, upstream, record, f"status {status}", retry)

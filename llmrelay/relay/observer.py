@@ -6,21 +6,30 @@ garbage or a 5xx, a stream cut) and `success()` otherwise; `key_refused()` when 
 the injected key (429 cooling it, 401/403 disabling it). Only failures, refused keys and the first
 success after a failure become events, so a healthy upstream costs nothing on the control pipe. The
 supervisor merges the events of every worker into one table (see `supervisor.health`).
+
+A 401 to a key whose `$(command)` the supervisor can re-run (`refresh_interval`) is not a disabled key
+at first: `ask_key_refresh()` asks for a re-run and hands the request an event that `key_updated()`
+sets when the supervisor's answer (a KeyUpdate) arrives; asks for one key while one is pending share it.
 """
 
 from __future__ import annotations
 
+import time
+
 import trio
 
-from llmrelay.control import KeyEvent, UpstreamEvent
+from llmrelay.control import KeyEvent, KeyRefreshAsk, UpstreamEvent
 
 FAILURE_STATUSES = frozenset({500, 502, 503, 504, 529})
 QUEUE_SIZE = 1024
+ASK_AGAIN_AFTER = 15.0  # seconds: an ask without an answer by then (dropped, or its answer lost) is made again
 
 
 class UpstreamObserver:
     def __init__(self) -> None:
-        self._send, self.events = trio.open_memory_channel[UpstreamEvent | KeyEvent](QUEUE_SIZE)
+        self._send, self.events = trio.open_memory_channel[UpstreamEvent | KeyEvent | KeyRefreshAsk](QUEUE_SIZE)
+        # (endpoint, upstream, key) asked to be refreshed -> (the event its answer sets, when asked)
+        self._refreshes: dict[tuple[str, str, int], tuple[trio.Event, float]] = {}
         # (endpoint, upstream) that failed here since their last success, or not ok in the shared view;
         # while it is empty, a success is no news (the relay skips reporting it)
         self.failing: set[tuple[str, str]] = set()
@@ -49,11 +58,31 @@ class UpstreamObserver:
             )
         )
 
+    def ask_key_refresh(self, generation: int, endpoint: str, upstream: str, key: int) -> trio.Event:
+        """Ask the supervisor to re-run the key's command; the event is set when it answers."""
+        asked = (endpoint, upstream, key)
+        now = time.monotonic()
+        pending = self._refreshes.get(asked)
+        if pending is not None and now - pending[1] < ASK_AGAIN_AFTER:
+            return pending[0]
+        if pending is not None:
+            pending[0].set()  # (its waiters gave up long ago)
+        event = trio.Event()
+        self._refreshes[asked] = (event, now)
+        self._offer(KeyRefreshAsk(generation=generation, endpoint=endpoint, upstream=upstream, key=key))
+        return event
+
+    def key_updated(self, endpoint: str, upstream: str, key: int) -> None:
+        """The supervisor sent the key's current value: wake the requests waiting for it."""
+        pending = self._refreshes.pop((endpoint, upstream, key), None)
+        if pending is not None:
+            pending[0].set()
+
     def shared_view(self, failing: set[tuple[str, str]]) -> None:
         """The supervisor's table counts failures for these upstreams: report the next success."""
         self.failing |= failing
 
-    def _offer(self, event: UpstreamEvent | KeyEvent) -> None:
+    def _offer(self, event: UpstreamEvent | KeyEvent | KeyRefreshAsk) -> None:
         try:
             self._send.send_nowait(event)
         except trio.WouldBlock:

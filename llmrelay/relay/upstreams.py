@@ -36,6 +36,7 @@ class UpstreamRuntime:
         "keys",
         "key_oauth",
         "key_names",
+        "key_refresh",
         "_key_rotation",
         "_every_key",
         "key_cooling",
@@ -60,6 +61,7 @@ class UpstreamRuntime:
         self.keys = [key.key for key in config.api_keys]
         self.key_names = [key.name for key in config.api_keys]
         self.key_oauth = [key.oauth for key in config.api_keys]  # Anthropic OAuth tokens: Bearer + their beta
+        self.key_refresh = [key.refresh > 0 for key in config.api_keys]  # a 401 asks for a re-run of its command
         self._key_rotation = SmoothWeighted([key.weight for key in config.api_keys])
         self._every_key = [i for i, key in enumerate(config.api_keys) if key.weight > 0]
         self.key_cooling = [0.0] * len(self.keys)  # unix time until which a key is cooling down
@@ -139,6 +141,14 @@ class UpstreamRuntime:
         self.key_disabled[index] = True
         self._keys_impaired = True
         return first
+
+    def refreshed_key(self, index: int, value: str, now: float) -> None:
+        """The supervisor re-ran the key's command and it gave a new value: use it, and forget what
+        the provider said of the old one."""
+        self.keys[index] = value
+        self.key_disabled[index] = False
+        self.key_cooling[index] = 0.0
+        self._keys_impaired = any(self.key_disabled) or any(t > now for t in self.key_cooling)
 
     def apply(self, health: UpstreamHealth | None, now: float, keys: bool) -> None:
         """Take the supervisor's view of this upstream; `keys`: of its keys too (a table of this

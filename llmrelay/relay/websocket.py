@@ -139,6 +139,7 @@ class WebSocketRelay:
             record.attempts += 1
             record.upstream = upstream.name
             provider_key = upstream.pick_key(now) if upstream.injects_key else None
+            presented = upstream.keys[provider_key] if provider_key is not None else ""
             probed = upstream if upstream.ejected_until and upstream.start_attempt(now) else None
             try:
                 request = upgrade_request(head, endpoint, upstream, provider_key, path, query, record.request_id, key)
@@ -167,6 +168,8 @@ class WebSocketRelay:
                     await self._tunnel(exchange, endpoint, upstream, handshake, record, http2)
                     return
                 if status in RETRY_STATUSES or (status in KEY_REFUSED and provider_key is not None):
+                    if status == 401 and provider_key is not None and upstream.key_refresh[provider_key]:
+                        await attempts.refreshed(upstream, provider_key, presented)  # (else: disabled)
                     retry = attempts.next(upstream, provider_key, status)
                     if retry is not None:
                         self._log_failure(endpoint, upstream, record, f"status {status}", retry)

@@ -36,6 +36,7 @@ from llmrelay.control import (
     Drain,
     FrameError,
     HealthTable,
+    KeyUpdate,
     LeaseGrant,
     LeaseRecall,
     Heartbeat,
@@ -183,6 +184,17 @@ class Worker:
                 if health.consecutive_failures or health.state == "ejected"
             }
         )
+
+    def _apply_key_update(self, message: KeyUpdate) -> None:
+        """A refreshable key's command ran in the supervisor: take a new value (this generation's), and
+        wake the requests that asked."""
+        runtime = self._runtime
+        if message.changed and runtime is not None and runtime.generation == message.generation:
+            endpoint = runtime.endpoints.get(message.endpoint)
+            upstream = endpoint.upstreams.by_name.get(message.upstream) if endpoint is not None else None
+            if upstream is not None and 0 <= message.key < len(upstream.keys):
+                upstream.refreshed_key(message.key, message.value, time.time())
+        self.observer.key_updated(message.endpoint, message.upstream, message.key)
 
     def _own_info(self) -> WorkerInfo:
         stats = self.stats()
@@ -366,6 +378,8 @@ class Worker:
                     self.accounts.admissions.granted(message)
                 elif isinstance(message, LeaseRecall):
                     await self.accounts.recall(message)
+                elif isinstance(message, KeyUpdate):
+                    self._apply_key_update(message)
 
 
 _PLAIN = ListenSection(port=0)  # (a descriptor the config does not describe: served as plain HTTP)
