@@ -66,6 +66,7 @@ def _locate(data: Any, path: str) -> tuple[Any, Any] | None:
     rest = path
     container: Any = data
     while True:
+        key: str | int | None
         if isinstance(container, dict):
             key = _longest_key(container, rest)
             if key is None:
