@@ -120,13 +120,7 @@ def _table(
     index: int = 0,
 ) -> None:
     dotted = ".".join(path) + (f"[{index}]" if array else "")
-    if not top:
-        if lines:
-            lines.append("")
-        if dotted in comments:
-            lines.extend(_comment_lines(comments[dotted]))
-        header = ".".join(key_text(part) for part in path)
-        lines.append(f"[[{header}]]" if array else f"[{header}]")
+    own: list[str] = []  # this table's own `key = value` lines
     nested: list[tuple[str, Any]] = []
     for key, value in table.items():
         if value is None:
@@ -138,9 +132,19 @@ def _table(
             if inline is None:
                 nested.append((key, value))
             else:
-                lines.append(inline)
+                own.append(inline)
         else:
-            lines.append(f"{key_text(key)} = {value_text(value)}")
+            own.append(f"{key_text(key)} = {value_text(value)}")
+    # A table holding only tables needs no header of its own (`[endpoints]` above `[endpoints.a]`).
+    implicit = not own and bool(nested) and not array and dotted not in comments
+    if not top and not implicit:
+        if lines:
+            lines.append("")
+        if dotted in comments:
+            lines.extend(_comment_lines(comments[dotted]))
+        header = ".".join(key_text(part) for part in path)
+        lines.append(f"[[{header}]]" if array else f"[{header}]")
+    lines.extend(own)
     for key, value in nested:
         if _is_table(value):
             _table(lines, value, [*path, key], comments, array=False)
