@@ -128,7 +128,10 @@ def _table(
         if _is_table(value):
             nested.append((key, value))
         elif _is_table_list(value):
-            inline = _inline_list(list(value), key_text(key))
+            child = ".".join([*path, key])
+            commented = any(f"{child}[{position}]" in comments for position in range(len(value)))
+            # A comment is written above a header, so a list with one keeps its `[[...]]` tables.
+            inline = None if commented else _inline_list(list(value), key_text(key))
             if inline is None:
                 nested.append((key, value))
             else:
