@@ -124,6 +124,11 @@ def convert_provider(
     check = _health_check(table, policy, destination, report)
     if check is not None:
         upstream["health_check"] = check
+        if len(keys) > 1 and kind != "forward":
+            report.note(
+                f"{destination}.health_check: openproxy checks each of the provider's keys as a provider of its own;"
+                " llmrelay checks the upstream with its first key (a key the provider refuses is disabled on its own)"
+            )
     table.drop_rest()
     return ConvertedProvider(
         index, kind, upstream, destination, target, own_auth_keys, fallback, priority,

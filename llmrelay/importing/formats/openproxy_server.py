@@ -35,13 +35,24 @@ def health_policy(root: SourceTable, report: Report) -> HealthPolicy:
     """Whether openproxy runs its health checks at all, and how often."""
     legacy_interval = optional_int(root, "health_check_interval", 0)
     table = sub_table(root, "health_check")
-    if table is None:
-        enabled = legacy_interval is not None
-        interval = legacy_interval if legacy_interval is not None else DEFAULT_HEALTH_INTERVAL
-        if enabled:
-            report.moved("health_check_interval", "endpoints.*.upstreams[*].health_check.interval",
-                         "set alone, it turns openproxy's checks on")
-        return HealthPolicy(enabled, max(interval, 1))
+    if table is not None:
+        policy = _global_check_table(table, legacy_interval, report)
+    elif legacy_interval is not None:
+        report.moved("health_check_interval", "endpoints.*.upstreams[*].health_check.interval",
+                     "set alone, it turns openproxy's checks on")
+        policy = HealthPolicy(True, max(legacy_interval, 1))
+    else:
+        policy = HealthPolicy(False, DEFAULT_HEALTH_INTERVAL)
+    if not policy.enabled:
+        report.note(
+            "health checks are off in this file; if openproxy ran with --enable-health-check (deprecated) they were"
+            " on: set health_check.enabled: true in the source and import it again"
+        )
+    return policy
+
+
+def _global_check_table(table: SourceTable, legacy_interval: int | None, report: Report) -> HealthPolicy:
+    """`health_check: {enabled, interval}`: off unless `enabled` is true; the interval, else the older key."""
     enabled_value = optional_bool(table, "enabled")
     interval_value = optional_int(table, "interval", 0)
     table.drop_rest()
