@@ -121,3 +121,26 @@ def test_the_readmes_check_config_commands_for_the_examples_work() -> None:
         outputs[path] = result.stdout
     assert "upstream compat-eu" in outputs["examples/multi-upstream.toml"]
     assert "backend=redis (redis://redis:6379/0)" in outputs["examples/limits-redis.toml"]
+
+
+def test_the_switching_sections_commands_work_as_written(tmp_path: Path) -> None:
+    """The import and check-config commands of "Switching from another proxy", run as written (with
+    the venv's llmrelay taken as this interpreter's), in a fresh directory beside the examples."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Switching from another proxy", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL) for line in block.splitlines()]
+    env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_PATH", "PORT")}
+    ran: list[str] = []
+    for command in commands:
+        words = shlex.split(command)
+        if words[:1] == ["export"]:
+            env.update(word.split("=", 1) for word in words[1:])  # type: ignore[misc]
+            continue
+        if words[:1] != [".venv/bin/llmrelay"] or words[1] == "serve":
+            continue  # (the install is the test's own; serve runs until stopped)
+        argv = [sys.executable, "-m", "llmrelay", *[str(ROOT / w) if w.startswith("examples/") else w for w in words[1:]]]
+        result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        ran.append(words[1])
+    assert ran == ["import-config", "check-config"]
+    assert (tmp_path / "llmrelay.toml").stat().st_mode & 0o777 == 0o600
