@@ -231,6 +231,35 @@ providers:
     assert "key_type" not in config["endpoints"]["h.test"]["upstreams"][0]  # openai: a plain Bearer key
 
 
+def test_unusual_providers_still_give_a_config_check_config_accepts(tmp_path: Path) -> None:
+    source = write(tmp_path, """
+http_port: 8080
+http_bind_address: 127.0.0.1
+providers:
+  - {type: openai, host: x.test, endpoint: x.test, auth_keys: []}
+  - {type: anthropic, host: "[::1]:8080/claude/", endpoint: "::1", port: 9999, tls: false, api_key: [sk-a, sk-b]}
+  - {type: gemini, host: g.test, endpoint: g.test, api_key: "$(echo gm-key)"}
+  - {type: openai, host: e.test, endpoint: e.test, api_key: "${IMPORT_TEST_KEY}", weight: 0}
+""")
+    text, config, report, status = imported(source)
+    assert status == 1
+    endpoints = config["endpoints"]
+    assert "x.test" not in endpoints  # `auth_keys: []` and no top-level keys: no client could reach it
+    assert "providers[0].type: the provider has `auth_keys: []`" in report.split("CHANGES BEHAVIOUR:")[0]
+    claude = endpoints["1_claude"]
+    assert claude["hosts"] == ["[::1]/claude"] and claude["public"] is True
+    assert claude["upstreams"][0]["target_base"] == "http://[::1]:9999"
+    assert claude["upstreams"][0]["api_keys"] == [{"key": "sk-a", "weight": 1.0}, {"key": "sk-b", "weight": 1.0}]
+    changed = changed_part(report)
+    assert "providers[2].api_key: openproxy compares it as written; llmrelay runs it as a command" in changed
+    assert "providers[3].api_key: openproxy takes `${...}` as written" in changed
+    assert endpoints["e.test"]["upstreams"][0]["weight"] == 1.0  # a lone provider is served whatever its weight
+    config_file = write(tmp_path, text, "imported.toml")
+    os.chmod(config_file, 0o600)
+    checked = check_config(config_file, env={"IMPORT_TEST_KEY": "sk-e"})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 @pytest.mark.parametrize(("text", "named"), [
     ("http_port: 8080\nproviders: {openai: {}}\n", "`providers` is a mapping"),
     ("http_port: 8080\nproviders: [openai]\n", "`providers[0]` is a string"),

@@ -168,12 +168,12 @@ def _endpoint(
     where = f"endpoints.{plan.name}"
     for index in plan.provider_indices:
         table = SourceTable(items[index], f"providers[{index}]", report)
-        table.take("type")
-        table.take("host")
         if _unreachable(items[index], global_keys):
             table.drop_rest("the provider has `auth_keys: []` and the file no top-level auth_keys: no client can reach"
                             " it in openproxy, and it is left out", changes_behaviour=False)
             continue
+        table.take("type")
+        table.take("host")
         report.moved(table.at("host"), f"{where}.hosts")
         position = len(plan.converted)
         converted = convert_provider(table, index, items[index]["type"], f"{where}.upstreams[{position}]", policy, report)
@@ -181,12 +181,33 @@ def _endpoint(
         comments[converted.destination] = _upstream_comment(converted, items[index])
     if not plan.converted:
         return None
+    _weigh_lone_tiers(plan, report)
     endpoint: dict[str, Any] = {"hosts": [plan.route.entry]}
     _relay_keys(endpoint, plan, global_keys, report)
     endpoint["upstreams"] = [provider.upstream for provider in plan.converted]
     sources = ", ".join(provider.source for provider in plan.converted)
     comments[where] = f"Host {plan.route.entry}: {sources} of the openproxy file."
     return endpoint
+
+
+def _weigh_lone_tiers(plan: PlannedEndpoint, report: Report) -> None:
+    """openproxy weighs only among two or more candidates: a provider alone in its tier is chosen whatever
+    its weight, where llmrelay never chooses a weight-0 upstream by weight."""
+    parked = [provider for provider in plan.converted if provider.upstream["weight"] == 0]
+    if not parked:
+        return
+    if len(parked) == len(plan.converted) and not any(provider.fallback for provider in parked):
+        for provider in parked:
+            provider.upstream["weight"] = 1.0
+        report.note(f"endpoints.{plan.name}: every provider weighs 0; openproxy still serves a lone one (and fails to"
+                    " weigh several), so each upstream weighs 1")
+        return
+    for provider in parked:
+        report.dropped(
+            f"{provider.source}.weight",
+            "0: openproxy still chooses this provider when it is the only one left in its tier; llmrelay never"
+            " chooses a weight-0 upstream by weight (it is parked, used only as a fallback)",
+        )
 
 
 def _unreachable(item: dict[str, Any], global_keys: list[str]) -> bool:
