@@ -62,27 +62,12 @@ from llmrelay.config.schema import (
 )
 from llmrelay.config.secrets import is_command
 from llmrelay.control import Config, FrameReader, encode_frame
+from llmrelay.importing.toml_text import key_text, string_text
 
-# -- a small TOML serializer -----------------------------------------------------------------------------
+# -- a small TOML serializer (strings and keys written as import-config writes them) ----------------------
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def toml_string(text: str) -> str:
-    out = []
-    for char in text:
-        if char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04X}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
-
-
-def toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else toml_string(key)
+toml_string = string_text
+toml_key = key_text
 
 
 def toml_value(value: Any) -> str:

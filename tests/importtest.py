@@ -49,3 +49,19 @@ def rewritten_source(source: Path, destination: Path, replacements: dict[str, st
         text = text.replace(old, new)
     destination.write_text(text, "utf-8")
     return destination
+
+
+def write_source(folder: Path, text: str, name: str) -> Path:
+    """`text` written to `folder / name` (the suffix tells YAML from TOML)."""
+    path = folder / name
+    path.write_text(text, "utf-8")
+    return path
+
+
+def leaf_paths(data: Any, path: str = "") -> list[str]:
+    """The paths a report names: every scalar, a list of scalars whole, a list of tables by index."""
+    if isinstance(data, dict):
+        return [leaf for key, value in data.items() for leaf in leaf_paths(value, f"{path}.{key}" if path else str(key))]
+    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
+        return [leaf for index, item in enumerate(data) for leaf in leaf_paths(item, f"{path}[{index}]")]
+    return [path]

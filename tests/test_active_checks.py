@@ -5,11 +5,7 @@ forwarding proxy carries it, and the checks keep their interval and follow a res
 from __future__ import annotations
 
 import logging
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -231,35 +227,6 @@ async def test_cancelled_checks_close_their_connections(mock: MockProvider) -> N
 
 
 # -- through a forwarding proxy ------------------------------------------------------------------
-
-
-@pytest.fixture
-def http_proxy(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """A pproxy HTTP proxy on 127.0.0.1: (its port, its verbose log)."""
-    port = free_port()
-    log_path = tmp_path / "pproxy.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pproxy", "-l", f"http://127.0.0.1:{port}", "-v"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={"PYTHONUNBUFFERED": "1", "PATH": "/usr/bin:/bin"},
-        )
-        try:
-            deadline = time.monotonic() + 15
-            while True:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                        break
-                except OSError:
-                    assert time.monotonic() < deadline, "pproxy is not listening"
-                    time.sleep(0.05)
-            yield port, log_path
-        finally:
-            process.terminate()
-            process.wait(5)
 
 
 async def test_a_check_goes_through_the_upstreams_proxy(mock: MockProvider, http_proxy: tuple[int, Path]) -> None:

@@ -6,15 +6,18 @@ environment, `/v1/messages` refused unless streamed."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from importtest import SOURCES, check_config, imported, rewritten_source, run_import
+from importtest import SOURCES, check_config, imported, rewritten_source, run_import, write_source
 from llmrelay.importing.sources import detect_format, parse_source
 from mock_providers import MockProvider
+
+write = functools.partial(write_source, name="actix.toml")  # (a source file in tmp_path)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,11 +25,6 @@ EXAMPLE = SOURCES / "actix-llm-proxy.toml"
 PROMPT = "Rewrite the user's question so that it is precise and self-contained."
 TOKENS = {"OPENAI_API_KEY": "sk-openai-from-env-51c2", "ANTHROPIC_API_KEY": "sk-ant-from-env-7d90"}
 
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "actix.toml"
-    path.write_text(text, "utf-8")
-    return path
 
 
 LLMS = """

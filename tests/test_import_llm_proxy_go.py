@@ -6,6 +6,7 @@ requests-per-minute limit and answering CORS preflights."""
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from importtest import SOURCES, check_config, imported, rewritten_source, run_import
+from importtest import SOURCES, check_config, imported, leaf_paths, rewritten_source, run_import, write_source
 from llmrelay.importing.sources import detect_format, parse_source
 from mock_providers import MockProvider
+
+write = functools.partial(write_source, name="llm-proxy.yml")  # (a source file in tmp_path)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,17 +26,6 @@ EXAMPLE = SOURCES / "llm-proxy-go.yml"
 APP = "https://app.relay.test"
 
 
-def write(tmp_path: Path, text: str, name: str = "llm-proxy.yml") -> Path:
-    path = tmp_path / name
-    path.write_text(text, "utf-8")
-    return path
-
-
-def leaf_paths(data: Any, path: str = "") -> list[str]:
-    """Dotted paths of every scalar (a list of scalars counts as one) of a parsed source."""
-    if isinstance(data, dict):
-        return [leaf for key, value in data.items() for leaf in leaf_paths(value, f"{path}.{key}" if path else str(key))]
-    return [path]
 
 
 # -- the mapping --------------------------------------------------------------------------------

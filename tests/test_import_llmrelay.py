@@ -6,33 +6,23 @@ on the imported example, pointed at a mock, reaching it through a real HTTP prox
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
+import functools
 from pathlib import Path
 
 import httpx
 import pytest
 
-from importtest import SOURCES, check_config, imported, rewritten_source, run_import
+from importtest import SOURCES, check_config, imported, rewritten_source, run_import, write_source
 from llmrelay.importing.sources import detect_format, parse_source
 from mock_providers import MockProvider
-from relaytest import free_port
+
+write = functools.partial(write_source, name="llm-api-proxy.toml")  # (a source file in tmp_path)
 
 pytestmark = pytest.mark.timeout(60)
 
 EXAMPLE = SOURCES / "llm-api-proxy.toml"
 MESSAGE = {"model": "claude-mock", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
 
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "llm-api-proxy.toml"
-    path.write_text(text, "utf-8")
-    return path
 
 
 def test_the_example_is_told_apart_as_llmrelay() -> None:
@@ -102,36 +92,6 @@ def test_a_file_of_another_format_is_refused_naming_the_key(tmp_path: Path, text
 
 
 # -- end to end: through a real HTTP proxy --------------------------------------------------------
-
-
-@pytest.fixture
-def http_proxy(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """A pproxy HTTP proxy on loopback: (its port, its verbose log)."""
-    port = free_port()
-    log_path = tmp_path / "pproxy.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pproxy", "-l", f"http://127.0.0.1:{port}", "-v"],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            deadline = time.monotonic() + 15
-            while True:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "pproxy is not listening"
-                    time.sleep(0.05)
-            yield port, log_path
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
 
 
 def test_the_imported_relay_reaches_the_mock_through_the_proxy(tmp_path: Path, mock: MockProvider, http_proxy: tuple[int, Path], start_relay) -> None:  # type: ignore[no-untyped-def]

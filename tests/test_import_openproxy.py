@@ -6,6 +6,7 @@ sharing requests by weight, falling back, checking relay keys and sending each p
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import stat
@@ -20,10 +21,12 @@ import httpx
 import pytest
 import trustme
 
-from importtest import SOURCES, check_config, imported, rewritten_source, run_import
+from importtest import SOURCES, check_config, imported, leaf_paths, rewritten_source, run_import, write_source
 from llmrelay.importing.sources import detect_format, parse_source
 from mock_providers import MockProvider
 from relaytest import free_port
+
+write = functools.partial(write_source, name="openproxy.yml")  # (a source file in tmp_path)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,19 +38,6 @@ CLAUDE = {"model": "claude-mock", "max_tokens": 8, "messages": [{"role": "user",
 SUCCESS_STATUSES = [200, 201, 202, 203, 204, 205, 206, 207, 208, 226]
 
 
-def write(tmp_path: Path, text: str, name: str = "openproxy.yml") -> Path:
-    path = tmp_path / name
-    path.write_text(text, "utf-8")
-    return path
-
-
-def leaf_paths(data: Any, path: str = "") -> list[str]:
-    """The paths a report names: every scalar, a list of scalars whole, a list of tables by index."""
-    if isinstance(data, dict):
-        return [leaf for key, value in data.items() for leaf in leaf_paths(value, f"{path}.{key}" if path else str(key))]
-    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
-        return [leaf for index, item in enumerate(data) for leaf in leaf_paths(item, f"{path}[{index}]")]
-    return [path]
 
 
 def named_in(report: str, path: str) -> bool:
@@ -254,7 +244,7 @@ providers:
     assert "providers[2].api_key: openproxy compares it as written; llmrelay runs it as a command" in changed
     assert "providers[3].api_key: openproxy takes `${...}` as written" in changed
     assert endpoints["e.test"]["upstreams"][0]["weight"] == 1.0  # a lone provider is served whatever its weight
-    config_file = write(tmp_path, text, "imported.toml")
+    config_file = write_source(tmp_path, text, "imported.toml")
     os.chmod(config_file, 0o600)
     checked = check_config(config_file, env={"IMPORT_TEST_KEY": "sk-e"})
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from llmrelay.config.decode import printable
@@ -238,41 +238,46 @@ def resolve_paths(
 ) -> list[str]:
     """The canonical `paths` of endpoint `name` (`/v1/messages`); each may be routed to one endpoint only
     (`owner` is shared with `hosts`: a path is kept there as `path:/...`)."""
-    prefixes: list[str] = []
-    for index, entry in enumerate(entries):
-        where = f"{path}.paths[{index}]"
+
+    def canonical(entry: str) -> str:
         if not entry.startswith("/"):
-            errors.append(f"{where}: {printable(entry)!r} must start with '/'")
-            continue
-        try:
-            prefix = canonical_path_prefix(entry)
-        except HostEntryError as exc:
-            errors.append(f"{where}: {exc}")
-            continue
-        key = "path:" + prefix
-        if key in owner:
-            errors.append(f"{where}: {prefix} is already routed to endpoint {printable(owner[key])}")
-            continue
-        owner[key] = name
-        prefixes.append(prefix)
-    return prefixes
+            raise HostEntryError(f"{printable(entry)!r} must start with '/'")
+        return canonical_path_prefix(entry)
+
+    return _claimed(entries, name, f"{path}.paths", owner, errors, canonical, "path:", "{problem}")
 
 
 def resolve_hosts(
     entries: list[str], name: str, path: str, host_owner: dict[str, str], errors: list[str]
 ) -> list[str]:
     """The canonical `hosts` entries of endpoint `name`; each one may be routed to one endpoint only."""
-    hosts: list[str] = []
+    shown = "{entry!r} is not a host or host:port ({problem})"
+    return _claimed(entries, name, f"{path}.hosts", host_owner, errors, canonical_host_entry, "", shown)
+
+
+def _claimed(
+    entries: list[str],
+    name: str,
+    path: str,
+    owner: dict[str, str],
+    errors: list[str],
+    canonical: Callable[[str], str],
+    kind: str,
+    shown: str,
+) -> list[str]:
+    """Each entry in canonical form, claimed for endpoint `name` in `owner` (under `kind` + the form);
+    an entry that is not valid (`shown` says how) or claimed already is an error at its index."""
+    claimed: list[str] = []
     for index, entry in enumerate(entries):
-        where = f"{path}.hosts[{index}]"
+        where = f"{path}[{index}]"
         try:
-            host = canonical_host_entry(entry)
+            form = canonical(entry)
         except HostEntryError as exc:
-            errors.append(f"{where}: {printable(entry)!r} is not a host or host:port ({exc})")
+            errors.append(f"{where}: " + shown.format(entry=printable(entry), problem=exc))
             continue
-        if host in host_owner:
-            errors.append(f"{where}: {host} is already routed to endpoint {printable(host_owner[host])}")
+        if kind + form in owner:
+            errors.append(f"{where}: {form} is already routed to endpoint {printable(owner[kind + form])}")
             continue
-        host_owner[host] = name
-        hosts.append(host)
-    return hosts
+        owner[kind + form] = name
+        claimed.append(form)
+    return claimed

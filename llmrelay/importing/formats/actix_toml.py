@@ -11,13 +11,13 @@ OpenAI chat llm.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
+from llmrelay.config.values import is_loopback_host
 from llmrelay.importing.formats import Converted, endpoint_name
 from llmrelay.importing.formats.source_keys import (
     SourceTable,
-    log_level,
+    move_log_level,
     positive_number,
     require_some_key,
     require_table,
@@ -289,14 +289,7 @@ def _server(table: SourceTable | None, report: Report) -> tuple[dict[str, Any], 
         report.moved(table.at("cors_allowed_origins"), "server.cors.allow_origins", "with actix's methods (GET, POST), headers and max_age")
     elif origins is not None:
         report.moved(table.at("cors_allowed_origins"), "server.cors (left out: no origin allowed)")
-    level = table.take("log_level")
-    if level is not None:
-        mapped = log_level(level)
-        if mapped is None:
-            report.dropped(table.at("log_level"), f"{level!r} is not a log level", changes_behaviour=False)
-        else:
-            server["log_level"] = mapped
-            report.moved(table.at("log_level"), "server.log_level")
+    move_log_level(table, "log_level", server, report)
     timeout = positive_number(table.take("request_timeout_secs"))
     if timeout is not None:
         report.moved(
@@ -308,7 +301,7 @@ def _server(table: SourceTable | None, report: Report) -> tuple[dict[str, Any], 
 
 
 def _apply_to_endpoints(endpoints: dict[str, Any], server: dict[str, Any], timeout: float | None, report: Report) -> None:
-    open_listener = not _loopback(str(server.get("host", "127.0.0.1")))
+    open_listener = not is_loopback_host(str(server.get("host", "127.0.0.1")).strip("[]"))
     for section in endpoints.values():
         if timeout is not None:
             section["first_byte_timeout"] = timeout
@@ -319,12 +312,3 @@ def _apply_to_endpoints(endpoints: dict[str, Any], server: dict[str, Any], timeo
             f"actix asks no key of its clients: on {server['host']} the endpoints inject their tokens for anyone "
             "(public = true); add auth_keys to require a relay key"
         )
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

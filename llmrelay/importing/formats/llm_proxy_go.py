@@ -17,7 +17,7 @@ from typing import Any
 
 from llmrelay.importing.formats import Converted, endpoint_name
 from llmrelay.importing.formats.llm_proxy_go_limits import limits_section
-from llmrelay.importing.formats.source_keys import SourceTable, log_level, require_some_key, require_table
+from llmrelay.importing.formats.source_keys import SourceTable, move_log_level, require_some_key, require_table
 from llmrelay.importing.report import Report
 
 FORMAT_LABEL = "llm-proxy (Go)"
@@ -243,14 +243,7 @@ def _cors(root: SourceTable, report: Report) -> dict[str, Any] | None:
 def _logging(table: SourceTable | None, server: dict[str, Any], report: Report) -> None:
     if table is None:
         return
-    level = table.take("level")
-    if level is not None:
-        mapped = log_level(level)
-        if mapped is None:
-            report.dropped(table.at("level"), f"{level!r} is not a log level llmrelay has", changes_behaviour=False)
-        else:
-            server["log_level"] = mapped
-            report.moved(table.at("level"), "server.log_level")
+    move_log_level(table, "level", server, report)
     log_format = table.take("format")
     if log_format in ("json", "text"):
         server["log_format"] = log_format

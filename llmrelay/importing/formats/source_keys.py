@@ -82,6 +82,19 @@ def log_level(text: object) -> str | None:
     return LOG_LEVELS.get(text.lower()) if isinstance(text, str) else None
 
 
+def move_log_level(table: SourceTable, key: str, server: dict[str, Any], report: Report) -> None:
+    """The table's log level `key`, if set, as `server.log_level` (reported either way)."""
+    level = table.take(key)
+    if level is None:
+        return
+    mapped = log_level(level)
+    if mapped is None:
+        report.dropped(table.at(key), f"{level!r} is not a log level llmrelay has", changes_behaviour=False)
+    else:
+        server["log_level"] = mapped
+        report.moved(table.at(key), "server.log_level")
+
+
 def positive_number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         return None
