@@ -11,7 +11,7 @@ import logging
 import trio
 
 from llmrelay.config.resolved import RelayConfig, ResolvedEndpoint
-from llmrelay.control import HealthTable
+from llmrelay.control import HealthTable, KeyUpdate
 from llmrelay.observe.requestinfo import TrustedProxies, relay_key_label
 from llmrelay.relay.credentials import KeyRing
 from llmrelay.relay.policy.endpoint import build_policy
@@ -80,6 +80,15 @@ class RelayRuntime:
         keys = table is not None and table.generation == self.generation
         for name, endpoint in self.endpoints.items():
             endpoint.upstreams.apply(table.endpoints.get(name) if table else None, now, keys)
+
+    def refreshed_key(self, update: KeyUpdate, now: float) -> None:
+        """A refreshable key's new value (see `supervisor.key_refresh`), when it is this generation's."""
+        if update.generation != self.generation:
+            return
+        endpoint = self.endpoints.get(update.endpoint)
+        upstream = endpoint.upstreams.by_name.get(update.upstream) if endpoint is not None else None
+        if upstream is not None and 0 <= update.key < len(upstream.keys):
+            upstream.refreshed_key(update.key, update.value, now)
 
     def acquire(self) -> None:
         self._users += 1

@@ -12,13 +12,10 @@ once a second, and once more after the drain, before `Stopped`. SIGUSR1 reopens 
 
 from __future__ import annotations
 
-import argparse
-import gc
 import logging
 import os
 import signal
 import socket
-import sys
 import time
 
 import trio
@@ -58,6 +55,7 @@ from llmrelay.observe import catalog
 from llmrelay.observe.recorder import MetricsRecorder
 from llmrelay.worker.accounts import Accounts
 from llmrelay.worker.health import health_view
+from llmrelay.worker.memory import rss_bytes, settle_garbage_collector
 from llmrelay.relay.handler import Relay
 from llmrelay.relay.observer import UpstreamObserver
 from llmrelay.relay.runtime import RelayRuntime
@@ -65,10 +63,8 @@ from llmrelay.relay.streams import ResponseRegistry
 
 log = logging.getLogger("llmrelay.worker")
 
-CUT_GRACE = 2.0
+CUT_GRACE = 2.0  # seconds after the drain deadline: time for cut responses to send their error events
 METRICS_INTERVAL = 1.0  # at most one MetricsDelta a second
-GC_THRESHOLD = 10_000  # after the drain deadline: time for cut responses to send their error events
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 class Worker:
@@ -188,12 +184,8 @@ class Worker:
     def _apply_key_update(self, message: KeyUpdate) -> None:
         """A refreshable key's command ran in the supervisor: take a new value (this generation's), and
         wake the requests that asked."""
-        runtime = self._runtime
-        if message.changed and runtime is not None and runtime.generation == message.generation:
-            endpoint = runtime.endpoints.get(message.endpoint)
-            upstream = endpoint.upstreams.by_name.get(message.upstream) if endpoint is not None else None
-            if upstream is not None and 0 <= message.key < len(upstream.keys):
-                upstream.refreshed_key(message.key, message.value, time.time())
+        if message.changed and self._runtime is not None:
+            self._runtime.refreshed_key(message, time.time())
         self.observer.key_updated(message.endpoint, message.upstream, message.key)
 
     def _own_info(self) -> WorkerInfo:
@@ -226,7 +218,7 @@ class Worker:
             requests_in_flight=self.state.requests_in_flight,
             requests_total=self.state.requests_total,
             generation=self._runtime.generation if self._runtime else 0,
-            rss_bytes=_rss_bytes(),
+            rss_bytes=rss_bytes(),
             uptime=round(time.monotonic() - self._started, 3),
             draining=self.state.draining,
         )
@@ -280,7 +272,7 @@ class Worker:
             return EXIT_BOOT_FAILED
         if not await self._apply_config(first):
             return EXIT_BOOT_FAILED
-        _settle_garbage_collector()
+        settle_garbage_collector()
         server = first.config.server
         acceptor = Acceptor(self._serve_connection, server.max_connections)
         listeners = [socket.socket(fileno=fd) for fd in self._listen_fds]
@@ -389,53 +381,3 @@ def _describe(exc: BaseException) -> str:
     """One line for the log and the supervisor: the exception's type and message, cut short."""
     text = " ".join(str(exc).split()) or "(no message)"
     return f"{type(exc).__name__}: {text}"[:500]
-
-
-def _settle_garbage_collector() -> None:
-    """Keep the cyclic garbage collector off the request path.
-
-    Everything alive once the worker has started (modules, config, pools) is moved out of the
-    collector's view (`gc.freeze()`), so a full collection no longer walks it: one took about 7 ms
-    here, a pause in whatever request was running. A relayed request frees its objects by reference
-    counting; the youngest generation is collected after 10,000 allocations instead of 700, so the
-    collector runs less often for the little it finds.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 20)
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * _PAGE_SIZE
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m llmrelay.worker")
-    parser.add_argument("--control-fd", type=int, required=True)
-    parser.add_argument("--listen-fd", type=int, action="append", default=[])
-    parser.add_argument("--slot", type=int, default=0)
-    parser.add_argument("--log-level", default="info")
-    return parser.parse_args(argv)
-
-
-async def _amain(args: argparse.Namespace) -> int:
-    control_socket = socket.socket(fileno=args.control_fd)
-    control = trio.SocketStream(trio.socket.from_stdlib_socket(control_socket))
-    return await Worker(control, args.listen_fd, args.slot).run()
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
-    # Terminal signals are the supervisor's to act on; it tells the worker what to do.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # (until the signal loop takes it: reopening the logs)
-    configure_logging(args.log_level)
-    try:
-        return trio.run(_amain, args)
-    except KeyboardInterrupt:
-        return EXIT_OK
