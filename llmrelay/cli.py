@@ -71,8 +71,21 @@ def _upstream_line(upstream: ResolvedUpstream) -> str:
         f"  weight={upstream.weight:g}  priority={upstream.priority}"
         f"  fallback={'true' if upstream.fallback else 'false'}"
         + ("  http2" if upstream.http2 else "")
-        + f"  api_keys={len(upstream.api_keys)}{scope}  {_health_check(upstream)}"
+        + f"  api_keys={len(upstream.api_keys)}{_refreshed(upstream)}{scope}  {_health_check(upstream)}"
     )
+
+
+def _refreshed(upstream: ResolvedUpstream) -> str:
+    """` (1 oauth, 1 refreshed every 300s)`: how its keys are presented and renewed, when not plainly."""
+    notes = []
+    oauth = sum(1 for key in upstream.api_keys if key.oauth)
+    if oauth:
+        notes.append(f"{oauth} oauth")
+    periods = sorted({key.refresh for key in upstream.api_keys if key.refresh > 0})
+    if periods:
+        count = sum(1 for key in upstream.api_keys if key.refresh > 0)
+        notes.append(f"{count} refreshed every {'/'.join(f'{p:g}' for p in periods)}s")
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def summary(config: RelayConfig) -> list[str]:

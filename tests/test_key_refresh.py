@@ -16,6 +16,7 @@ import pytest
 from mock_providers import MockProvider, Rule
 from relaytest import endpoint_config, wait_until
 
+from llmrelay.cli import summary
 from llmrelay.config import ConfigError, load_config_text
 
 RELAY_KEY = "relay-key-for-refresh-tests"
@@ -167,8 +168,13 @@ def test_refresh_interval_belongs_beside_a_command_key(keys: str, error: str) ->
 
 def test_a_refreshed_key_keeps_its_command_and_period() -> None:
     config = load_config_text(
-        '[endpoints.c]\ntarget_base = "https://api.anthropic.com"\napi_key = " $(echo tok-1) "\nrefresh_interval = 120\n', "t"
+        '[endpoints.c]\ntarget_base = "https://api.anthropic.com"\nkey_type = "oauth"\n'
+        'api_key = " $(echo tok-1) "\nrefresh_interval = 120\n',
+        "t",
     )
     key = config.endpoints[0].upstreams[0].api_keys[0]
     assert (key.key, key.refresh, key.command) == ("tok-1", 120.0, "$(echo tok-1)")
     assert "tok-1" not in repr(key)
+    lines = summary(config)
+    assert any(line.strip().startswith("upstream c#0") and "api_keys=1 (1 oauth, 1 refreshed every 120s)" in line for line in lines)
+    assert not any("tok-1" in line for line in lines)
