@@ -16,7 +16,7 @@ import pytest
 from mock_providers import MockProvider, Rule
 from relaytest import endpoint_config, wait_until
 
-from llmrelay.cli import summary
+from llmrelay.config.summary import summary
 from llmrelay.config import ConfigError, load_config_text
 
 RELAY_KEY = "relay-key-for-refresh-tests"
