@@ -25,7 +25,6 @@ import math
 import time
 from collections.abc import Callable
 
-import msgspec
 import trio
 
 from llmrelay.proto.errors import ClientDisconnected, InvalidResponseHead, RequestRejected
@@ -38,6 +37,7 @@ from llmrelay.observe.requestinfo import request_model
 from llmrelay.observe.usage_rows import UsageRecorder
 from llmrelay.relay import accesslog
 from llmrelay.relay.admission import Admissions
+from llmrelay.relay.answers import cut_response, read_whole_body, send_error, send_json, send_whole
 from llmrelay.relay.admission_outcomes import WAIT, LimitRefusal, Wait
 from llmrelay.relay.attempts import JUDGED, KEY_REFUSED, RETRY_STATUSES, Attempts
 from llmrelay.relay.connect import ConnectTunnels
@@ -45,7 +45,7 @@ from llmrelay.relay.credentials import identify_relay_key
 from llmrelay.relay.headers import client_response_headers, request_id_for, with_own_rate_limits, with_whole_body
 from llmrelay.relay.observer import UpstreamObserver
 from llmrelay.relay.policy import Refused
-from llmrelay.relay.providers import error_format, error_response, sse_error_event
+from llmrelay.relay.providers import error_format, guess_provider
 from llmrelay.relay.replay import ReplayableBody
 from llmrelay.relay.runtime import EndpointRuntime, RelayRuntime
 from llmrelay.relay.streams import ActiveResponse, ResponseRegistry
@@ -57,15 +57,6 @@ from llmrelay.upstream.pool import UpstreamExchange, UpstreamResponse
 WHOLE_BODY_LIMIT = 65536  # request bodies up to this size (with a Content-Length) are read whole
 
 log = logging.getLogger("llmrelay.relay")
-
-
-def guess_provider(path: str) -> str:
-    """The provider whose error shape fits a request that matched no endpoint."""
-    if path.endswith("/messages") or "/messages?" in path:
-        return "anthropic"
-    if ":generateContent" in path or ":streamGenerateContent" in path:
-        return "gemini"
-    return "openai"
 
 
 class Relay:
@@ -147,13 +138,13 @@ class Relay:
             return
         if target.startswith("/health") and (len(target) == 7 or target[7] == "?"):
             status, payload, extra_headers = self._health(target)
-            await self._send_json(exchange, status, payload, record, extra_headers)
+            await send_json(exchange, status, payload, record, extra_headers)
             return
         router = runtime.router
         route = router.route(head.header(b"host") if router.routes_by_host else None, target)
         if route is None:
             record.outcome = "no_route"
-            await self._send_error(exchange, guess_provider(target), 404, "no endpoint matches this path", record)
+            await send_error(exchange, guess_provider(target), 404, "no endpoint matches this path", record)
             return
         endpoint = route.endpoint
         record.endpoint = endpoint.name
@@ -162,7 +153,7 @@ class Relay:
             preflight = endpoint.policy.preflight(head)
             if preflight is not None:
                 record.outcome = "cors_preflight" if preflight[0] == 204 else "cors_refused"
-                await self._send_whole(exchange, *preflight, record)
+                await send_whole(exchange, *preflight, record)
                 return
             exchange = endpoint.policy.wrap(exchange)
         path, _, query = route.rest.partition("?")
@@ -171,7 +162,7 @@ class Relay:
             relay_key = identify_relay_key(endpoint.relay_keys, head.headers, query, head.websocket)
             if relay_key is None:
                 record.outcome = "bad_relay_key"
-                await self._send_error(exchange, endpoint.provider, 401, "invalid or missing relay key", record)
+                await send_error(exchange, endpoint.provider, 401, "invalid or missing relay key", record)
                 return
             record.relay_key = endpoint.relay_key_labels[relay_key]
         if head.websocket:  # (an HTTP/1.1 upgrade, or an HTTP/2 extended CONNECT)
@@ -180,7 +171,7 @@ class Relay:
         limit = endpoint.max_body_size
         if head.body_length is not None and head.body_length > limit:
             record.outcome = "body_too_large"
-            await self._send_error(exchange, endpoint.provider, 413, f"request body exceeds {limit} bytes", record)
+            await send_error(exchange, endpoint.provider, 413, f"request body exceeds {limit} bytes", record)
             return
         await self._forward(exchange, endpoint, path, query, record, relay_key)
 
@@ -206,7 +197,7 @@ class Relay:
                 prepared = await endpoint.policy.process(exchange, path, query, record, self.runtime.endpoints, self._observer)
             except Refused as exc:
                 record.outcome = "refused_by_processor"
-                await self._send_error(exchange, endpoint.provider, exc.status, exc.message, record)
+                await send_error(exchange, endpoint.provider, exc.status, exc.message, record)
                 return
             head, path, whole = prepared.head, prepared.path, prepared.body
         body: bytes | ReplayableBody = b""
@@ -214,7 +205,7 @@ class Relay:
             body = whole
         elif head.has_body:
             if head.body_length is not None and head.body_length <= WHOLE_BODY_LIMIT:
-                body = await self._whole_body(exchange, record)  # one send upstream, and replayable
+                body = await read_whole_body(exchange, record)  # one send upstream, and replayable
             else:
                 body = ReplayableBody(exchange, record, endpoint.retry_body_limit)
         admission = None
@@ -225,7 +216,7 @@ class Relay:
                 decision, body = await admissions.admit_request(endpoint, upstream, record, head, path, body)
             if isinstance(decision, LimitRefusal):
                 record.outcome = "rate_limited" if decision.status == 429 else "limits_unavailable"
-                await self._send_error(exchange, endpoint.provider, decision.status, decision.message, record, decision.headers)
+                await send_error(exchange, endpoint.provider, decision.status, decision.message, record, decision.headers)
                 return
             assert not isinstance(decision, Wait)
             admission = decision
@@ -343,9 +334,9 @@ class Relay:
         )
         if exchange.phase is ResponsePhase.PENDING:
             extra = [(b"x-llmrelay-upstream", upstream.name_bytes)]
-            await self._send_error(exchange, endpoint.provider, exc.status, exc.message, record, extra)
+            await send_error(exchange, endpoint.provider, exc.status, exc.message, record, extra)
         else:
-            await self._cut(exchange, upstream.provider, active, exc.message)
+            await cut_response(exchange, upstream.provider, active, exc.message)
 
     async def _nothing_usable(
         self,
@@ -360,7 +351,7 @@ class Relay:
         wait = math.ceil(endpoint.upstreams.retry_after(relay_key, now))
         message = "no upstream of this endpoint is available now (ejected, failing health checks or keys cooling down)"
         extra = [(b"retry-after", str(wait).encode())]
-        await self._send_error(exchange, endpoint.provider, 503, message, record, extra)
+        await send_error(exchange, endpoint.provider, 503, message, record, extra)
 
     async def _cut_at_deadline(
         self, exchange: Exchange, endpoint: EndpointRuntime, active: ActiveResponse, record: accesslog.AccessRecord
@@ -369,9 +360,9 @@ class Relay:
         message = "the relay is shutting down and its drain deadline passed"
         if exchange.phase is ResponsePhase.PENDING:
             exchange.close_when_done()
-            await self._send_error(exchange, endpoint.provider, 503, message, record)
+            await send_error(exchange, endpoint.provider, 503, message, record)
         else:
-            await self._cut(exchange, endpoint.provider, active, message)
+            await cut_response(exchange, endpoint.provider, active, message)
 
     async def _exchange_with_upstream(
         self,
@@ -406,67 +397,3 @@ class Relay:
                 return
             if chunk:
                 await active.send(chunk)
-
-    async def _cut(self, exchange: Exchange, provider: str, active: ActiveResponse, message: str) -> None:
-        """End a response that already started, honestly: an SSE error event when the stream is at
-        an event boundary, then an unclean close so no client takes it for complete."""
-        if active.sse and active.at_event_boundary and exchange.phase is ResponsePhase.STREAMING:
-            try:
-                await exchange.send_body(sse_error_event(provider, message))
-            except ClientDisconnected:
-                pass
-        await exchange.abort()
-
-    async def _whole_body(self, exchange: Exchange, record: accesslog.AccessRecord) -> bytes:
-        """A small body of known length, read whole before the upstream request is sent."""
-        parts = []
-        while True:
-            chunk = await exchange.receive_body()
-            if chunk:
-                parts.append(chunk)
-            if exchange.body_complete:
-                body = b"".join(parts)
-                record.bytes_in += len(body)
-                return body
-            if not chunk:
-                raise ClientDisconnected("request body ended early")
-
-    async def _send_error(
-        self,
-        exchange: Exchange,
-        provider: str,
-        status: int,
-        message: str,
-        record: accesslog.AccessRecord,
-        extra_headers: Headers = [],
-    ) -> None:
-        headers, body = error_response(provider, status, message)
-        await self._send_whole(exchange, status, headers + extra_headers, body, record)
-
-    async def _send_json(
-        self,
-        exchange: Exchange,
-        status: int,
-        payload: object,
-        record: accesslog.AccessRecord,
-        extra_headers: Headers = [],
-    ) -> None:
-        body = msgspec.json.encode(payload)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += extra_headers
-        await self._send_whole(exchange, status, headers, body, record)
-
-    async def _send_whole(
-        self, exchange: Exchange, status: int, headers: Headers, body: bytes, record: accesslog.AccessRecord
-    ) -> None:
-        if exchange.head.has_body and not exchange.body_complete:
-            exchange.close_when_done()  # the unread body would otherwise have to be drained first
-        record.status = status
-        record.first_byte = time.perf_counter()
-        await exchange.send_head(status, headers)
-        if exchange.head.method != b"HEAD":
-            record.bytes_out += len(body)
-            await exchange.end(body)
-        else:
-            await exchange.end()
-

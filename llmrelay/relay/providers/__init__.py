@@ -23,6 +23,15 @@ PROVIDERS: dict[str, Provider] = {
 }
 
 
+def guess_provider(path: str) -> str:
+    """The provider whose error shape fits a request that matched no endpoint."""
+    if path.endswith("/messages") or "/messages?" in path:
+        return "anthropic"
+    if ":generateContent" in path or ":streamGenerateContent" in path:
+        return "gemini"
+    return "openai"
+
+
 def provider(name: str) -> Provider:
     return PROVIDERS.get(name, openai.PROVIDER)
 
