@@ -62,34 +62,22 @@ from llmrelay.config.schema import (
 )
 from llmrelay.config.secrets import is_command
 from llmrelay.control import Config, FrameReader, encode_frame
-from llmrelay.importing.toml_text import key_text, string_text
+from llmrelay.importing.toml_text import key_text, value_text
 
 # -- a small TOML serializer (strings and keys written as import-config writes them) ----------------------
 
-toml_string = string_text
 toml_key = key_text
 
 
 def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return toml_string(value)
+    """import-config's `value_text`, plus the dates and times TOML has (inside lists and tables too)."""
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
         return value.isoformat()
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML form for {value!r}")
+    return value_text(value)
 
 
 def _table_lines(path: list[str], table: dict[str, Any]) -> list[str]:
