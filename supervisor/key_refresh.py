@@ -40,7 +40,7 @@ Location = tuple[str, str, int]  # (endpoint, upstream, key index)
 class Refreshable:
     """One command and every key written with it."""
 
-    __slots__ = ("command", "interval", "value", "locations", "last_run", "running")
+    __slots__ = ("command", "interval", "value", "locations", "last_run", "running", "asked")
 
     def __init__(self, command: str, interval: float, value: str) -> None:
         self.command = command
@@ -49,6 +49,7 @@ class Refreshable:
         self.locations: list[Location] = []
         self.last_run = -math.inf  # (trio clock) its last run, periodic or asked for
         self.running = False
+        self.asked = False  # a worker asked during the run under way: its result is broadcast whatever it is
 
     @property
     def label(self) -> str:
@@ -133,7 +134,8 @@ class KeyRefresher:
             await self._send(worker, KeyUpdate(message.generation, *location, value="", changed=False))
             return
         if entry.running:
-            return  # the run under way answers everyone
+            entry.asked = True  # the run under way answers everyone
+            return
         since = trio.current_time() - entry.last_run
         if since < ASK_INTERVAL:
             log.info("%s: the provider answered 401; its command ran %.0f s ago, not again before %.0f s", entry.label, since, ASK_INTERVAL)
@@ -171,6 +173,7 @@ class KeyRefresher:
             log.info("%s: command re-run%s: %s", entry.label, " (asked after a 401)" if asked else "", "new value" if changed else "same value")
         finally:
             entry.running = False
+            asked, entry.asked = asked or entry.asked, False
         if changed or asked:
             for endpoint, upstream, index in entry.locations:
                 update = KeyUpdate(self._table.generation, endpoint, upstream, index, value=entry.value, changed=changed)
