@@ -3,7 +3,8 @@
 `KeyRefresher` owns the keys of the config in force. Keys written with the same command share one
 `Refreshable` (the command runs once for all of them). Each runs its command every `refresh_interval`
 seconds, and when a worker asks (`KeyRefreshAsk`, sent on a provider's 401), unless it ran less than
-`ASK_INTERVAL` seconds before. A run happens in a thread (the command is bounded by the secrets
+`ASK_INTERVAL` seconds before. A value the provider refused that a run did not replace is tried every
+`ASK_INTERVAL` until one does (the worker has disabled the key meanwhile; a new value enables it). A run happens in a thread (the command is bounded by the secrets
 module: 10 s, 64 KiB); a new value goes into the config in force (so workers started later, and the
 active checks, present it), clears what the health board held against the old one, and reaches every
 ready worker as a `KeyUpdate` without a reload. A failing command keeps the last good value: the log
@@ -40,7 +41,7 @@ Location = tuple[str, str, int]  # (endpoint, upstream, key index)
 class Refreshable:
     """One command and every key written with it."""
 
-    __slots__ = ("command", "interval", "value", "locations", "last_run", "running", "asked")
+    __slots__ = ("command", "interval", "value", "locations", "last_run", "running", "asked", "stale")
 
     def __init__(self, command: str, interval: float, value: str) -> None:
         self.command = command
@@ -50,6 +51,12 @@ class Refreshable:
         self.last_run = -math.inf  # (trio clock) its last run, periodic or asked for
         self.running = False
         self.asked = False  # a worker asked during the run under way: its result is broadcast whatever it is
+        self.stale = False  # a 401 found the value refused and no run since gave a new one
+
+    @property
+    def period(self) -> float:
+        """Seconds between runs: its interval, or ASK_INTERVAL at most while the provider refuses it."""
+        return min(self.interval, ASK_INTERVAL) if self.stale else self.interval
 
     @property
     def label(self) -> str:
@@ -146,17 +153,18 @@ class KeyRefresher:
         self._nursery.start_soon(self._run, entry, True)
 
     async def _every_interval(self, entry: Refreshable) -> None:
-        """Run the command `interval` seconds after its last run (the config's load was the first)."""
-        due = trio.current_time() + entry.interval
+        """Run the command `period` seconds after its last run, asked or not (the config's load ran it
+        first). The wait is judged again at least every ASK_INTERVAL: a key that a 401 found stale is
+        tried sooner than its interval."""
+        loaded = trio.current_time()
         while True:
-            await trio.sleep_until(due)
             now = trio.current_time()
-            if entry.running or now < entry.last_run + entry.interval:  # (an asked run came in between)
-                due = max(entry.last_run + entry.interval, now + 1.0)
+            due = max(entry.last_run, loaded) + entry.period
+            if entry.running or now < due:
+                await trio.sleep_until(min(max(due, now + 0.25), now + ASK_INTERVAL))
                 continue
             entry.running = True
             await self._run(entry, False)
-            due = entry.last_run + entry.interval
 
     async def _run(self, entry: Refreshable, asked: bool) -> None:
         entry.last_run = trio.current_time()
@@ -174,6 +182,7 @@ class KeyRefresher:
         finally:
             entry.running = False
             asked, entry.asked = asked or entry.asked, False
+            entry.stale = not changed and (asked or entry.stale)
         if changed or asked:
             for endpoint, upstream, index in entry.locations:
                 update = KeyUpdate(self._table.generation, endpoint, upstream, index, value=entry.value, changed=changed)

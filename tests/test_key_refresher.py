@@ -142,3 +142,23 @@ async def test_an_ask_of_another_generation_is_answered_without_a_run(tmp_path: 
         await refresher.ask(worker, KeyRefreshAsk(generation=7, endpoint="c", upstream="c#0", key=0))  # type: ignore[arg-type]
         assert [(u.generation, u.value, u.changed) for u in worker.received] == [(7, "", False)]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_value_the_provider_refused_is_tried_again_sooner_than_its_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("supervisor.key_refresh.ASK_INTERVAL", 0.5)
+    config = refreshable_config(tmp_path, 3600)
+    worker = StandInWorker()
+    async with trio.open_nursery() as nursery:
+        refresher, _ = await start(config, [worker], nursery)
+        await trio.sleep(0.6)
+        await refresher.ask(worker, ASK)  # the provider refused tok-1, and the command still prints it
+        await wait_for(lambda: worker.received)
+        assert [(u.value, u.changed) for u in worker.received] == [("tok-1", False)]
+        (tmp_path / "token").write_text("tok-2")  # the helper renews it a little later
+        await wait_for(lambda: len(worker.received) == 2, seconds=5)  # (not 3600 s: within ASK_INTERVAL)
+        assert [(u.value, u.changed) for u in worker.received[1:]] == [("tok-2", True)]
+        await trio.sleep(1.2)
+        assert len(worker.received) == 2  # back to its interval: no more runs, no more updates
+        nursery.cancel_scope.cancel()
