@@ -63,7 +63,7 @@ def seconds(value: float) -> str:
 class _Key:
     """One provider key of an upstream (its value only to recognise it across a reload)."""
 
-    __slots__ = ("name", "value", "weight", "state", "last_status")
+    __slots__ = ("name", "value", "weight", "state", "last_status", "refreshes")
 
     def __init__(self, key: WeightedKey) -> None:
         self.name = key.name
@@ -71,6 +71,7 @@ class _Key:
         self.weight = key.weight
         self.state = KeyState()
         self.last_status = 0
+        self.refreshes = 0  # new values its command gave (see `key_refresh`)
 
     def __repr__(self) -> str:
         return f"_Key(name={self.name!r}, value=<redacted>)"
@@ -149,6 +150,7 @@ class _Upstream:
                     state=key.status(now),
                     cooling_until=key.state.cooling_until,
                     last_status=key.last_status,
+                    refreshes=key.refreshes,
                 )
                 for key in self.keys
             ],
@@ -234,14 +236,15 @@ class HealthBoard:
         line = f"{where} cooling down for {seconds(event.until - now)} s: the provider answered {event.status}"
         return Update([LogLine(logging.INFO, line)], True)
 
-    def key_refreshed(self, endpoint: str, upstream: str, index: int, value: str) -> Update:
-        """A refreshable key's command gave a new value: what the provider said of the old one no
-        longer holds (a disabled key is usable again)."""
+    def key_refreshed(self, endpoint: str, upstream: str, index: int, value: str, refreshes: int) -> Update:
+        """A refreshable key's command gave its `refreshes`-th new value: what the provider said of the
+        old one no longer holds (a disabled key is usable again)."""
         track = self._find(endpoint, upstream)
         if track is None or not 0 <= index < len(track.keys):
             return Update()
         key = track.keys[index]
         key.value = value
+        key.refreshes = refreshes
         was_disabled = key.state.disabled
         key.state = KeyState()
         key.last_status = 0

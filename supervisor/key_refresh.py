@@ -41,7 +41,7 @@ Location = tuple[str, str, int]  # (endpoint, upstream, key index)
 class Refreshable:
     """One command and every key written with it."""
 
-    __slots__ = ("command", "interval", "value", "locations", "last_run", "running", "asked", "stale")
+    __slots__ = ("command", "interval", "value", "locations", "last_run", "running", "asked", "stale", "refreshes")
 
     def __init__(self, command: str, interval: float, value: str) -> None:
         self.command = command
@@ -52,6 +52,7 @@ class Refreshable:
         self.running = False
         self.asked = False  # a worker asked during the run under way: its result is broadcast whatever it is
         self.stale = False  # a 401 found the value refused and no run since gave a new one
+        self.refreshes = 0  # new values the command gave (workers and board tell older verdicts by it)
 
     @property
     def period(self) -> float:
@@ -177,6 +178,7 @@ class KeyRefresher:
             changed = value != entry.value
             if changed:
                 entry.value = value
+                entry.refreshes += 1
                 await self._install(entry)
             log.info("%s: command re-run%s: %s", entry.label, " (asked after a 401)" if asked else "", "new value" if changed else "same value")
         finally:
@@ -185,7 +187,9 @@ class KeyRefresher:
             entry.stale = not changed and (asked or entry.stale)
         if changed or asked:
             for endpoint, upstream, index in entry.locations:
-                update = KeyUpdate(self._table.generation, endpoint, upstream, index, value=entry.value, changed=changed)
+                update = KeyUpdate(
+                    self._table.generation, endpoint, upstream, index, value=entry.value, changed=changed, refreshes=entry.refreshes
+                )
                 await self._broadcast(update)
 
     async def _install(self, entry: Refreshable) -> None:
@@ -195,7 +199,7 @@ class KeyRefresher:
             self._config = self._table.config = with_key_value(self._config, entry.locations, entry.value)
             self._checks.follow_keys(self._config)
         for endpoint, upstream, index in entry.locations:
-            await self._apply(self._board.key_refreshed(endpoint, upstream, index, entry.value))
+            await self._apply(self._board.key_refreshed(endpoint, upstream, index, entry.value, entry.refreshes))
 
     async def _broadcast(self, message: KeyUpdate) -> None:
         for worker in list(self._table.workers):

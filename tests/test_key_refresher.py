@@ -93,7 +93,7 @@ async def test_an_ask_runs_the_command_and_every_worker_hears_the_new_value(tmp_
         await refresher.ask(asker, ASK)  # type: ignore[arg-type]
         await wait_for(lambda: asker.received and other.received)
         for worker in (asker, other):
-            assert [(u.value, u.changed, u.generation) for u in worker.received] == [("tok-2", True, 1)]
+            assert [(u.value, u.changed, u.generation, u.refreshes) for u in worker.received] == [("tok-2", True, 1, 1)]
         assert table.config.endpoints[0].upstreams[0].api_keys[0].key == "tok-2"  # (workers started later get it)
 
         # Too soon for another run: the asker alone hears the current value at once.

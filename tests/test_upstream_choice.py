@@ -130,3 +130,20 @@ async def test_the_tables_key_states_merge_with_the_workers_own() -> None:
     other = upstreams()
     other.apply(shared, now, keys=False)  # a table of another config generation: keys untouched
     assert not other.by_name["a"].key_disabled[1]
+
+
+async def test_a_refreshed_key_ignores_a_verdict_on_its_older_value() -> None:
+    ups = upstreams()
+    a = ups.by_name["a"]
+    now = time.time()
+    a.disable_key(1)
+    a.refreshed_key(1, "sk-2-renewed", 1, now)  # (the supervisor's first new value)
+    assert a.keys[1] == "sk-2-renewed" and not a.key_disabled[1]
+    before = EndpointHealth({"a": UpstreamHealth(keys=[KeyHealth("0"), KeyHealth("1", "disabled", refreshes=0)])})
+    ups.apply(before, now, keys=True)  # a table made before the refresh, delivered after it
+    assert not a.key_disabled[1]
+    a.refreshed_key(1, "sk-2-older", 1, now)  # an update not newer than the value in use changes nothing
+    assert a.keys[1] == "sk-2-renewed"
+    after = EndpointHealth({"a": UpstreamHealth(keys=[KeyHealth("0"), KeyHealth("1", "disabled", refreshes=1)])})
+    ups.apply(after, now, keys=True)  # the provider refused the new value too
+    assert a.key_disabled[1]

@@ -38,6 +38,7 @@ class KeyHealth(msgspec.Struct, frozen=True):
     state: str = "ok"  # "ok", "cooling" (a 429, until `cooling_until`) or "disabled" (a 401/403, until reload)
     cooling_until: float = 0.0  # unix time
     last_status: int = 0  # the provider's answer that cooled or disabled it
+    refreshes: int = 0  # new values its command gave (a worker ignores a verdict on an older value)
 
 
 class UpstreamHealth(msgspec.Struct, frozen=True):
@@ -253,11 +254,12 @@ class KeyUpdate(Message, frozen=True):
     key: int
     value: str
     changed: bool
+    refreshes: int = 0  # new values the command has given in this generation, this one included
 
     def __repr__(self) -> str:
         return (
             f"KeyUpdate(generation={self.generation}, endpoint={self.endpoint!r}, upstream={self.upstream!r}, "
-            f"key={self.key}, value=<redacted>, changed={self.changed})"
+            f"key={self.key}, value=<redacted>, changed={self.changed}, refreshes={self.refreshes})"
         )
 
 

@@ -88,7 +88,7 @@ class RelayRuntime:
         endpoint = self.endpoints.get(update.endpoint)
         upstream = endpoint.upstreams.by_name.get(update.upstream) if endpoint is not None else None
         if upstream is not None and 0 <= update.key < len(upstream.keys):
-            upstream.refreshed_key(update.key, update.value, now)
+            upstream.refreshed_key(update.key, update.value, update.refreshes, now)
 
     def acquire(self) -> None:
         self._users += 1

@@ -37,6 +37,7 @@ class UpstreamRuntime:
         "key_oauth",
         "key_names",
         "key_refresh",
+        "key_refreshes",
         "_key_rotation",
         "_every_key",
         "key_cooling",
@@ -62,6 +63,7 @@ class UpstreamRuntime:
         self.key_names = [key.name for key in config.api_keys]
         self.key_oauth = [key.oauth for key in config.api_keys]  # Anthropic OAuth tokens: Bearer + their beta
         self.key_refresh = [key.refresh > 0 for key in config.api_keys]  # a 401 asks for a re-run of its command
+        self.key_refreshes = [0] * len(self.keys)  # new values each has had (a verdict on an older one is stale)
         self._key_rotation = SmoothWeighted([key.weight for key in config.api_keys])
         self._every_key = [i for i, key in enumerate(config.api_keys) if key.weight > 0]
         self.key_cooling = [0.0] * len(self.keys)  # unix time until which a key is cooling down
@@ -142,9 +144,12 @@ class UpstreamRuntime:
         self._keys_impaired = True
         return first
 
-    def refreshed_key(self, index: int, value: str, now: float) -> None:
-        """The supervisor re-ran the key's command and it gave a new value: use it, and forget what
-        the provider said of the old one."""
+    def refreshed_key(self, index: int, value: str, refreshes: int, now: float) -> None:
+        """The supervisor re-ran the key's command and it gave its `refreshes`-th new value: use it, and
+        forget what the provider said of the old one (also in a health table made before it)."""
+        if refreshes <= self.key_refreshes[index]:
+            return  # (not newer than the value in use)
+        self.key_refreshes[index] = refreshes
         self.keys[index] = value
         self.key_disabled[index] = False
         self.key_cooling[index] = 0.0
@@ -160,7 +165,7 @@ class UpstreamRuntime:
         self.ejected_until = health.ejected_until
         self.check_ok = health.check_ok
         for i, key in enumerate(health.keys[: len(self.keys)] if keys else ()):
-            if key.state == "disabled":
+            if key.state == "disabled" and key.refreshes >= self.key_refreshes[i]:
                 self.key_disabled[i] = True
             if key.cooling_until > self.key_cooling[i]:
                 self.key_cooling[i] = key.cooling_until
